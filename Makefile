@@ -1,0 +1,44 @@
+# meshlet — see README.md. Every target installs what it needs itself.
+SHELL := /bin/bash
+export CGO_ENABLED := 0
+GO ?= go
+BIN := $(CURDIR)/bin
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -s -w -X main.version=$(VERSION)
+
+.PHONY: all tools build cluster-up cluster-down demo test unit e2e bench lint clean
+
+all: build
+
+## tools: Debian packages and pinned Go tools (kubernetes, consul, helm, http-echo) into bin/
+tools:
+	@./hack/tools.sh
+
+## build: meshlet's binaries and the test images' binaries into bin/
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ ./test/images/pause ./test/images/curl ./test/e2e/cmd/localcluster
+
+## cluster-up: boot the local single-node cluster with Consul (writes .cluster/env)
+cluster-up: tools build
+	@$(BIN)/localcluster up
+
+## cluster-down: stop it and restore the host
+cluster-down:
+	@if [ -x $(BIN)/localcluster ]; then $(BIN)/localcluster down; \
+	else $(GO) run ./test/e2e/cmd/localcluster down; fi
+
+## demo: boot the cluster and show it working
+demo: cluster-up
+	@./hack/demo.sh
+
+## test: everything, including the real-cluster e2e suite
+test: tools build
+	@./hack/test.sh
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean: cluster-down
+	rm -rf $(BIN) .cluster

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# make test: unit and netns tests, then the e2e suite on the real local
+# cluster. Prints what ran and a closing "N passed, N failed, N skipped"
+# line. A skipped test means a prerequisite is missing: said loudly, and
+# fatal in CI, which must have everything.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+logdir="$root/bin/test-logs"
+mkdir -p "$logdir"
+export PATH="$root/bin:$PATH"
+
+[ "$(id -u)" = 0 ] || echo "!!! make test is not running as root: netns and cluster tests will SKIP" >&2
+
+rc=0
+run_suite() { # run_suite NAME TIMEOUT PKG...
+  local name=$1 timeout=$2 t0=$SECONDS; shift 2
+  echo "==> $name"
+  go test -count=1 -v -timeout "$timeout" "$@" >"$logdir/$name.log" 2>&1
+  local r=$?
+  grep -E '^(=== RUN|\s*--- (FAIL|SKIP)|(ok|FAIL|---)\s|panic:)' "$logdir/$name.log" | grep -v '^=== RUN' | sed 's/^/    /'
+  [ $r -ne 0 ] && { echo "    $name FAILED (exit $r): full log $logdir/$name.log"; tail -40 "$logdir/$name.log" | sed 's/^/    | /'; rc=1; }
+  echo "    $name: $((SECONDS - t0))s"
+}
+
+t0=$SECONDS
+mapfile -t unit < <(go list ./... | grep -v '/test/e2e$')
+run_suite unit 20m "${unit[@]}"
+run_suite e2e 30m ./test/e2e/
+
+passed=$(cat "$logdir"/{unit,e2e}.log | grep -cE '^\s*--- PASS')
+failed=$(cat "$logdir"/{unit,e2e}.log | grep -cE '^\s*--- FAIL')
+skipped=$(cat "$logdir"/{unit,e2e}.log | grep -cE '^\s*--- SKIP')
+if [ "$skipped" -gt 0 ]; then
+  echo
+  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+  echo "!!! $skipped test(s) SKIPPED — a prerequisite is missing:"
+  cat "$logdir"/{unit,e2e}.log | grep -A2 -E '^\s*--- SKIP' | sed 's/^/!!!   /'
+  echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
+  if [ "${CI:-}" = true ]; then echo "CI must skip nothing: failing."; rc=1; fi
+fi
+echo "make test took $((SECONDS - t0))s"
+echo "$passed passed, $failed failed, $skipped skipped"
+exit $rc

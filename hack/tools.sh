@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Installs everything the local cluster and the tests need, idempotently.
+# Debian packages come from apt; every Go tool is built from a pinned wrapper
+# module under test/tools/ into bin/, and rebuilt only when its pin changes
+# (the stamp holds a hash of the wrapper's go.mod, go.sum and this script's
+# build flags).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin="$root/bin"
+mkdir -p "$bin/.stamps"
+export CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+step() { # step NAME CMD...: run and time one step
+  local name=$1 t0=$SECONDS; shift
+  printf '==> %s\n' "$name"
+  "$@"
+  printf '    %s: %ds\n' "$name" $((SECONDS - t0))
+}
+
+apt_packages=(etcd-server containerd runc containernetworking-plugins iptables
+  conntrack socat openssl iproute2 util-linux busybox-static)
+install_apt() {
+  local missing=()
+  for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && { echo "    all present"; return; }
+  echo "    installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts the packaged services; the harness runs its own instances.
+  for s in containerd etcd; do
+    systemctl disable --now "$s" >/dev/null 2>&1 || true
+  done
+}
+
+# build_go WRAPPER_DIR LDFLAGS PKG... : build the packages of a wrapper module into bin/.
+build_go() {
+  local dir=$1 ldflags=$2; shift 2
+  local name key
+  name=$(basename "$dir")
+  key=$(cat "$root/$dir/go.mod" "$root/$dir/go.sum" <(echo "$ldflags" "$*") | sha256sum | cut -c1-16)
+  local ok=1
+  for p in "$@"; do [ -x "$bin/$(basename "$p")" ] || ok=0; done
+  if [ $ok = 1 ] && [ "$(cat "$bin/.stamps/$name" 2>/dev/null)" = "$key" ]; then
+    echo "    cached ($key)"; return
+  fi
+  (cd "$root/$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/" "$@")
+  echo "$key" >"$bin/.stamps/$name"
+}
+
+k8s_version=v1.34.4
+k8s_ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$k8s_version \
+-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34 \
+-X k8s.io/client-go/pkg/version.gitVersion=$k8s_version \
+-X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=34"
+consul_ldflags="-s -w -X github.com/hashicorp/consul/version.GitCommit=meshlet-pinned"
+
+all() {
+  step "apt packages" install_apt
+  step "kubernetes $k8s_version" build_go test/tools/k8s "$k8s_ldflags" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
+    k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-proxy
+  step "consul" build_go test/tools/consul "$consul_ldflags" github.com/hashicorp/consul
+  step "http-echo" build_go test/tools/http-echo "-s -w" github.com/hashicorp/http-echo
+  step "helm" build_go test/tools/helm "-s -w" helm.sh/helm/v3/cmd/helm
+}
+
+t0=$SECONDS
+if [ $# -eq 0 ]; then all; else "$@"; fi
+echo "tools ready in $((SECONDS - t0))s"

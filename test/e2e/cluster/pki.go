@@ -1,0 +1,121 @@
+package cluster
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// ca is a certificate authority the harness creates for one cluster: the
+// cluster CA signs every component's client and serving certificates, the
+// front-proxy CA the aggregator's client certificate.
+type ca struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+type certSpec struct {
+	file   string // base name under pki/: <file>.crt and <file>.key
+	cn     string
+	orgs   []string
+	server bool
+	dns    []string
+	ips    []net.IP
+}
+
+func newCA(dir, file, cn string) (*ca, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate %s key: %w", cn, err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().AddDate(1, 0, 0),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("self-sign %s: %w", cn, err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	if err := writePair(dir, file, der, key); err != nil {
+		return nil, err
+	}
+	return &ca{cert: cert, key: key}, nil
+}
+
+func (c *ca) issue(dir string, s certSpec) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return fmt.Errorf("generate key for %s: %w", s.cn, err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return err
+	}
+	usage := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	if s.server {
+		usage = append(usage, x509.ExtKeyUsageServerAuth)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: s.cn, Organization: s.orgs},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().AddDate(1, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:  usage,
+		DNSNames:     s.dns,
+		IPAddresses:  s.ips,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, &key.PublicKey, c.key)
+	if err != nil {
+		return fmt.Errorf("sign %s: %w", s.cn, err)
+	}
+	return writePair(dir, s.file, der, key)
+}
+
+func writePair(dir, file string, der []byte, key *ecdsa.PrivateKey) error {
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := writePEM(filepath.Join(dir, file+".crt"), "CERTIFICATE", der); err != nil {
+		return err
+	}
+	return writePEM(filepath.Join(dir, file+".key"), "EC PRIVATE KEY", kder)
+}
+
+func writePEM(path, typ string, der []byte) error {
+	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
+}
+
+// writeServiceAccountKeys writes the RSA pair the API server signs and
+// verifies service-account tokens with.
+func writeServiceAccountKeys(dir string) error {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		return fmt.Errorf("generate service-account key: %w", err)
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return err
+	}
+	if err := writePEM(filepath.Join(dir, "sa.key"), "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(key)); err != nil {
+		return err
+	}
+	return writePEM(filepath.Join(dir, "sa.pub"), "PUBLIC KEY", pub)
+}

@@ -1,0 +1,193 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/meshlet/meshlet/test/e2e/cluster"
+)
+
+// TestClusterSmoke: Deployments, Services, exec and Consul work on the
+// local cluster, the ground every other e2e test stands on.
+func TestClusterSmoke(t *testing.T) {
+	requireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cs := clientset(t)
+	ns := testNamespace(t, cs, "smoke")
+
+	labels := map[string]string{"app": "static-server"}
+	dep := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "static-server"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](2),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					TerminationGracePeriodSeconds: ptr.To[int64](1),
+					Containers: []corev1.Container{{
+						Name: "static-server", Image: cluster.StaticServerImage, ImagePullPolicy: corev1.PullNever,
+						Args:  []string{`-text="hello world"`, "-listen=:8080"},
+						Ports: []corev1.ContainerPort{{ContainerPort: 8080, Name: "http"}},
+					}},
+				},
+			},
+		},
+	}
+	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, dep, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "static-server"},
+		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}
+	svc, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "static-client"},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptr.To[int64](1),
+			Containers: []corev1.Container{{
+				Name: "static-client", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/bin/sh", "-c", "--"}, Args: []string{"while true; do sleep 30; done"},
+			}},
+		},
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, client, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	waitFor(t, ctx, "2 available static-server replicas", func(ctx context.Context) (bool, error) {
+		d, err := cs.AppsV1().Deployments(ns).Get(ctx, "static-server", metav1.GetOptions{})
+		return err == nil && d.Status.AvailableReplicas == 2, err
+	})
+	waitPodRunning(t, ctx, cs, ns, "static-client")
+
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=static-server"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pods.Items) != 2 {
+		t.Fatalf("%d static-server pods, want 2", len(pods.Items))
+	}
+	for _, p := range pods.Items {
+		out := kubectl(t, "exec", "-n", ns, "static-client", "--", "curl", "-sS", "-m", "5", fmt.Sprintf("http://%s:8080/", p.Status.PodIP))
+		if !strings.Contains(out, "hello world") {
+			t.Errorf("pod %s (%s) answered %q, want hello world", p.Name, p.Status.PodIP, out)
+		}
+	}
+	// Through the ClusterIP: kube-proxy works for pods.
+	var out string
+	waitFor(t, ctx, "the Service to answer", func(context.Context) (bool, error) {
+		out, _ = kubectlErr("exec", "-n", ns, "static-client", "--", "curl", "-sS", "-m", "3", "http://"+svc.Spec.ClusterIP+"/")
+		return strings.Contains(out, "hello world"), nil
+	})
+
+	// The Consul catalog holds the server and the node's client agent.
+	consul, err := cluster.ConsulClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodes, _, err := consul.Catalog().Nodes(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, n := range nodes {
+		names = append(names, n.Node)
+	}
+	if len(names) != 2 || !contains(names, cluster.NodeName) || !contains(names, "consul-server") {
+		t.Errorf("consul catalog nodes %v, want the server and %s", names, cluster.NodeName)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func clientset(t *testing.T) *kubernetes.Clientset {
+	t.Helper()
+	cs, err := lc.Clientset()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+// testNamespace creates a namespace for one test and deletes it afterwards.
+func testNamespace(t *testing.T, cs *kubernetes.Clientset, prefix string) string {
+	t.Helper()
+	ns, err := cs.CoreV1().Namespaces().Create(context.Background(),
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
+	})
+	// Pods need the namespace's default ServiceAccount.
+	waitFor(t, context.Background(), "default ServiceAccount in "+ns.Name, func(ctx context.Context) (bool, error) {
+		_, err := cs.CoreV1().ServiceAccounts(ns.Name).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	})
+	return ns.Name
+}
+
+func waitFor(t *testing.T, ctx context.Context, what string, cond func(context.Context) (bool, error)) {
+	t.Helper()
+	var last error
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		ok, err := cond(ctx)
+		last = err
+		return ok, nil
+	})
+	if err != nil {
+		t.Fatalf("waiting for %s: %v (last error: %v)", what, err, last)
+	}
+}
+
+func waitPodRunning(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, ns, name string) *corev1.Pod {
+	t.Helper()
+	var pod *corev1.Pod
+	waitFor(t, ctx, "pod "+ns+"/"+name+" Running", func(ctx context.Context) (bool, error) {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		pod = p
+		return err == nil && p.Status.Phase == corev1.PodRunning, err
+	})
+	return pod
+}
+
+func kubectlErr(args ...string) (string, error) {
+	cmd := exec.Command(lc.Root+"/bin/kubectl", append([]string{"--kubeconfig", lc.Kubeconfig()}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func kubectl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := kubectlErr(args...)
+	if err != nil {
+		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}

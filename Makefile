@@ -6,7 +6,7 @@ BIN := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all tools build cluster-up cluster-down demo test unit e2e bench lint clean
+.PHONY: all tools build cluster-up cluster-down cluster-status demo test unit e2e bench lint clean
 
 all: build
 
@@ -42,3 +42,7 @@ bench: build
 
 clean: cluster-down
 	rm -rf $(BIN) .cluster
+
+## cluster-status: the cluster's processes and their memory
+cluster-status:
+	@$(BIN)/localcluster status

@@ -71,38 +71,53 @@ func (c *Cluster) removeSandboxes(ctx context.Context) error {
 
 const shimExe = "/usr/bin/containerd-shim-runc-v2"
 
-func (c *Cluster) shimPidFiles() []string {
-	files, _ := filepath.Glob(c.path("containerd", "state", "io.containerd.runtime.v2.task", "*", "*", "shim.pid"))
-	return files
+// task is a container the runtime recorded: its init process (init.pid in
+// the task's bundle) and the shim that is that process's parent (runc v2
+// shims do not record their own PID; one shim serves a whole pod).
+type task struct {
+	bundle     string
+	init, shim int
 }
 
-// shimPids lists runtime shims of this cluster that still run.
-func (c *Cluster) shimPids() []string {
-	var out []string
-	for _, f := range c.shimPidFiles() {
-		if pid, err := readInt(f); err == nil && alive(pid, shimExe) {
-			out = append(out, fmt.Sprintf("containerd-shim (pid %d, %s)", pid, filepath.Base(filepath.Dir(f))))
+func (c *Cluster) tasks() []task {
+	files, _ := filepath.Glob(c.path("containerd", "state", "io.containerd.runtime.v2.task", "*", "*", "init.pid"))
+	var out []task
+	for _, f := range files {
+		pid, err := readInt(f)
+		if err != nil || !alive(pid, "") {
+			continue
 		}
+		t := task{bundle: filepath.Dir(f), init: pid}
+		if pp := parentOf(pid); pp > 1 && alive(pp, shimExe) {
+			t.shim = pp
+		}
+		out = append(out, t)
 	}
 	return out
 }
 
-// stopShims ends what a crashed run left: each container's init process
-// (only if its parent is the recorded shim) and then the shim itself.
+// shimPids lists runtime shims and container processes of this cluster
+// that still run.
+func (c *Cluster) shimPids() []string {
+	var out []string
+	for _, t := range c.tasks() {
+		out = append(out, fmt.Sprintf("container %s (init pid %d, shim pid %d)", filepath.Base(t.bundle)[:12], t.init, t.shim))
+	}
+	return out
+}
+
+// stopShims ends what a crashed run left: each container's init process,
+// then its shim.
 func (c *Cluster) stopShims() error {
 	var errs []error
-	for _, f := range c.shimPidFiles() {
-		shim, err := readInt(f)
-		if err != nil || !alive(shim, shimExe) {
-			continue
+	ts := c.tasks()
+	for _, t := range ts {
+		errs = append(errs, stopPid(t.init, "", 5*time.Second))
+	}
+	for _, t := range ts {
+		if t.shim != 0 {
+			errs = append(errs, stopPid(t.shim, shimExe, 5*time.Second))
 		}
-		inits, _ := filepath.Glob(filepath.Join(filepath.Dir(f), "..", "*", "init.pid"))
-		for _, i := range inits {
-			if pid, err := readInt(i); err == nil && parentOf(pid) == shim {
-				errs = append(errs, stopPid(pid, "", 5*time.Second))
-			}
-		}
-		errs = append(errs, stopPid(shim, shimExe, 5*time.Second))
 	}
 	return errors.Join(errs...)
 }

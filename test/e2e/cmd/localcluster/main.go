@@ -14,8 +14,8 @@ import (
 )
 
 func main() {
-	if len(os.Args) != 2 || (os.Args[1] != "up" && os.Args[1] != "down") {
-		fmt.Fprintln(os.Stderr, "usage: localcluster up|down   (run from the repository root)")
+	if len(os.Args) != 2 || (os.Args[1] != "up" && os.Args[1] != "down" && os.Args[1] != "status") {
+		fmt.Fprintln(os.Stderr, "usage: localcluster up|down|status   (run from the repository root)")
 		os.Exit(2)
 	}
 	root, err := filepath.Abs(".")
@@ -29,13 +29,35 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	c := cluster.New(root)
-	if os.Args[1] == "up" {
+	switch os.Args[1] {
+	case "up":
 		err = c.Up(ctx)
-	} else {
+	case "down":
 		err = c.Down(ctx)
+	case "status":
+		err = status(c)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "localcluster:", err)
 		os.Exit(1)
 	}
+}
+
+func status(c *cluster.Cluster) error {
+	comps, err := c.Status()
+	if err != nil {
+		return err
+	}
+	if len(comps) == 0 {
+		fmt.Println("no cluster component is running")
+		return nil
+	}
+	total := 0
+	fmt.Printf("%-24s %8s %10s\n", "COMPONENT", "PID", "RSS MiB")
+	for _, cp := range comps {
+		fmt.Printf("%-24s %8d %10.1f\n", cp.Name, cp.PID, float64(cp.RSSKiB)/1024)
+		total += cp.RSSKiB
+	}
+	fmt.Printf("%-24s %8s %10.1f\n", "total", "", float64(total)/1024)
+	return nil
 }

@@ -45,7 +45,9 @@ build_go() {
   if [ $ok = 1 ] && [ "$(cat "$bin/.stamps/$name" 2>/dev/null)" = "$key" ]; then
     echo "    cached ($key)"; return
   fi
-  (cd "$root/$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/" "$@")
+  (cd "$root/$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/" "$@") 2>&1 |
+    { grep -v '^go: downloading' || true; }
+  [ "${PIPESTATUS[0]}" = 0 ] || return 1
   echo "$key" >"$bin/.stamps/$name"
 }
 

@@ -1,0 +1,231 @@
+// Package iptables is the one place that turns a redirect config into
+// transparent-proxy rules, applies them atomically inside a pod's network
+// namespace, verifies them and removes them.
+package iptables
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// AnnotationRedirectConfig carries Config as JSON on the pod. consul-k8s
+// writes the same annotation with the same keys, so its pods work too.
+const AnnotationRedirectConfig = "consul.hashicorp.com/redirect-traffic-config"
+
+// Defaults of the injected sidecar (the same as consul-k8s').
+const (
+	DefaultProxyUID          = 5995
+	DefaultProxyInboundPort  = 20000
+	DefaultProxyOutboundPort = 15001
+)
+
+// Config is the redirect config: the contract between the webhook (which
+// writes it), the CNI plugin (which applies it) and the node agent. Its JSON
+// keys are consul-k8s' (Go field names), values as consul-k8s writes them.
+type Config struct {
+	ProxyUserID          string   `json:"ProxyUserID"`
+	ProxyInboundPort     int      `json:"ProxyInboundPort"`
+	ProxyOutboundPort    int      `json:"ProxyOutboundPort"`
+	ExcludeInboundPorts  []string `json:"ExcludeInboundPorts,omitempty"`
+	ExcludeOutboundPorts []string `json:"ExcludeOutboundPorts,omitempty"`
+	ExcludeOutboundCIDRs []string `json:"ExcludeOutboundCIDRs,omitempty"`
+	ExcludeUIDs          []string `json:"ExcludeUIDs,omitempty"`
+	ConsulDNSIP          string   `json:"ConsulDNSIP,omitempty"`
+	ConsulDNSPort        int      `json:"ConsulDNSPort,omitempty"`
+	// NetNS is written by consul-k8s' webhook; the runtime, not the pod,
+	// says which netns to use, so it is accepted and ignored.
+	NetNS string `json:"NetNS,omitempty"`
+}
+
+// Plan is a validated Config: typed, trimmed, CIDRs split by IP family.
+type Plan struct {
+	ProxyUID             uint32
+	InboundPort          uint16
+	OutboundPort         uint16
+	ExcludeInboundPorts  []PortRange
+	ExcludeOutboundPorts []PortRange
+	ExcludeUIDs          []IDRange
+	ExcludeCIDRs4        []netip.Prefix
+	ExcludeCIDRs6        []netip.Prefix
+	DNS                  netip.AddrPort // zero: no DNS redirection
+}
+
+// PortRange is a port (From == To) or an inclusive range.
+type PortRange struct{ From, To uint16 }
+
+// IDRange is a UID (From == To) or an inclusive range.
+type IDRange struct{ From, To uint32 }
+
+func (p PortRange) String() string {
+	if p.From == p.To {
+		return strconv.Itoa(int(p.From))
+	}
+	return fmt.Sprintf("%d:%d", p.From, p.To)
+}
+
+func (r IDRange) String() string {
+	if r.From == r.To {
+		return strconv.FormatUint(uint64(r.From), 10)
+	}
+	return fmt.Sprintf("%d-%d", r.From, r.To)
+}
+
+// ParseConfig decodes the annotation's JSON. Unknown keys are an error: a
+// misspelt exclusion must not be silently dropped.
+func ParseConfig(annotation string) (Config, error) {
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader([]byte(annotation)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("redirect config is not valid JSON of the expected shape: %w", err)
+	}
+	if dec.More() {
+		return Config{}, errors.New("redirect config: unexpected data after the JSON object")
+	}
+	return c, nil
+}
+
+// Validate checks every field and returns the plan the rules are built
+// from. All problems are reported, each naming the field and the value.
+func (c Config) Validate() (*Plan, error) {
+	var errs []error
+	bad := func(field, value, want string) {
+		errs = append(errs, fmt.Errorf("%s: %q is not %s", field, value, want))
+	}
+	p := &Plan{}
+	if uid, err := strconv.ParseUint(strings.TrimSpace(c.ProxyUserID), 10, 32); err != nil {
+		bad("ProxyUserID", c.ProxyUserID, "a numeric UID")
+	} else {
+		p.ProxyUID = uint32(uid)
+	}
+	port := func(field string, v int) uint16 {
+		if v < 1 || v > 65535 {
+			bad(field, strconv.Itoa(v), "a port (1-65535)")
+			return 0
+		}
+		return uint16(v)
+	}
+	p.InboundPort = port("ProxyInboundPort", c.ProxyInboundPort)
+	p.OutboundPort = port("ProxyOutboundPort", c.ProxyOutboundPort)
+	if p.InboundPort != 0 && p.InboundPort == p.OutboundPort {
+		errs = append(errs, fmt.Errorf("ProxyInboundPort and ProxyOutboundPort are both %d; they must differ", p.InboundPort))
+	}
+	for i, v := range splitList(c.ExcludeInboundPorts) {
+		if r, ok := parsePortRange(v); ok {
+			p.ExcludeInboundPorts = append(p.ExcludeInboundPorts, r)
+		} else {
+			bad(fmt.Sprintf("ExcludeInboundPorts[%d]", i), v, "a port (1-65535) or a range low:high")
+		}
+	}
+	for i, v := range splitList(c.ExcludeOutboundPorts) {
+		if r, ok := parsePortRange(v); ok {
+			p.ExcludeOutboundPorts = append(p.ExcludeOutboundPorts, r)
+		} else {
+			bad(fmt.Sprintf("ExcludeOutboundPorts[%d]", i), v, "a port (1-65535) or a range low:high")
+		}
+	}
+	for i, v := range splitList(c.ExcludeUIDs) {
+		if r, ok := parseIDRange(v); ok {
+			p.ExcludeUIDs = append(p.ExcludeUIDs, r)
+		} else {
+			bad(fmt.Sprintf("ExcludeUIDs[%d]", i), v, "a numeric UID or a range low-high")
+		}
+	}
+	for i, v := range splitList(c.ExcludeOutboundCIDRs) {
+		pfx, ok := parseCIDR(v)
+		switch {
+		case !ok:
+			bad(fmt.Sprintf("ExcludeOutboundCIDRs[%d]", i), v, "an IPv4 or IPv6 CIDR or address")
+		case pfx.Addr().Is4():
+			p.ExcludeCIDRs4 = append(p.ExcludeCIDRs4, pfx)
+		default:
+			p.ExcludeCIDRs6 = append(p.ExcludeCIDRs6, pfx)
+		}
+	}
+	if ip := strings.TrimSpace(c.ConsulDNSIP); ip != "" {
+		addr, err := netip.ParseAddr(ip)
+		dnsPort := c.ConsulDNSPort
+		if dnsPort == 0 {
+			dnsPort = 53
+		}
+		switch {
+		case err != nil || addr.Zone() != "":
+			bad("ConsulDNSIP", c.ConsulDNSIP, "an IP address")
+		case dnsPort < 1 || dnsPort > 65535:
+			bad("ConsulDNSPort", strconv.Itoa(c.ConsulDNSPort), "a port (1-65535)")
+		default:
+			p.DNS = netip.AddrPortFrom(addr.Unmap(), uint16(dnsPort))
+		}
+	} else if c.ConsulDNSPort != 0 {
+		errs = append(errs, fmt.Errorf("ConsulDNSPort is %d but ConsulDNSIP is empty", c.ConsulDNSPort))
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("invalid redirect config: %w", errors.Join(errs...))
+	}
+	return p, nil
+}
+
+// splitList trims every element and also splits elements that hold a
+// comma-separated list ("8080, 9090"), as annotations are often written.
+func splitList(in []string) []string {
+	var out []string
+	for _, v := range in {
+		for _, part := range strings.Split(v, ",") {
+			if part = strings.TrimSpace(part); part != "" {
+				out = append(out, part)
+			}
+		}
+	}
+	return out
+}
+
+func parsePortRange(s string) (PortRange, bool) {
+	lo, hi, isRange := strings.Cut(s, ":")
+	if !isRange {
+		lo, hi, isRange = strings.Cut(s, "-")
+	}
+	if !isRange {
+		hi = lo
+	}
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if err1 != nil || err2 != nil || a == 0 || b < a {
+		return PortRange{}, false
+	}
+	return PortRange{uint16(a), uint16(b)}, true
+}
+
+func parseIDRange(s string) (IDRange, bool) {
+	lo, hi, isRange := strings.Cut(s, "-")
+	if !isRange {
+		hi = lo
+	}
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 32)
+	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 32)
+	if err1 != nil || err2 != nil || b < a {
+		return IDRange{}, false
+	}
+	return IDRange{uint32(a), uint32(b)}, true
+}
+
+// parseCIDR accepts a prefix or a bare address, and masks host bits the way
+// iptables does.
+func parseCIDR(s string) (netip.Prefix, bool) {
+	if pfx, err := netip.ParsePrefix(s); err == nil && pfx.Addr().Zone() == "" {
+		if pfx.Addr().Is4In6() {
+			pfx = netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()-96)
+		}
+		return pfx.Masked(), pfx.IsValid()
+	}
+	addr, err := netip.ParseAddr(s)
+	if err != nil || addr.Zone() != "" {
+		return netip.Prefix{}, false
+	}
+	addr = addr.Unmap()
+	return netip.PrefixFrom(addr, addr.BitLen()), true
+}

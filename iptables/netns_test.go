@@ -1,0 +1,293 @@
+package iptables
+
+import (
+	"net/netip"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/meshlet/meshlet/test/netnstest"
+)
+
+func TestMain(m *testing.M) {
+	netnstest.HelperMain()
+	code := m.Run()
+	netnstest.Cleanup()
+	os.Exit(code)
+}
+
+var modes = []Mode{ModeNFT, ModeLegacy}
+
+var trafficConfig = Config{
+	ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001,
+	ExcludeInboundPorts:  []string{"9090"},
+	ExcludeOutboundPorts: []string{"443"},
+	ExcludeOutboundCIDRs: []string{"10.248.1.0/24", "fd00:249::/64"},
+	ExcludeUIDs:          []string{"1000"},
+}
+
+func mustPlan(t *testing.T, c Config) *Plan {
+	t.Helper()
+	p, err := c.Validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestTraffic proves the rules with real connections in real namespaces:
+// who is redirected, who is not, and that the proxy learns the original
+// destination.
+func TestTraffic(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			n := netnstest.NewNet(t)
+			a := Applier{Mode: mode, LockDir: t.TempDir()}
+			if err := a.Apply(n.Pod.Path(), mustPlan(t, trafficConfig), []Family{IPv4, IPv6}); err != nil {
+				t.Fatal(err)
+			}
+			netnstest.Serve(t, n.Pod, ":15001", "outbound")
+			netnstest.Serve(t, n.Pod, ":20000", "inbound")
+			netnstest.Serve(t, n.Pod, ":8080", "app")
+			netnstest.Serve(t, n.Pod, ":9090", "app-excluded")
+			netnstest.Serve(t, n.Pod, ":9999", "pod-local")
+			netnstest.Serve(t, n.Peer, ":9999", "peer")
+			netnstest.Serve(t, n.Peer, ":443", "peer-443")
+
+			hp := netnstest.HostPort
+			type dial struct {
+				name string
+				from ns.NetNS
+				uid  uint32
+				addr string
+				want string
+			}
+			var cases []dial
+			for _, fam := range []struct {
+				tag                   string
+				pod, peer, other, lo string
+			}{
+				{"v4", netnstest.PodIP4.String(), netnstest.PeerIP4.String(), netnstest.OtherIP4.String(), "127.0.0.5"},
+				{"v6", netnstest.PodIP6.String(), netnstest.PeerIP6.String(), netnstest.OtherIP6.String(), "::1"},
+			} {
+				at := func(ip string, port int) string { return hp(mustAddr(t, ip), port) }
+				cases = append(cases,
+					dial{fam.tag + " app to peer is redirected", n.Pod, 1234, at(fam.peer, 9999), "outbound " + at(fam.peer, 9999)},
+					dial{fam.tag + " root app is redirected too", n.Pod, 0, at(fam.peer, 9999), "outbound " + at(fam.peer, 9999)},
+					dial{fam.tag + " proxy uid is not", n.Pod, 5995, at(fam.peer, 9999), "peer"},
+					dial{fam.tag + " excluded uid is not", n.Pod, 1000, at(fam.peer, 9999), "peer"},
+					dial{fam.tag + " excluded port is not", n.Pod, 1234, at(fam.peer, 443), "peer-443"},
+					dial{fam.tag + " excluded CIDR is not", n.Pod, 1234, at(fam.other, 9999), "peer"},
+					dial{fam.tag + " loopback is not", n.Pod, 1234, at(fam.lo, 9999), "pod-local"},
+					dial{fam.tag + " own pod IP (via lo) is not", n.Pod, 1234, at(fam.pod, 9999), "pod-local"},
+					dial{fam.tag + " inbound is redirected", n.Peer, 0, at(fam.pod, 8080), "inbound " + at(fam.pod, 8080)},
+					dial{fam.tag + " excluded inbound port is not", n.Peer, 0, at(fam.pod, 9090), "app-excluded"},
+				)
+			}
+			for _, c := range cases {
+				t.Run(c.name, func(t *testing.T) {
+					got, err := netnstest.DialAs(t, c.from, c.uid, c.addr)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if got != c.want && !strings.HasPrefix(got, c.want+" ") {
+						t.Errorf("dial %s as uid %d reached %q, want %q", c.addr, c.uid, got, c.want)
+					}
+				})
+			}
+		})
+	}
+}
+
+func mustAddr(t *testing.T, s string) netip.Addr {
+	t.Helper()
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func saveNat(t *testing.T, mode Mode, n ns.NetNS, f Family) string {
+	t.Helper()
+	out, err := Applier{Mode: mode}.run(n.Path(), f, "save", "", "-t", "nat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func chainsOf(save string) []string { return parseSave(save).chains }
+
+func iptablesIn(t *testing.T, mode Mode, n ns.NetNS, args ...string) {
+	t.Helper()
+	bin := "iptables-" + string(mode)
+	err := n.Do(func(ns.NetNS) error {
+		out, err := exec.Command(bin, args...).CombinedOutput()
+		if err != nil {
+			t.Errorf("%s %v: %v: %s", bin, args, err, out)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestApplyTwiceRemoveTwice(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			pod := netnstest.NewNS(t)
+			a := Applier{Mode: mode}
+			p := mustPlan(t, trafficConfig)
+			fams := []Family{IPv4, IPv6}
+			if err := a.Remove(pod.Path(), fams); err != nil {
+				t.Fatalf("remove before apply: %v", err)
+			}
+			// A foreign rule in a built-in chain must survive everything.
+			iptablesIn(t, mode, pod, "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "RETURN")
+			if err := a.Apply(pod.Path(), p, fams); err != nil {
+				t.Fatal(err)
+			}
+			first := saveNat(t, mode, pod, IPv4)
+			if err := a.Apply(pod.Path(), p, fams); err != nil {
+				t.Fatalf("second apply: %v", err)
+			}
+			if second := saveNat(t, mode, pod, IPv4); stripComments(second) != stripComments(first) {
+				t.Errorf("second apply changed the rules:\nfirst\n%s\nsecond\n%s", first, second)
+			}
+			if err := a.Verify(pod.Path(), p, fams); err != nil {
+				t.Errorf("verify after two applies: %v", err)
+			}
+			// A changed config replaces the old rules, DNS chain included.
+			withDNS := trafficConfig
+			withDNS.ConsulDNSIP = "10.248.0.1"
+			p2 := mustPlan(t, withDNS)
+			if err := a.Apply(pod.Path(), p2, fams); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Verify(pod.Path(), p2, fams); err != nil {
+				t.Errorf("verify after a changed config: %v", err)
+			}
+			if err := a.Apply(pod.Path(), p, fams); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Verify(pod.Path(), p, fams); err != nil {
+				t.Errorf("verify after dropping DNS: %v", err)
+			}
+			for i := 0; i < 2; i++ {
+				if err := a.Remove(pod.Path(), fams); err != nil {
+					t.Fatalf("remove #%d: %v", i+1, err)
+				}
+			}
+			for _, f := range fams {
+				save := saveNat(t, mode, pod, f)
+				if c := chainsOf(save); len(c) > 0 {
+					t.Errorf("%s: chains left after remove: %v", f, c)
+				}
+				if f == IPv4 && !strings.Contains(save, "-A OUTPUT -p udp -j RETURN") {
+					t.Errorf("the foreign rule was removed:\n%s", save)
+				}
+			}
+		})
+	}
+}
+
+func stripComments(save string) string {
+	var out []string
+	for _, l := range strings.Split(save, "\n") {
+		if !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestFailedApplyLeavesNothing(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			pod := netnstest.NewNS(t)
+			a := Applier{Mode: mode}
+			p := mustPlan(t, trafficConfig)
+			good4 := p.Rules(IPv4)
+			broken := p.Rules(IPv6)
+			// An invalid rule half-way through the family's transaction.
+			mid := len(broken.Rules) / 2
+			broken.Rules = append(broken.Rules[:mid:mid], append([]string{"-A " + ChainOutput + " -j NO_SUCH_TARGET"}, broken.Rules[mid:]...)...)
+			err := a.applyRulesets(pod.Path(), []Ruleset{good4, broken})
+			if err == nil {
+				t.Fatal("apply with an invalid rule succeeded")
+			}
+			if !strings.Contains(err.Error(), "IPv6") {
+				t.Errorf("error does not name the family: %v", err)
+			}
+			for _, f := range []Family{IPv4, IPv6} {
+				if c := chainsOf(saveNat(t, mode, pod, f)); len(c) > 0 {
+					t.Errorf("%s: chains left after a failed apply: %v", f, c)
+				}
+			}
+		})
+	}
+}
+
+func TestVerifyDetectsDrift(t *testing.T) {
+	netnstest.RequireRoot(t)
+	for _, mode := range modes {
+		t.Run(string(mode), func(t *testing.T) {
+			pod := netnstest.NewNS(t)
+			a := Applier{Mode: mode}
+			p := mustPlan(t, trafficConfig)
+			fams := []Family{IPv4}
+			if err := a.Apply(pod.Path(), p, fams); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.Verify(pod.Path(), p, fams); err != nil {
+				t.Fatalf("fresh rules do not verify: %v", err)
+			}
+			iptablesIn(t, mode, pod, "-t", "nat", "-D", ChainOutput, "-o", "lo", "-j", "RETURN")
+			err := a.Verify(pod.Path(), p, fams)
+			if err == nil || !strings.Contains(err.Error(), `missing "-A CONSUL_PROXY_OUTPUT -o lo -j RETURN"`) {
+				t.Errorf("deleted rule: verify said %v", err)
+			}
+			if err := a.Apply(pod.Path(), p, fams); err != nil {
+				t.Fatal(err)
+			}
+			iptablesIn(t, mode, pod, "-t", "nat", "-I", ChainInbound, "-p", "tcp", "--dport", "22", "-j", "RETURN")
+			err = a.Verify(pod.Path(), p, fams)
+			if err == nil || !strings.Contains(err.Error(), `unexpected "-A CONSUL_PROXY_INBOUND -p tcp -m tcp --dport 22 -j RETURN"`) {
+				t.Errorf("added rule: verify said %v", err)
+			}
+			if err := a.Apply(pod.Path(), p, fams); err != nil {
+				t.Fatal(err)
+			}
+			iptablesIn(t, mode, pod, "-t", "nat", "-A", "PREROUTING", "-j", ChainInbound)
+			if err := a.Verify(pod.Path(), p, fams); err == nil {
+				t.Error("an extra jump into our chain verified")
+			}
+		})
+	}
+}
+
+func TestDetectMode(t *testing.T) {
+	out, err := exec.Command("iptables", "--version").Output()
+	if err != nil {
+		t.Fatalf("iptables --version: %v (make tools installs iptables)", err)
+	}
+	want := ModeNFT
+	if strings.Contains(string(out), "legacy") {
+		want = ModeLegacy
+	}
+	got, err := DetectMode()
+	if err != nil || got != want {
+		t.Errorf("DetectMode() = %q, %v; iptables --version says %q", got, err, out)
+	}
+	if _, err := ParseMode("iptables-nft"); err == nil || !strings.Contains(err.Error(), "expected auto, nft or legacy") {
+		t.Errorf("ParseMode accepted a bad mode: %v", err)
+	}
+}

@@ -68,7 +68,7 @@ func TestTraffic(t *testing.T) {
 			}
 			var cases []dial
 			for _, fam := range []struct {
-				tag                   string
+				tag                  string
 				pod, peer, other, lo string
 			}{
 				{"v4", netnstest.PodIP4.String(), netnstest.PeerIP4.String(), netnstest.OtherIP4.String(), "127.0.0.5"},

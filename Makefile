@@ -5,6 +5,7 @@ GO ?= go
 BIN := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
+CNI_PLUGINS := $(addprefix github.com/containernetworking/plugins/plugins/,main/bridge ipam/host-local main/loopback)
 
 .PHONY: all tools build cluster-up cluster-down cluster-status demo test unit e2e bench lint clean
 
@@ -19,6 +20,8 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ ./test/images/pause ./test/images/curl ./test/e2e/cmd/localcluster
+	@mkdir -p $(BIN)/cni
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/cni/ $(CNI_PLUGINS)
 
 ## cluster-up: boot the local single-node cluster with Consul (writes .cluster/env)
 cluster-up: tools build

@@ -17,8 +17,8 @@ step() { # step NAME CMD...: run and time one step
   printf '    %s: %ds\n' "$name" $((SECONDS - t0))
 }
 
-apt_packages=(etcd-server containerd runc containernetworking-plugins iptables
-  conntrack socat openssl iproute2 util-linux busybox-static)
+apt_packages=(etcd-server containerd runc iptables
+  conntrack socat openssl iproute2 util-linux busybox-static nftables)
 install_apt() {
   local missing=()
   for p in "${apt_packages[@]}"; do

@@ -174,12 +174,12 @@ func (a Applier) removeFamily(netns string, f Family) error {
 }
 
 // Verify compares the live rules of each family with the plan's, and
-// reports every missing or unexpected rule.
+// reports every missing or unexpected rule. A nil plan expects none.
 func (a Applier) Verify(netns string, p *Plan, families []Family) error {
 	var errs []error
 	for _, f := range []Family{IPv4, IPv6} {
 		want := Ruleset{Family: f}
-		if slices.Contains(families, f) {
+		if p != nil && slices.Contains(families, f) {
 			want = p.Rules(f)
 		}
 		live, err := a.save(netns, f)

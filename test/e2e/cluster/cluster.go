@@ -71,6 +71,9 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 	if err := c.checkPrerequisites(); err != nil {
 		return err
 	}
+	if err := os.RemoveAll(c.path("logs")); err != nil {
+		return err
+	}
 	defer func() {
 		if err != nil {
 			c.Log.Error("cluster-up failed; logs are in "+c.path("logs"), "err", err)
@@ -101,6 +104,9 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 		return err
 	}
 	if err := c.waitReady(ctx); err != nil {
+		return err
+	}
+	if err := c.InstallMeshletCNI(ctx); err != nil {
 		return err
 	}
 	if err := c.writeEnv(); err != nil {

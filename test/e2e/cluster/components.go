@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -75,7 +76,7 @@ current-context: meshlet-local
 }
 
 // writeCNI lays out the CNI dirs containerd reads: the reference plugins
-// from the Debian package and a conflist bridge + host-local + portmap-free
+// (bin/cni, built by make build) and a conflist bridge + host-local + portmap-free
 // chain with no default route and no masquerade.
 func (c *Cluster) writeCNI() error {
 	if err := os.MkdirAll(c.CNIBinDir(), 0o755); err != nil {
@@ -85,41 +86,52 @@ func (c *Cluster) writeCNI() error {
 		return err
 	}
 	for _, p := range []string{"bridge", "host-local", "loopback"} {
-		src := filepath.Join(refPluginDir, p)
+		src := filepath.Join(c.refPluginDir(), p)
 		if err := copyFile(src, filepath.Join(c.CNIBinDir(), p), 0o755); err != nil {
 			return fmt.Errorf("install CNI plugin %s: %w", p, err)
 		}
 	}
-	return os.WriteFile(filepath.Join(c.CNIConfDir(), "10-meshlet-pods.conflist"), []byte(c.Conflist()), 0o644)
+	return c.writeConflist(c.Conflist())
 }
 
-// refPluginDir is where Debian's containernetworking-plugins puts them.
-const refPluginDir = "/usr/lib/cni"
+// ConflistFile is the node's conflist, the one containerd reads.
+func (c *Cluster) ConflistFile() string { return filepath.Join(c.CNIConfDir(), "10-meshlet-pods.conflist") }
 
-// Conflist is the node's primary CNI network: meshlet-cni gets chained onto
-// it. Pods get routes only to the node (on-link) and to Services.
-func (c *Cluster) Conflist() string {
-	return fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": %q,
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": %q,
-      "isGateway": true,
-      "isDefaultGateway": false,
-      "ipMasq": false,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": %q,
-        "ranges": [[{"subnet": %q, "gateway": %q}]],
-        "routes": [{"dst": %q}]
-      }
-    }
-  ]
+// writeConflist rewrites the conflist in place. containerd's CRI plugin
+// ignores Create events in the conf dir (a file renamed into it is one) and
+// reloads only on Write/Rename/Remove, so an atomic rename would go unseen.
+func (c *Cluster) writeConflist(content string) error {
+	f, err := os.OpenFile(c.ConflistFile(), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write([]byte(content)); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
-`, NetworkName, Bridge, c.path("cni", "ipam"), PodCIDR, NodeIP, ServiceCIDR)
+
+// refPluginDir holds the reference plugins make build compiles.
+func (c *Cluster) refPluginDir() string { return c.bin("cni") }
+
+// Conflist is the node's primary CNI network: bridge + host-local with no
+// default route and no masquerade (pods reach the node, on-link, and
+// Services only), with the extra plugins chained after it.
+func (c *Cluster) Conflist(chained ...map[string]any) string {
+	bridge := map[string]any{
+		"type": "bridge", "bridge": Bridge, "isGateway": true, "isDefaultGateway": false,
+		"ipMasq": false, "hairpinMode": true,
+		"ipam": map[string]any{
+			"type":    "host-local",
+			"dataDir": c.path("cni", "ipam"),
+			"ranges":  [][]map[string]string{{{"subnet": PodCIDR, "gateway": NodeIP}}},
+			"routes":  []map[string]string{{"dst": ServiceCIDR}},
+		},
+	}
+	plugins := append([]map[string]any{bridge}, chained...)
+	b, _ := json.MarshalIndent(map[string]any{"cniVersion": "1.0.0", "name": NetworkName, "plugins": plugins}, "", "  ")
+	return string(b) + "\n"
 }
 
 func copyFile(src, dst string, mode os.FileMode) error {

@@ -150,14 +150,14 @@ func (c *Cluster) checkPrerequisites() error {
 			missing = append(missing, cmd+" (run make tools)")
 		}
 	}
-	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "consul", "http-echo"} {
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "consul", "http-echo", "meshlet-cni", "pause", "curl"} {
 		if _, err := os.Stat(c.bin(b)); err != nil {
-			missing = append(missing, c.bin(b)+" (run make tools)")
+			missing = append(missing, c.bin(b)+" (run make tools build)")
 		}
 	}
 	for _, p := range []string{"bridge", "host-local", "loopback"} {
-		if _, err := os.Stat(filepath.Join(refPluginDir, p)); err != nil {
-			missing = append(missing, filepath.Join(refPluginDir, p)+" (run make tools)")
+		if _, err := os.Stat(filepath.Join(c.refPluginDir(), p)); err != nil {
+			missing = append(missing, filepath.Join(c.refPluginDir(), p)+" (run make build)")
 		}
 	}
 	if _, err := os.Stat(busyboxPath); err != nil {

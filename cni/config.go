@@ -1,0 +1,127 @@
+// Package cni is meshlet-cni, the chained CNI plugin that installs the
+// transparent-proxy redirection in an injected pod's network namespace at
+// sandbox creation, and fails the sandbox if it cannot.
+package cni
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+
+	"github.com/meshlet/meshlet/iptables"
+)
+
+// NetConf is meshlet-cni's entry in the node's conflist.
+type NetConf struct {
+	types.PluginConf
+	// Kubeconfig is the path of the kubeconfig the node agent installs
+	// for the plugin; its credentials need only get on pods.
+	Kubeconfig string `json:"kubeconfig"`
+	// LogLevel is debug, info (default), warn or error.
+	LogLevel string `json:"log_level,omitempty"`
+	// LogFile receives the plugin's structured logs; empty: stderr, which
+	// the runtime shows only when a call fails.
+	LogFile string `json:"log_file,omitempty"`
+	// IptablesMode is auto (default: the host's iptables backend), nft or
+	// legacy.
+	IptablesMode string `json:"iptables_mode,omitempty"`
+	// PodLookupTimeout bounds the pod GET with its retries (default 10s).
+	PodLookupTimeout string `json:"pod_lookup_timeout,omitempty"`
+	// LockDir holds the per-netns xtables locks of the legacy backend.
+	LockDir string `json:"lock_dir,omitempty"`
+
+	lookupTimeout time.Duration
+}
+
+const (
+	defaultLookupTimeout = 10 * time.Second
+	defaultLockDir       = "/run/meshlet/xtables-locks"
+)
+
+// parseConf decodes and checks the plugin's stdin. prevResult is required:
+// meshlet-cni only ever runs chained after the plugin that made the network.
+func parseConf(stdin []byte, requirePrev bool) (*NetConf, error) {
+	conf := &NetConf{}
+	if err := json.Unmarshal(stdin, conf); err != nil {
+		return nil, fmt.Errorf("meshlet-cni: parse network configuration: %w", err)
+	}
+	if requirePrev && conf.RawPrevResult == nil {
+		return nil, errors.New("meshlet-cni must be chained after the plugin that creates the pod network: the configuration has no prevResult")
+	}
+	if conf.RawPrevResult != nil {
+		if err := version.ParsePrevResult(&conf.PluginConf); err != nil {
+			return nil, fmt.Errorf("meshlet-cni: parse prevResult: %w", err)
+		}
+	}
+	if strings.TrimSpace(conf.Kubeconfig) == "" {
+		return nil, errors.New(`meshlet-cni: "kubeconfig" is empty: it must name the kubeconfig the node agent installs`)
+	}
+	conf.lookupTimeout = defaultLookupTimeout
+	if conf.PodLookupTimeout != "" {
+		d, err := time.ParseDuration(conf.PodLookupTimeout)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("meshlet-cni: pod_lookup_timeout %q: expected a positive duration such as 10s", conf.PodLookupTimeout)
+		}
+		conf.lookupTimeout = d
+	}
+	switch conf.LogLevel {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return nil, fmt.Errorf("meshlet-cni: log_level %q: expected debug, info, warn or error", conf.LogLevel)
+	}
+	if conf.LockDir == "" {
+		conf.LockDir = defaultLockDir
+	}
+	return conf, nil
+}
+
+// k8sArgs are the CNI_ARGS container runtimes pass for Kubernetes pods.
+type k8sArgs struct {
+	types.CommonArgs
+	K8S_POD_NAMESPACE          types.UnmarshallableString //nolint:revive // the runtime's key
+	K8S_POD_NAME               types.UnmarshallableString //nolint:revive
+	K8S_POD_INFRA_CONTAINER_ID types.UnmarshallableString //nolint:revive
+	K8S_POD_UID                types.UnmarshallableString //nolint:revive
+}
+
+func parseArgs(s string) (k8sArgs, error) {
+	var a k8sArgs
+	if err := types.LoadArgs(s, &a); err != nil {
+		return a, fmt.Errorf("meshlet-cni: parse CNI_ARGS: %w", err)
+	}
+	return a, nil
+}
+
+// families are the IP families the pod has addresses in; rules go into
+// each. A result without addresses still gets IPv4 rules: fail closed.
+func families(prev types.Result) ([]iptables.Family, error) {
+	if prev == nil {
+		return []iptables.Family{iptables.IPv4}, nil
+	}
+	res, err := current.NewResultFromResult(prev)
+	if err != nil {
+		return nil, fmt.Errorf("meshlet-cni: convert prevResult: %w", err)
+	}
+	var v4, v6 bool
+	for _, ip := range res.IPs {
+		if ip.Address.IP.To4() != nil {
+			v4 = true
+		} else {
+			v6 = true
+		}
+	}
+	var out []iptables.Family
+	if v4 || !v6 {
+		out = append(out, iptables.IPv4)
+	}
+	if v6 {
+		out = append(out, iptables.IPv6)
+	}
+	return out, nil
+}

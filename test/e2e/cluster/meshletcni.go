@@ -1,0 +1,169 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	authv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// The plugin's identity: a ServiceAccount that may only get pods, the
+// credentials the node agent will install for it.
+const (
+	CNIServiceAccount = "meshlet-cni"
+	cniNamespace      = "kube-system"
+)
+
+// MeshletCNIKubeconfig is the plugin's kubeconfig (a token of the
+// meshlet-cni ServiceAccount).
+func (c *Cluster) MeshletCNIKubeconfig() string { return c.path("cni", "meshlet-cni.kubeconfig") }
+
+// MeshletCNIConf is meshlet-cni's entry in the conflist.
+func (c *Cluster) MeshletCNIConf() map[string]any {
+	return map[string]any{
+		"type": "meshlet-cni", "kubeconfig": c.MeshletCNIKubeconfig(),
+		"log_file": c.path("logs", "meshlet-cni.log"), "log_level": "debug",
+	}
+}
+
+// InstallMeshletCNI chains meshlet-cni into the node's conflist the way the
+// node agent does: the binary into the CNI bin dir, a kubeconfig with
+// get-pods-only credentials, the plugin last in the chain.
+func (c *Cluster) InstallMeshletCNI(ctx context.Context) error {
+	if err := c.writeCNIKubeconfig(ctx); err != nil {
+		return fmt.Errorf("meshlet-cni credentials: %w", err)
+	}
+	if err := copyFile(c.bin("meshlet-cni"), filepath.Join(c.CNIBinDir(), "meshlet-cni"), 0o755); err != nil {
+		return fmt.Errorf("install meshlet-cni (run make build): %w", err)
+	}
+	if err := c.writeConflist(c.Conflist(c.MeshletCNIConf())); err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "containerd to load meshlet-cni", func(ctx context.Context) error {
+		return c.runtimeUsesPlugin(ctx, "meshlet-cni")
+	})
+}
+
+// runtimeUsesPlugin asks containerd (CRI status) whether the CNI config it
+// loaded chains the plugin.
+func (c *Cluster) runtimeUsesPlugin(ctx context.Context, plugin string) error {
+	rt, done, err := c.criClient()
+	if err != nil {
+		return err
+	}
+	defer done()
+	st, err := rt.Status(ctx, &runtime.StatusRequest{Verbose: true})
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(st.Info["cniconfig"], `"type":"`+plugin+`"`) && !strings.Contains(st.Info["cniconfig"], `"type": "`+plugin+`"`) {
+		return fmt.Errorf("containerd's loaded CNI config does not chain %s yet", plugin)
+	}
+	return nil
+}
+
+func (c *Cluster) writeCNIKubeconfig(ctx context.Context) error {
+	cs, err := c.Clientset()
+	if err != nil {
+		return err
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount, Namespace: cniNamespace}}
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}},
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: CNIServiceAccount},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: CNIServiceAccount, Namespace: cniNamespace}},
+	}
+	if _, err := cs.CoreV1().ServiceAccounts(cniNamespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	tr, err := cs.CoreV1().ServiceAccounts(cniNamespace).CreateToken(ctx, CNIServiceAccount,
+		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](24 * 3600)}}, metav1.CreateOptions{})
+	if err != nil {
+		return err
+	}
+	tokenFile := c.path("cni", "meshlet-cni.token")
+	if err := os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600); err != nil {
+		return err
+	}
+	kc := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: local
+  cluster: {server: "https://%s:6443", certificate-authority: %q}
+users:
+- name: meshlet-cni
+  user: {tokenFile: %q}
+contexts:
+- name: local
+  context: {cluster: local, user: meshlet-cni}
+current-context: local
+`, NodeIP, c.path("pki", "ca.crt"), tokenFile)
+	return os.WriteFile(c.MeshletCNIKubeconfig(), []byte(kc), 0o600)
+}
+
+// PodNetNS returns the network namespace path of a running pod's sandbox,
+// as the runtime knows it.
+func (c *Cluster) PodNetNS(ctx context.Context, namespace, name string) (string, error) {
+	rt, done, err := c.criClient()
+	if err != nil {
+		return "", err
+	}
+	defer done()
+	list, err := rt.ListPodSandbox(ctx, &runtime.ListPodSandboxRequest{Filter: &runtime.PodSandboxFilter{
+		State: &runtime.PodSandboxStateValue{State: runtime.PodSandboxState_SANDBOX_READY},
+		LabelSelector: map[string]string{
+			"io.kubernetes.pod.namespace": namespace, "io.kubernetes.pod.name": name,
+		},
+	}})
+	if err != nil {
+		return "", err
+	}
+	if len(list.Items) != 1 {
+		return "", fmt.Errorf("pod %s/%s: %d ready sandboxes", namespace, name, len(list.Items))
+	}
+	st, err := rt.PodSandboxStatus(ctx, &runtime.PodSandboxStatusRequest{PodSandboxId: list.Items[0].Id, Verbose: true})
+	if err != nil {
+		return "", err
+	}
+	var info struct {
+		Pid         int `json:"pid"`
+		RuntimeSpec struct {
+			Linux struct {
+				Namespaces []struct{ Type, Path string } `json:"namespaces"`
+			} `json:"linux"`
+		} `json:"runtimeSpec"`
+	}
+	if err := json.Unmarshal([]byte(st.Info["info"]), &info); err != nil {
+		return "", fmt.Errorf("pod %s/%s: sandbox info: %w", namespace, name, err)
+	}
+	for _, n := range info.RuntimeSpec.Linux.Namespaces {
+		if n.Type == "network" && n.Path != "" {
+			return n.Path, nil
+		}
+	}
+	if info.Pid > 0 {
+		return fmt.Sprintf("/proc/%d/ns/net", info.Pid), nil
+	}
+	return "", fmt.Errorf("pod %s/%s: the runtime reports no network namespace", namespace, name)
+}

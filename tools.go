@@ -1,0 +1,12 @@
+//go:build tools
+
+// The reference CNI plugins the local cluster chains meshlet-cni after,
+// built by `make build` at the version go.mod pins (Debian's 1.1.1 bridge
+// fails CHECK on routes without a gateway).
+package meshlet
+
+import (
+	_ "github.com/containernetworking/plugins/plugins/ipam/host-local"
+	_ "github.com/containernetworking/plugins/plugins/main/bridge"
+	_ "github.com/containernetworking/plugins/plugins/main/loopback"
+)

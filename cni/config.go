@@ -35,9 +35,20 @@ type NetConf struct {
 	PodLookupTimeout string `json:"pod_lookup_timeout,omitempty"`
 	// LockDir holds the per-netns xtables locks of the legacy backend.
 	LockDir string `json:"lock_dir,omitempty"`
+	// RuntimeConfig carries what the runtime passes for the capabilities
+	// the conflist entry declares: with "io.kubernetes.cri.pod-annotations"
+	// containerd and CRI-O hand over the pod's annotations (from kubelet's
+	// sandbox config), so ADD needs no API call.
+	RuntimeConfig struct {
+		PodAnnotations map[string]string `json:"io.kubernetes.cri.pod-annotations"`
+	} `json:"runtimeConfig"`
 
 	lookupTimeout time.Duration
 }
+
+// CapabilityPodAnnotations is the capability meshlet-cni's conflist entry
+// declares so that the runtime passes the pod's annotations.
+const CapabilityPodAnnotations = "io.kubernetes.cri.pod-annotations"
 
 const (
 	defaultLookupTimeout = 10 * time.Second

@@ -74,8 +74,26 @@ func (c *call) applier() (iptables.Applier, error) {
 	return iptables.Applier{Mode: mode, LockDir: c.conf.LockDir}, nil
 }
 
-// plan reads the pod and decides its redirection (nil: none).
+// plan decides the pod's redirection (nil: none) from its annotations: the
+// runtime's copy when it passes one, else the API server's.
 func (c *call) plan() (*iptables.Plan, error) {
+	ann := c.conf.RuntimeConfig.PodAnnotations
+	c.log = c.log.With("annotations_from", "runtime")
+	if ann == nil {
+		var err error
+		c.log = c.log.With("annotations_from", "api")
+		if ann, err = c.annotationsFromAPI(); err != nil {
+			return nil, err
+		}
+	}
+	p, err := iptables.PlanForPod(ann)
+	if err != nil {
+		return nil, fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
+	}
+	return p, nil
+}
+
+func (c *call) annotationsFromAPI() (map[string]string, error) {
 	api, err := loadKubeconfig(c.conf.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
@@ -86,11 +104,7 @@ func (c *call) plan() (*iptables.Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
 	}
-	p, err := iptables.PlanForPod(ann)
-	if err != nil {
-		return nil, fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
-	}
-	return p, nil
+	return ann, nil
 }
 
 // Add installs the pod's redirection, or passes through for pods that

@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/meshlet/meshlet/cni"
 	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 	"github.com/meshlet/meshlet/test/netnstest"
@@ -183,6 +186,22 @@ func TestPluginThroughLibcni(t *testing.T) {
 		_ = cniConfig.DelNetworkList(ctx, list, rt)
 	})
 
+	t.Run("annotations from the runtime need no API call", func(t *testing.T) {
+		netns := netnstest.NewNS(t)
+		// This pod does not exist in the API: only the runtime knows it.
+		rt := runtimeConf(ns, "runtime-only", netns.Path())
+		rt.CapabilityArgs = map[string]any{cni.CapabilityPodAnnotations: injectedAnnotations(redirectConfig)}
+		if _, err := cniConfig.AddNetworkList(ctx, list, rt); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Verify(netns.Path(), mustPlan(t, redirectConfig), []iptables.Family{iptables.IPv4}); err != nil {
+			t.Error(err)
+		}
+		if err := cniConfig.DelNetworkList(ctx, list, rt); err != nil {
+			t.Error(err)
+		}
+	})
+
 	t.Run("DEL before ADD and without a netns", func(t *testing.T) {
 		netns := netnstest.NewNS(t)
 		if err := cniConfig.DelNetworkList(ctx, list, runtimeConf(ns, "injected", netns.Path())); err != nil {
@@ -230,6 +249,21 @@ func TestPluginThroughLibcni(t *testing.T) {
 			t.Errorf("GC: %v", err)
 		}
 	})
+}
+
+// pluginLog returns the plugin's log line with msg for a pod.
+func pluginLog(t *testing.T, ns, name, msg string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(lc.Dir, "logs", "meshlet-cni.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, `"pod_namespace":"`+ns+`"`) && strings.Contains(line, `"pod_name":"`+name+`"`) && strings.Contains(line, msg) {
+			return line
+		}
+	}
+	return ""
 }
 
 // meshletOnly is a conflist of meshlet-cni alone whose configuration
@@ -289,6 +323,10 @@ func TestPluginOnKubelet(t *testing.T) {
 	}
 	if err := a.Verify(netns, mustPlan(t, redirectConfig), []iptables.Family{iptables.IPv4}); err != nil {
 		t.Errorf("injected pod: %v", err)
+	}
+	// containerd passed the annotations: the plugin made no API call.
+	if log := pluginLog(t, ns, "injected", "redirection applied"); !strings.Contains(log, `"annotations_from":"runtime"`) {
+		t.Errorf("plugin log for the injected pod: %s", log)
 	}
 
 	waitPodRunning(t, ctx, cs, ns, "plain")

@@ -95,7 +95,9 @@ func (c *Cluster) writeCNI() error {
 }
 
 // ConflistFile is the node's conflist, the one containerd reads.
-func (c *Cluster) ConflistFile() string { return filepath.Join(c.CNIConfDir(), "10-meshlet-pods.conflist") }
+func (c *Cluster) ConflistFile() string {
+	return filepath.Join(c.CNIConfDir(), "10-meshlet-pods.conflist")
+}
 
 // writeConflist rewrites the conflist in place. containerd's CRI plugin
 // ignores Create events in the conf dir (a file renamed into it is one) and

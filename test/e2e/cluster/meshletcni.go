@@ -16,6 +16,8 @@ import (
 	"k8s.io/utils/ptr"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/meshlet/meshlet/cni"
 )
 
 // The plugin's identity: a ServiceAccount that may only get pods, the
@@ -34,6 +36,7 @@ func (c *Cluster) MeshletCNIConf() map[string]any {
 	return map[string]any{
 		"type": "meshlet-cni", "kubeconfig": c.MeshletCNIKubeconfig(),
 		"log_file": c.path("logs", "meshlet-cni.log"), "log_level": "debug",
+		"capabilities": map[string]bool{cni.CapabilityPodAnnotations: true},
 	}
 }
 

@@ -31,6 +31,9 @@ type Applier struct {
 	// pods on one node never serialize on the global /run/xtables.lock
 	// (their tables are per-netns anyway). Empty: the global lock.
 	LockDir string
+	// NoNetlink makes the nft backend apply through iptables-restore too
+	// (by default a fresh netns is programmed over netlink).
+	NoNetlink bool
 }
 
 // tool returns the path of iptables-restore/-save for a family and mode.
@@ -138,8 +141,19 @@ func (a Applier) applyRulesets(netns string, sets []Ruleset) error {
 }
 
 func (a Applier) applyFamily(netns string, rs Ruleset) error {
-	// Fast path, one exec: a fresh netns has none of our chains.
+	var nlErr error
+	if a.Mode == ModeNFT && !a.NoNetlink && rs.netlinkCapable() {
+		handled, err := applyNetlink(netns, rs)
+		if handled && err == nil {
+			return nil
+		}
+		nlErr = err // the transaction left nothing; iptables-restore gets its turn
+	}
+	// One exec when the netns has none of our chains.
 	err := a.restore(netns, rs.Family, rs.restoreInput())
+	if err != nil && nlErr != nil {
+		err = errors.Join(nlErr, err)
+	}
 	if err == nil {
 		return nil
 	}

@@ -3,6 +3,7 @@ package iptables
 import (
 	"net/netip"
 	"os"
+	"slices"
 	"os/exec"
 	"strings"
 	"testing"
@@ -19,7 +20,16 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var modes = []Mode{ModeNFT, ModeLegacy}
+// backends: nft over netlink (the default), nft through iptables-restore,
+// and legacy.
+var backends = []struct {
+	name string
+	a    Applier
+}{
+	{"nft-netlink", Applier{Mode: ModeNFT}},
+	{"nft-restore", Applier{Mode: ModeNFT, NoNetlink: true}},
+	{"legacy", Applier{Mode: ModeLegacy}},
+}
 
 var trafficConfig = Config{
 	ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001,
@@ -43,10 +53,11 @@ func mustPlan(t *testing.T, c Config) *Plan {
 // destination.
 func TestTraffic(t *testing.T) {
 	netnstest.RequireRoot(t)
-	for _, mode := range modes {
-		t.Run(string(mode), func(t *testing.T) {
+	for _, be := range backends {
+		t.Run(be.name, func(t *testing.T) {
 			n := netnstest.NewNet(t)
-			a := Applier{Mode: mode, LockDir: t.TempDir()}
+			a := be.a
+			a.LockDir = t.TempDir()
 			if err := a.Apply(n.Pod.Path(), mustPlan(t, trafficConfig), []Family{IPv4, IPv6}); err != nil {
 				t.Fatal(err)
 			}
@@ -140,10 +151,11 @@ func iptablesIn(t *testing.T, mode Mode, n ns.NetNS, args ...string) {
 
 func TestApplyTwiceRemoveTwice(t *testing.T) {
 	netnstest.RequireRoot(t)
-	for _, mode := range modes {
-		t.Run(string(mode), func(t *testing.T) {
+	for _, be := range backends {
+		mode := be.a.Mode
+		t.Run(be.name, func(t *testing.T) {
 			pod := netnstest.NewNS(t)
-			a := Applier{Mode: mode}
+			a := be.a
 			p := mustPlan(t, trafficConfig)
 			fams := []Family{IPv4, IPv6}
 			if err := a.Remove(pod.Path(), fams); err != nil {
@@ -210,16 +222,19 @@ func stripComments(save string) string {
 
 func TestFailedApplyLeavesNothing(t *testing.T) {
 	netnstest.RequireRoot(t)
-	for _, mode := range modes {
-		t.Run(string(mode), func(t *testing.T) {
+	for _, be := range backends {
+		mode := be.a.Mode
+		t.Run(be.name, func(t *testing.T) {
 			pod := netnstest.NewNS(t)
-			a := Applier{Mode: mode}
+			a := be.a
 			p := mustPlan(t, trafficConfig)
 			good4 := p.Rules(IPv4)
 			broken := p.Rules(IPv6)
 			// An invalid rule half-way through the family's transaction.
 			mid := len(broken.Rules) / 2
-			broken.Rules = append(broken.Rules[:mid:mid], append([]string{"-A " + ChainOutput + " -j NO_SUCH_TARGET"}, broken.Rules[mid:]...)...)
+			bad := Rule{Chain: ChainOutput, Target: "NO_SUCH_TARGET"}
+			broken.Rules = slices.Insert(slices.Clone(broken.Rules), mid, bad.String())
+			broken.rules = slices.Insert(slices.Clone(broken.rules), mid, bad)
 			err := a.applyRulesets(pod.Path(), []Ruleset{good4, broken})
 			if err == nil {
 				t.Fatal("apply with an invalid rule succeeded")
@@ -238,10 +253,11 @@ func TestFailedApplyLeavesNothing(t *testing.T) {
 
 func TestVerifyDetectsDrift(t *testing.T) {
 	netnstest.RequireRoot(t)
-	for _, mode := range modes {
-		t.Run(string(mode), func(t *testing.T) {
+	for _, be := range backends {
+		mode := be.a.Mode
+		t.Run(be.name, func(t *testing.T) {
 			pod := netnstest.NewNS(t)
-			a := Applier{Mode: mode}
+			a := be.a
 			p := mustPlan(t, trafficConfig)
 			fams := []Family{IPv4}
 			if err := a.Apply(pod.Path(), p, fams); err != nil {
@@ -289,5 +305,33 @@ func TestDetectMode(t *testing.T) {
 	}
 	if _, err := ParseMode("iptables-nft"); err == nil || !strings.Contains(err.Error(), "expected auto, nft or legacy") {
 		t.Errorf("ParseMode accepted a bad mode: %v", err)
+	}
+}
+
+// TestNetlinkEncodesLikeIptablesNFT: rules programmed over netlink read
+// back through iptables-nft-save exactly as rendered, for every rule
+// shape, and a netns that already has meshlet chains is left to
+// iptables-restore.
+func TestNetlinkEncodesLikeIptablesNFT(t *testing.T) {
+	netnstest.RequireRoot(t)
+	cfg := Config{ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001,
+		ExcludeInboundPorts:  []string{"21000", "8000:8100"},
+		ExcludeOutboundPorts: []string{"443", "9000-9100"},
+		ExcludeOutboundCIDRs: []string{"172.16.0.0/12", "10.96.0.1", "100.64.0.0/10", "0.0.0.0/0", "fd00:10:96::/108", "2001:db8::/32", "::/0"},
+		ExcludeUIDs:          []string{"1000", "2000-2010"},
+	}
+	p := mustPlan(t, cfg)
+	pod := netnstest.NewNS(t)
+	for _, f := range []Family{IPv4, IPv6} {
+		handled, err := applyNetlink(pod.Path(), p.Rules(f))
+		if err != nil || !handled {
+			t.Fatalf("%s: netlink apply: handled=%v err=%v", f, handled, err)
+		}
+	}
+	if err := (Applier{Mode: ModeNFT}).Verify(pod.Path(), p, []Family{IPv4, IPv6}); err != nil {
+		t.Fatalf("iptables-nft-save reads the netlink rules differently: %v", err)
+	}
+	if handled, err := applyNetlink(pod.Path(), p.Rules(IPv4)); handled || err != nil {
+		t.Errorf("second netlink apply: handled=%v err=%v, want it left to iptables-restore", handled, err)
 	}
 }

@@ -30,70 +30,113 @@ const (
 var OwnedChains = []string{ChainInbound, ChainInboundRedirect, ChainOutput, ChainRedirect, ChainDNS}
 
 // Ruleset is the nat-table state one family must have: the chains meshlet
-// owns and every rule, in iptables-save's canonical spelling (so live rules
-// compare textually). Jumps from the built-in chains come last.
+// owns and every rule. Jumps from the built-in chains come last.
 type Ruleset struct {
 	Family Family
 	Chains []string
-	Rules  []string
+	Rules  []string // each rule in iptables-save's canonical spelling
+	rules  []Rule
+}
+
+// Rule is one nat rule. Its String is exactly what iptables-save prints for
+// it, so live rules compare textually; the netlink backend encodes the same
+// fields the way iptables-nft does.
+type Rule struct {
+	Chain    string
+	Dst      netip.Prefix // zero: any destination
+	OutIface string
+	Proto    string // "", "tcp" or "udp"
+	DPort    *PortRange
+	UID      *IDRange
+	Target   string         // a chain, RETURN, REDIRECT or DNAT
+	ToPort   uint16         // REDIRECT
+	ToAddr   netip.AddrPort // DNAT
+}
+
+func (r Rule) String() string {
+	var b strings.Builder
+	b.WriteString("-A " + r.Chain)
+	if r.Dst.IsValid() && r.Dst.Bits() > 0 {
+		b.WriteString(" -d " + r.Dst.String())
+	}
+	if r.OutIface != "" {
+		b.WriteString(" -o " + r.OutIface)
+	}
+	if r.Proto != "" {
+		b.WriteString(" -p " + r.Proto)
+	}
+	if r.DPort != nil {
+		fmt.Fprintf(&b, " -m %s --dport %s", r.Proto, r.DPort)
+	}
+	if r.UID != nil {
+		b.WriteString(" -m owner --uid-owner " + r.UID.String())
+	}
+	b.WriteString(" -j " + r.Target)
+	switch r.Target {
+	case "REDIRECT":
+		fmt.Fprintf(&b, " --to-ports %d", r.ToPort)
+	case "DNAT":
+		b.WriteString(" --to-destination " + r.ToAddr.String())
+	}
+	return b.String()
 }
 
 // Rules renders the plan for one family.
 func (p *Plan) Rules(f Family) Ruleset {
 	rs := Ruleset{Family: f, Chains: []string{ChainInbound, ChainInboundRedirect, ChainOutput, ChainRedirect}}
-	add := func(chain string, spec ...string) {
-		rs.Rules = append(rs.Rules, "-A "+chain+" "+strings.Join(spec, " "))
-	}
-	loopback, cidrs := "127.0.0.0/8", p.ExcludeCIDRs4
+	add := func(r Rule) { rs.rules = append(rs.rules, r) }
+	loopback, cidrs := netip.MustParsePrefix("127.0.0.0/8"), p.ExcludeCIDRs4
 	if f == IPv6 {
-		loopback, cidrs = "::1/128", p.ExcludeCIDRs6
+		loopback, cidrs = netip.MustParsePrefix("::1/128"), p.ExcludeCIDRs6
 	}
+	ret := func(r Rule) Rule { r.Chain, r.Target = ChainOutput, "RETURN"; return r }
 
 	// Inbound: everything to the proxy's inbound listener but excluded ports.
 	for _, r := range p.ExcludeInboundPorts {
-		add(ChainInbound, "-p tcp -m tcp --dport", r.String(), "-j RETURN")
+		add(Rule{Chain: ChainInbound, Proto: "tcp", DPort: &r, Target: "RETURN"})
 	}
-	add(ChainInbound, "-p tcp -j", ChainInboundRedirect)
-	add(ChainInboundRedirect, "-p tcp -j REDIRECT --to-ports", fmt.Sprint(p.InboundPort))
+	add(Rule{Chain: ChainInbound, Proto: "tcp", Target: ChainInboundRedirect})
+	add(Rule{Chain: ChainInboundRedirect, Proto: "tcp", Target: "REDIRECT", ToPort: p.InboundPort})
 
 	// Outbound: the proxy's own traffic, excluded UIDs, loopback (the whole
 	// range, and anything leaving through lo, such as the pod's own IP),
 	// excluded ports and CIDRs leave untouched; the rest goes to the proxy.
-	add(ChainOutput, "-m owner --uid-owner", fmt.Sprint(p.ProxyUID), "-j RETURN")
+	add(ret(Rule{UID: &IDRange{p.ProxyUID, p.ProxyUID}}))
 	for _, r := range p.ExcludeUIDs {
-		add(ChainOutput, "-m owner --uid-owner", r.String(), "-j RETURN")
+		add(ret(Rule{UID: &r}))
 	}
-	add(ChainOutput, "-d", loopback, "-j RETURN")
-	add(ChainOutput, "-o lo -j RETURN")
+	add(ret(Rule{Dst: loopback}))
+	add(ret(Rule{OutIface: "lo"}))
 	for _, r := range p.ExcludeOutboundPorts {
-		add(ChainOutput, "-p tcp -m tcp --dport", r.String(), "-j RETURN")
+		add(ret(Rule{Proto: "tcp", DPort: &r}))
 	}
 	for _, c := range cidrs {
-		add(ChainOutput, "-d", c.String(), "-j RETURN")
+		add(ret(Rule{Dst: c}))
 	}
-	add(ChainOutput, "-j", ChainRedirect)
-	add(ChainRedirect, "-p tcp -j REDIRECT --to-ports", fmt.Sprint(p.OutboundPort))
+	add(Rule{Chain: ChainOutput, Target: ChainRedirect})
+	add(Rule{Chain: ChainRedirect, Proto: "tcp", Target: "REDIRECT", ToPort: p.OutboundPort})
 
 	dns := p.DNS.IsValid() && p.DNS.Addr().Is4() == (f == IPv4)
+	port53 := &PortRange{53, 53}
 	if dns {
 		rs.Chains = append(rs.Chains, ChainDNS)
-		dst := hostPrefix(p.DNS.Addr())
-		to := p.DNS.String()
+		dst := netip.PrefixFrom(p.DNS.Addr(), p.DNS.Addr().BitLen())
 		for _, proto := range []string{"udp", "tcp"} {
-			add(ChainDNS, "-d", dst, "-p", proto, "-m", proto, "--dport 53 -j DNAT --to-destination", to)
+			add(Rule{Chain: ChainDNS, Dst: dst, Proto: proto, DPort: port53, Target: "DNAT", ToAddr: p.DNS})
 		}
 	}
-	add("PREROUTING", "-p tcp -j", ChainInbound)
+	add(Rule{Chain: "PREROUTING", Proto: "tcp", Target: ChainInbound})
 	if dns {
 		// Before the TCP redirect, so DNS over TCP reaches Consul DNS too.
-		add("OUTPUT", "-p udp -m udp --dport 53 -j", ChainDNS)
-		add("OUTPUT", "-p tcp -m tcp --dport 53 -j", ChainDNS)
+		add(Rule{Chain: "OUTPUT", Proto: "udp", DPort: port53, Target: ChainDNS})
+		add(Rule{Chain: "OUTPUT", Proto: "tcp", DPort: port53, Target: ChainDNS})
 	}
-	add("OUTPUT", "-p tcp -j", ChainOutput)
+	add(Rule{Chain: "OUTPUT", Proto: "tcp", Target: ChainOutput})
+	for _, r := range rs.rules {
+		rs.Rules = append(rs.Rules, r.String())
+	}
 	return rs
 }
-
-func hostPrefix(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }
 
 // builtinJumps are the rules of rs that live in built-in chains.
 func (rs Ruleset) builtinJumps() []string {

@@ -35,7 +35,7 @@ func injectedAnnotations(cfg string) map[string]string {
 	}
 }
 
-func mustPlan(t *testing.T, cfg string) *iptables.Plan {
+func mustPlan(t testing.TB, cfg string) *iptables.Plan {
 	t.Helper()
 	p, err := iptables.PlanForPod(injectedAnnotations(cfg))
 	if err != nil {
@@ -44,7 +44,7 @@ func mustPlan(t *testing.T, cfg string) *iptables.Plan {
 	return p
 }
 
-func applier(t *testing.T) iptables.Applier {
+func applier(t testing.TB) iptables.Applier {
 	t.Helper()
 	mode, err := iptables.DetectMode()
 	if err != nil {
@@ -55,7 +55,7 @@ func applier(t *testing.T) iptables.Applier {
 
 // createPodObject creates a pod that no kubelet runs (its node does not
 // exist): the plugin only needs the object.
-func createPodObject(t *testing.T, cs *kubernetes.Clientset, ns, name string, ann map[string]string) {
+func createPodObject(t testing.TB, cs *kubernetes.Clientset, ns, name string, ann map[string]string) {
 	t.Helper()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},

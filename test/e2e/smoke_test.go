@@ -125,7 +125,7 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-func clientset(t *testing.T) *kubernetes.Clientset {
+func clientset(t testing.TB) *kubernetes.Clientset {
 	t.Helper()
 	cs, err := lc.Clientset()
 	if err != nil {
@@ -135,7 +135,7 @@ func clientset(t *testing.T) *kubernetes.Clientset {
 }
 
 // testNamespace creates a namespace for one test and deletes it afterwards.
-func testNamespace(t *testing.T, cs *kubernetes.Clientset, prefix string) string {
+func testNamespace(t testing.TB, cs *kubernetes.Clientset, prefix string) string {
 	t.Helper()
 	ns, err := cs.CoreV1().Namespaces().Create(context.Background(),
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}, metav1.CreateOptions{})
@@ -153,7 +153,7 @@ func testNamespace(t *testing.T, cs *kubernetes.Clientset, prefix string) string
 	return ns.Name
 }
 
-func waitFor(t *testing.T, ctx context.Context, what string, cond func(context.Context) (bool, error)) {
+func waitFor(t testing.TB, ctx context.Context, what string, cond func(context.Context) (bool, error)) {
 	t.Helper()
 	var last error
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {

@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/meshlet/meshlet/cni"
+	"github.com/meshlet/meshlet/iptables"
+	"github.com/meshlet/meshlet/test/netnstest"
+)
+
+// Plugin benchmarks: meshlet-cni is exec'd exactly as a runtime execs it
+// (a fresh process, CNI_* environment, the conflist entry with prevResult on
+// stdin), so start-up, the pod lookup and the rule apply are all measured.
+// make bench runs them; docs/benchmarks.md has the numbers.
+
+// pluginInvocation is one ADD of meshlet-cni for a pod into a netns.
+type pluginInvocation struct {
+	netns, namespace, name string
+	annotations            map[string]string // nil: the runtime passes none, so the plugin asks the API
+}
+
+func (p pluginInvocation) run(cmd string) error {
+	conf := lc.MeshletCNIConf()
+	conf["cniVersion"], conf["name"] = "1.0.0", "meshlet-pods"
+	conf["prevResult"] = map[string]any{
+		"cniVersion": "1.0.0",
+		"interfaces": []map[string]string{{"name": "eth0", "sandbox": p.netns}},
+		"ips":        []map[string]any{{"address": "10.248.0.2/24", "interface": 0}},
+	}
+	conf["log_level"] = "error"
+	if p.annotations != nil {
+		conf["runtimeConfig"] = map[string]any{cni.CapabilityPodAnnotations: p.annotations}
+	}
+	stdin, _ := json.Marshal(conf)
+	c := exec.Command(filepath.Join(lc.CNIBinDir(), "meshlet-cni"))
+	c.Env = []string{"CNI_COMMAND=" + cmd, "CNI_CONTAINERID=bench", "CNI_NETNS=" + p.netns, "CNI_IFNAME=eth0",
+		"CNI_PATH=" + lc.CNIBinDir(), "PATH=" + os.Getenv("PATH"),
+		fmt.Sprintf("CNI_ARGS=IgnoreUnknown=1;K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s", p.namespace, p.name)}
+	c.Stdin = strings.NewReader(string(stdin))
+	if out, err := c.CombinedOutput(); err != nil {
+		return fmt.Errorf("meshlet-cni %s: %w: %s", cmd, err, out)
+	}
+	return nil
+}
+
+// perRuleExec applies the same ruleset the way consul-k8s does: one
+// `nsenter --net=… iptables -t nat …` process per chain and per rule.
+func perRuleExec(netns string, rs iptables.Ruleset) error {
+	var cmds [][]string
+	for _, c := range rs.Chains {
+		cmds = append(cmds, []string{"-N", c})
+	}
+	for _, r := range rs.Rules {
+		cmds = append(cmds, strings.Fields(r))
+	}
+	for _, args := range cmds {
+		argv := append([]string{"--net=" + netns, "iptables", "-t", "nat"}, args...)
+		if out, err := exec.Command("nsenter", argv...).CombinedOutput(); err != nil {
+			return fmt.Errorf("nsenter %v: %w: %s", argv, err, out)
+		}
+	}
+	return nil
+}
+
+func percentile(d []time.Duration, q float64) float64 {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return float64(s[int(float64(len(s)-1)*q)].Microseconds()) / 1000
+}
+
+func requireClusterB(b *testing.B) {
+	b.Helper()
+	if skipReason != "" {
+		b.Skip(skipReason)
+	}
+}
+
+// BenchmarkPluginADD: p50/p90 of one ADD, for an injected pod (annotations
+// from the runtime, or read from the API server) and a plain pod.
+func BenchmarkPluginADD(b *testing.B) {
+	requireClusterB(b)
+	cs := clientset(b)
+	nsName := testNamespace(b, cs, "bench")
+	createPodObject(b, cs, nsName, "injected", injectedAnnotations(redirectConfig))
+	createPodObject(b, cs, nsName, "plain", nil)
+	a := applier(b)
+	variants := []struct {
+		name string
+		inv  pluginInvocation
+		plan *iptables.Plan
+	}{
+		{"injected/runtime-annotations", pluginInvocation{namespace: nsName, name: "injected", annotations: injectedAnnotations(redirectConfig)}, mustPlan(b, redirectConfig)},
+		{"injected/api-lookup", pluginInvocation{namespace: nsName, name: "injected"}, mustPlan(b, redirectConfig)},
+		{"plain/runtime-annotations", pluginInvocation{namespace: nsName, name: "plain", annotations: map[string]string{}}, nil},
+		{"plain/api-lookup", pluginInvocation{namespace: nsName, name: "plain"}, nil},
+	}
+	for _, v := range variants {
+		b.Run(v.name, func(b *testing.B) {
+			netns := netnstest.NewNS(b)
+			v.inv.netns = netns.Path()
+			var d []time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				if err := a.Remove(netns.Path(), []iptables.Family{iptables.IPv4}); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				t0 := time.Now()
+				if err := v.inv.run("ADD"); err != nil {
+					b.Fatal(err)
+				}
+				d = append(d, time.Since(t0))
+			}
+			b.StopTimer()
+			if err := a.Verify(netns.Path(), v.plan, []iptables.Family{iptables.IPv4}); err != nil {
+				b.Fatalf("rules after the last ADD: %v", err)
+			}
+			b.ReportMetric(percentile(d, 0.5), "p50-ms")
+			b.ReportMetric(percentile(d, 0.9), "p90-ms")
+		})
+	}
+}
+
+// BenchmarkADDvsPerRuleExec measures meshlet-cni's ADD (API lookup, the
+// slower path) and the one-process-per-rule method on the same ruleset,
+// alternating, in the same run, and reports the ratio of their medians.
+func BenchmarkADDvsPerRuleExec(b *testing.B) {
+	requireClusterB(b)
+	cs := clientset(b)
+	nsName := testNamespace(b, cs, "bench")
+	createPodObject(b, cs, nsName, "injected", injectedAnnotations(redirectConfig))
+	a := applier(b)
+	plan := mustPlan(b, redirectConfig)
+	rs := plan.Rules(iptables.IPv4)
+	netns := netnstest.NewNS(b)
+	inv := pluginInvocation{netns: netns.Path(), namespace: nsName, name: "injected"}
+	var ours, baseline []time.Duration
+	for i := 0; i < b.N; i++ {
+		for _, side := range []func() error{
+			func() error { return inv.run("ADD") },
+			func() error { return perRuleExec(netns.Path(), rs) },
+		} {
+			if err := a.Remove(netns.Path(), []iptables.Family{iptables.IPv4}); err != nil {
+				b.Fatal(err)
+			}
+			t0 := time.Now()
+			if err := side(); err != nil {
+				b.Fatal(err)
+			}
+			if len(ours) == len(baseline) {
+				ours = append(ours, time.Since(t0))
+			} else {
+				baseline = append(baseline, time.Since(t0))
+			}
+			if err := a.Verify(netns.Path(), plan, []iptables.Family{iptables.IPv4}); err != nil {
+				b.Fatalf("rules differ: %v", err)
+			}
+		}
+	}
+	b.ReportMetric(percentile(ours, 0.5), "meshlet-p50-ms")
+	b.ReportMetric(percentile(baseline, 0.5), "per-rule-p50-ms")
+	b.ReportMetric(percentile(baseline, 0.5)/percentile(ours, 0.5), "speedup-x")
+}
+
+// BenchmarkConcurrentADD50: 50 ADDs at once into 50 network namespaces, as
+// a node does when a Deployment scales up; all must end with exact rules.
+func BenchmarkConcurrentADD50(b *testing.B) {
+	requireClusterB(b)
+	const pods = 50
+	a := applier(b)
+	plan := mustPlan(b, redirectConfig)
+	var walls []time.Duration
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		nss := make([]ns.NetNS, pods)
+		for j := range nss {
+			nss[j] = netnstest.NewNS(b)
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		var wg sync.WaitGroup
+		errs := make(chan error, pods)
+		for j := range nss {
+			wg.Add(1)
+			go func(n ns.NetNS) {
+				defer wg.Done()
+				inv := pluginInvocation{netns: n.Path(), namespace: "bench", name: fmt.Sprintf("pod-%d", j),
+					annotations: injectedAnnotations(redirectConfig)}
+				errs <- inv.run("ADD")
+			}(nss[j])
+		}
+		wg.Wait()
+		walls = append(walls, time.Since(t0))
+		b.StopTimer()
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		for _, n := range nss {
+			if err := a.Verify(n.Path(), plan, []iptables.Family{iptables.IPv4}); err != nil {
+				b.Fatalf("%s: %v", n.Path(), err)
+			}
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(percentile(walls, 0.5), "wall-p50-ms")
+	b.ReportMetric(percentile(walls, 1), "wall-max-ms")
+}

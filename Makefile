@@ -40,8 +40,9 @@ demo: cluster-up
 test: tools build
 	@./hack/test.sh
 
-bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+## bench: the benchmarks of docs/benchmarks.md (boots the local cluster)
+bench: tools build
+	@./hack/bench.sh
 
 clean: cluster-down
 	rm -rf $(BIN) .cluster

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# make bench: the benchmarks behind docs/benchmarks.md. The plugin
+# benchmarks exec bin/meshlet-cni as a runtime does, against the real local
+# cluster (booted and torn down by the e2e TestMain), in real netns.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PATH="$root/bin:$PATH"
+go test -run '^$' -bench . -benchmem -benchtime 200x ./iptables/
+go test -run '^$' -bench . -benchtime "${BENCHTIME:-50x}" ./test/e2e/ 2>&1 | grep -v 'level=INFO'

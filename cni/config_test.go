@@ -1,0 +1,170 @@
+package cni
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/meshlet/meshlet/iptables"
+)
+
+const prev = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.5/24","interface":0},{"address":"fd00::5/64","interface":0}]}`
+
+func TestParseConf(t *testing.T) {
+	tests := []struct {
+		name, conf, wantErr string
+		requirePrev         bool
+	}{
+		{"chained", `{"cniVersion":"1.0.0","type":"meshlet-cni","kubeconfig":"/k",` + prev + `}`, "", true},
+		{"unchained", `{"cniVersion":"1.0.0","type":"meshlet-cni","kubeconfig":"/k"}`, "must be chained", true},
+		{"DEL needs no prevResult", `{"cniVersion":"1.0.0","type":"meshlet-cni","kubeconfig":"/k"}`, "", false},
+		{"no kubeconfig", `{"cniVersion":"1.0.0","type":"meshlet-cni",` + prev + `}`, `"kubeconfig" is empty`, true},
+		{"bad timeout", `{"cniVersion":"1.0.0","kubeconfig":"/k","pod_lookup_timeout":"soon",` + prev + `}`, `pod_lookup_timeout "soon"`, true},
+		{"bad log level", `{"cniVersion":"1.0.0","kubeconfig":"/k","log_level":"loud",` + prev + `}`, `log_level "loud"`, true},
+		{"not JSON", `{`, "parse network configuration", true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseConf([]byte(tc.conf), tc.requirePrev)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if c.lookupTimeout != defaultLookupTimeout || c.LockDir != defaultLockDir {
+					t.Errorf("defaults not set: %+v", c)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("error %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestRuntimeAnnotations(t *testing.T) {
+	c, err := parseConf([]byte(`{"cniVersion":"1.0.0","kubeconfig":"/k","runtimeConfig":{"io.kubernetes.cri.pod-annotations":{"a":"b"}},`+prev+`}`), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RuntimeConfig.PodAnnotations["a"] != "b" {
+		t.Errorf("annotations %v", c.RuntimeConfig.PodAnnotations)
+	}
+	c, err = parseConf([]byte(`{"cniVersion":"1.0.0","kubeconfig":"/k",`+prev+`}`), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RuntimeConfig.PodAnnotations != nil {
+		t.Error("no runtimeConfig must mean: ask the API server")
+	}
+}
+
+func TestFamilies(t *testing.T) {
+	c, err := parseConf([]byte(`{"cniVersion":"1.0.0","kubeconfig":"/k",`+prev+`}`), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := families(c.PrevResult)
+	if err != nil || len(got) != 2 || got[0] != iptables.IPv4 || got[1] != iptables.IPv6 {
+		t.Errorf("dual-stack: %v %v", got, err)
+	}
+	got, _ = families(&current.Result{CNIVersion: "1.0.0"})
+	if len(got) != 1 || got[0] != iptables.IPv4 {
+		t.Errorf("no addresses must still get IPv4 rules: %v", got)
+	}
+	var none types.Result
+	if got, _ := families(none); len(got) != 1 {
+		t.Errorf("nil result: %v", got)
+	}
+}
+
+func TestParseArgs(t *testing.T) {
+	a, err := parseArgs("IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=p;K8S_POD_INFRA_CONTAINER_ID=x;K8S_POD_UID=u;OTHER=y")
+	if err != nil || a.K8S_POD_NAMESPACE != "ns" || a.K8S_POD_NAME != "p" {
+		t.Errorf("%+v %v", a, err)
+	}
+	if _, err := parseArgs("OTHER=y"); err == nil {
+		t.Error("unknown args without IgnoreUnknown accepted")
+	}
+}
+
+func TestLoadKubeconfig(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	write("token", "s3cret\n")
+	testCA := selfSignedPEM(t)
+	write("ca.crt", testCA)
+	kc := func(user string) string {
+		return `apiVersion: v1
+kind: Config
+current-context: c
+clusters: [{name: k, cluster: {server: "https://10.0.0.1:6443/", certificate-authority: ca.crt}}]
+users: [{name: u, user: ` + user + `}]
+contexts: [{name: c, context: {cluster: k, user: u}}]
+`
+	}
+	cl, err := loadKubeconfig(write("token-file.yaml", kc(`{tokenFile: token}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cl.token != "s3cret" || cl.server != "https://10.0.0.1:6443" {
+		t.Errorf("token file: token %q server %q", cl.token, cl.server)
+	}
+	if cl, err = loadKubeconfig(write("token.yaml", kc(`{token: abc}`))); err != nil || cl.token != "abc" {
+		t.Errorf("inline token: %v %v", cl, err)
+	}
+	caData := base64.StdEncoding.EncodeToString([]byte(testCA))
+	inline := strings.Replace(kc(`{token: abc}`), "certificate-authority: ca.crt", "certificate-authority-data: "+caData, 1)
+	if _, err := loadKubeconfig(write("ca-data.yaml", inline)); err != nil {
+		t.Errorf("CA data: %v", err)
+	}
+	for name, tc := range map[string]struct{ content, want string }{
+		"exec":          {kc(`{exec: {command: aws}}`), "exec or auth-provider plugin"},
+		"no context":    {strings.Replace(kc(`{token: a}`), "current-context: c", "current-context: other", 1), `context "other" not found`},
+		"bad CA":        {strings.Replace(kc(`{token: a}`), "ca.crt", "token", 1), "holds no PEM certificate"},
+		"missing token": {kc(`{tokenFile: nope}`), "token file"},
+		"not YAML":      {"{{{", "kubeconfig"},
+	} {
+		if _, err := loadKubeconfig(write(name+".yaml", tc.content)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+	}
+	if _, err := loadKubeconfig(filepath.Join(dir, "absent")); err == nil {
+		t.Error("missing kubeconfig accepted")
+	}
+}
+
+// selfSignedPEM is a throwaway CA certificate.
+func selfSignedPEM(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test-ca"},
+		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}

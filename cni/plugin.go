@@ -129,7 +129,7 @@ func (c *call) add() error {
 		c.log.Debug("no K8S_POD_NAME: not a Kubernetes pod, passing through")
 		return nil
 	}
-	p, err := c.plan()
+	p, fams, a, err := c.target()
 	if err != nil {
 		return err
 	}
@@ -137,19 +137,26 @@ func (c *call) add() error {
 		c.log.Debug("no redirection for this pod")
 		return nil
 	}
-	fams, err := families(c.conf.PrevResult)
-	if err != nil {
-		return err
-	}
-	a, err := c.applier()
-	if err != nil {
-		return err
-	}
 	if err := a.Apply(c.args.Netns, p, fams); err != nil {
 		return fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
 	}
 	c.log.Info("redirection applied", "families", fmt.Sprint(fams), "mode", a.Mode)
 	return nil
+}
+
+// target is what ADD installs and CHECK expects: the pod's plan (nil for
+// none), its IP families, and the applier for the host's backend.
+func (c *call) target() (*iptables.Plan, []iptables.Family, iptables.Applier, error) {
+	p, err := c.plan()
+	if err != nil {
+		return nil, nil, iptables.Applier{}, err
+	}
+	fams, err := families(c.conf.PrevResult)
+	if err != nil {
+		return nil, nil, iptables.Applier{}, err
+	}
+	a, err := c.applier()
+	return p, fams, a, err
 }
 
 // Del removes meshlet's rules. It succeeds when the netns is already gone
@@ -191,15 +198,7 @@ func Check(args *skel.CmdArgs) error {
 	if c.name == "" {
 		return nil
 	}
-	p, err := c.plan()
-	if err != nil {
-		return err
-	}
-	fams, err := families(c.conf.PrevResult)
-	if err != nil {
-		return err
-	}
-	a, err := c.applier()
+	p, fams, a, err := c.target()
 	if err != nil {
 		return err
 	}

@@ -115,20 +115,19 @@ func (c Config) Validate() (*Plan, error) {
 	if p.InboundPort != 0 && p.InboundPort == p.OutboundPort {
 		errs = append(errs, fmt.Errorf("ProxyInboundPort and ProxyOutboundPort are both %d; they must differ", p.InboundPort))
 	}
-	for i, v := range splitList(c.ExcludeInboundPorts) {
-		if r, ok := parsePortRange(v); ok {
-			p.ExcludeInboundPorts = append(p.ExcludeInboundPorts, r)
-		} else {
-			bad(fmt.Sprintf("ExcludeInboundPorts[%d]", i), v, "a port (1-65535) or a range low:high")
+	ports := func(field string, in []string) []PortRange {
+		var out []PortRange
+		for i, v := range splitList(in) {
+			if r, ok := parsePortRange(v); ok {
+				out = append(out, r)
+			} else {
+				bad(fmt.Sprintf("%s[%d]", field, i), v, "a port (1-65535) or a range low:high")
+			}
 		}
+		return out
 	}
-	for i, v := range splitList(c.ExcludeOutboundPorts) {
-		if r, ok := parsePortRange(v); ok {
-			p.ExcludeOutboundPorts = append(p.ExcludeOutboundPorts, r)
-		} else {
-			bad(fmt.Sprintf("ExcludeOutboundPorts[%d]", i), v, "a port (1-65535) or a range low:high")
-		}
-	}
+	p.ExcludeInboundPorts = ports("ExcludeInboundPorts", c.ExcludeInboundPorts)
+	p.ExcludeOutboundPorts = ports("ExcludeOutboundPorts", c.ExcludeOutboundPorts)
 	for i, v := range splitList(c.ExcludeUIDs) {
 		if r, ok := parseIDRange(v); ok {
 			p.ExcludeUIDs = append(p.ExcludeUIDs, r)

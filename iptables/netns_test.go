@@ -3,8 +3,8 @@ package iptables
 import (
 	"net/netip"
 	"os"
-	"slices"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 

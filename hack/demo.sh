@@ -19,6 +19,11 @@ say kubectl exec deploy/static-client -- curl -s http://$server_ip:8080/
 kubectl exec deploy/static-client -- curl -s "http://$server_ip:8080/"
 svc_ip=$(kubectl get svc static-server -o jsonpath='{.spec.clusterIP}')
 say kubectl exec deploy/static-client -- curl -s http://$svc_ip/   "# the Service's ClusterIP"
-kubectl exec deploy/static-client -- curl -s "http://$svc_ip/"
+# kube-proxy programs a new Service within a second or two: retry until then.
+for i in $(seq 20); do
+  kubectl exec deploy/static-client -- curl -s "http://$svc_ip/" && break
+  [ "$i" = 20 ] && exit 1
+  sleep 0.5
+done
 echo
 echo "The cluster keeps running: 'source .cluster/env' to use it, 'make cluster-down' to stop it."

@@ -148,7 +148,11 @@ func copyFile(src, dst string, mode os.FileMode) error {
 	return os.Rename(tmp, dst)
 }
 
-func (c *Cluster) containerdSock() string { return c.path("containerd", "containerd.sock") }
+// runDir holds the runtime's sockets: a unix socket path must stay under
+// 108 bytes, which a deep checkout would overrun.
+const runDir = "/run/meshlet-localcluster"
+
+func (c *Cluster) containerdSock() string { return filepath.Join(runDir, "containerd.sock") }
 
 func (c *Cluster) startStorageAndRuntime(ctx context.Context) error {
 	etcd := []string{"etcd", "--name=meshlet", "--data-dir=" + c.path("etcd"),
@@ -186,9 +190,11 @@ state = %q
     conf_dir = %q
     max_conf_num = 1
 `, c.path("containerd", "root"), c.path("containerd", "state"), c.containerdSock(),
-		c.path("containerd", "containerd.sock.ttrpc"), PauseImage, c.CNIBinDir(), c.CNIConfDir())
-	if err := os.MkdirAll(c.path("containerd"), 0o755); err != nil {
-		return err
+		filepath.Join(runDir, "containerd.sock.ttrpc"), PauseImage, c.CNIBinDir(), c.CNIConfDir())
+	for _, d := range []string{c.path("containerd"), runDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
 	}
 	cfgPath := c.path("containerd", "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {

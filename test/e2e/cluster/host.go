@@ -151,6 +151,9 @@ func (c *Cluster) restoreHost() error {
 	if linkExists(Bridge) {
 		errs = append(errs, run("ip", "link", "del", Bridge))
 	}
+	if err := os.RemoveAll(runDir); err != nil {
+		errs = append(errs, err)
+	}
 	if routeExists() {
 		errs = append(errs, run("ip", "route", "del", "unreachable", ServiceCIDR))
 	}
@@ -357,6 +360,9 @@ func (c *Cluster) Leftovers(before Baseline) ([]string, error) {
 	}
 	if linkExists(Bridge) {
 		out = append(out, "bridge "+Bridge)
+	}
+	if _, err := os.Stat(runDir); err == nil {
+		out = append(out, "directory "+runDir)
 	}
 	if routeExists() {
 		out = append(out, "route unreachable "+ServiceCIDR)

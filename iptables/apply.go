@@ -144,18 +144,21 @@ func (a Applier) applyFamily(netns string, rs Ruleset) error {
 	var nlErr error
 	if a.Mode == ModeNFT && !a.NoNetlink && rs.netlinkCapable() {
 		handled, err := applyNetlink(netns, rs)
-		if handled && err == nil {
+		switch {
+		case err == nil && handled:
 			return nil
+		case err == nil: // meshlet chains are there already
+			return a.replace(netns, rs)
 		}
 		nlErr = err // the transaction left nothing; iptables-restore gets its turn
 	}
-	// One exec when the netns has none of our chains.
+	// One exec when the netns has none of our chains ("-N" fails otherwise).
 	err := a.restore(netns, rs.Family, rs.restoreInput())
-	if err != nil && nlErr != nil {
-		err = errors.Join(nlErr, err)
-	}
 	if err == nil {
 		return nil
+	}
+	if nlErr != nil {
+		err = errors.Join(nlErr, err)
 	}
 	live, serr := a.save(netns, rs.Family)
 	if serr != nil {
@@ -163,6 +166,15 @@ func (a Applier) applyFamily(netns string, rs Ruleset) error {
 	}
 	if live.empty() {
 		return err // a real failure; the transaction left nothing behind
+	}
+	return a.restore(netns, rs.Family, rs.replaceInput(live))
+}
+
+// replace swaps the live meshlet rules for rs in one transaction.
+func (a Applier) replace(netns string, rs Ruleset) error {
+	live, err := a.save(netns, rs.Family)
+	if err != nil {
+		return err
 	}
 	return a.restore(netns, rs.Family, rs.replaceInput(live))
 }

@@ -365,3 +365,58 @@ func TestPluginOnKubelet(t *testing.T) {
 		t.Error("the broken pod is Running")
 	}
 }
+
+// TestRedirectionOnKubelet sends real traffic through a pod set up by the
+// real kubelet with meshlet-cni: stand-in listeners on the proxy's ports
+// (running as the proxy UID) show where connections land.
+func TestRedirectionOnKubelet(t *testing.T) {
+	requireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cs := clientset(t)
+	ns := testNamespace(t, cs, "redirect")
+	echo := func(name, text string, port int, uid int64) corev1.Container {
+		c := corev1.Container{Name: name, Image: cluster.StaticServerImage, ImagePullPolicy: corev1.PullNever,
+			Args: []string{"-text=" + text, fmt.Sprintf("-listen=:%d", port)}}
+		if uid != 0 {
+			c.SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(uid)}
+		}
+		return c
+	}
+	shell := corev1.Container{Name: "client", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
+		Command: []string{"sleep", "3600"}}
+	mk := func(name string, ann map[string]string, containers ...corev1.Container) {
+		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
+			Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: containers}}
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mk("meshed", injectedAnnotations(`{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001}`),
+		echo("app", "app", 8080, 0), echo("inbound", "inbound-proxy", 20000, 5995),
+		echo("outbound", "outbound-proxy", 15001, 5995), shell)
+	mk("plain", nil, echo("app", "plain-app", 8080, 0), shell)
+	meshed := waitPodRunning(t, ctx, cs, ns, "meshed")
+	plain := waitPodRunning(t, ctx, cs, ns, "plain")
+
+	curl := func(pod, url string) string {
+		var out string
+		// The listeners may still be starting: retry briefly.
+		waitFor(t, ctx, pod+" → "+url, func(context.Context) (bool, error) {
+			var err error
+			out, err = kubectlErr("exec", "-n", ns, pod, "-c", "client", "--", "curl", "-sS", "-m", "3", url)
+			return err == nil, nil
+		})
+		return strings.TrimSpace(out)
+	}
+	for _, tc := range []struct{ name, from, url, want string }{
+		{"outbound from the app goes to the outbound listener", "meshed", "http://" + plain.Status.PodIP + ":8080/", "outbound-proxy"},
+		{"loopback stays in the pod", "meshed", "http://127.0.0.1:8080/", "app"},
+		{"inbound goes to the inbound listener", "plain", "http://" + meshed.Status.PodIP + ":8080/", "inbound-proxy"},
+		{"a plain pod is untouched", "plain", "http://" + plain.Status.PodIP + ":8080/", "plain-app"},
+	} {
+		if got := curl(tc.from, tc.url); got != tc.want {
+			t.Errorf("%s: %s curl %s answered %q, want %q", tc.name, tc.from, tc.url, got, tc.want)
+		}
+	}
+}

@@ -6,5 +6,5 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$root/bin:$PATH"
-go test -run '^$' -bench . -benchmem -benchtime 200x ./iptables/
+go test -run '^$' -bench . -benchmem -benchtime 200x ./iptables/ ./cmd/meshlet-cni/
 go test -run '^$' -bench . -benchtime "${BENCHTIME:-50x}" ./test/e2e/ 2>&1 | grep -v 'level=INFO'

@@ -23,8 +23,9 @@ const (
 	ModeLegacy Mode = "legacy"
 )
 
-// Applier applies, verifies and removes rulesets inside network namespaces
-// with one iptables-restore per family and transaction.
+// Applier applies, verifies and removes rulesets inside network namespaces,
+// one transaction per family: over netlink (nft, fresh netns) or with one
+// iptables-restore.
 type Applier struct {
 	Mode Mode
 	// LockDir holds one xtables lock per netns for the legacy backend, so

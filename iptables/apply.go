@@ -114,9 +114,10 @@ func (a Applier) restore(netns string, f Family, input string) error {
 }
 
 // Apply installs the plan's rules for the given families in the netns,
-// replacing any earlier meshlet rules. Each family is one transaction; if a
-// later family fails, the earlier ones are removed again, so a failed Apply
-// leaves none of meshlet's rules.
+// replacing any earlier meshlet rules. Each family is one transaction; when
+// one fails, the families applied so far (and any earlier rules of the
+// failing one) are removed, so a failed Apply leaves none of meshlet's
+// rules.
 func (a Applier) Apply(netns string, p *Plan, families []Family) error {
 	sets := make([]Ruleset, 0, len(families))
 	for _, f := range families {
@@ -126,17 +127,17 @@ func (a Applier) Apply(netns string, p *Plan, families []Family) error {
 }
 
 func (a Applier) applyRulesets(netns string, sets []Ruleset) error {
-	var done []Family
-	for _, rs := range sets {
+	for i, rs := range sets {
 		if err := a.applyFamily(netns, rs); err != nil {
-			for _, d := range done {
-				if rerr := a.removeFamily(netns, d); rerr != nil {
-					err = errors.Join(err, fmt.Errorf("roll back %s: %w", d, rerr))
+			// Roll back every family touched, the failing one too: a failed
+			// replace would otherwise leave the previous rules in place.
+			for _, d := range sets[:i+1] {
+				if rerr := a.removeFamily(netns, d.Family); rerr != nil {
+					err = errors.Join(err, fmt.Errorf("roll back %s: %w", d.Family, rerr))
 				}
 			}
 			return fmt.Errorf("apply %s rules: %w", rs.Family, err)
 		}
-		done = append(done, rs.Family)
 	}
 	return nil
 }

@@ -247,6 +247,18 @@ func TestFailedApplyLeavesNothing(t *testing.T) {
 					t.Errorf("%s: chains left after a failed apply: %v", f, c)
 				}
 			}
+			// A failed replace of earlier rules leaves none either.
+			if err := a.Apply(pod.Path(), p, []Family{IPv4, IPv6}); err != nil {
+				t.Fatal(err)
+			}
+			if err := a.applyRulesets(pod.Path(), []Ruleset{good4, broken}); err == nil {
+				t.Fatal("replace with an invalid rule succeeded")
+			}
+			for _, f := range []Family{IPv4, IPv6} {
+				if c := chainsOf(saveNat(t, mode, pod, f)); len(c) > 0 {
+					t.Errorf("%s: chains left after a failed replace: %v", f, c)
+				}
+			}
 		})
 	}
 }

@@ -2,10 +2,10 @@ package cni
 
 import (
 	"context"
-	"errors"
-	"net"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"

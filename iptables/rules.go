@@ -138,17 +138,6 @@ func (p *Plan) Rules(f Family) Ruleset {
 	return rs
 }
 
-// builtinJumps are the rules of rs that live in built-in chains.
-func (rs Ruleset) builtinJumps() []string {
-	var out []string
-	for _, r := range rs.Rules {
-		if strings.HasPrefix(r, "-A PREROUTING ") || strings.HasPrefix(r, "-A OUTPUT ") {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
 // restoreInput is iptables-restore --noflush input that creates the ruleset
 // in a netns that has none of it: "-N" fails when a chain exists, so a
 // second apply falls back to replaceInput instead of doubling the jumps.

@@ -217,7 +217,7 @@ func TestPluginThroughLibcni(t *testing.T) {
 
 	t.Run("unchained use is refused", func(t *testing.T) {
 		conf, _ := json.Marshal(map[string]any{"cniVersion": "1.0.0", "name": "alone", "type": "meshlet-cni", "kubeconfig": lc.MeshletCNIKubeconfig()})
-		single, err := libcni.ConfFromBytes(conf)
+		single, err := libcni.NetworkPluginConfFromBytes(conf)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -40,6 +40,7 @@ if [ "$skipped" -gt 0 ]; then
   echo "!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!"
   if [ "${CI:-}" = true ]; then echo "CI must skip nothing: failing."; rc=1; fi
 fi
+[ $lint = ok ] || echo "!!! lint FAILED (see above)"
 echo "make test took $((SECONDS - t0))s"
 echo "$passed passed, $failed failed, $skipped skipped"
 exit $rc

@@ -24,6 +24,15 @@ run_suite() { # run_suite NAME TIMEOUT PKG...
 }
 
 t0=$SECONDS
+echo "==> lint (gofmt, go vet, staticcheck)"
+lint=ok
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+[ -n "$unformatted" ] && { echo "    gofmt would change: $unformatted"; lint=FAILED; }
+go vet ./... || lint=FAILED
+staticcheck ./... || lint=FAILED
+echo "    lint: $lint"
+[ $lint = ok ] || rc=1
+
 # The e2e packages each boot the one local cluster: never two at once (-p 1).
 mapfile -t unit < <(go list ./... | grep -v '/test/e2e')
 run_suite unit 20m "${unit[@]}"

@@ -49,6 +49,11 @@ func TestUpClearsCrashedRun(t *testing.T) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return len(c.recordedAlive()) == 0, nil
+	}); err != nil {
+		t.Fatalf("components survive SIGKILL: %v", c.recordedAlive())
+	}
 	if len(c.shimPids()) == 0 {
 		t.Fatal("after the crash no runtime shim runs: the test would not exercise recovery")
 	}

@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -53,6 +55,10 @@ func (c *Cluster) removeSandboxes(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	list, err := rt.ListPodSandbox(ctx, &runtime.ListPodSandboxRequest{})
+	if status.Code(err) == codes.Unavailable {
+		c.Log.Warn("containerd does not answer; its containers are stopped by PID instead", "err", err)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("list pod sandboxes: %w", err)
 	}

@@ -119,3 +119,68 @@ func writeServiceAccountKeys(dir string) error {
 	}
 	return writePEM(filepath.Join(dir, "sa.pub"), "PUBLIC KEY", pub)
 }
+
+func (c *Cluster) writePKI() error {
+	dir := c.path("pki")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	clusterCA, err := newCA(dir, "ca", "meshlet-local-ca")
+	if err != nil {
+		return err
+	}
+	frontCA, err := newCA(dir, "front-proxy-ca", "meshlet-front-proxy-ca")
+	if err != nil {
+		return err
+	}
+	specs := []certSpec{
+		{file: "apiserver", cn: "kube-apiserver", server: true,
+			dns: []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
+			ips: []net.IP{net.ParseIP(NodeIP), net.ParseIP(APIServerIP), net.ParseIP("127.0.0.1")}},
+		{file: "apiserver-kubelet-client", cn: "kube-apiserver-kubelet-client", orgs: []string{"system:masters"}},
+		{file: "admin", cn: "kubernetes-admin", orgs: []string{"system:masters"}},
+		{file: "kubelet", cn: "system:node:" + NodeName, orgs: []string{"system:nodes"}},
+		{file: "kube-controller-manager", cn: "system:kube-controller-manager"},
+		{file: "kube-scheduler", cn: "system:kube-scheduler"},
+		{file: "kube-proxy", cn: "system:kube-proxy"},
+	}
+	for _, s := range specs {
+		if err := clusterCA.issue(dir, s); err != nil {
+			return err
+		}
+	}
+	if err := frontCA.issue(dir, certSpec{file: "front-proxy-client", cn: "front-proxy-client"}); err != nil {
+		return err
+	}
+	if err := writeServiceAccountKeys(dir); err != nil {
+		return err
+	}
+	for _, user := range []string{"admin", "kubelet", "kube-controller-manager", "kube-scheduler", "kube-proxy"} {
+		if err := c.writeKubeconfig(user); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Cluster) writeKubeconfig(user string) error {
+	pki := c.path("pki")
+	cfg := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: meshlet-local
+  cluster:
+    server: https://%s:6443
+    certificate-authority: %s/ca.crt
+users:
+- name: %s
+  user:
+    client-certificate: %s/%s.crt
+    client-key: %s/%s.key
+contexts:
+- name: meshlet-local
+  context: {cluster: meshlet-local, user: %s}
+current-context: meshlet-local
+`, NodeIP, pki, user, pki, user, pki, user, user)
+	return os.WriteFile(c.path(user+".kubeconfig"), []byte(cfg), 0o600)
+}

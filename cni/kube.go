@@ -148,7 +148,7 @@ func loadKubeconfig(path string) (*apiClient, error) {
 			tlsCfg.Certificates = []tls.Certificate{pair}
 		}
 	}
-	cl.http = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: false}}
+	cl.http = &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}
 	return cl, nil
 }
 

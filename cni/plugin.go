@@ -77,15 +77,15 @@ func (c *call) applier() (iptables.Applier, error) {
 // plan decides the pod's redirection (nil: none) from its annotations: the
 // runtime's copy when it passes one, else the API server's.
 func (c *call) plan() (*iptables.Plan, error) {
-	ann := c.conf.RuntimeConfig.PodAnnotations
-	c.log = c.log.With("annotations_from", "runtime")
+	ann, from := c.conf.RuntimeConfig.PodAnnotations, "runtime"
 	if ann == nil {
 		var err error
-		c.log = c.log.With("annotations_from", "api")
 		if ann, err = c.annotationsFromAPI(); err != nil {
 			return nil, err
 		}
+		from = "api"
 	}
+	c.log = c.log.With("annotations_from", from)
 	p, err := iptables.PlanForPod(ann)
 	if err != nil {
 		return nil, fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
@@ -129,13 +129,17 @@ func (c *call) add() error {
 		c.log.Debug("no K8S_POD_NAME: not a Kubernetes pod, passing through")
 		return nil
 	}
-	p, fams, a, err := c.target()
+	p, err := c.plan()
 	if err != nil {
 		return err
 	}
 	if p == nil {
 		c.log.Debug("no redirection for this pod")
 		return nil
+	}
+	fams, a, err := c.backend()
+	if err != nil {
+		return err
 	}
 	if err := a.Apply(c.args.Netns, p, fams); err != nil {
 		return fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
@@ -144,19 +148,15 @@ func (c *call) add() error {
 	return nil
 }
 
-// target is what ADD installs and CHECK expects: the pod's plan (nil for
-// none), its IP families, and the applier for the host's backend.
-func (c *call) target() (*iptables.Plan, []iptables.Family, iptables.Applier, error) {
-	p, err := c.plan()
-	if err != nil {
-		return nil, nil, iptables.Applier{}, err
-	}
+// backend is where rules go: the pod's IP families and the applier for the
+// host's iptables backend.
+func (c *call) backend() ([]iptables.Family, iptables.Applier, error) {
 	fams, err := families(c.conf.PrevResult)
 	if err != nil {
-		return nil, nil, iptables.Applier{}, err
+		return nil, iptables.Applier{}, err
 	}
 	a, err := c.applier()
-	return p, fams, a, err
+	return fams, a, err
 }
 
 // Del removes meshlet's rules. It succeeds when the netns is already gone
@@ -198,7 +198,11 @@ func Check(args *skel.CmdArgs) error {
 	if c.name == "" {
 		return nil
 	}
-	p, fams, a, err := c.target()
+	p, err := c.plan()
+	if err != nil {
+		return err
+	}
+	fams, a, err := c.backend()
 	if err != nil {
 		return err
 	}

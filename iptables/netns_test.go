@@ -134,6 +134,16 @@ func saveNat(t *testing.T, mode Mode, n ns.NetNS, f Family) string {
 
 func chainsOf(save string) []string { return parseSave(save).chains }
 
+// expectNoChains fails the test if either family still has meshlet chains.
+func expectNoChains(t *testing.T, mode Mode, n ns.NetNS, after string) {
+	t.Helper()
+	for _, f := range []Family{IPv4, IPv6} {
+		if c := chainsOf(saveNat(t, mode, n, f)); len(c) > 0 {
+			t.Errorf("%s: chains left after %s: %v", f, after, c)
+		}
+	}
+}
+
 func iptablesIn(t *testing.T, mode Mode, n ns.NetNS, args ...string) {
 	t.Helper()
 	bin := "iptables-" + string(mode)
@@ -242,11 +252,7 @@ func TestFailedApplyLeavesNothing(t *testing.T) {
 			if !strings.Contains(err.Error(), "IPv6") {
 				t.Errorf("error does not name the family: %v", err)
 			}
-			for _, f := range []Family{IPv4, IPv6} {
-				if c := chainsOf(saveNat(t, mode, pod, f)); len(c) > 0 {
-					t.Errorf("%s: chains left after a failed apply: %v", f, c)
-				}
-			}
+			expectNoChains(t, mode, pod, "a failed apply")
 			// A failed replace of earlier rules leaves none either.
 			if err := a.Apply(pod.Path(), p, []Family{IPv4, IPv6}); err != nil {
 				t.Fatal(err)
@@ -254,11 +260,7 @@ func TestFailedApplyLeavesNothing(t *testing.T) {
 			if err := a.applyRulesets(pod.Path(), []Ruleset{good4, broken}); err == nil {
 				t.Fatal("replace with an invalid rule succeeded")
 			}
-			for _, f := range []Family{IPv4, IPv6} {
-				if c := chainsOf(saveNat(t, mode, pod, f)); len(c) > 0 {
-					t.Errorf("%s: chains left after a failed replace: %v", f, c)
-				}
-			}
+			expectNoChains(t, mode, pod, "a failed replace")
 		})
 	}
 }

@@ -79,17 +79,10 @@ func percentile(d []time.Duration, q float64) float64 {
 	return float64(s[int(float64(len(s)-1)*q)].Microseconds()) / 1000
 }
 
-func requireClusterB(b *testing.B) {
-	b.Helper()
-	if skipReason != "" {
-		b.Skip(skipReason)
-	}
-}
-
 // BenchmarkPluginADD: p50/p90 of one ADD, for an injected pod (annotations
 // from the runtime, or read from the API server) and a plain pod.
 func BenchmarkPluginADD(b *testing.B) {
-	requireClusterB(b)
+	requireCluster(b)
 	cs := clientset(b)
 	nsName := testNamespace(b, cs, "bench")
 	createPodObject(b, cs, nsName, "injected", injectedAnnotations(redirectConfig))
@@ -137,7 +130,7 @@ func BenchmarkPluginADD(b *testing.B) {
 // run, and reports the ratio of their medians: with the annotations from
 // the runtime (containerd and CRI-O pass them) and read from the API server.
 func BenchmarkADDvsPerRuleExec(b *testing.B) {
-	requireClusterB(b)
+	requireCluster(b)
 	cs := clientset(b)
 	nsName := testNamespace(b, cs, "bench")
 	createPodObject(b, cs, nsName, "injected", injectedAnnotations(redirectConfig))
@@ -184,7 +177,7 @@ func BenchmarkADDvsPerRuleExec(b *testing.B) {
 // BenchmarkConcurrentADD50: 50 ADDs at once into 50 network namespaces, as
 // a node does when a Deployment scales up; all must end with exact rules.
 func BenchmarkConcurrentADD50(b *testing.B) {
-	requireClusterB(b)
+	requireCluster(b)
 	const pods = 50
 	a := applier(b)
 	plan := mustPlan(b, redirectConfig)

@@ -53,18 +53,48 @@ func applier(t testing.TB) iptables.Applier {
 	return iptables.Applier{Mode: mode}
 }
 
+// createPod creates a pod with the given annotations and containers that
+// stops within a second when deleted.
+func createPod(t testing.TB, cs *kubernetes.Clientset, ns, name string, ann map[string]string, containers ...corev1.Container) *corev1.Pod {
+	t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
+		Spec:       corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: containers},
+	}
+	return createPodSpec(t, cs, ns, pod)
+}
+
+func createPodSpec(t testing.TB, cs *kubernetes.Clientset, ns string, pod *corev1.Pod) *corev1.Pod {
+	t.Helper()
+	created, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return created
+}
+
+// echoContainer runs http-echo answering text on port, as uid when not 0.
+func echoContainer(name, text string, port int, uid int64) corev1.Container {
+	c := corev1.Container{Name: name, Image: cluster.StaticServerImage, ImagePullPolicy: corev1.PullNever,
+		Args: []string{"-text=" + text, fmt.Sprintf("-listen=:%d", port)}}
+	if uid != 0 {
+		c.SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(uid)}
+	}
+	return c
+}
+
+// shellContainer idles, for kubectl exec.
+var shellContainer = corev1.Container{Name: "client", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
+	Command: []string{"sleep", "3600"}}
+
 // createPodObject creates a pod that no kubelet runs (its node does not
 // exist): the plugin only needs the object.
 func createPodObject(t testing.TB, cs *kubernetes.Clientset, ns, name string, ann map[string]string) {
 	t.Helper()
-	pod := &corev1.Pod{
+	createPodSpec(t, cs, ns, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
-		Spec: corev1.PodSpec{NodeName: "no-such-node", Containers: []corev1.Container{{
-			Name: "app", Image: cluster.StaticServerImage, ImagePullPolicy: corev1.PullNever}}},
-	}
-	if _, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+		Spec:       corev1.PodSpec{NodeName: "no-such-node", Containers: []corev1.Container{echoContainer("app", "hi", 8080, 0)}},
+	})
 }
 
 func runtimeConf(ns, name, netns string) *libcni.RuntimeConf {
@@ -120,6 +150,11 @@ func TestPluginThroughLibcni(t *testing.T) {
 		}
 		if err := cniConfig.CheckNetworkList(ctx, list, rt); err != nil {
 			t.Fatalf("CHECK on intact rules: %v", err)
+		}
+		// No runtime annotations here: the plugin read the API, and says so once.
+		if log := pluginLog(t, ns, "injected", "redirection applied"); strings.Count(log, "annotations_from") != 1 ||
+			!strings.Contains(log, `"annotations_from":"api"`) {
+			t.Errorf("plugin log for the libcni pod: %s", log)
 		}
 		inNetns(t, netns.Path(), "iptables", "-t", "nat", "-D", iptables.ChainOutput, "-o", "lo", "-j", "RETURN")
 		if err := cniConfig.CheckNetworkList(ctx, list, rt); err == nil || !strings.Contains(err.Error(), "missing") {
@@ -300,20 +335,10 @@ func TestPluginOnKubelet(t *testing.T) {
 	defer cancel()
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "kubelet-cni")
-	pod := func(name string, ann map[string]string) {
-		p := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
-			Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{{
-				Name: "app", Image: cluster.StaticServerImage, ImagePullPolicy: corev1.PullNever,
-				Args: []string{"-text=hi", "-listen=:8080"}}}},
-		}
-		if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	pod("injected", injectedAnnotations(redirectConfig))
-	pod("plain", nil)
-	pod("broken", injectedAnnotations(`{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001,"ExcludeUIDs":["root"]}`))
+	app := echoContainer("app", "hi", 8080, 0)
+	createPod(t, cs, ns, "injected", injectedAnnotations(redirectConfig), app)
+	createPod(t, cs, ns, "plain", nil, app)
+	createPod(t, cs, ns, "broken", injectedAnnotations(`{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001,"ExcludeUIDs":["root"]}`), app)
 	a := applier(t)
 
 	waitPodRunning(t, ctx, cs, ns, "injected")
@@ -375,27 +400,10 @@ func TestRedirectionOnKubelet(t *testing.T) {
 	defer cancel()
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "redirect")
-	echo := func(name, text string, port int, uid int64) corev1.Container {
-		c := corev1.Container{Name: name, Image: cluster.StaticServerImage, ImagePullPolicy: corev1.PullNever,
-			Args: []string{"-text=" + text, fmt.Sprintf("-listen=:%d", port)}}
-		if uid != 0 {
-			c.SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(uid)}
-		}
-		return c
-	}
-	shell := corev1.Container{Name: "client", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
-		Command: []string{"sleep", "3600"}}
-	mk := func(name string, ann map[string]string, containers ...corev1.Container) {
-		p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
-			Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: containers}}
-		if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mk("meshed", injectedAnnotations(`{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001}`),
-		echo("app", "app", 8080, 0), echo("inbound", "inbound-proxy", 20000, 5995),
-		echo("outbound", "outbound-proxy", 15001, 5995), shell)
-	mk("plain", nil, echo("app", "plain-app", 8080, 0), shell)
+	createPod(t, cs, ns, "meshed", injectedAnnotations(`{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001}`),
+		echoContainer("app", "app", 8080, 0), echoContainer("inbound", "inbound-proxy", 20000, 5995),
+		echoContainer("outbound", "outbound-proxy", 15001, 5995), shellContainer)
+	createPod(t, cs, ns, "plain", nil, echoContainer("app", "plain-app", 8080, 0), shellContainer)
 	meshed := waitPodRunning(t, ctx, cs, ns, "meshed")
 	plain := waitPodRunning(t, ctx, cs, ns, "plain")
 

@@ -83,7 +83,7 @@ func checkTeardown(baseline cluster.Baseline) error {
 	return nil
 }
 
-func requireCluster(t *testing.T) {
+func requireCluster(t testing.TB) {
 	t.Helper()
 	if skipReason != "" {
 		t.Skip(skipReason)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -58,19 +59,10 @@ func TestClusterSmoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	client := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "static-client"},
-		Spec: corev1.PodSpec{
-			TerminationGracePeriodSeconds: ptr.To[int64](1),
-			Containers: []corev1.Container{{
-				Name: "static-client", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
-				Command: []string{"/bin/sh", "-c", "--"}, Args: []string{"while true; do sleep 30; done"},
-			}},
-		},
-	}
-	if _, err := cs.CoreV1().Pods(ns).Create(ctx, client, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createPod(t, cs, ns, "static-client", nil, corev1.Container{
+		Name: "static-client", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
+		Command: []string{"/bin/sh", "-c", "--"}, Args: []string{"while true; do sleep 30; done"},
+	})
 
 	waitFor(t, ctx, "2 available static-server replicas", func(ctx context.Context) (bool, error) {
 		d, err := cs.AppsV1().Deployments(ns).Get(ctx, "static-server", metav1.GetOptions{})
@@ -111,18 +103,9 @@ func TestClusterSmoke(t *testing.T) {
 	for _, n := range nodes {
 		names = append(names, n.Node)
 	}
-	if len(names) != 2 || !contains(names, cluster.NodeName) || !contains(names, "consul-server") {
+	if len(names) != 2 || !slices.Contains(names, cluster.NodeName) || !slices.Contains(names, "consul-server") {
 		t.Errorf("consul catalog nodes %v, want the server and %s", names, cluster.NodeName)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func clientset(t testing.TB) *kubernetes.Clientset {

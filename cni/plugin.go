@@ -177,7 +177,7 @@ func Del(args *skel.CmdArgs) error {
 	if err != nil {
 		return err
 	}
-	if err := a.Remove(args.Netns, []iptables.Family{iptables.IPv4, iptables.IPv6}); err != nil {
+	if _, err := a.Remove(args.Netns, []iptables.Family{iptables.IPv4, iptables.IPv6}); err != nil {
 		if _, serr := os.Stat(args.Netns); errors.Is(serr, os.ErrNotExist) {
 			return nil // torn down while we looked
 		}

@@ -182,15 +182,16 @@ func (a Applier) replace(netns string, rs Ruleset) error {
 }
 
 // Remove deletes meshlet's rules for the given families; a netns without
-// them is left as it is.
-func (a Applier) Remove(netns string, families []Family) error {
+// them is left as it is. A family whose tables the kernel does not offer
+// holds no rules: it is skipped and returned in skipped.
+func (a Applier) Remove(netns string, families []Family) (skipped []Family, err error) {
 	var errs []error
 	for _, f := range families {
 		if err := a.removeFamily(netns, f); err != nil {
 			errs = append(errs, fmt.Errorf("remove %s rules: %w", f, err))
 		}
 	}
-	return errors.Join(errs...)
+	return nil, errors.Join(errs...)
 }
 
 func (a Applier) removeFamily(netns string, f Family) error {

@@ -168,7 +168,7 @@ func TestApplyTwiceRemoveTwice(t *testing.T) {
 			a := be.a
 			p := mustPlan(t, trafficConfig)
 			fams := []Family{IPv4, IPv6}
-			if err := a.Remove(pod.Path(), fams); err != nil {
+			if _, err := a.Remove(pod.Path(), fams); err != nil {
 				t.Fatalf("remove before apply: %v", err)
 			}
 			// A foreign rule in a built-in chain must survive everything.
@@ -203,7 +203,7 @@ func TestApplyTwiceRemoveTwice(t *testing.T) {
 				t.Errorf("verify after dropping DNS: %v", err)
 			}
 			for i := 0; i < 2; i++ {
-				if err := a.Remove(pod.Path(), fams); err != nil {
+				if _, err := a.Remove(pod.Path(), fams); err != nil {
 					t.Fatalf("remove #%d: %v", i+1, err)
 				}
 			}

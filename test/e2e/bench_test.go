@@ -105,7 +105,7 @@ func BenchmarkPluginADD(b *testing.B) {
 			var d []time.Duration
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
-				if err := a.Remove(netns.Path(), []iptables.Family{iptables.IPv4}); err != nil {
+				if _, err := a.Remove(netns.Path(), []iptables.Family{iptables.IPv4}); err != nil {
 					b.Fatal(err)
 				}
 				b.StartTimer()
@@ -150,7 +150,7 @@ func BenchmarkADDvsPerRuleExec(b *testing.B) {
 					func() error { return inv.run("ADD") },
 					func() error { return perRuleExec(netns.Path(), rs) },
 				} {
-					if err := a.Remove(netns.Path(), []iptables.Family{iptables.IPv4}); err != nil {
+					if _, err := a.Remove(netns.Path(), []iptables.Family{iptables.IPv4}); err != nil {
 						b.Fatal(err)
 					}
 					t0 := time.Now()

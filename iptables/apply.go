@@ -1,17 +1,11 @@
 package iptables
 
 import (
-	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
-
-	"github.com/containernetworking/plugins/pkg/ns"
 )
 
 // Mode is the iptables backend: the one the host uses, so that rules in a
@@ -23,41 +17,58 @@ const (
 	ModeLegacy Mode = "legacy"
 )
 
-// Applier applies, verifies and removes rulesets inside network namespaces,
-// one transaction per family: over netlink (nft, fresh netns) or with one
-// iptables-restore.
+// Applier applies, verifies and removes rulesets inside network namespaces.
+// On the nft backend every family changes in one nf_tables transaction over
+// netlink; where that cannot be used, and on the legacy backend, each
+// family is one iptables-restore.
 type Applier struct {
 	Mode Mode
 	// LockDir holds one xtables lock per netns for the legacy backend, so
 	// pods on one node never serialize on the global /run/xtables.lock
 	// (their tables are per-netns anyway). Empty: the global lock.
 	LockDir string
-	// NoNetlink makes the nft backend apply through iptables-restore too
-	// (by default a fresh netns is programmed over netlink).
+	// NoNetlink makes the nft backend use iptables-restore too.
 	NoNetlink bool
+	// Runner runs the iptables tools; nil: exec them in the netns.
+	Runner Runner
+	// netlink replaces netlinkSync in tests.
+	netlink func(netns string, sets []Ruleset) error
 }
 
-// tool returns the path of iptables-restore/-save for a family and mode.
-func (a Applier) tool(f Family, op string) (string, error) {
+func (a Applier) runner() Runner {
+	if a.Runner != nil {
+		return a.Runner
+	}
+	return ExecRunner{}
+}
+
+func (a Applier) useNetlink() bool { return a.Mode == ModeNFT && !a.NoNetlink }
+
+func (a Applier) sync(netns string, sets []Ruleset) error {
+	if a.netlink != nil {
+		return a.netlink(netns, sets)
+	}
+	return netlinkSync(netns, sets)
+}
+
+// tool is the name of iptables-restore/-save for a family and mode.
+func (a Applier) tool(f Family, op string) string {
 	base := "iptables"
 	if f == IPv6 {
 		base = "ip6tables"
 	}
-	name := fmt.Sprintf("%s-%s-%s", base, a.Mode, op)
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		if p := filepath.Join(dir, name); isExecutable(p) {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("%s not found (PATH or /usr/sbin, /sbin): install iptables", name)
+	return fmt.Sprintf("%s-%s-%s", base, a.Mode, op)
 }
 
-func isExecutable(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+func (a Applier) run(netns string, f Family, op, stdin string, args ...string) (string, error) {
+	cmd := Command{Tool: a.tool(f, op), Args: args, Stdin: stdin}
+	if a.Mode == ModeLegacy && a.LockDir != "" {
+		cmd.Env = []string{"XTABLES_LOCKFILE=" + lockFile(a.LockDir, netns)}
+		if err := os.MkdirAll(a.LockDir, 0o700); err != nil {
+			return "", err
+		}
+	}
+	return a.runner().Run(netns, cmd)
 }
 
 // Ready reports whether the tools for every family are installed.
@@ -65,39 +76,12 @@ func (a Applier) Ready() error {
 	var errs []error
 	for _, f := range []Family{IPv4, IPv6} {
 		for _, op := range []string{"restore", "save"} {
-			if _, err := a.tool(f, op); err != nil {
+			if _, err := lookTool(a.tool(f, op)); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func (a Applier) run(netns string, f Family, op string, stdin string, args ...string) (string, error) {
-	bin, err := a.tool(f, op)
-	if err != nil {
-		return "", err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
-	if a.Mode == ModeLegacy && a.LockDir != "" {
-		sum := sha256.Sum256([]byte(netns))
-		cmd.Env = append(cmd.Env, fmt.Sprintf("XTABLES_LOCKFILE=%s/%x.lock", a.LockDir, sum[:8]))
-		if err := os.MkdirAll(a.LockDir, 0o700); err != nil {
-			return "", err
-		}
-	}
-	if stdin != "" {
-		cmd.Stdin = strings.NewReader(stdin)
-	}
-	var out, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	// The child inherits the network namespace of the locked thread.
-	err = ns.WithNetNSPath(netns, func(ns.NetNS) error { return cmd.Run() })
-	if err != nil {
-		return "", fmt.Errorf("%s in %s: %w: %s", filepath.Base(bin), netns, err, strings.TrimSpace(stderr.String()))
-	}
-	return out.String(), nil
 }
 
 func (a Applier) save(netns string, f Family) (liveState, error) {
@@ -114,10 +98,10 @@ func (a Applier) restore(netns string, f Family, input string) error {
 }
 
 // Apply installs the plan's rules for the given families in the netns,
-// replacing any earlier meshlet rules. Each family is one transaction; when
-// one fails, the families applied so far (and any earlier rules of the
-// failing one) are removed, so a failed Apply leaves none of meshlet's
-// rules.
+// replacing any earlier meshlet rules. A failed Apply leaves none of
+// meshlet's rules: the netlink transaction is all or nothing, and on the
+// restore path the families applied so far (and any earlier rules of the
+// failing one) are removed.
 func (a Applier) Apply(netns string, p *Plan, families []Family) error {
 	sets := make([]Ruleset, 0, len(families))
 	for _, f := range families {
@@ -127,8 +111,15 @@ func (a Applier) Apply(netns string, p *Plan, families []Family) error {
 }
 
 func (a Applier) applyRulesets(netns string, sets []Ruleset) error {
+	var nlErr error
+	if a.useNetlink() {
+		if nlErr = a.sync(netns, sets); nlErr == nil {
+			return nil
+		}
+		// The transaction left nothing; iptables-restore gets its turn.
+	}
 	for i, rs := range sets {
-		if err := a.applyFamily(netns, rs); err != nil {
+		if err := a.restoreFamily(netns, rs); err != nil {
 			// Roll back every family touched, the failing one too: a failed
 			// replace would otherwise leave the previous rules in place.
 			for _, d := range sets[:i+1] {
@@ -136,31 +127,22 @@ func (a Applier) applyRulesets(netns string, sets []Ruleset) error {
 					err = errors.Join(err, fmt.Errorf("roll back %s: %w", d.Family, rerr))
 				}
 			}
+			if nlErr != nil {
+				err = errors.Join(fmt.Errorf("netlink: %w", nlErr), err)
+			}
 			return fmt.Errorf("apply %s rules: %w", rs.Family, err)
 		}
 	}
 	return nil
 }
 
-func (a Applier) applyFamily(netns string, rs Ruleset) error {
-	var nlErr error
-	if a.Mode == ModeNFT && !a.NoNetlink && rs.netlinkCapable() {
-		handled, err := applyNetlink(netns, rs)
-		switch {
-		case err == nil && handled:
-			return nil
-		case err == nil: // meshlet chains are there already
-			return a.replace(netns, rs)
-		}
-		nlErr = err // the transaction left nothing; iptables-restore gets its turn
-	}
-	// One exec when the netns has none of our chains ("-N" fails otherwise).
+// restoreFamily is one iptables-restore that creates the ruleset; when the
+// netns already has meshlet chains ("-N" fails) it reads them and replaces
+// them in a second one.
+func (a Applier) restoreFamily(netns string, rs Ruleset) error {
 	err := a.restore(netns, rs.Family, rs.restoreInput())
 	if err == nil {
 		return nil
-	}
-	if nlErr != nil {
-		err = errors.Join(nlErr, err)
 	}
 	live, serr := a.save(netns, rs.Family)
 	if serr != nil {
@@ -172,26 +154,46 @@ func (a Applier) applyFamily(netns string, rs Ruleset) error {
 	return a.restore(netns, rs.Family, rs.replaceInput(live))
 }
 
-// replace swaps the live meshlet rules for rs in one transaction.
-func (a Applier) replace(netns string, rs Ruleset) error {
-	live, err := a.save(netns, rs.Family)
-	if err != nil {
-		return err
-	}
-	return a.restore(netns, rs.Family, rs.replaceInput(live))
-}
-
 // Remove deletes meshlet's rules for the given families; a netns without
 // them is left as it is. A family whose tables the kernel does not offer
-// holds no rules: it is skipped and returned in skipped.
+// (IPv6 disabled at boot, no ip6_tables) holds no rules: it is skipped and
+// returned in skipped, so that DEL does not fail, and get retried, forever.
 func (a Applier) Remove(netns string, families []Family) (skipped []Family, err error) {
+	if slices.Contains(families, IPv6) && !ipv6Enabled() {
+		families = slices.DeleteFunc(slices.Clone(families), func(f Family) bool { return f == IPv6 })
+		skipped = append(skipped, IPv6)
+	}
+	if a.useNetlink() {
+		sets := make([]Ruleset, 0, len(families))
+		for _, f := range families {
+			sets = append(sets, Ruleset{Family: f})
+		}
+		if err := a.sync(netns, sets); err == nil {
+			return skipped, nil
+		}
+	}
 	var errs []error
 	for _, f := range families {
-		if err := a.removeFamily(netns, f); err != nil {
+		err := a.removeFamily(netns, f)
+		var te *ToolError
+		switch {
+		case err == nil:
+		case errors.As(err, &te) && te.FamilyUnavailable():
+			skipped = append(skipped, f)
+		default:
 			errs = append(errs, fmt.Errorf("remove %s rules: %w", f, err))
 		}
 	}
-	return nil, errors.Join(errs...)
+	return skipped, errors.Join(errs...)
+}
+
+// ipv6Sysctls is absent when the kernel was booted with ipv6.disable=1: no
+// IPv6 netfilter then, and no need to exec a tool to find that out.
+var ipv6Sysctls = "/proc/sys/net/ipv6"
+
+func ipv6Enabled() bool {
+	_, err := os.Stat(ipv6Sysctls)
+	return err == nil
 }
 
 func (a Applier) removeFamily(netns string, f Family) error {
@@ -239,7 +241,7 @@ func diff(want Ruleset, live liveState) error {
 			problems = append(problems, "unexpected chain "+c)
 		}
 	}
-	wantBy, liveBy := byChain(want.Rules), byChain(live.rules)
+	wantBy, liveBy := byChain(want.Lines()), byChain(live.rules)
 	for chain, rules := range wantBy {
 		if !slices.Equal(rules, liveBy[chain]) {
 			problems = append(problems, describe(chain, rules, liveBy[chain])...)

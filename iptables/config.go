@@ -37,9 +37,12 @@ type Config struct {
 	ExcludeUIDs          []string `json:"ExcludeUIDs,omitempty"`
 	ConsulDNSIP          string   `json:"ConsulDNSIP,omitempty"`
 	ConsulDNSPort        int      `json:"ConsulDNSPort,omitempty"`
-	// NetNS is written by consul-k8s' webhook; the runtime, not the pod,
-	// says which netns to use, so it is accepted and ignored.
-	NetNS string `json:"NetNS,omitempty"`
+	// NetNS and IptablesProvider are written by consul-k8s' webhook (a
+	// json.Marshal of consul's sdk/iptables.Config): the runtime, not the
+	// pod, names the netns, and the provider is an in-process hook, always
+	// null on the wire. Accepted and ignored, so consul-k8s' pods start.
+	NetNS            string          `json:"NetNS,omitempty"`
+	IptablesProvider json.RawMessage `json:"IptablesProvider,omitempty"`
 }
 
 // Plan is a validated Config: typed, trimmed, CIDRs split by IP family.

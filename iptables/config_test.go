@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"net/netip"
+	"os"
 	"reflect"
 	"strings"
 	"testing"
@@ -87,6 +88,36 @@ func TestValidate(t *testing.T) {
 				t.Errorf("plan\n got %+v\nwant %+v", p, want)
 			}
 		})
+	}
+}
+
+// TestConsulK8sConfig: the exact annotation consul-k8s' webhook writes
+// (json.Marshal of consul's sdk/iptables.Config: NetNS, a null
+// IptablesProvider, null lists) is accepted and means the default rules.
+func TestConsulK8sConfig(t *testing.T) {
+	raw, err := os.ReadFile("testdata/consul-k8s-redirect.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseConfig(string(raw))
+	if err != nil {
+		t.Fatalf("consul-k8s' redirect config rejected: %v", err)
+	}
+	p, err := c.Validate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (&Plan{ProxyUID: 5995, InboundPort: 20000, OutboundPort: 15001}); !reflect.DeepEqual(p, want) {
+		t.Errorf("plan %+v, want %+v", p, want)
+	}
+	// A provider consul-k8s never writes is still only ignored, but a
+	// misspelt key is not.
+	if _, err := ParseConfig(`{"ProxyUserID":"5995","IptablesProvider":{}}`); err != nil {
+		t.Errorf("IptablesProvider {} rejected: %v", err)
+	}
+	_, err = ParseConfig(strings.Replace(string(raw), "IptablesProvider", "IptablesProvidr", 1))
+	if err == nil || !strings.Contains(err.Error(), `unknown field "IptablesProvidr"`) {
+		t.Errorf("misspelt key: %v, want it named as unknown", err)
 	}
 }
 

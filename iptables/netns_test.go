@@ -1,6 +1,7 @@
 package iptables
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -9,6 +10,9 @@ import (
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/xt"
 
 	"github.com/meshlet/meshlet/test/netnstest"
 )
@@ -243,8 +247,7 @@ func TestFailedApplyLeavesNothing(t *testing.T) {
 			// An invalid rule half-way through the family's transaction.
 			mid := len(broken.Rules) / 2
 			bad := Rule{Chain: ChainOutput, Target: "NO_SUCH_TARGET"}
-			broken.Rules = slices.Insert(slices.Clone(broken.Rules), mid, bad.String())
-			broken.rules = slices.Insert(slices.Clone(broken.rules), mid, bad)
+			broken.Rules = slices.Insert(slices.Clone(broken.Rules), mid, bad)
 			err := a.applyRulesets(pod.Path(), []Ruleset{good4, broken})
 			if err == nil {
 				t.Fatal("apply with an invalid rule succeeded")
@@ -280,9 +283,9 @@ func TestVerifyDetectsDrift(t *testing.T) {
 			if err := a.Verify(pod.Path(), p, fams); err != nil {
 				t.Fatalf("fresh rules do not verify: %v", err)
 			}
-			iptablesIn(t, mode, pod, "-t", "nat", "-D", ChainOutput, "-o", "lo", "-j", "RETURN")
+			iptablesIn(t, mode, pod, "-t", "nat", "-D", ChainOutput, "-o", "lo", "-m", "comment", "--comment", "meshlet/via-lo", "-j", "RETURN")
 			err := a.Verify(pod.Path(), p, fams)
-			if err == nil || !strings.Contains(err.Error(), `missing "-A CONSUL_PROXY_OUTPUT -o lo -j RETURN"`) {
+			if err == nil || !strings.Contains(err.Error(), `missing "-A CONSUL_PROXY_OUTPUT -o lo -m comment --comment \"meshlet/via-lo\" -j RETURN"`) {
 				t.Errorf("deleted rule: verify said %v", err)
 			}
 			if err := a.Apply(pod.Path(), p, fams); err != nil {
@@ -322,30 +325,146 @@ func TestDetectMode(t *testing.T) {
 	}
 }
 
-// TestNetlinkEncodesLikeIptablesNFT: rules programmed over netlink read
-// back through iptables-nft-save exactly as rendered, for every rule
-// shape, and a netns that already has meshlet chains is left to
-// iptables-restore.
+// TestNetlinkEncodesLikeIptablesNFT: for every rule shape, the rules
+// meshlet programs over netlink are, expression for expression, those that
+// iptables-nft-restore programs from the same text; iptables-nft-save reads
+// them back exactly as rendered.
 func TestNetlinkEncodesLikeIptablesNFT(t *testing.T) {
 	netnstest.RequireRoot(t)
-	cfg := Config{ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001,
-		ExcludeInboundPorts:  []string{"21000", "8000:8100"},
-		ExcludeOutboundPorts: []string{"443", "9000-9100"},
-		ExcludeOutboundCIDRs: []string{"172.16.0.0/12", "10.96.0.1", "100.64.0.0/10", "0.0.0.0/0", "fd00:10:96::/108", "2001:db8::/32", "::/0"},
-		ExcludeUIDs:          []string{"1000", "2000-2010"},
+	cfgs := map[string]Config{
+		"every shape": {ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001,
+			ExcludeInboundPorts:  []string{"21000", "8000:8100"},
+			ExcludeOutboundPorts: []string{"443", "9000-9100"},
+			ExcludeOutboundCIDRs: []string{"172.16.0.0/12", "10.96.0.1", "100.64.0.0/10", "0.0.0.0/0", "fd00:10:96::/108", "2001:db8::/32", "::/0"},
+			ExcludeUIDs:          []string{"1000", "2000-2010"},
+			ConsulDNSIP:          "10.96.0.53", ConsulDNSPort: 8600},
+		"dns v6": {ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001, ConsulDNSIP: "fd00::53"},
 	}
-	p := mustPlan(t, cfg)
+	for name, cfg := range cfgs {
+		t.Run(name, func(t *testing.T) {
+			p := mustPlan(t, cfg)
+			fams := []Family{IPv4, IPv6}
+			viaNetlink, viaRestore := netnstest.NewNS(t), netnstest.NewNS(t)
+			if err := netlinkSync(viaNetlink.Path(), []Ruleset{p.Rules(IPv4), p.Rules(IPv6)}); err != nil {
+				t.Fatalf("netlink apply: %v", err)
+			}
+			if err := (Applier{Mode: ModeNFT, NoNetlink: true}).Apply(viaRestore.Path(), p, fams); err != nil {
+				t.Fatalf("iptables-nft-restore apply: %v", err)
+			}
+			for _, f := range fams {
+				got, want := dumpNat(t, viaNetlink, f), dumpNat(t, viaRestore, f)
+				if !slices.Equal(got, want) {
+					t.Errorf("%s: netlink encodes differently from iptables-nft:\n%s", f, lineDiff(got, want))
+				}
+			}
+			if err := (Applier{Mode: ModeNFT}).Verify(viaNetlink.Path(), p, fams); err != nil {
+				t.Fatalf("iptables-nft-save reads the netlink rules differently: %v", err)
+			}
+		})
+	}
+}
+
+// TestNetlinkTransactionIsAtomic: a rule the kernel refuses (a jump to a
+// chain that does not exist) fails the whole transaction, both families,
+// and an earlier ruleset stays as it was.
+func TestNetlinkTransactionIsAtomic(t *testing.T) {
+	netnstest.RequireRoot(t)
 	pod := netnstest.NewNS(t)
-	for _, f := range []Family{IPv4, IPv6} {
-		handled, err := applyNetlink(pod.Path(), p.Rules(f))
-		if err != nil || !handled {
-			t.Fatalf("%s: netlink apply: handled=%v err=%v", f, handled, err)
+	p := mustPlan(t, trafficConfig)
+	if err := netlinkSync(pod.Path(), []Ruleset{p.Rules(IPv4)}); err != nil {
+		t.Fatal(err)
+	}
+	before4 := dumpNat(t, pod, IPv4)
+	broken := p.Rules(IPv4)
+	broken.Rules = append(slices.Clone(broken.Rules), Rule{Chain: ChainOutput, Target: ChainDNS})
+	err := netlinkSync(pod.Path(), []Ruleset{p.Rules(IPv6), broken})
+	if err == nil {
+		t.Fatal("a transaction with a jump to a missing chain succeeded")
+	}
+	if after := dumpNat(t, pod, IPv4); !slices.Equal(after, before4) {
+		t.Errorf("IPv4 changed by a failed transaction:\n%s", lineDiff(after, before4))
+	}
+	if c := chainsOf(saveNat(t, ModeNFT, pod, IPv6)); len(c) > 0 {
+		t.Errorf("IPv6 chains created by a failed transaction: %v", c)
+	}
+}
+
+func lineDiff(got, want []string) string {
+	var b strings.Builder
+	for _, l := range want {
+		if !slices.Contains(got, l) {
+			b.WriteString("  want " + l + "\n")
 		}
 	}
-	if err := (Applier{Mode: ModeNFT}).Verify(pod.Path(), p, []Family{IPv4, IPv6}); err != nil {
-		t.Fatalf("iptables-nft-save reads the netlink rules differently: %v", err)
+	for _, l := range got {
+		if !slices.Contains(want, l) {
+			b.WriteString("  got  " + l + "\n")
+		}
 	}
-	if handled, err := applyNetlink(pod.Path(), p.Rules(IPv4)); handled || err != nil {
-		t.Errorf("second netlink apply: handled=%v err=%v, want it left to iptables-restore", handled, err)
+	if b.Len() == 0 {
+		return "  same rules, different order"
 	}
+	return b.String()
+}
+
+// dumpNat lists the nat table's chains and rules of a family as the kernel
+// holds them: one line per chain (with its hook) and per rule, expressions
+// spelled out, handles and counter values left out.
+func dumpNat(t *testing.T, n ns.NetNS, f Family) []string {
+	t.Helper()
+	fd, err := os.Open(n.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	conn, err := nftables.New(nftables.WithNetNSFd(int(fd.Fd())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	chains, err := conn.ListChainsOfTableFamily(tableFamily(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, c := range chains {
+		if c.Table.Name != "nat" {
+			continue
+		}
+		hook := "-"
+		if c.Hooknum != nil {
+			hook = fmt.Sprintf("hook %d prio %d", *c.Hooknum, *c.Priority)
+		}
+		out = append(out, fmt.Sprintf("chain %s %s", c.Name, hook))
+		rules, err := conn.GetRules(c.Table, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range rules {
+			line := "  " + c.Name + ":"
+			for _, e := range r.Exprs {
+				switch x := e.(type) {
+				case *expr.Counter:
+					line += " counter"
+				case *expr.Match:
+					line += fmt.Sprintf(" match(%s/%d %x)", x.Name, x.Rev, marshalInfo(t, f, x.Rev, x.Info))
+				case *expr.Target:
+					line += fmt.Sprintf(" target(%s/%d %x)", x.Name, x.Rev, marshalInfo(t, f, x.Rev, x.Info))
+				default:
+					line += fmt.Sprintf(" %T%+v", e, e)
+				}
+			}
+			out = append(out, line+fmt.Sprintf(" udata=%x", r.UserData))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func marshalInfo(t *testing.T, f Family, rev uint32, info xt.InfoAny) []byte {
+	t.Helper()
+	b, err := xt.Marshal(xt.TableFamily(tableFamily(f)), rev, info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

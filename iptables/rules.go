@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Family is an IP family: the rules of each live in its own nat table.
@@ -29,13 +31,52 @@ const (
 // OwnedChains are every chain meshlet may create, in creation order.
 var OwnedChains = []string{ChainInbound, ChainInboundRedirect, ChainOutput, ChainRedirect, ChainDNS}
 
+func owned(chain string) bool {
+	for _, c := range OwnedChains {
+		if c == chain {
+			return true
+		}
+	}
+	return false
+}
+
+// Protocol is a rule's L4 protocol. Only the values below exist, so no
+// encoder can meet a protocol it does not know.
+type Protocol uint8
+
+const (
+	AnyProtocol Protocol = 0
+	TCP         Protocol = unix.IPPROTO_TCP
+	UDP         Protocol = unix.IPPROTO_UDP
+)
+
+func (p Protocol) String() string {
+	switch p {
+	case AnyProtocol:
+		return ""
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto-%d", uint8(p))
+}
+
 // Ruleset is the nat-table state one family must have: the chains meshlet
 // owns and every rule. Jumps from the built-in chains come last.
 type Ruleset struct {
 	Family Family
 	Chains []string
-	Rules  []string // each rule in iptables-save's canonical spelling
-	rules  []Rule
+	Rules  []Rule
+}
+
+// Lines are the rules in iptables-save's spelling.
+func (rs Ruleset) Lines() []string {
+	out := make([]string, len(rs.Rules))
+	for i, r := range rs.Rules {
+		out[i] = r.String()
+	}
+	return out
 }
 
 // Rule is one nat rule. Its String is exactly what iptables-save prints for
@@ -45,12 +86,15 @@ type Rule struct {
 	Chain    string
 	Dst      netip.Prefix // zero: any destination
 	OutIface string
-	Proto    string // "", "tcp" or "udp"
-	DPort    *PortRange
+	Proto    Protocol
+	DPort    *PortRange // needs Proto TCP or UDP
 	UID      *IDRange
-	Target   string         // a chain, RETURN, REDIRECT or DNAT
-	ToPort   uint16         // REDIRECT
-	ToAddr   netip.AddrPort // DNAT
+	// Comment says what the rule is for ("meshlet/<purpose>"), so that an
+	// operator reading iptables-save in a pod need not know the code.
+	Comment string
+	Target  string         // a chain, RETURN, REDIRECT or DNAT
+	ToPort  uint16         // REDIRECT
+	ToAddr  netip.AddrPort // DNAT
 }
 
 func (r Rule) String() string {
@@ -62,14 +106,17 @@ func (r Rule) String() string {
 	if r.OutIface != "" {
 		b.WriteString(" -o " + r.OutIface)
 	}
-	if r.Proto != "" {
-		b.WriteString(" -p " + r.Proto)
+	if r.Proto != AnyProtocol {
+		b.WriteString(" -p " + r.Proto.String())
 	}
 	if r.DPort != nil {
 		fmt.Fprintf(&b, " -m %s --dport %s", r.Proto, r.DPort)
 	}
 	if r.UID != nil {
 		b.WriteString(" -m owner --uid-owner " + r.UID.String())
+	}
+	if r.Comment != "" {
+		fmt.Fprintf(&b, " -m comment --comment %q", r.Comment)
 	}
 	b.WriteString(" -j " + r.Target)
 	switch r.Target {
@@ -84,7 +131,10 @@ func (r Rule) String() string {
 // Rules renders the plan for one family.
 func (p *Plan) Rules(f Family) Ruleset {
 	rs := Ruleset{Family: f, Chains: []string{ChainInbound, ChainInboundRedirect, ChainOutput, ChainRedirect}}
-	add := func(r Rule) { rs.rules = append(rs.rules, r) }
+	add := func(purpose string, r Rule) {
+		r.Comment = "meshlet/" + purpose
+		rs.Rules = append(rs.Rules, r)
+	}
 	loopback, cidrs := netip.MustParsePrefix("127.0.0.0/8"), p.ExcludeCIDRs4
 	if f == IPv6 {
 		loopback, cidrs = netip.MustParsePrefix("::1/128"), p.ExcludeCIDRs6
@@ -93,146 +143,44 @@ func (p *Plan) Rules(f Family) Ruleset {
 
 	// Inbound: everything to the proxy's inbound listener but excluded ports.
 	for _, r := range p.ExcludeInboundPorts {
-		add(Rule{Chain: ChainInbound, Proto: "tcp", DPort: &r, Target: "RETURN"})
+		add("exclude-inbound-port", Rule{Chain: ChainInbound, Proto: TCP, DPort: &r, Target: "RETURN"})
 	}
-	add(Rule{Chain: ChainInbound, Proto: "tcp", Target: ChainInboundRedirect})
-	add(Rule{Chain: ChainInboundRedirect, Proto: "tcp", Target: "REDIRECT", ToPort: p.InboundPort})
+	add("inbound", Rule{Chain: ChainInbound, Proto: TCP, Target: ChainInboundRedirect})
+	add("to-inbound-listener", Rule{Chain: ChainInboundRedirect, Proto: TCP, Target: "REDIRECT", ToPort: p.InboundPort})
 
 	// Outbound: the proxy's own traffic, excluded UIDs, loopback (the whole
 	// range, and anything leaving through lo, such as the pod's own IP),
 	// excluded ports and CIDRs leave untouched; the rest goes to the proxy.
-	add(ret(Rule{UID: &IDRange{p.ProxyUID, p.ProxyUID}}))
+	add("proxy-uid", ret(Rule{UID: &IDRange{p.ProxyUID, p.ProxyUID}}))
 	for _, r := range p.ExcludeUIDs {
-		add(ret(Rule{UID: &r}))
+		add("exclude-uid", ret(Rule{UID: &r}))
 	}
-	add(ret(Rule{Dst: loopback}))
-	add(ret(Rule{OutIface: "lo"}))
+	add("loopback", ret(Rule{Dst: loopback}))
+	add("via-lo", ret(Rule{OutIface: "lo"}))
 	for _, r := range p.ExcludeOutboundPorts {
-		add(ret(Rule{Proto: "tcp", DPort: &r}))
+		add("exclude-outbound-port", ret(Rule{Proto: TCP, DPort: &r}))
 	}
 	for _, c := range cidrs {
-		add(ret(Rule{Dst: c}))
+		add("exclude-outbound-cidr", ret(Rule{Dst: c}))
 	}
-	add(Rule{Chain: ChainOutput, Target: ChainRedirect})
-	add(Rule{Chain: ChainRedirect, Proto: "tcp", Target: "REDIRECT", ToPort: p.OutboundPort})
+	add("outbound", Rule{Chain: ChainOutput, Target: ChainRedirect})
+	add("to-outbound-listener", Rule{Chain: ChainRedirect, Proto: TCP, Target: "REDIRECT", ToPort: p.OutboundPort})
 
 	dns := p.DNS.IsValid() && p.DNS.Addr().Is4() == (f == IPv4)
 	port53 := &PortRange{53, 53}
 	if dns {
 		rs.Chains = append(rs.Chains, ChainDNS)
 		dst := netip.PrefixFrom(p.DNS.Addr(), p.DNS.Addr().BitLen())
-		for _, proto := range []string{"udp", "tcp"} {
-			add(Rule{Chain: ChainDNS, Dst: dst, Proto: proto, DPort: port53, Target: "DNAT", ToAddr: p.DNS})
+		for _, proto := range []Protocol{UDP, TCP} {
+			add("to-consul-dns", Rule{Chain: ChainDNS, Dst: dst, Proto: proto, DPort: port53, Target: "DNAT", ToAddr: p.DNS})
 		}
 	}
-	add(Rule{Chain: "PREROUTING", Proto: "tcp", Target: ChainInbound})
+	add("inbound-hook", Rule{Chain: "PREROUTING", Proto: TCP, Target: ChainInbound})
 	if dns {
 		// Before the TCP redirect, so DNS over TCP reaches Consul DNS too.
-		add(Rule{Chain: "OUTPUT", Proto: "udp", DPort: port53, Target: ChainDNS})
-		add(Rule{Chain: "OUTPUT", Proto: "tcp", DPort: port53, Target: ChainDNS})
+		add("dns-hook", Rule{Chain: "OUTPUT", Proto: UDP, DPort: port53, Target: ChainDNS})
+		add("dns-hook", Rule{Chain: "OUTPUT", Proto: TCP, DPort: port53, Target: ChainDNS})
 	}
-	add(Rule{Chain: "OUTPUT", Proto: "tcp", Target: ChainOutput})
-	for _, r := range rs.rules {
-		rs.Rules = append(rs.Rules, r.String())
-	}
+	add("outbound-hook", Rule{Chain: "OUTPUT", Proto: TCP, Target: ChainOutput})
 	return rs
-}
-
-// restoreInput is iptables-restore --noflush input that creates the ruleset
-// in a netns that has none of it: "-N" fails when a chain exists, so a
-// second apply falls back to replaceInput instead of doubling the jumps.
-func (rs Ruleset) restoreInput() string {
-	var b strings.Builder
-	b.WriteString("*nat\n")
-	for _, c := range rs.Chains {
-		b.WriteString("-N " + c + "\n")
-	}
-	for _, r := range rs.Rules {
-		b.WriteString(r + "\n")
-	}
-	b.WriteString("COMMIT\n")
-	return b.String()
-}
-
-// replaceInput removes the live meshlet state (jumps and chains, as found
-// in iptables-save) and installs rs, in one transaction.
-func (rs Ruleset) replaceInput(live liveState) string {
-	var b strings.Builder
-	b.WriteString("*nat\n")
-	for _, j := range live.jumps {
-		b.WriteString("-D " + strings.TrimPrefix(j, "-A ") + "\n")
-	}
-	want := map[string]bool{}
-	for _, c := range rs.Chains {
-		want[c] = true
-		// Declaring an existing chain under --noflush flushes it.
-		b.WriteString(":" + c + " - [0:0]\n")
-	}
-	for _, c := range live.chains {
-		if !want[c] {
-			b.WriteString(":" + c + " - [0:0]\n-X " + c + "\n")
-		}
-	}
-	for _, r := range rs.Rules {
-		b.WriteString(r + "\n")
-	}
-	b.WriteString("COMMIT\n")
-	return b.String()
-}
-
-// removeInput deletes the live meshlet state.
-func removeInput(live liveState) string {
-	var b strings.Builder
-	b.WriteString("*nat\n")
-	for _, j := range live.jumps {
-		b.WriteString("-D " + strings.TrimPrefix(j, "-A ") + "\n")
-	}
-	for _, c := range live.chains {
-		b.WriteString(":" + c + " - [0:0]\n")
-	}
-	for _, c := range live.chains {
-		b.WriteString("-X " + c + "\n")
-	}
-	b.WriteString("COMMIT\n")
-	return b.String()
-}
-
-// liveState is meshlet's part of a nat table as iptables-save shows it.
-type liveState struct {
-	chains []string // owned chains that exist
-	jumps  []string // rules in built-in chains that jump to an owned chain
-	rules  []string // every rule in an owned chain, and the jumps
-}
-
-func (l liveState) empty() bool { return len(l.chains) == 0 && len(l.jumps) == 0 }
-
-// parseSave extracts meshlet's state from iptables-save -t nat output.
-func parseSave(out string) liveState {
-	var l liveState
-	owned := map[string]bool{}
-	for _, c := range OwnedChains {
-		owned[c] = true
-	}
-	for _, line := range strings.Split(out, "\n") {
-		switch {
-		case strings.HasPrefix(line, ":"):
-			if name, _, _ := strings.Cut(line[1:], " "); owned[name] {
-				l.chains = append(l.chains, name)
-			}
-		case strings.HasPrefix(line, "-A "):
-			f := strings.Fields(line)
-			if owned[f[1]] {
-				l.rules = append(l.rules, line)
-				continue
-			}
-			for i := 2; i+1 < len(f); i++ {
-				if (f[i] == "-j" || f[i] == "-g") && owned[f[i+1]] {
-					l.jumps = append(l.jumps, line)
-					l.rules = append(l.rules, line)
-					break
-				}
-			}
-		}
-	}
-	return l
 }

@@ -24,8 +24,15 @@ run_suite() { # run_suite NAME TIMEOUT PKG...
 }
 
 t0=$SECONDS
-echo "==> lint (gofmt, go vet, staticcheck)"
+echo "==> lint (go mod tidy, gofmt, go vet, staticcheck)"
 lint=ok
+# go.mod must say what the code imports (a direct dependency marked
+# "// indirect", a stale requirement): the module and each pinned tool module.
+for mod in . test/tools/*/; do
+  (cd "$mod" && go mod tidy -diff >/dev/null 2>&1) || {
+    echo "    go.mod of $mod is not tidy (run: cd $mod && go mod tidy):"
+    (cd "$mod" && go mod tidy -diff 2>&1 | sed 's/^/      /'); lint=FAILED; }
+done
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 [ -n "$unformatted" ] && { echo "    gofmt would change: $unformatted"; lint=FAILED; }
 go vet ./... || lint=FAILED

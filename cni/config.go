@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -26,7 +27,8 @@ type NetConf struct {
 	// LogLevel is debug, info (default), warn or error.
 	LogLevel string `json:"log_level,omitempty"`
 	// LogFile receives the plugin's structured logs; empty: stderr, which
-	// the runtime shows only when a call fails.
+	// the runtime shows only when a call fails. It must be absolute. One
+	// that cannot be opened does not fail the call: see newLogger.
 	LogFile string `json:"log_file,omitempty"`
 	// IptablesMode is auto (default: the host's iptables backend), nft or
 	// legacy.
@@ -86,6 +88,11 @@ func parseConf(stdin []byte, requirePrev bool) (*NetConf, error) {
 	default:
 		return nil, fmt.Errorf("meshlet-cni: log_level %q: expected debug, info, warn or error", conf.LogLevel)
 	}
+	// The runtime picks the plugin's working directory, so a relative path
+	// would land wherever that happens to be.
+	if conf.LogFile != "" && !filepath.IsAbs(conf.LogFile) {
+		return nil, fmt.Errorf("meshlet-cni: log_file %q: expected an absolute path", conf.LogFile)
+	}
 	if conf.LockDir == "" {
 		conf.LockDir = defaultLockDir
 	}
@@ -117,7 +124,7 @@ func families(prev types.Result) ([]iptables.Family, error) {
 	}
 	res, err := current.NewResultFromResult(prev)
 	if err != nil {
-		return nil, fmt.Errorf("meshlet-cni: convert prevResult: %w", err)
+		return nil, fmt.Errorf("convert prevResult: %w", err)
 	}
 	var v4, v6 bool
 	for _, ip := range res.IPs {

@@ -34,6 +34,8 @@ func TestParseConf(t *testing.T) {
 		{"no kubeconfig", `{"cniVersion":"1.0.0","type":"meshlet-cni",` + prev + `}`, `"kubeconfig" is empty`, true},
 		{"bad timeout", `{"cniVersion":"1.0.0","kubeconfig":"/k","pod_lookup_timeout":"soon",` + prev + `}`, `pod_lookup_timeout "soon"`, true},
 		{"bad log level", `{"cniVersion":"1.0.0","kubeconfig":"/k","log_level":"loud",` + prev + `}`, `log_level "loud"`, true},
+		{"absolute log file", `{"cniVersion":"1.0.0","kubeconfig":"/k","log_file":"/var/log/meshlet-cni.log",` + prev + `}`, "", true},
+		{"relative log file", `{"cniVersion":"1.0.0","kubeconfig":"/k","log_file":"logs/cni.log",` + prev + `}`, `log_file "logs/cni.log": expected an absolute path`, true},
 		{"not JSON", `{`, "parse network configuration", true},
 	}
 	for _, tc := range tests {
@@ -143,9 +145,14 @@ contexts: [{name: c, context: {cluster: k, user: u}}]
 		"bad CA":        {strings.Replace(kc(`{token: a}`), "ca.crt", "token", 1), "holds no PEM certificate"},
 		"missing token": {kc(`{tokenFile: nope}`), "token file"},
 		"not YAML":      {"{{{", "kubeconfig"},
+		// Either would send every request without credentials.
+		"unknown user": {strings.Replace(kc(`{token: a}`), "user: u}", "user: nobody}", 1), `user "nobody" of context "c" not found in users`},
+		"no user":      {strings.Replace(kc(`{token: a}`), "user: u}", `user: ""}`, 1), `context "c" names no user`},
+		"user omitted": {strings.Replace(kc(`{token: a}`), ", user: u}", "}", 1), `context "c" names no user`},
 	} {
-		if _, err := loadKubeconfig(write(name+".yaml", tc.content)); err == nil || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		p := write(name+".yaml", tc.content)
+		if _, err := loadKubeconfig(p); err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), p) {
+			t.Errorf("%s: %v, want %q and the file %s", name, err, tc.want, p)
 		}
 	}
 	if _, err := loadKubeconfig(filepath.Join(dir, "absent")); err == nil {

@@ -1,0 +1,104 @@
+package cni
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/meshlet/meshlet/iptables"
+)
+
+// ADD, CHECK and DEL reach the world through two interfaces: the pod
+// lookup and the rule applier. Add, Check and Del build the host's; the
+// tests pass fakes, so every decision is tested without root, a netns or
+// an API server (as Istio tests its plugin's doAddRun).
+
+// podLookup finds a pod's annotations.
+type podLookup interface {
+	// annotations returns the pod's annotations and where they came from,
+	// "runtime" or "api", for the logs.
+	annotations(namespace, name string) (ann map[string]string, from string, err error)
+}
+
+// ruleApplier is what the commands use of iptables.Applier.
+type ruleApplier interface {
+	Apply(netns string, p *iptables.Plan, families []iptables.Family) error
+	Verify(netns string, p *iptables.Plan, families []iptables.Family) error
+	Remove(netns string, families []iptables.Family) (skipped []iptables.Family, err error)
+	// Backend is the iptables backend the rules went through, for the logs.
+	Backend() iptables.Mode
+}
+
+// hostLookup takes the runtime's copy of the annotations when the runtime
+// passes one (no API call), else GETs the pod's metadata.
+type hostLookup struct{ conf *NetConf }
+
+func (l hostLookup) annotations(namespace, name string) (map[string]string, string, error) {
+	if ann := l.conf.RuntimeConfig.PodAnnotations; ann != nil {
+		return ann, "runtime", nil
+	}
+	api, err := loadKubeconfig(l.conf.Kubeconfig)
+	if err != nil {
+		return nil, "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), l.conf.lookupTimeout)
+	defer cancel()
+	ann, err := api.podAnnotations(ctx, namespace, name)
+	if err != nil {
+		return nil, "", fmt.Errorf("read annotations from the API server: %w", err)
+	}
+	return ann, "api", nil
+}
+
+// hostApplier is iptables.Applier with the backend resolved on first use:
+// detecting it may exec iptables, which an ADD for a pod that needs no
+// rules must not pay for.
+type hostApplier struct {
+	mode, lockDir string // as configured
+	resolved      *iptables.Applier
+}
+
+func newHostApplier(conf *NetConf) *hostApplier {
+	return &hostApplier{mode: conf.IptablesMode, lockDir: conf.LockDir}
+}
+
+func (h *hostApplier) applier() (iptables.Applier, error) {
+	if h.resolved == nil {
+		mode, err := iptables.ParseMode(h.mode)
+		if err != nil {
+			return iptables.Applier{}, err
+		}
+		h.resolved = &iptables.Applier{Mode: mode, LockDir: h.lockDir}
+	}
+	return *h.resolved, nil
+}
+
+func (h *hostApplier) Apply(netns string, p *iptables.Plan, fams []iptables.Family) error {
+	a, err := h.applier()
+	if err != nil {
+		return err
+	}
+	return a.Apply(netns, p, fams)
+}
+
+func (h *hostApplier) Verify(netns string, p *iptables.Plan, fams []iptables.Family) error {
+	a, err := h.applier()
+	if err != nil {
+		return err
+	}
+	return a.Verify(netns, p, fams)
+}
+
+func (h *hostApplier) Remove(netns string, fams []iptables.Family) ([]iptables.Family, error) {
+	a, err := h.applier()
+	if err != nil {
+		return nil, err
+	}
+	return a.Remove(netns, fams)
+}
+
+func (h *hostApplier) Backend() iptables.Mode {
+	if h.resolved == nil {
+		return ""
+	}
+	return h.resolved.Mode
+}

@@ -28,15 +28,20 @@ import (
 type pluginInvocation struct {
 	netns, namespace, name string
 	annotations            map[string]string // nil: the runtime passes none, so the plugin asks the API
+	dualStack              bool              // an IPv6 address too
 }
 
 func (p pluginInvocation) run(cmd string) error {
 	conf := lc.MeshletCNIConf()
 	conf["cniVersion"], conf["name"] = "1.0.0", "meshlet-pods"
+	ips := []map[string]any{{"address": "10.248.0.2/24", "interface": 0}}
+	if p.dualStack {
+		ips = append(ips, map[string]any{"address": "fd00:248::2/64", "interface": 0})
+	}
 	conf["prevResult"] = map[string]any{
 		"cniVersion": "1.0.0",
 		"interfaces": []map[string]string{{"name": "eth0", "sandbox": p.netns}},
-		"ips":        []map[string]any{{"address": "10.248.0.2/24", "interface": 0}},
+		"ips":        ips,
 	}
 	conf["log_level"] = "error"
 	if p.annotations != nil {
@@ -61,8 +66,13 @@ func perRuleExec(netns string, rs iptables.Ruleset) error {
 	for _, c := range rs.Chains {
 		cmds = append(cmds, []string{"-N", c})
 	}
-	for _, r := range rs.Rules {
-		cmds = append(cmds, strings.Fields(r))
+	for _, r := range rs.Lines() {
+		// Rule comments are one quoted word: drop the quotes a shell would.
+		args := strings.Fields(r)
+		for i := range args {
+			args[i] = strings.Trim(args[i], `"`)
+		}
+		cmds = append(cmds, args)
 	}
 	for _, args := range cmds {
 		argv := append([]string{"--net=" + netns, "iptables", "-t", "nat"}, args...)
@@ -95,6 +105,7 @@ func BenchmarkPluginADD(b *testing.B) {
 	}{
 		{"injected/runtime-annotations", pluginInvocation{namespace: nsName, name: "injected", annotations: injectedAnnotations(redirectConfig)}, mustPlan(b, redirectConfig)},
 		{"injected/api-lookup", pluginInvocation{namespace: nsName, name: "injected"}, mustPlan(b, redirectConfig)},
+		{"injected+dns/runtime-annotations", pluginInvocation{namespace: nsName, name: "injected", annotations: injectedAnnotations(redirectConfigDNS)}, mustPlan(b, redirectConfigDNS)},
 		{"plain/runtime-annotations", pluginInvocation{namespace: nsName, name: "plain", annotations: map[string]string{}}, nil},
 		{"plain/api-lookup", pluginInvocation{namespace: nsName, name: "plain"}, nil},
 	}
@@ -123,6 +134,42 @@ func BenchmarkPluginADD(b *testing.B) {
 			b.ReportMetric(percentile(d, 0.9), "p90-ms")
 		})
 	}
+}
+
+// redirectConfig with Consul DNS: two DNAT rules and their jumps more.
+const redirectConfigDNS = `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001,"ConsulDNSIP":"10.96.0.10","ConsulDNSPort":8600}`
+
+// BenchmarkADDandDEL: ADD and DEL of an injected pod, exec'd like a
+// runtime, alternating in one netns; reports both medians and DEL/ADD.
+// Both families, as for a dual-stack pod.
+func BenchmarkADDandDEL(b *testing.B) {
+	requireCluster(b)
+	a := applier(b)
+	plan := mustPlan(b, redirectConfig)
+	netns := netnstest.NewNS(b)
+	inv := pluginInvocation{netns: netns.Path(), namespace: "bench", name: "injected", dualStack: true,
+		annotations: injectedAnnotations(redirectConfig)}
+	fams := []iptables.Family{iptables.IPv4, iptables.IPv6}
+	var add, del []time.Duration
+	for i := 0; i < b.N; i++ {
+		for _, step := range []struct {
+			cmd  string
+			d    *[]time.Duration
+			want *iptables.Plan
+		}{{"ADD", &add, plan}, {"DEL", &del, nil}} {
+			t0 := time.Now()
+			if err := inv.run(step.cmd); err != nil {
+				b.Fatal(err)
+			}
+			*step.d = append(*step.d, time.Since(t0))
+			if err := a.Verify(netns.Path(), step.want, fams); err != nil {
+				b.Fatalf("rules after %s: %v", step.cmd, err)
+			}
+		}
+	}
+	b.ReportMetric(percentile(add, 0.5), "add-p50-ms")
+	b.ReportMetric(percentile(del, 0.5), "del-p50-ms")
+	b.ReportMetric(percentile(del, 0.5)/percentile(add, 0.5), "del/add-x")
 }
 
 // BenchmarkADDvsPerRuleExec measures meshlet-cni's ADD and the

@@ -12,7 +12,8 @@ import (
 
 // BenchmarkStartup: the plugin is a fresh process per pod, so its start-up
 // is part of every ADD. It execs, in the same run, an empty Go program (the
-// floor), meshlet-cni answering VERSION, and a probe that loads a
+// floor), an empty program that imports all meshlet-cni imports (what the
+// dependencies cost to load and initialize), meshlet-cni answering VERSION, and a probe that loads a
 // kubeconfig with client-go and builds a metadata client (what meshlet-cni
 // would cost with client-go), and reports each median.
 func BenchmarkStartup(b *testing.B) {
@@ -41,6 +42,7 @@ current-context: c
 		cmd  func() *exec.Cmd
 	}{
 		{"empty-main", func() *exec.Cmd { return exec.Command(build("empty", "./testdata/emptymain")) }},
+		{"imports-only", func() *exec.Cmd { return exec.Command(build("imports", "./testdata/importsonly")) }},
 		{"meshlet-cni-version", func() *exec.Cmd {
 			c := exec.Command(build("meshlet-cni", "."))
 			c.Env = []string{"CNI_COMMAND=VERSION"}

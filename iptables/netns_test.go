@@ -468,3 +468,47 @@ func marshalInfo(t *testing.T, f Family, rev uint32, info xt.InfoAny) []byte {
 	}
 	return b
 }
+
+// TestNetlinkTakesOverRestoreRules: rules iptables-nft-restore wrote (the
+// fallback path, or an earlier meshlet without comments) are replaced and
+// removed by the netlink transaction, foreign rules left alone.
+func TestNetlinkTakesOverRestoreRules(t *testing.T) {
+	netnstest.RequireRoot(t)
+	p := mustPlan(t, goldenConfigs["dns"])
+	fams := []Family{IPv4, IPv6}
+	old := Ruleset{Family: IPv4}
+	for _, r := range p.Rules(IPv4).Rules {
+		r.Comment = ""
+		old.Rules = append(old.Rules, r)
+	}
+	old.Chains = p.Rules(IPv4).Chains
+	pod := netnstest.NewNS(t)
+	restore := Applier{Mode: ModeNFT, NoNetlink: true}
+	if err := restore.applyRulesets(pod.Path(), []Ruleset{old}); err != nil {
+		t.Fatal(err)
+	}
+	iptablesIn(t, ModeNFT, pod, "-t", "nat", "-A", "OUTPUT", "-p", "udp", "-j", "RETURN")
+	// Any exec would mean netlink gave up and iptables-restore did it.
+	nl := Applier{Mode: ModeNFT, Runner: noExec{t}}
+	if err := nl.Apply(pod.Path(), p, fams); err != nil {
+		t.Fatal(err)
+	}
+	if err := restore.Verify(pod.Path(), p, fams); err != nil {
+		t.Errorf("after netlink replaced restore's rules: %v", err)
+	}
+	if _, err := nl.Remove(pod.Path(), fams); err != nil {
+		t.Fatal(err)
+	}
+	expectNoChains(t, ModeNFT, pod, "netlink remove")
+	if save := saveNat(t, ModeNFT, pod, IPv4); !strings.Contains(save, "-A OUTPUT -p udp -j RETURN") {
+		t.Errorf("the foreign rule was removed:\n%s", save)
+	}
+}
+
+// noExec is a Runner that fails the test: the netlink path must do it all.
+type noExec struct{ t *testing.T }
+
+func (n noExec) Run(netns string, c Command) (string, error) {
+	n.t.Errorf("exec'd %s %v in %s: netlink fell back", c.Tool, c.Args, netns)
+	return "", fmt.Errorf("no exec in this test")
+}

@@ -68,6 +68,10 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 	if err := c.Down(ctx); err != nil {
 		return fmt.Errorf("clear leftovers of an earlier run: %w", err)
 	}
+	// After Down, so ports held by a crashed run's components are free.
+	if err := checkPortsFree(fixedPorts); err != nil {
+		return err
+	}
 	if err := c.checkPrerequisites(); err != nil {
 		return err
 	}

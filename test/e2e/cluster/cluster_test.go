@@ -40,6 +40,7 @@ func TestUpClearsCrashedRun(t *testing.T) {
 	if err := c.Up(ctx); err != nil {
 		t.Fatal(err)
 	}
+	checkFixedPorts(t, c)
 	startPod(t, ctx, c)
 
 	files, _ := filepath.Glob(filepath.Join(c.Dir, "pids", "*.pid"))

@@ -85,15 +85,20 @@ type task struct {
 	init, shim int
 }
 
+// tasks lists the recorded containers whose init process still runs. A
+// crashed run leaves init.pid files behind whose PID may since have been
+// recycled, so a live PID counts only if the process sits in the
+// container's own cgroup (see inContainerCgroup).
 func (c *Cluster) tasks() []task {
 	files, _ := filepath.Glob(c.path("containerd", "state", "io.containerd.runtime.v2.task", "*", "*", "init.pid"))
 	var out []task
 	for _, f := range files {
 		pid, err := readInt(f)
-		if err != nil || !alive(pid, "") {
+		bundle := filepath.Dir(f)
+		if err != nil || !alive(pid, "") || !inContainerCgroup(pid, filepath.Base(bundle)) {
 			continue
 		}
-		t := task{bundle: filepath.Dir(f), init: pid}
+		t := task{bundle: bundle, init: pid}
 		if pp := parentOf(pid); pp > 1 && alive(pp, shimExe) {
 			t.shim = pp
 		}
@@ -118,7 +123,9 @@ func (c *Cluster) stopShims() error {
 	var errs []error
 	ts := c.tasks()
 	for _, t := range ts {
-		errs = append(errs, stopPid(t.init, "", 5*time.Second))
+		id := filepath.Base(t.bundle)
+		ours := func() bool { return alive(t.init, "") && inContainerCgroup(t.init, id) }
+		errs = append(errs, stopProc(t.init, "init of container "+id[:12], ours, 5*time.Second))
 	}
 	for _, t := range ts {
 		if t.shim != 0 {
@@ -126,6 +133,30 @@ func (c *Cluster) stopShims() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// inContainerCgroup reports whether pid's cgroup path names the container
+// ID (the bundle directory's name). containerd puts every container in
+// <pod cgroup from kubelet>/<container ID> (in every hierarchy on this VM),
+// and a process starts in its parent's cgroup: a recycled PID belongs to
+// whoever forked it, never to a dead container's cgroup. The ID is 64 hex
+// digits, so a substring match is as strict as a path-element match and
+// also fits the systemd driver's cri-containerd-<ID>.scope.
+func inContainerCgroup(pid int, id string) bool {
+	if len(id) < 12 {
+		return false // not a runtime ID: never match on a short name
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		// hierarchy-ID:controllers:path
+		if f := strings.SplitN(line, ":", 3); len(f) == 3 && strings.Contains(f[2], id) {
+			return true
+		}
+	}
+	return false
 }
 
 func readInt(path string) (int, error) {

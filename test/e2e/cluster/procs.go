@@ -90,25 +90,34 @@ func readPidFile(path string) (int, string, error) {
 
 // stopPid sends SIGTERM, waits up to grace, then SIGKILLs.
 func stopPid(pid int, exe string, grace time.Duration) error {
-	if !alive(pid, exe) {
+	return stopProc(pid, exe, func() bool { return alive(pid, exe) }, grace)
+}
+
+// stopProc stops pid while ours says it is still the process meant: it is
+// asked again before each signal, so a PID recycled meanwhile is spared.
+func stopProc(pid int, what string, ours func() bool, grace time.Duration) error {
+	if !ours() {
 		return nil
 	}
 	_ = syscall.Kill(pid, syscall.SIGTERM)
 	deadline := time.Now().Add(grace)
 	for time.Now().Before(deadline) {
-		if !alive(pid, exe) {
+		if !ours() {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+	if !ours() {
+		return nil
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
 	for i := 0; i < 100; i++ {
-		if !alive(pid, exe) {
+		if !ours() {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("pid %d (%s) survived SIGKILL", pid, exe)
+	return fmt.Errorf("pid %d (%s) survived SIGKILL", pid, what)
 }
 
 // stop stops the component recorded under name; a missing pid file is fine.

@@ -13,6 +13,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 
 	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -109,20 +110,15 @@ func (c *Cluster) writeCNIKubeconfig(ctx context.Context) error {
 	if err := os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600); err != nil {
 		return err
 	}
-	kc := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: local
-  cluster: {server: "https://%s:6443", certificate-authority: %q}
-users:
-- name: meshlet-cni
-  user: {tokenFile: %q}
-contexts:
-- name: local
-  context: {cluster: local, user: meshlet-cni}
-current-context: local
-`, NodeIP, c.path("pki", "ca.crt"), tokenFile)
-	return os.WriteFile(c.MeshletCNIKubeconfig(), []byte(kc), 0o600)
+	return c.writeCNIKubeconfigFile(tokenFile)
+}
+
+// writeCNIKubeconfigFile writes the plugin's kubeconfig. meshlet-cni reads
+// it with its own small reader (cni/kube.go), which knows the keys
+// clientcmd writes: certificate-authority, tokenFile.
+func (c *Cluster) writeCNIKubeconfigFile(tokenFile string) error {
+	return writeKubeconfigFile(c.MeshletCNIKubeconfig(), "local", CNIServiceAccount, c.path("pki", "ca.crt"),
+		&clientcmdapi.AuthInfo{TokenFile: tokenFile})
 }
 
 // PodNetNS returns the network namespace path of a running pod's sandbox,

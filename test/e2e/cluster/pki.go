@@ -14,6 +14,9 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // ca is a certificate authority the harness creates for one cluster: the
@@ -163,24 +166,31 @@ func (c *Cluster) writePKI() error {
 	return nil
 }
 
+// writeKubeconfig writes the kubeconfig of a component that authenticates
+// with its client certificate from pki/.
 func (c *Cluster) writeKubeconfig(user string) error {
 	pki := c.path("pki")
-	cfg := fmt.Sprintf(`apiVersion: v1
-kind: Config
-clusters:
-- name: meshlet-local
-  cluster:
-    server: https://%s:6443
-    certificate-authority: %s/ca.crt
-users:
-- name: %s
-  user:
-    client-certificate: %s/%s.crt
-    client-key: %s/%s.key
-contexts:
-- name: meshlet-local
-  context: {cluster: meshlet-local, user: %s}
-current-context: meshlet-local
-`, NodeIP, pki, user, pki, user, pki, user, user)
-	return os.WriteFile(c.path(user+".kubeconfig"), []byte(cfg), 0o600)
+	auth := &clientcmdapi.AuthInfo{
+		ClientCertificate: filepath.Join(pki, user+".crt"),
+		ClientKey:         filepath.Join(pki, user+".key"),
+	}
+	return writeKubeconfigFile(c.path(user+".kubeconfig"), "meshlet-local", user, filepath.Join(pki, "ca.crt"), auth)
+}
+
+// writeKubeconfigFile writes a kubeconfig whose one context (named like
+// its cluster) reaches the API server as user. clientcmd quotes what YAML
+// needs quoted, so any state directory path survives.
+func writeKubeconfigFile(path, cluster, user, caFile string, auth *clientcmdapi.AuthInfo) error {
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters[cluster] = &clientcmdapi.Cluster{
+		Server:               "https://" + net.JoinHostPort(NodeIP, "6443"),
+		CertificateAuthority: caFile,
+	}
+	cfg.AuthInfos[user] = auth
+	cfg.Contexts[cluster] = &clientcmdapi.Context{Cluster: cluster, AuthInfo: user}
+	cfg.CurrentContext = cluster
+	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
+		return fmt.Errorf("write kubeconfig %s: %w", path, err)
+	}
+	return nil
 }

@@ -134,6 +134,11 @@ func Serve(t testing.TB, n ns.NetNS, addr, name string) {
 	}()
 }
 
+// ip6tSoOriginalDst is IP6T_SO_ORIGINAL_DST from
+// <linux/netfilter_ipv6/ip6_tables.h>, which golang.org/x/sys/unix does not
+// define (it has only the IPv4 SO_ORIGINAL_DST; both are 80).
+const ip6tSoOriginalDst = 80
+
 // OriginalDst is where a connection was headed before a REDIRECT or DNAT
 // changed it (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST).
 func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
@@ -146,12 +151,11 @@ func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
 	err = raw.Control(func(fd uintptr) {
 		var buf [28]byte // sockaddr_in6 is the larger
 		size := uint32(len(buf))
-		level := unix.SOL_IP
+		level, opt := unix.SOL_IP, unix.SO_ORIGINAL_DST
 		if la, ok := c.LocalAddr().(*net.TCPAddr); ok && la.IP.To4() == nil {
-			level = unix.SOL_IPV6
+			level, opt = unix.SOL_IPV6, ip6tSoOriginalDst
 		}
-		const soOriginalDst = 80
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), soOriginalDst,
+		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), uintptr(opt),
 			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
 		if e != 0 {
 			serr = e

@@ -156,11 +156,12 @@ func TestPluginThroughLibcni(t *testing.T) {
 			!strings.Contains(log, `"annotations_from":"api"`) {
 			t.Errorf("plugin log for the libcni pod: %s", log)
 		}
-		inNetns(t, netns.Path(), "iptables", "-t", "nat", "-D", iptables.ChainOutput, "-o", "lo", "-j", "RETURN")
+		viaLo := []string{"-o", "lo", "-m", "comment", "--comment", "meshlet/via-lo", "-j", "RETURN"}
+		inNetns(t, netns.Path(), append([]string{"iptables", "-t", "nat", "-D", iptables.ChainOutput}, viaLo...)...)
 		if err := cniConfig.CheckNetworkList(ctx, list, rt); err == nil || !strings.Contains(err.Error(), "missing") {
 			t.Errorf("CHECK after deleting a rule: %v", err)
 		}
-		inNetns(t, netns.Path(), "iptables", "-t", "nat", "-A", iptables.ChainOutput, "-o", "lo", "-j", "RETURN")
+		inNetns(t, netns.Path(), append([]string{"iptables", "-t", "nat", "-A", iptables.ChainOutput}, viaLo...)...)
 		inNetns(t, netns.Path(), "iptables", "-t", "nat", "-A", iptables.ChainInbound, "-p", "tcp", "--dport", "22", "-j", "RETURN")
 		if err := cniConfig.CheckNetworkList(ctx, list, rt); err == nil || !strings.Contains(err.Error(), "unexpected") {
 			t.Errorf("CHECK after adding a rule: %v", err)

@@ -29,10 +29,13 @@ func netlinkSync(netns string, sets []Ruleset) error {
 		return fmt.Errorf("open netns %s: %w", netns, err)
 	}
 	defer f.Close()
-	conn, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	// One socket for the reads and the transaction: without AsLasting the
+	// library dials anew, entering the netns on a fresh thread, per request.
+	conn, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
 	if err != nil {
 		return fmt.Errorf("netlink in %s: %w", netns, err)
 	}
+	defer conn.CloseLasting()
 	changed := false
 	for _, rs := range sets {
 		c, err := queueSync(conn, rs)

@@ -67,6 +67,22 @@ type apiClient struct {
 	http   *http.Client
 }
 
+// ValidateKubeconfig loads the kubeconfig at path as meshlet-cni does and
+// returns the API server it names. Whoever writes the plugin's kubeconfig
+// (the node agent, the local cluster harness) checks it with the plugin's
+// own reader, and also that it carries credentials: a kubeconfig without
+// them loads, but every pod lookup would then be refused.
+func ValidateKubeconfig(path string) (server string, err error) {
+	cl, err := loadKubeconfig(path)
+	if err != nil {
+		return "", err
+	}
+	if t, ok := cl.http.Transport.(*http.Transport); cl.token == "" && (!ok || len(t.TLSClientConfig.Certificates) == 0) {
+		return "", fmt.Errorf("kubeconfig %s: its user has no token, tokenFile or client certificate", path)
+	}
+	return cl.server, nil
+}
+
 func loadKubeconfig(path string) (*apiClient, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -88,5 +90,34 @@ func TestPodAnnotationsUntrustedServer(t *testing.T) {
 	var verr *tls.CertificateVerificationError
 	if !errors.As(err, &verr) || conns.Load() != 1 {
 		t.Errorf("untrusted certificate: %v after %d connections, want a verification error on the first", err, conns.Load())
+	}
+}
+
+func TestValidateKubeconfig(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, user string) string {
+		p := filepath.Join(dir, name)
+		kc := `apiVersion: v1
+kind: Config
+current-context: c
+clusters: [{name: k, cluster: {server: "https://10.0.0.1:6443/", insecure-skip-tls-verify: true}}]
+users: [{name: u, user: ` + user + `}]
+contexts: [{name: c, context: {cluster: k, user: u}}]
+`
+		if err := os.WriteFile(p, []byte(kc), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if server, err := ValidateKubeconfig(write("token.yaml", `{token: abc}`)); err != nil || server != "https://10.0.0.1:6443" {
+		t.Errorf("token: %q, %v", server, err)
+	}
+	path := write("none.yaml", `{}`)
+	if _, err := ValidateKubeconfig(path); err == nil || !strings.Contains(err.Error(), "no token, tokenFile or client certificate") ||
+		!strings.Contains(err.Error(), path) {
+		t.Errorf("no credentials: %v, want them missed, naming the file", err)
+	}
+	if _, err := ValidateKubeconfig(filepath.Join(dir, "absent")); err == nil {
+		t.Error("a missing kubeconfig validated")
 	}
 }

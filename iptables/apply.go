@@ -163,16 +163,22 @@ func (a Applier) Remove(netns string, families []Family) (skipped []Family, err 
 		families = slices.DeleteFunc(slices.Clone(families), func(f Family) bool { return f == IPv6 })
 		skipped = append(skipped, IPv6)
 	}
+	var errs []error
 	if a.useNetlink() {
 		sets := make([]Ruleset, 0, len(families))
 		for _, f := range families {
 			sets = append(sets, Ruleset{Family: f})
 		}
-		if err := a.sync(netns, sets); err == nil {
+		nlErr := a.sync(netns, sets)
+		if nlErr == nil {
 			return skipped, nil
 		}
+		defer func() {
+			if err != nil {
+				err = errors.Join(fmt.Errorf("netlink: %w", nlErr), err)
+			}
+		}()
 	}
-	var errs []error
 	for _, f := range families {
 		err := a.removeFamily(netns, f)
 		var te *ToolError

@@ -121,8 +121,9 @@ func TestRemove(t *testing.T) {
 		a, fake, _ := stubbed(ModeNFT, errors.New("netlink: operation not permitted"))
 		fake.fail["ip6tables-nft-save"] = "ip6tables-nft-save v1.8.9 (nf_tables): Could not fetch rule set generation id: Permission denied (you must be root)"
 		skipped, err := a.Remove(netns, []Family{IPv4, IPv6})
-		if err == nil || len(skipped) != 0 || !strings.Contains(err.Error(), "remove IPv6 rules") {
-			t.Errorf("Remove = %v, %v; want an error naming IPv6", skipped, err)
+		if err == nil || len(skipped) != 0 || !strings.Contains(err.Error(), "remove IPv6 rules") ||
+			!strings.Contains(err.Error(), "netlink: operation not permitted") {
+			t.Errorf("Remove = %v, %v; want an error naming IPv6 and what netlink said", skipped, err)
 		}
 	})
 	t.Run("over netlink: no exec", func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/meshlet/meshlet/annotations"
 	"github.com/meshlet/meshlet/iptables"
 )
 
@@ -142,7 +143,7 @@ func (c *call) plan(pods podLookup) (p *iptables.Plan, from string, err error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
 	}
-	if p, err = iptables.PlanForPod(ann); err != nil {
+	if p, err = annotations.RedirectPlan(ann); err != nil {
 		return nil, from, fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
 	}
 	return p, from, nil

@@ -13,9 +13,6 @@ import (
 	"strings"
 )
 
-// AnnotationRedirectConfig carries Config as JSON on the pod. consul-k8s
-// writes the same annotation with the same keys, so its pods work too.
-const AnnotationRedirectConfig = "consul.hashicorp.com/redirect-traffic-config"
 
 // Defaults of the injected sidecar (the same as consul-k8s').
 const (

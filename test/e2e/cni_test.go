@@ -19,6 +19,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/meshlet/meshlet/cni"
+	"github.com/meshlet/meshlet/annotations"
 	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 	"github.com/meshlet/meshlet/test/netnstest"
@@ -29,15 +30,15 @@ const redirectConfig = `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOut
 
 func injectedAnnotations(cfg string) map[string]string {
 	return map[string]string{
-		iptables.AnnotationInjectStatus:   "injected",
-		iptables.AnnotationTProxyStatus:   iptables.TProxyEnabled,
-		iptables.AnnotationRedirectConfig: cfg,
+		annotations.InjectStatus:   "injected",
+		annotations.TProxyStatus:   annotations.TProxyEnabled,
+		annotations.RedirectConfig: cfg,
 	}
 }
 
 func mustPlan(t testing.TB, cfg string) *iptables.Plan {
 	t.Helper()
-	p, err := iptables.PlanForPod(injectedAnnotations(cfg))
+	p, err := annotations.RedirectPlan(injectedAnnotations(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +201,7 @@ func TestPluginThroughLibcni(t *testing.T) {
 		if err == nil {
 			t.Fatal("ADD succeeded")
 		}
-		for _, want := range []string{ns + "/broken", iptables.AnnotationRedirectConfig, `ExcludeInboundPorts[0]: "80a"`} {
+		for _, want := range []string{ns + "/broken", annotations.RedirectConfig, `ExcludeInboundPorts[0]: "80a"`} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error %q does not name %q", err, want)
 			}
@@ -378,7 +379,7 @@ func TestPluginOnKubelet(t *testing.T) {
 		}
 		return false, nil
 	})
-	for _, want := range []string{"meshlet-cni", ns + "/broken", iptables.AnnotationRedirectConfig, `ExcludeUIDs[0]: "root"`} {
+	for _, want := range []string{"meshlet-cni", ns + "/broken", annotations.RedirectConfig, `ExcludeUIDs[0]: "root"`} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("event %q does not name %q", msg, want)
 		}

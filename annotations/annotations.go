@@ -1,0 +1,55 @@
+// Package annotations is the contract between meshlet's parts: the names
+// of the pod annotations users write (consul-k8s' names, so existing
+// manifests work unchanged), the ones meshlet writes, and the typed,
+// versioned registration the webhook writes for the node agent, so that
+// the agent never parses user input again. The webhook, meshlet-cni and the
+// node agent all import it; the rules library (iptables) knows none of it.
+package annotations
+
+const prefix = "consul.hashicorp.com/"
+
+// Annotations users write on a pod (template).
+const (
+	Inject               = prefix + "connect-inject"
+	Service              = prefix + "connect-service"
+	ServicePort          = prefix + "connect-service-port"
+	Upstreams            = prefix + "connect-service-upstreams"
+	TransparentProxy     = prefix + "transparent-proxy"
+	OverwriteProbes      = prefix + "transparent-proxy-overwrite-probes"
+	ExcludeInboundPorts  = prefix + "transparent-proxy-exclude-inbound-ports"
+	ExcludeOutboundPorts = prefix + "transparent-proxy-exclude-outbound-ports"
+	ExcludeOutboundCIDRs = prefix + "transparent-proxy-exclude-outbound-cidrs"
+	ExcludeUIDs          = prefix + "transparent-proxy-exclude-uids"
+	EnvoyExtraArgs       = prefix + "envoy-extra-args"
+	ServiceTags          = prefix + "service-tags"
+	// ServiceMetaPrefix is followed by the meta key:
+	// consul.hashicorp.com/service-meta-<key>: <value>.
+	ServiceMetaPrefix    = prefix + "service-meta-"
+	SidecarCPULimit      = prefix + "sidecar-proxy-cpu-limit"
+	SidecarCPURequest    = prefix + "sidecar-proxy-cpu-request"
+	SidecarMemoryLimit   = prefix + "sidecar-proxy-memory-limit"
+	SidecarMemoryRequest = prefix + "sidecar-proxy-memory-request"
+	EnableMetrics        = prefix + "enable-metrics"
+	EnableMetricsMerging = prefix + "enable-metrics-merging"
+	MergedMetricsPort    = prefix + "merged-metrics-port"
+	PrometheusScrapePort = prefix + "prometheus-scrape-port"
+	PrometheusScrapePath = prefix + "prometheus-scrape-path"
+	ServiceMetricsPort   = prefix + "service-metrics-port"
+	ServiceMetricsPath   = prefix + "service-metrics-path"
+)
+
+// Prefix is what every Consul annotation starts with: one meshlet does not
+// implement is admitted with a warning naming it.
+const Prefix = prefix
+
+// Annotations meshlet writes (the first three as consul-k8s does, so that
+// tools reading consul-k8s' pods read meshlet's too).
+const (
+	InjectStatus   = prefix + "connect-inject-status"
+	Injected       = "injected"
+	TProxyStatus   = prefix + "transparent-proxy-status"
+	TProxyEnabled  = "enabled"
+	RedirectConfig = prefix + "redirect-traffic-config"
+	// RegistrationKey holds a Registration as JSON.
+	RegistrationKey = "meshlet.io/registration"
+)

@@ -13,7 +13,6 @@ import (
 	"strings"
 )
 
-
 // Defaults of the injected sidecar (the same as consul-k8s').
 const (
 	DefaultProxyUID          = 5995

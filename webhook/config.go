@@ -1,0 +1,116 @@
+package webhook
+
+import (
+	"fmt"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+)
+
+// Data planes the sidecar can run.
+const (
+	DataPlaneEnvoy  = "envoy"  // Envoy with an inline bootstrap: what users run
+	DataPlaneConsul = "consul" // Consul's built-in proxy: where Envoy cannot run
+)
+
+// Config is the webhook's configuration; its fields follow consul-k8s'
+// connectInject.* Helm values, so a values file carries over.
+type Config struct {
+	// DefaultInject injects pods without a connect-inject annotation
+	// (connectInject.default).
+	DefaultInject bool
+	// AllowNamespaces and DenyNamespaces (k8sAllowNamespaces,
+	// k8sDenyNamespaces): deny wins; "*" allows every namespace.
+	AllowNamespaces, DenyNamespaces []string
+	// DataPlane is DataPlaneEnvoy or DataPlaneConsul.
+	DataPlane   string
+	EnvoyImage  string // imageEnvoy
+	ConsulImage string // the image with the consul binary (DataPlaneConsul)
+	// NativeSidecar runs the proxy as a native sidecar (an init container
+	// with restartPolicy Always; Kubernetes 1.29+): up before the app and
+	// other init containers, and a Job completes when its app exits. false:
+	// a regular container.
+	NativeSidecar bool
+	// TransparentProxy is the default of the transparent-proxy annotation
+	// (connectInject.transparentProxy.defaultEnabled).
+	TransparentProxy bool
+	// OverwriteProbes is the default of transparent-proxy-overwrite-probes
+	// (connectInject.transparentProxy.defaultOverwriteProbes).
+	OverwriteProbes bool
+	// Resources of the sidecar (connectInject.sidecarProxy.resources).
+	Resources corev1.ResourceRequirements
+	Metrics   MetricsDefaults
+	// ConsulNamespaces (global.enableConsulNamespaces and
+	// connectInject.consulNamespaces).
+	ConsulNamespaces ConsulNamespaces
+	// AgentHTTPPort and AgentGRPCPort are the node's Consul client agent's
+	// ports, on the node's IP (HOST_IP).
+	AgentHTTPPort, AgentGRPCPort int
+}
+
+// MetricsDefaults are connectInject.metrics.*.
+type MetricsDefaults struct {
+	DefaultEnabled              bool
+	DefaultEnableMerging        bool
+	DefaultMergedMetricsPort    int
+	DefaultPrometheusScrapePort int
+	DefaultPrometheusScrapePath string
+}
+
+// ConsulNamespaces is where registrations go in Consul Enterprise.
+type ConsulNamespaces struct {
+	Enabled              bool
+	DestinationNamespace string // single destination (default "default")
+	MirroringK8S         bool
+	MirroringK8SPrefix   string
+}
+
+// DefaultConfig is consul-k8s' chart defaults with meshlet's data plane.
+func DefaultConfig() Config {
+	return Config{
+		AllowNamespaces:  []string{"*"},
+		DataPlane:        DataPlaneEnvoy,
+		EnvoyImage:       "envoyproxy/envoy:v1.33.0",
+		ConsulImage:      "hashicorp/consul:1.22.0",
+		NativeSidecar:    true,
+		TransparentProxy: true,
+		OverwriteProbes:  true,
+		Resources: corev1.ResourceRequirements{
+			Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("100Mi")},
+			Limits:   corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("100Mi")},
+		},
+		Metrics: MetricsDefaults{DefaultEnableMerging: false, DefaultMergedMetricsPort: 20100,
+			DefaultPrometheusScrapePort: 20200, DefaultPrometheusScrapePath: "/metrics"},
+		ConsulNamespaces: ConsulNamespaces{DestinationNamespace: "default"},
+		AgentHTTPPort:    8500,
+		AgentGRPCPort:    8502,
+	}
+}
+
+// Validate reports a configuration the webhook cannot serve with.
+func (c Config) Validate() error {
+	switch {
+	case c.DataPlane != DataPlaneEnvoy && c.DataPlane != DataPlaneConsul:
+		return fmt.Errorf("data plane %q: expected %s or %s", c.DataPlane, DataPlaneEnvoy, DataPlaneConsul)
+	case c.DataPlane == DataPlaneEnvoy && c.EnvoyImage == "":
+		return fmt.Errorf("data plane envoy needs an Envoy image")
+	case c.DataPlane == DataPlaneConsul && c.ConsulImage == "":
+		return fmt.Errorf("data plane consul needs an image with the consul binary")
+	case len(c.AllowNamespaces) == 0:
+		return fmt.Errorf("k8sAllowNamespaces is empty: no pod could be injected (use [\"*\"] for all)")
+	case slices.Contains(c.DenyNamespaces, "*"):
+		return fmt.Errorf("k8sDenyNamespaces contains \"*\": no pod could be injected")
+	}
+	for _, p := range []struct {
+		name string
+		v    int
+	}{{"agent HTTP port", c.AgentHTTPPort}, {"agent gRPC port", c.AgentGRPCPort},
+		{"metrics.defaultMergedMetricsPort", c.Metrics.DefaultMergedMetricsPort},
+		{"metrics.defaultPrometheusScrapePort", c.Metrics.DefaultPrometheusScrapePort}} {
+		if p.v < 1 || p.v > 65535 {
+			return fmt.Errorf("%s %d: expected a port 1-65535", p.name, p.v)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,199 @@
+package webhook
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"gomodules.xyz/jsonpatch/v2"
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/iptables"
+)
+
+// Result is the webhook's answer for one pod.
+type Result struct {
+	// Patch is the JSON patch that injects the pod; nil: admitted as is.
+	Patch []jsonpatch.Operation
+	// Warnings reach the user through kubectl.
+	Warnings []string
+	// Denied is why the pod is refused; nil: admitted.
+	Denied error
+	// Skipped says why a pod that was not denied is not injected.
+	Skipped string
+}
+
+// Mutate is the webhook: pod, namespace and configuration in, patch,
+// warnings or a denial out. It reads nothing else and changes nothing.
+func Mutate(pod *corev1.Pod, namespace string, cfg Config) Result {
+	inject, why, err := decide(pod, namespace, cfg)
+	if err != nil {
+		return Result{Denied: err}
+	}
+	if !inject {
+		return Result{Skipped: why}
+	}
+	p, err := parse(pod, cfg)
+	if err != nil {
+		return Result{Denied: err}
+	}
+	var res Result
+	for _, k := range p.unknown {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s is not implemented by meshlet and has no effect", k))
+	}
+	if err := checkPod(pod); err != nil {
+		return Result{Denied: err}
+	}
+	injected, err := inject1(pod.DeepCopy(), namespace, p, cfg)
+	if err != nil {
+		return Result{Denied: err}
+	}
+	res.Patch, err = diff(pod, injected)
+	if err != nil {
+		return Result{Denied: fmt.Errorf("compute the patch: %w", err)}
+	}
+	return res
+}
+
+// checkPod refuses what cannot be meshed.
+func checkPod(pod *corev1.Pod) error {
+	var errs []error
+	podUID := int64(-1)
+	if sc := pod.Spec.SecurityContext; sc != nil && sc.RunAsUser != nil {
+		podUID = *sc.RunAsUser
+	}
+	for _, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		uid := podUID
+		if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
+			uid = *c.SecurityContext.RunAsUser
+		}
+		if uid == iptables.DefaultProxyUID {
+			errs = append(errs, fmt.Errorf("container %q runs as UID %d, the sidecar proxy's UID: its traffic would bypass the proxy; run it as another user", c.Name, uid))
+		}
+		if c.Name == envoySidecarName || c.Name == consulSidecarName {
+			errs = append(errs, fmt.Errorf("container name %q is the injected sidecar's; rename the container", c.Name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// inject1 adds the sidecar and the annotations to pod (a copy).
+func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.Pod, error) {
+	reg := annotations.Registration{Service: p.service, Port: p.port, DataPlane: cfg.DataPlane,
+		TransparentProxy: p.tproxy, Upstreams: p.upstreams, Tags: p.tags, Meta: p.meta, Metrics: p.metrics,
+		ConsulNamespace: consulNamespace(namespace, cfg.ConsulNamespaces)}
+	if p.tproxy && p.overwriteProbes {
+		reg.ExposePaths = overwriteProbes(pod)
+	}
+	addUpstreamEnv(pod, p.upstreams)
+	sidecar, err := sidecarContainer(p, reg, pod, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.NativeSidecar {
+		always := corev1.ContainerRestartPolicyAlways
+		sidecar.RestartPolicy = &always
+		pod.Spec.InitContainers = append([]corev1.Container{sidecar}, pod.Spec.InitContainers...)
+	} else {
+		pod.Spec.Containers = append(pod.Spec.Containers, sidecar)
+	}
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	pod.Annotations[annotations.InjectStatus] = annotations.Injected
+	if p.tproxy {
+		pod.Annotations[annotations.TProxyStatus] = annotations.TProxyEnabled
+		c := redirectConfig(p, reg)
+		// meshlet-cni validates the config the same way at ADD: a config it
+		// would refuse must be refused here, not leave the pod stuck later.
+		if _, err := c.Validate(); err != nil {
+			return nil, fmt.Errorf("the redirect config built from the transparent-proxy annotations is not valid: %w", err)
+		}
+		rc, err := json.Marshal(c)
+		if err != nil {
+			return nil, err
+		}
+		pod.Annotations[annotations.RedirectConfig] = string(rc)
+	}
+	if m := p.metrics; m != nil {
+		pod.Annotations["prometheus.io/scrape"] = "true"
+		pod.Annotations["prometheus.io/port"] = strconv.Itoa(m.ScrapePort)
+		pod.Annotations["prometheus.io/path"] = m.ScrapePath
+	}
+	enc, err := reg.Encode()
+	if err != nil {
+		return nil, err
+	}
+	pod.Annotations[annotations.RegistrationKey] = enc
+	return pod, nil
+}
+
+// redirectConfig is what meshlet-cni applies: the user's exclusions, plus
+// the ports kubelet and Prometheus must reach directly (exposed probes,
+// metrics), which would otherwise land on the proxy's mTLS listener.
+func redirectConfig(p parsed, reg annotations.Registration) iptables.Config {
+	c := iptables.Config{
+		ProxyUserID:          strconv.Itoa(iptables.DefaultProxyUID),
+		ProxyInboundPort:     iptables.DefaultProxyInboundPort,
+		ProxyOutboundPort:    iptables.DefaultProxyOutboundPort,
+		ExcludeInboundPorts:  append([]string{}, p.excludeInbound...),
+		ExcludeOutboundPorts: p.excludeOutbound,
+		ExcludeOutboundCIDRs: p.excludeCIDRs,
+		ExcludeUIDs:          p.excludeUIDs,
+	}
+	for _, e := range reg.ExposePaths {
+		c.ExcludeInboundPorts = append(c.ExcludeInboundPorts, strconv.Itoa(e.ListenerPort))
+	}
+	if m := p.metrics; m != nil {
+		c.ExcludeInboundPorts = append(c.ExcludeInboundPorts, strconv.Itoa(m.ScrapePort))
+	}
+	return c
+}
+
+func consulNamespace(k8sNamespace string, c ConsulNamespaces) string {
+	switch {
+	case !c.Enabled:
+		return ""
+	case c.MirroringK8S:
+		return c.MirroringK8SPrefix + k8sNamespace
+	case c.DestinationNamespace != "":
+		return c.DestinationNamespace
+	}
+	return "default"
+}
+
+// addUpstreamEnv gives every container and init container
+// <NAME>_CONNECT_SERVICE_HOST and _PORT for each upstream.
+func addUpstreamEnv(pod *corev1.Pod, ups []annotations.Upstream) {
+	if len(ups) == 0 {
+		return
+	}
+	var env []corev1.EnvVar
+	for _, u := range ups {
+		name := strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(u.Name))
+		env = append(env,
+			corev1.EnvVar{Name: name + "_CONNECT_SERVICE_HOST", Value: "127.0.0.1"},
+			corev1.EnvVar{Name: name + "_CONNECT_SERVICE_PORT", Value: strconv.Itoa(u.LocalPort)})
+	}
+	for _, list := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+		for i := range list {
+			list[i].Env = append(list[i].Env, env...)
+		}
+	}
+}
+
+// diff is the JSON patch from the pod as submitted to the injected pod.
+func diff(orig, injected *corev1.Pod) ([]jsonpatch.Operation, error) {
+	a, err := json.Marshal(orig)
+	if err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(injected)
+	if err != nil {
+		return nil, err
+	}
+	return jsonpatch.CreatePatch(a, b)
+}

@@ -1,0 +1,273 @@
+package webhook
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	jsonpatch "gopkg.in/evanphx/json-patch.v4"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/meshlet/meshlet/annotations"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
+
+// golden compares got with testdata/<name> (or rewrites it).
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test ./webhook -update writes it)", err)
+	}
+	if string(want) != string(got) {
+		t.Errorf("%s differs (go test ./webhook -update rewrites it)\n--- got\n%s\n--- want\n%s", path, got, want)
+	}
+}
+
+// app is a Deployment's pod as the API server hands it to the webhook:
+// generateName, no name yet, one container with a port.
+func app(ann map[string]string, mutate ...func(*corev1.Pod)) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "web-5d9f8c7b6-", Namespace: "shop",
+			Labels: map[string]string{"app": "web"}, Annotations: ann},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: "web",
+			SecurityContext:    &corev1.PodSecurityContext{RunAsUser: ptr.To(int64(1000)), SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}},
+			Containers: []corev1.Container{{Name: "web", Image: "static-server",
+				Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}},
+		},
+	}
+	for _, m := range mutate {
+		m(p)
+	}
+	return p
+}
+
+func on(extra ...string) map[string]string {
+	m := map[string]string{annotations.Inject: "true"}
+	for i := 0; i+1 < len(extra); i += 2 {
+		m[extra[i]] = extra[i+1]
+	}
+	return m
+}
+
+func consulCfg(mutate ...func(*Config)) Config {
+	c := DefaultConfig()
+	c.DataPlane, c.ConsulImage = DataPlaneConsul, "meshlet.local/consul:dev"
+	for _, m := range mutate {
+		m(&c)
+	}
+	return c
+}
+
+var goldenCases = []struct {
+	name string
+	pod  *corev1.Pod
+	ns   string
+	cfg  Config
+}{
+	{"plain-not-annotated", app(nil), "shop", consulCfg()},
+	{"opt-in", app(on()), "shop", consulCfg()},
+	{"tproxy-off", app(on(annotations.TransparentProxy, "false")), "shop", consulCfg()},
+	{"every-annotation", app(on(
+		annotations.Service, "web-api",
+		annotations.ServicePort, "http",
+		annotations.Upstreams, " db:5432 , cache.infra:6379:dc2,prepared_query:geo-db:7000,",
+		annotations.ExcludeInboundPorts, "9090, 9091",
+		annotations.ExcludeOutboundPorts, "443",
+		annotations.ExcludeOutboundCIDRs, "10.96.0.1/32,fd00::/64",
+		annotations.ExcludeUIDs, "1001",
+		annotations.ServiceTags, "v1, canary",
+		annotations.ServiceMetaPrefix+"team", "payments",
+		annotations.SidecarCPULimit, "500m",
+		annotations.SidecarCPURequest, "50m",
+		annotations.SidecarMemoryLimit, "256Mi",
+		annotations.SidecarMemoryRequest, "64Mi",
+		annotations.EnableMetrics, "true",
+		annotations.EnableMetricsMerging, "true",
+		annotations.PrometheusScrapePort, "20201",
+		annotations.ServiceMetricsPort, "8080",
+		annotations.ServiceMetricsPath, "/stats",
+		"consul.hashicorp.com/connect-service-protocol", "http",
+	)), "shop", consulCfg()},
+	{"probes", app(on(), func(p *corev1.Pod) {
+		c := &p.Spec.Containers[0]
+		c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromString("http")}}}
+		c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt(8080)}}}
+		c.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
+		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "worker", Image: "w",
+			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/w", Port: intstr.FromInt(9000), Scheme: corev1.URISchemeHTTPS}}},
+			LivenessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(9000)}}}})
+	}), "shop", consulCfg()},
+	{"probes-not-overwritten", app(on(annotations.OverwriteProbes, "false"), func(p *corev1.Pod) {
+		p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt(8080)}}}
+	}), "shop", consulCfg()},
+	{"job-with-init-container", app(on(annotations.Upstreams, "db:5432"), func(p *corev1.Pod) {
+		p.Spec.RestartPolicy = corev1.RestartPolicyNever
+		p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m"}}
+	}), "shop", consulCfg()},
+	{"regular-container", app(on()), "shop", consulCfg(func(c *Config) { c.NativeSidecar = false })},
+	{"namespace-mirroring", app(on()), "shop", consulCfg(func(c *Config) {
+		c.ConsulNamespaces = ConsulNamespaces{Enabled: true, MirroringK8S: true, MirroringK8SPrefix: "k8s-"}
+	})},
+	{"default-inject", app(nil), "shop", consulCfg(func(c *Config) { c.DefaultInject = true })},
+	{"false-wins", app(map[string]string{annotations.Inject: "false"}), "shop", consulCfg(func(c *Config) { c.DefaultInject = true })},
+	{"kube-system", app(on()), "kube-system", consulCfg()},
+	{"denied-namespace", app(on()), "shop", consulCfg(func(c *Config) { c.DenyNamespaces = []string{"shop"} })},
+	{"not-allowed-namespace", app(on()), "shop", consulCfg(func(c *Config) { c.AllowNamespaces = []string{"other"} })},
+	{"host-network", app(on(), func(p *corev1.Pod) { p.Spec.HostNetwork = true }), "shop", consulCfg()},
+	{"envoy", app(on(annotations.EnvoyExtraArgs, "--log-level debug  --disable-hot-restart")), "shop", DefaultConfig()},
+	{"envoy-namespaces", app(on(annotations.Service, "web-api")), "shop", func() Config {
+		c := DefaultConfig()
+		c.ConsulNamespaces = ConsulNamespaces{Enabled: true, DestinationNamespace: "apps"}
+		return c
+	}()},
+}
+
+// TestMutateGolden: the JSON patch (sorted by path for reading), warnings
+// and decision for a table of pods, against testdata/mutate/<case>.json.
+func TestMutateGolden(t *testing.T) {
+	for _, tc := range goldenCases {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Mutate(tc.pod, tc.ns, tc.cfg)
+			out := map[string]any{"warnings": res.Warnings, "skipped": res.Skipped}
+			if res.Denied != nil {
+				out["denied"] = res.Denied.Error()
+			}
+			ops := append(res.Patch[:0:0], res.Patch...)
+			sort.SliceStable(ops, func(i, j int) bool { return ops[i].Path < ops[j].Path })
+			out["patch"] = ops
+			b, err := json.MarshalIndent(out, "", "  ")
+			if err != nil {
+				t.Fatal(err)
+			}
+			golden(t, filepath.Join("mutate", tc.name+".json"), append(b, '\n'))
+		})
+	}
+}
+
+// TestMutateTwiceChangesNothing: the webhook run on its own output admits
+// it unchanged, for every case it injects.
+func TestMutateTwiceChangesNothing(t *testing.T) {
+	for _, tc := range goldenCases {
+		res := Mutate(tc.pod, tc.ns, tc.cfg)
+		if res.Patch == nil {
+			continue
+		}
+		injected := applyPatch(t, tc.pod, res)
+		again := Mutate(injected, tc.ns, tc.cfg)
+		if again.Patch != nil || again.Denied != nil || again.Skipped != "already injected" {
+			t.Errorf("%s: second pass: patch %v, denied %v, skipped %q", tc.name, again.Patch, again.Denied, again.Skipped)
+		}
+	}
+}
+
+func applyPatch(t *testing.T, pod *corev1.Pod, res Result) *corev1.Pod {
+	t.Helper()
+	raw, err := json.Marshal(pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pb, err := json.Marshal(res.Patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	patch, err := jsonpatch.DecodePatch(pb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := patch.Apply(raw)
+	if err != nil {
+		t.Fatalf("apply the patch: %v", err)
+	}
+	var p corev1.Pod
+	if err := json.Unmarshal(out, &p); err != nil {
+		t.Fatal(err)
+	}
+	return &p
+}
+
+// TestMutateDenies: bad values deny the pod with a message naming the
+// annotation, the value and what was expected; nothing is patched.
+func TestMutateDenies(t *testing.T) {
+	cases := []struct {
+		name string
+		pod  *corev1.Pod
+		want []string
+	}{
+		{"upstream port", app(on(annotations.Upstreams, "db:abc")),
+			[]string{`consul.hashicorp.com/connect-service-upstreams: "db:abc": port must be a number 1-65535`}},
+		{"upstream grammar", app(on(annotations.Upstreams, "db")),
+			[]string{`"db": expected name[.namespace]:port[:datacenter] or prepared_query:name:port`}},
+		{"prepared query grammar", app(on(annotations.Upstreams, "prepared_query:q")),
+			[]string{`"prepared_query:q": expected prepared_query:name:port`}},
+		{"two upstreams on one port", app(on(annotations.Upstreams, "a:1234, b:1234")),
+			[]string{`"b:1234": local port 1234 is already taken by "a:1234"`}},
+		{"bad upstream datacenter", app(on(annotations.Upstreams, "a:1:dc.1")), []string{"the datacenter must be a name"}},
+		{"service port name", app(on(annotations.ServicePort, "grpc")),
+			[]string{`consul.hashicorp.com/connect-service-port: "grpc": expected a port number 1-65535 or the name of a port`}},
+		{"service name", app(on(annotations.Service, "web.api")), []string{`consul.hashicorp.com/connect-service: "web.api"`}},
+		{"bool", app(on(annotations.TransparentProxy, "yes")),
+			[]string{`consul.hashicorp.com/transparent-proxy: "yes": expected "true" or "false"`}},
+		{"inject bool", app(map[string]string{annotations.Inject: "enabled"}),
+			[]string{`consul.hashicorp.com/connect-inject: "enabled": expected "true" or "false"`}},
+		{"ports, CIDRs, UIDs, all reported", app(on(
+			annotations.ExcludeInboundPorts, "80,http",
+			annotations.ExcludeOutboundPorts, "0",
+			annotations.ExcludeOutboundCIDRs, "10.0.0.0/33",
+			annotations.ExcludeUIDs, "root")), []string{
+			`consul.hashicorp.com/transparent-proxy-exclude-inbound-ports: "http": expected a port 1-65535 or a range`,
+			`consul.hashicorp.com/transparent-proxy-exclude-outbound-ports: "0"`,
+			`consul.hashicorp.com/transparent-proxy-exclude-outbound-cidrs: "10.0.0.0/33": expected an IPv4 or IPv6 CIDR`,
+			`consul.hashicorp.com/transparent-proxy-exclude-uids: "root": expected a numeric UID`}},
+		{"quantity", app(on(annotations.SidecarMemoryLimit, "lots")),
+			[]string{`consul.hashicorp.com/sidecar-proxy-memory-limit: "lots": expected a resource quantity`}},
+		{"limit below request", app(on(annotations.SidecarCPULimit, "10m", annotations.SidecarCPURequest, "20m")),
+			[]string{"sidecar cpu limit 10m is below its request 20m"}},
+		{"metrics port", app(on(annotations.PrometheusScrapePort, "x")),
+			[]string{`consul.hashicorp.com/prometheus-scrape-port: "x": expected a port number`}},
+		{"metrics path", app(on(annotations.PrometheusScrapePath, "metrics")),
+			[]string{`consul.hashicorp.com/prometheus-scrape-path: "metrics": expected an HTTP path`}},
+		{"extra args quoting", app(on(annotations.EnvoyExtraArgs, `--log-level "debug"`)),
+			[]string{"consul.hashicorp.com/envoy-extra-args", "without quotes"}},
+		{"empty meta key", app(on(annotations.ServiceMetaPrefix, "x")), []string{"expected a meta key after"}},
+		{"app as the proxy UID (pod)", app(on(), func(p *corev1.Pod) { p.Spec.SecurityContext.RunAsUser = ptr.To(int64(5995)) }),
+			[]string{`container "web" runs as UID 5995, the sidecar proxy's UID`}},
+		{"app as the proxy UID (container)", app(on(), func(p *corev1.Pod) {
+			p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(int64(5995))}
+		}), []string{`container "web" runs as UID 5995`}},
+		{"sidecar's name taken", app(on(), func(p *corev1.Pod) { p.Spec.Containers[0].Name = consulSidecarName }),
+			[]string{`container name "consul-sidecar" is the injected sidecar's`}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Mutate(tc.pod, "shop", consulCfg())
+			if res.Denied == nil || res.Patch != nil {
+				t.Fatalf("admitted (patch %d ops), want a denial", len(res.Patch))
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(res.Denied.Error(), w) {
+					t.Errorf("denial %q does not say %q", res.Denied, w)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,430 @@
+package webhook
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/meshlet/meshlet/annotations"
+)
+
+// invalid is a bad annotation value: the annotation, the value (or the
+// element of a list) and what was expected. A pod with one is denied.
+type invalid struct{ key, value, want string }
+
+func (e invalid) Error() string { return fmt.Sprintf("%s: %q: %s", e.key, e.value, e.want) }
+
+// parsed is a pod's annotations, each parsed once and validated.
+type parsed struct {
+	inject          *bool // nil: no connect-inject annotation
+	service         string
+	port            int // the application's port; 0: none
+	upstreams       []annotations.Upstream
+	tproxy          bool
+	overwriteProbes bool
+	excludeInbound  []string
+	excludeOutbound []string
+	excludeCIDRs    []string
+	excludeUIDs     []string
+	extraArgs       []string
+	tags            []string
+	meta            map[string]string
+	resources       corev1.ResourceRequirements
+	metrics         *annotations.Metrics // nil: metrics off
+	unknown         []string             // consul.hashicorp.com/* keys meshlet does not implement
+}
+
+// known are the Consul annotations meshlet reads or writes; any other
+// consul.hashicorp.com/* key draws a warning.
+var known = map[string]bool{
+	annotations.Inject: true, annotations.Service: true, annotations.ServicePort: true,
+	annotations.Upstreams: true, annotations.TransparentProxy: true, annotations.OverwriteProbes: true,
+	annotations.ExcludeInboundPorts: true, annotations.ExcludeOutboundPorts: true,
+	annotations.ExcludeOutboundCIDRs: true, annotations.ExcludeUIDs: true,
+	annotations.EnvoyExtraArgs: true, annotations.ServiceTags: true,
+	annotations.SidecarCPULimit: true, annotations.SidecarCPURequest: true,
+	annotations.SidecarMemoryLimit: true, annotations.SidecarMemoryRequest: true,
+	annotations.EnableMetrics: true, annotations.EnableMetricsMerging: true,
+	annotations.MergedMetricsPort: true, annotations.PrometheusScrapePort: true,
+	annotations.PrometheusScrapePath: true, annotations.ServiceMetricsPort: true,
+	annotations.ServiceMetricsPath: true,
+	annotations.InjectStatus:       true, annotations.TProxyStatus: true, annotations.RedirectConfig: true,
+}
+
+// parseInject reads connect-inject alone: the decision needs it before
+// anything else is parsed.
+func parseInject(ann map[string]string) (*bool, error) {
+	v, ok := ann[annotations.Inject]
+	if !ok {
+		return nil, nil
+	}
+	b, err := parseBool(annotations.Inject, v)
+	return &b, err
+}
+
+// parse reads every annotation of an injected pod; it reports every bad
+// value, not just the first.
+func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
+	ann := pod.Annotations
+	p := parsed{tproxy: cfg.TransparentProxy, overwriteProbes: cfg.OverwriteProbes, resources: *cfg.Resources.DeepCopy()}
+	var errs []error
+	check := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	var err error
+	p.inject, err = parseInject(ann)
+	check(err)
+	if v, ok := ann[annotations.Service]; ok {
+		p.service, err = parseServiceName(annotations.Service, v)
+		check(err)
+	}
+	p.port, err = parseServicePort(pod, ann)
+	check(err)
+	if v, ok := ann[annotations.Upstreams]; ok {
+		p.upstreams, err = parseUpstreams(v)
+		check(err)
+	}
+	for _, b := range []struct {
+		key string
+		dst *bool
+	}{{annotations.TransparentProxy, &p.tproxy}, {annotations.OverwriteProbes, &p.overwriteProbes}} {
+		if v, ok := ann[b.key]; ok {
+			*b.dst, err = parseBool(b.key, v)
+			check(err)
+		}
+	}
+	for _, l := range []struct {
+		key   string
+		dst   *[]string
+		parse func(key, v string) error
+	}{
+		{annotations.ExcludeInboundPorts, &p.excludeInbound, checkPortOrRange},
+		{annotations.ExcludeOutboundPorts, &p.excludeOutbound, checkPortOrRange},
+		{annotations.ExcludeOutboundCIDRs, &p.excludeCIDRs, checkCIDR},
+		{annotations.ExcludeUIDs, &p.excludeUIDs, checkUID},
+	} {
+		for _, e := range splitList(ann[l.key]) {
+			if err := l.parse(l.key, e); err != nil {
+				check(err)
+				continue
+			}
+			*l.dst = append(*l.dst, e)
+		}
+	}
+	if v, ok := ann[annotations.EnvoyExtraArgs]; ok {
+		p.extraArgs, err = parseExtraArgs(v)
+		check(err)
+	}
+	p.tags = splitList(ann[annotations.ServiceTags])
+	p.meta, err = parseMeta(ann)
+	check(err)
+	check(parseResources(ann, &p.resources))
+	p.metrics, err = parseMetrics(ann, cfg.Metrics)
+	check(err)
+	for k := range ann {
+		if strings.HasPrefix(k, annotations.Prefix) && !known[k] && !strings.HasPrefix(k, annotations.ServiceMetaPrefix) {
+			p.unknown = append(p.unknown, k)
+		}
+	}
+	slices.Sort(p.unknown)
+	return p, errors.Join(errs...)
+}
+
+// parseBool takes what strconv.ParseBool takes, as consul-k8s does.
+func parseBool(key, v string) (bool, error) {
+	b, err := strconv.ParseBool(strings.TrimSpace(v))
+	if err != nil {
+		return false, invalid{key, v, `expected "true" or "false"`}
+	}
+	return b, nil
+}
+
+// splitList splits a comma list, trims each element and drops empty ones
+// (a trailing comma is harmless).
+func splitList(v string) []string {
+	var out []string
+	for _, e := range strings.Split(v, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// nameRE is a Consul service, namespace or datacenter name as meshlet
+// accepts it: no dots or colons, which the upstream grammar uses.
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$`)
+
+func parseServiceName(key, v string) (string, error) {
+	v = strings.TrimSpace(v)
+	if !nameRE.MatchString(v) {
+		return "", invalid{key, v, "expected a service name: letters, digits, '-' and '_', at most 63 characters"}
+	}
+	return v, nil
+}
+
+// parsePort takes digits only, as meshlet-cni's parser does ("+80" is
+// not a port there, so it must not be one here).
+func parsePort(s string) (int, bool) {
+	n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 16)
+	return int(n), err == nil && n >= 1
+}
+
+// parseServicePort resolves connect-service-port, a number or the name of
+// a container port, defaulting to the first container port of the pod.
+func parseServicePort(pod *corev1.Pod, ann map[string]string) (int, error) {
+	v, ok := ann[annotations.ServicePort]
+	if !ok {
+		for _, c := range pod.Spec.Containers {
+			if len(c.Ports) > 0 {
+				return int(c.Ports[0].ContainerPort), nil
+			}
+		}
+		return 0, nil
+	}
+	v = strings.TrimSpace(v)
+	if n, ok := parsePort(v); ok {
+		return n, nil
+	}
+	if n := namedPort(pod, v); n != 0 {
+		return n, nil
+	}
+	return 0, invalid{annotations.ServicePort, v, "expected a port number 1-65535 or the name of a port of one of the pod's containers"}
+}
+
+func namedPort(pod *corev1.Pod, name string) int {
+	for _, c := range pod.Spec.Containers {
+		for _, p := range c.Ports {
+			if p.Name != "" && p.Name == name {
+				return int(p.ContainerPort)
+			}
+		}
+	}
+	return 0
+}
+
+// parseUpstreams reads name[.namespace]:port[:datacenter] and
+// prepared_query:name:port elements, comma-separated.
+func parseUpstreams(v string) ([]annotations.Upstream, error) {
+	const key = annotations.Upstreams
+	var out []annotations.Upstream
+	var errs []error
+	ports := map[int]string{}
+	for _, e := range splitList(v) {
+		u, err := parseUpstream(e)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if other, dup := ports[u.LocalPort]; dup {
+			errs = append(errs, invalid{key, e, fmt.Sprintf("local port %d is already taken by %q", u.LocalPort, other)})
+			continue
+		}
+		ports[u.LocalPort] = e
+		out = append(out, u)
+	}
+	return out, errors.Join(errs...)
+}
+
+func parseUpstream(e string) (annotations.Upstream, error) {
+	const key = annotations.Upstreams
+	parts := strings.Split(e, ":")
+	for i := range parts {
+		parts[i] = strings.TrimSpace(parts[i])
+	}
+	var u annotations.Upstream
+	portAt := 1
+	switch {
+	case parts[0] == "prepared_query":
+		if len(parts) != 3 {
+			return u, invalid{key, e, "expected prepared_query:name:port"}
+		}
+		u.PreparedQuery, u.Name, portAt = true, parts[1], 2
+	case len(parts) < 2 || len(parts) > 3:
+		return u, invalid{key, e, "expected name[.namespace]:port[:datacenter] or prepared_query:name:port"}
+	default:
+		name, ns, hasNS := strings.Cut(parts[0], ".")
+		if hasNS && !nameRE.MatchString(ns) {
+			return u, invalid{key, e, "the namespace after the '.' must be a name: letters, digits, '-' and '_'"}
+		}
+		u.Name, u.Namespace = name, ns
+		if len(parts) == 3 {
+			if !nameRE.MatchString(parts[2]) {
+				return u, invalid{key, e, "the datacenter must be a name: letters, digits, '-' and '_'"}
+			}
+			u.Datacenter = parts[2]
+		}
+	}
+	if !nameRE.MatchString(u.Name) {
+		return u, invalid{key, e, "the service name must be letters, digits, '-' and '_'"}
+	}
+	port, ok := parsePort(parts[portAt])
+	if !ok {
+		return u, invalid{key, e, "port must be a number 1-65535"}
+	}
+	u.LocalPort = port
+	return u, nil
+}
+
+func checkPortOrRange(key, e string) error {
+	lo, hi, isRange := strings.Cut(e, ":")
+	if !isRange {
+		lo, hi, isRange = strings.Cut(e, "-")
+	}
+	if !isRange {
+		hi = lo
+	}
+	a, ok1 := parsePort(lo)
+	b, ok2 := parsePort(hi)
+	if !ok1 || !ok2 || b < a {
+		return invalid{key, e, "expected a port 1-65535 or a range low:high"}
+	}
+	return nil
+}
+
+func checkCIDR(key, e string) error {
+	if _, err := netip.ParsePrefix(e); err == nil {
+		return nil
+	}
+	if a, err := netip.ParseAddr(e); err == nil && a.Zone() == "" {
+		return nil
+	}
+	return invalid{key, e, "expected an IPv4 or IPv6 CIDR (10.0.0.0/8) or address"}
+}
+
+func checkUID(key, e string) error {
+	lo, hi, isRange := strings.Cut(e, "-")
+	if !isRange {
+		hi = lo
+	}
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 32)
+	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 32)
+	if err1 != nil || err2 != nil || b < a {
+		return invalid{key, e, "expected a numeric UID or a range low-high"}
+	}
+	return nil
+}
+
+// parseExtraArgs splits on white space. Quoting is refused rather than
+// passed on literally: Envoy would see the quotes.
+func parseExtraArgs(v string) ([]string, error) {
+	if strings.ContainsAny(v, `"'\`) {
+		return nil, invalid{annotations.EnvoyExtraArgs, v, "expected arguments separated by spaces, without quotes or backslashes"}
+	}
+	return strings.Fields(v), nil
+}
+
+func parseMeta(ann map[string]string) (map[string]string, error) {
+	var meta map[string]string
+	var errs []error
+	for k, v := range ann {
+		key, ok := strings.CutPrefix(k, annotations.ServiceMetaPrefix)
+		if !ok {
+			continue
+		}
+		if key == "" {
+			errs = append(errs, invalid{k, v, "expected a meta key after " + annotations.ServiceMetaPrefix})
+			continue
+		}
+		if meta == nil {
+			meta = map[string]string{}
+		}
+		meta[key] = v
+	}
+	return meta, errors.Join(errs...)
+}
+
+// parseResources overrides the configured sidecar resources; a limit
+// below its request is refused as the API server would.
+func parseResources(ann map[string]string, r *corev1.ResourceRequirements) error {
+	var errs []error
+	for _, q := range []struct {
+		key  string
+		list *corev1.ResourceList
+		name corev1.ResourceName
+	}{
+		{annotations.SidecarCPULimit, &r.Limits, corev1.ResourceCPU},
+		{annotations.SidecarCPURequest, &r.Requests, corev1.ResourceCPU},
+		{annotations.SidecarMemoryLimit, &r.Limits, corev1.ResourceMemory},
+		{annotations.SidecarMemoryRequest, &r.Requests, corev1.ResourceMemory},
+	} {
+		v, ok := ann[q.key]
+		if !ok {
+			continue
+		}
+		qty, err := resource.ParseQuantity(strings.TrimSpace(v))
+		if err != nil || qty.Sign() < 0 {
+			errs = append(errs, invalid{q.key, v, "expected a resource quantity such as 100m or 128Mi"})
+			continue
+		}
+		if *q.list == nil {
+			*q.list = corev1.ResourceList{}
+		}
+		(*q.list)[q.name] = qty
+	}
+	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		lim, hasLim := r.Limits[name]
+		req, hasReq := r.Requests[name]
+		if hasLim && hasReq && lim.Cmp(req) < 0 {
+			errs = append(errs, fmt.Errorf("sidecar %s limit %s is below its request %s (annotations %s, %s)",
+				name, lim.String(), req.String(), annotations.Prefix+"sidecar-proxy-"+string(name)+"-limit",
+				annotations.Prefix+"sidecar-proxy-"+string(name)+"-request"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// parseMetrics returns nil when metrics are off.
+func parseMetrics(ann map[string]string, d MetricsDefaults) (*annotations.Metrics, error) {
+	var errs []error
+	enabled := d.DefaultEnabled
+	if v, ok := ann[annotations.EnableMetrics]; ok {
+		b, err := parseBool(annotations.EnableMetrics, v)
+		errs, enabled = append(errs, err), b
+	}
+	m := &annotations.Metrics{Merging: d.DefaultEnableMerging, MergedPort: d.DefaultMergedMetricsPort,
+		ScrapePort: d.DefaultPrometheusScrapePort, ScrapePath: d.DefaultPrometheusScrapePath}
+	if v, ok := ann[annotations.EnableMetricsMerging]; ok {
+		b, err := parseBool(annotations.EnableMetricsMerging, v)
+		errs, m.Merging = append(errs, err), b
+	}
+	for _, p := range []struct {
+		key string
+		dst *int
+	}{{annotations.MergedMetricsPort, &m.MergedPort}, {annotations.PrometheusScrapePort, &m.ScrapePort}, {annotations.ServiceMetricsPort, &m.ServiceMetricsPort}} {
+		if v, ok := ann[p.key]; ok {
+			n, good := parsePort(v)
+			if !good {
+				errs = append(errs, invalid{p.key, v, "expected a port number 1-65535"})
+			}
+			*p.dst = n
+		}
+	}
+	for _, p := range []struct {
+		key string
+		dst *string
+	}{{annotations.PrometheusScrapePath, &m.ScrapePath}, {annotations.ServiceMetricsPath, &m.ServiceMetricsPath}} {
+		if v, ok := ann[p.key]; ok {
+			if v = strings.TrimSpace(v); !strings.HasPrefix(v, "/") || strings.ContainsAny(v, " \t?#") {
+				errs = append(errs, invalid{p.key, v, "expected an HTTP path starting with '/'"})
+			}
+			*p.dst = v
+		}
+	}
+	if !m.Merging {
+		m.MergedPort = 0
+	}
+	if err := errors.Join(errs...); err != nil || !enabled {
+		return nil, err
+	}
+	return m, nil
+}

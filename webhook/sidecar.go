@@ -1,0 +1,93 @@
+package webhook
+
+import (
+	"fmt"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
+
+	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/iptables"
+)
+
+// The sidecar's container names: consul-k8s' Envoy container name, so
+// dashboards and scripts that look for it keep working.
+const (
+	envoySidecarName  = "envoy-sidecar"
+	consulSidecarName = "consul-sidecar"
+)
+
+// The proxy's identity in Consul. Pod names of Deployment pods are not
+// known at admission, so the ID is built by kubelet from downward-API env;
+// the node agent derives the same from the pod. '_' cannot occur in a
+// Kubernetes name, so <namespace>_<pod> is unique on a node across
+// namespaces (see docs/webhook.md).
+const (
+	envProxyID = "PROXY_ID"
+	envHostIP  = "HOST_IP"
+	proxyIDRef = "$(" + envProxyID + ")"
+	hostIPRef  = "$(" + envHostIP + ")"
+	// ServiceIDFormat and ProxyIDFormat are filled with the pod's
+	// namespace and name.
+	ServiceIDFormat = "%s_%s"
+	ProxyIDFormat   = ServiceIDFormat + "-sidecar-proxy"
+)
+
+// sidecarEnv is the downward-API environment every sidecar gets; PROXY_ID
+// is expanded by kubelet from the two before it.
+func sidecarEnv() []corev1.EnvVar {
+	field := func(name, path string) corev1.EnvVar {
+		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+	}
+	return []corev1.EnvVar{
+		field("POD_NAME", "metadata.name"),
+		field("POD_NAMESPACE", "metadata.namespace"),
+		field("POD_UID", "metadata.uid"),
+		field(envHostIP, "status.hostIP"),
+		{Name: envProxyID, Value: fmt.Sprintf(ProxyIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
+	}
+}
+
+// sidecarContainer is the proxy container for the configured data plane:
+// non-root as the proxy UID, read-only root, no capabilities, so that the
+// pod still passes Pod Security "restricted".
+func sidecarContainer(p parsed, reg annotations.Registration, pod *corev1.Pod, cfg Config) (corev1.Container, error) {
+	c := corev1.Container{
+		Env:       sidecarEnv(),
+		Resources: p.resources,
+		SecurityContext: &corev1.SecurityContext{
+			RunAsUser:                ptr.To(int64(iptables.DefaultProxyUID)),
+			RunAsGroup:               ptr.To(int64(iptables.DefaultProxyUID)),
+			RunAsNonRoot:             ptr.To(true),
+			ReadOnlyRootFilesystem:   ptr.To(true),
+			AllowPrivilegeEscalation: ptr.To(false),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+			SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+		},
+	}
+	// The proxy's public listener answers once the proxy has its
+	// configuration; kubelet reaches it on the pod IP.
+	ready := &corev1.Probe{
+		ProbeHandler:     corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(iptables.DefaultProxyInboundPort)}},
+		PeriodSeconds:    1,
+		FailureThreshold: 300,
+	}
+	if cfg.NativeSidecar {
+		c.StartupProbe = ready
+	} else {
+		c.ReadinessProbe = &corev1.Probe{ProbeHandler: ready.ProbeHandler, PeriodSeconds: 2}
+	}
+	switch cfg.DataPlane {
+	case DataPlaneEnvoy:
+		return envoySidecar(c, p, reg, pod, cfg)
+	case DataPlaneConsul:
+		c.Name, c.Image = consulSidecarName, cfg.ConsulImage
+		c.Command = []string{"consul", "connect", "proxy",
+			"-sidecar-for", proxyIDRef,
+			"-http-addr", hostIPRef + ":" + strconv.Itoa(cfg.AgentHTTPPort)}
+		return c, nil
+	}
+	return c, fmt.Errorf("data plane %q: expected %s or %s", cfg.DataPlane, DataPlaneEnvoy, DataPlaneConsul)
+}

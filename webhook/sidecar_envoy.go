@@ -1,0 +1,51 @@
+package webhook
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshlet/meshlet/annotations"
+)
+
+// envoySidecar runs Envoy with its bootstrap inline (--config-yaml), so no
+// init container writes a file for it: kubelet expands $(PROXY_ID) and
+// $(HOST_IP) in the argument from the container's env.
+func envoySidecar(c corev1.Container, p parsed, reg annotations.Registration, pod *corev1.Pod, cfg Config) (corev1.Container, error) {
+	b := EnvoyBootstrap{
+		ProxyID:       proxyIDRef,
+		ServiceName:   statsServiceName(p, pod),
+		AgentHost:     hostIPRef,
+		AgentGRPCPort: cfg.AgentGRPCPort,
+		AdminBind:     "127.0.0.1",
+		AdminPort:     envoyAdminPort,
+		Namespace:     reg.ConsulNamespace,
+	}
+	yaml, err := b.YAML()
+	if err != nil {
+		return c, fmt.Errorf("envoy bootstrap: %w", err)
+	}
+	c.Name, c.Image = envoySidecarName, cfg.EnvoyImage
+	c.Command = []string{"envoy"}
+	c.Args = append([]string{"--config-yaml", yaml}, p.extraArgs...)
+	return c, nil
+}
+
+// envoyAdminPort is Envoy's admin listener, on loopback only.
+const envoyAdminPort = 19000
+
+// statsServiceName is the bootstrap's node.cluster, which Envoy uses only
+// to label its stats: the connect-service annotation when given, else the
+// pod's own ServiceAccount (consul-k8s with ACLs requires the two to be
+// equal), else its app label. Consul identifies the proxy by its ID.
+func statsServiceName(p parsed, pod *corev1.Pod) string {
+	switch {
+	case p.service != "":
+		return p.service
+	case pod.Spec.ServiceAccountName != "" && pod.Spec.ServiceAccountName != "default":
+		return pod.Spec.ServiceAccountName
+	case pod.Labels["app"] != "":
+		return pod.Labels["app"]
+	}
+	return "unnamed"
+}

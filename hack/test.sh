@@ -42,6 +42,15 @@ echo "    lint: $lint"
 # The e2e packages each boot the one local cluster: never two at once (-p 1).
 mapfile -t unit < <(go list ./... | grep -v '/test/e2e')
 run_suite unit 20m "${unit[@]}"
+# A short fuzz run of the webhook's annotation parsers on top of the seed
+# corpus the unit run already replayed (longer: FUZZTIME=5m make test).
+echo "==> fuzz (webhook annotations, ${FUZZTIME:-15s})"
+if ! go test -run '^$' -fuzz FuzzAnnotation -fuzztime "${FUZZTIME:-15s}" ./webhook/ >"$logdir/fuzz.log" 2>&1; then
+  echo "    fuzz FAILED: full log $logdir/fuzz.log (the failing input is saved under webhook/testdata/fuzz/)"
+  tail -20 "$logdir/fuzz.log" | sed 's/^/    | /'; rc=1
+else
+  echo "    fuzz: $(grep -E '^fuzz: elapsed' "$logdir/fuzz.log" | tail -1)"
+fi
 run_suite e2e 30m -p 1 ./test/e2e/...
 
 passed=$(cat "$logdir"/{unit,e2e}.log | grep -cE '^\s*--- PASS')

@@ -49,7 +49,7 @@ if ! go test -run '^$' -fuzz FuzzAnnotation -fuzztime "${FUZZTIME:-15s}" ./webho
   echo "    fuzz FAILED: full log $logdir/fuzz.log (the failing input is saved under webhook/testdata/fuzz/)"
   tail -20 "$logdir/fuzz.log" | sed 's/^/    | /'; rc=1
 else
-  echo "    fuzz: $(grep -E '^fuzz: elapsed' "$logdir/fuzz.log" | tail -1)"
+  echo "    $(grep -E '^fuzz: elapsed' "$logdir/fuzz.log" | tail -1)"
 fi
 run_suite e2e 30m -p 1 ./test/e2e/...
 

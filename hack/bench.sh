@@ -6,8 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$root/bin:$PATH"
-# BenchmarkADDAgainstBaseline builds meshlet-cni at this revision too and
-# runs both in the same run: 50cfc7b is the plugin before issue 6.
-export MESHLET_BASELINE=${MESHLET_BASELINE:-50cfc7b}
+# BenchmarkADDAgainstBaseline also builds meshlet-cni at $MESHLET_BASELINE
+# (default: the plugin before issue 6) and runs both in the same run.
 go test -run '^$' -bench . -benchmem -benchtime 200x ./iptables/ ./cmd/meshlet-cni/
 go test -run '^$' -bench . -benchtime "${BENCHTIME:-50x}" ./test/e2e/ 2>&1 | grep -v 'level=INFO'

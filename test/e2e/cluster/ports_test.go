@@ -81,7 +81,7 @@ func occupy(t *testing.T, network, addr string) (port int, release func()) {
 	}
 	l, err := net.Listen(network, addr)
 	if err != nil {
-		t.Skipf("listen %s %s: %v", network, addr, err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
 	return l.Addr().(*net.TCPAddr).Port, func() { l.Close() }

@@ -117,7 +117,7 @@ func (c Config) Validate() (*Plan, error) {
 	ports := func(field string, in []string) []PortRange {
 		var out []PortRange
 		for i, v := range splitList(in) {
-			if r, ok := parsePortRange(v); ok {
+			if r, ok := ParsePortRange(v); ok {
 				out = append(out, r)
 			} else {
 				bad(fmt.Sprintf("%s[%d]", field, i), v, "a port (1-65535) or a range low:high")
@@ -128,14 +128,14 @@ func (c Config) Validate() (*Plan, error) {
 	p.ExcludeInboundPorts = ports("ExcludeInboundPorts", c.ExcludeInboundPorts)
 	p.ExcludeOutboundPorts = ports("ExcludeOutboundPorts", c.ExcludeOutboundPorts)
 	for i, v := range splitList(c.ExcludeUIDs) {
-		if r, ok := parseIDRange(v); ok {
+		if r, ok := ParseIDRange(v); ok {
 			p.ExcludeUIDs = append(p.ExcludeUIDs, r)
 		} else {
 			bad(fmt.Sprintf("ExcludeUIDs[%d]", i), v, "a numeric UID or a range low-high")
 		}
 	}
 	for i, v := range splitList(c.ExcludeOutboundCIDRs) {
-		pfx, ok := parseCIDR(v)
+		pfx, ok := ParseCIDR(v)
 		switch {
 		case !ok:
 			bad(fmt.Sprintf("ExcludeOutboundCIDRs[%d]", i), v, "an IPv4 or IPv6 CIDR or address")
@@ -182,7 +182,10 @@ func splitList(in []string) []string {
 	return out
 }
 
-func parsePortRange(s string) (PortRange, bool) {
+// ParsePortRange reads a port or a range low:high (or low-high), digits
+// only. The webhook validates annotations with it, so that what it admits
+// is what the plugin applies.
+func ParsePortRange(s string) (PortRange, bool) {
 	lo, hi, isRange := strings.Cut(s, ":")
 	if !isRange {
 		lo, hi, isRange = strings.Cut(s, "-")
@@ -198,7 +201,8 @@ func parsePortRange(s string) (PortRange, bool) {
 	return PortRange{uint16(a), uint16(b)}, true
 }
 
-func parseIDRange(s string) (IDRange, bool) {
+// ParseIDRange reads a UID or a range low-high.
+func ParseIDRange(s string) (IDRange, bool) {
 	lo, hi, isRange := strings.Cut(s, "-")
 	if !isRange {
 		hi = lo
@@ -211,9 +215,9 @@ func parseIDRange(s string) (IDRange, bool) {
 	return IDRange{uint32(a), uint32(b)}, true
 }
 
-// parseCIDR accepts a prefix or a bare address, and masks host bits the way
+// ParseCIDR accepts a prefix or a bare address, and masks host bits the way
 // iptables does.
-func parseCIDR(s string) (netip.Prefix, bool) {
+func ParseCIDR(s string) (netip.Prefix, bool) {
 	if pfx, err := netip.ParsePrefix(s); err == nil && pfx.Addr().Zone() == "" {
 		if pfx.Addr().Is4In6() {
 			pfx = netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()-96)

@@ -3,7 +3,6 @@ package webhook
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"regexp"
 	"slices"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/iptables"
 )
 
 // invalid is a bad annotation value: the annotation, the value (or the
@@ -23,7 +23,6 @@ func (e invalid) Error() string { return fmt.Sprintf("%s: %q: %s", e.key, e.valu
 
 // parsed is a pod's annotations, each parsed once and validated.
 type parsed struct {
-	inject          *bool // nil: no connect-inject annotation
 	service         string
 	port            int // the application's port; 0: none
 	upstreams       []annotations.Upstream
@@ -81,8 +80,6 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 		}
 	}
 	var err error
-	p.inject, err = parseInject(ann)
-	check(err)
 	if v, ok := ann[annotations.Service]; ok {
 		p.service, err = parseServiceName(annotations.Service, v)
 		check(err)
@@ -275,40 +272,25 @@ func parseUpstream(e string) (annotations.Upstream, error) {
 	return u, nil
 }
 
+// The list elements are read with the parsers meshlet-cni uses for the
+// redirect config, so the webhook admits exactly what the plugin applies.
+
 func checkPortOrRange(key, e string) error {
-	lo, hi, isRange := strings.Cut(e, ":")
-	if !isRange {
-		lo, hi, isRange = strings.Cut(e, "-")
-	}
-	if !isRange {
-		hi = lo
-	}
-	a, ok1 := parsePort(lo)
-	b, ok2 := parsePort(hi)
-	if !ok1 || !ok2 || b < a {
+	if _, ok := iptables.ParsePortRange(e); !ok {
 		return invalid{key, e, "expected a port 1-65535 or a range low:high"}
 	}
 	return nil
 }
 
 func checkCIDR(key, e string) error {
-	if _, err := netip.ParsePrefix(e); err == nil {
-		return nil
+	if _, ok := iptables.ParseCIDR(e); !ok {
+		return invalid{key, e, "expected an IPv4 or IPv6 CIDR (10.0.0.0/8) or address"}
 	}
-	if a, err := netip.ParseAddr(e); err == nil && a.Zone() == "" {
-		return nil
-	}
-	return invalid{key, e, "expected an IPv4 or IPv6 CIDR (10.0.0.0/8) or address"}
+	return nil
 }
 
 func checkUID(key, e string) error {
-	lo, hi, isRange := strings.Cut(e, "-")
-	if !isRange {
-		hi = lo
-	}
-	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 32)
-	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 32)
-	if err1 != nil || err2 != nil || b < a {
+	if _, ok := iptables.ParseIDRange(e); !ok {
 		return invalid{key, e, "expected a numeric UID or a range low-high"}
 	}
 	return nil

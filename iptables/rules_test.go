@@ -1,33 +1,11 @@
 package iptables
 
 import (
-	"flag"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshlet/meshlet/test/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-// golden compares got with testdata/<name>.golden (or rewrites it).
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test ./iptables -update to create it)", err)
-	}
-	if string(want) != got {
-		t.Errorf("%s differs from the golden file (go test ./iptables -update rewrites it)\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
-}
 
 var goldenConfigs = map[string]Config{
 	"default": {ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001},
@@ -52,7 +30,7 @@ func TestGoldenRules(t *testing.T) {
 				b.WriteString("# " + f.String() + ": iptables-restore --noflush input\n")
 				b.WriteString(p.Rules(f).restoreInput())
 			}
-			golden(t, name, b.String())
+			golden.Check(t, name+".golden", []byte(b.String()))
 		})
 	}
 }
@@ -77,5 +55,5 @@ COMMIT
 		t.Fatal(err)
 	}
 	got := "# replace\n" + p.Rules(IPv4).replaceInput(live) + "# remove\n" + removeInput(live)
-	golden(t, "replace-remove", got)
+	golden.Check(t, "replace-remove.golden", []byte(got))
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"reflect"
 	"regexp"
 	"sort"
@@ -15,6 +14,8 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshlet/meshlet/test/golden"
 )
 
 // The `update` flag (-update rewrites golden files) is defined in
@@ -89,40 +90,9 @@ func TestEnvoyBootstrapGolden(t *testing.T) {
 	for _, tc := range envoyGoldenCases {
 		t.Run(tc.name, func(t *testing.T) {
 			got := envoyYAML(t, tc.in())
-			path := filepath.Join("testdata", "envoy-"+tc.name+".golden")
-			if *update {
-				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-					t.Fatal(err)
-				}
-				return
-			}
-			want, err := os.ReadFile(path)
-			if err != nil {
-				t.Fatalf("%v (go test ./webhook -run Envoy -update writes it)", err)
-			}
-			if got != string(want) {
-				t.Errorf("%s differs (go test ./webhook -run Envoy -update rewrites it): %s",
-					path, envoyFirstLineDiff(got, string(want)))
-			}
+			golden.Check(t, "envoy-"+tc.name+".golden", []byte(got))
 		})
 	}
-}
-
-func envoyFirstLineDiff(got, want string) string {
-	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
-	for i := 0; i < len(g) || i < len(w); i++ {
-		var gl, wl string
-		if i < len(g) {
-			gl = g[i]
-		}
-		if i < len(w) {
-			wl = w[i]
-		}
-		if gl != wl {
-			return fmt.Sprintf("line %d: got %q, want %q", i+1, gl, wl)
-		}
-	}
-	return "no line differs"
 }
 
 // envoyAbsent stands for a field one side does not print.

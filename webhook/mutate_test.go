@@ -2,8 +2,6 @@ package webhook
 
 import (
 	"encoding/json"
-	"flag"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -16,31 +14,9 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/meshlet/meshlet/annotations"
+
+	"github.com/meshlet/meshlet/test/golden"
 )
-
-var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-// golden compares got with testdata/<name> (or rewrites it).
-func golden(t *testing.T, name string, got []byte) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, got, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (go test ./webhook -update writes it)", err)
-	}
-	if string(want) != string(got) {
-		t.Errorf("%s differs (go test ./webhook -update rewrites it)\n--- got\n%s\n--- want\n%s", path, got, want)
-	}
-}
 
 // app is a Deployment's pod as the API server hands it to the webhook:
 // generateName, no name yet, one container with a port.
@@ -159,7 +135,7 @@ func TestMutateGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			golden(t, filepath.Join("mutate", tc.name+".json"), append(b, '\n'))
+			golden.Check(t, filepath.Join("mutate", tc.name+".json"), append(b, '\n'))
 		})
 	}
 }

@@ -69,42 +69,40 @@ func (c *call) pod() string { return c.namespace + "/" + c.name }
 
 // Add installs the pod's redirection, or passes through for pods that
 // need none. Any failure fails the ADD, so the sandbox does not start.
-func Add(args *skel.CmdArgs) (err error) {
-	defer crashGuard("ADD", &err)
-	c, err := newCall("ADD", args, true)
-	if err != nil {
-		return err
-	}
-	defer c.closeLog()
-	res, err := c.doAdd(hostLookup{c.conf}, newHostApplier(c.conf))
-	if err != nil {
-		return err
-	}
-	return res.Print()
+func Add(args *skel.CmdArgs) error {
+	return withCall("ADD", args, true, func(c *call) error {
+		res, err := c.doAdd(hostLookup{c.conf}, newHostApplier(c.conf))
+		if err != nil {
+			return err
+		}
+		return res.Print()
+	})
 }
 
 // Del removes meshlet's rules. It succeeds when the netns is already gone
 // or never had rules, and may be called any number of times.
-func Del(args *skel.CmdArgs) (err error) {
-	defer crashGuard("DEL", &err)
-	c, err := newCall("DEL", args, false)
-	if err != nil {
-		return err
-	}
-	defer c.closeLog()
-	return c.doDel(newHostApplier(c.conf))
+func Del(args *skel.CmdArgs) error {
+	return withCall("DEL", args, false, func(c *call) error { return c.doDel(newHostApplier(c.conf)) })
 }
 
 // Check fails when the live rules differ from what the pod's annotations
 // ask for: a rule missing, extra, or present on a pod that needs none.
-func Check(args *skel.CmdArgs) (err error) {
-	defer crashGuard("CHECK", &err)
-	c, err := newCall("CHECK", args, true)
+func Check(args *skel.CmdArgs) error {
+	return withCall("CHECK", args, true, func(c *call) error {
+		return c.doCheck(hostLookup{c.conf}, newHostApplier(c.conf))
+	})
+}
+
+// withCall parses the invocation, opens its logger, runs f and closes the
+// logger, with a panic anywhere in it turned into the call's error.
+func withCall(cmd string, args *skel.CmdArgs, requirePrev bool, f func(*call) error) (err error) {
+	defer crashGuard(cmd, &err)
+	c, err := newCall(cmd, args, requirePrev)
 	if err != nil {
 		return err
 	}
 	defer c.closeLog()
-	return c.doCheck(hostLookup{c.conf}, newHostApplier(c.conf))
+	return f(c)
 }
 
 // crashGuard backs up the guards of doAdd, doCheck and doDel, which name

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/utils/lru"
 
 	"github.com/meshlet/meshlet/annotations"
 )
@@ -21,7 +22,7 @@ func envoySidecar(c corev1.Container, p parsed, reg annotations.Registration, po
 		AdminPort:     envoyAdminPort,
 		Namespace:     reg.ConsulNamespace,
 	}
-	yaml, err := b.YAML()
+	yaml, err := bootstrapYAML(b)
 	if err != nil {
 		return c, fmt.Errorf("envoy bootstrap: %w", err)
 	}
@@ -29,6 +30,24 @@ func envoySidecar(c corev1.Container, p parsed, reg annotations.Registration, po
 	c.Command = []string{"envoy"}
 	c.Args = append([]string{"--config-yaml", yaml}, p.extraArgs...)
 	return c, nil
+}
+
+// bootstraps holds rendered bootstraps by their inputs: a service's pods
+// share one, and rendering it (proto, validation, JSON, YAML) is most of an
+// envoy review's cost (BenchmarkMutate). Bounded, so that many services
+// cannot grow it without limit.
+var bootstraps = lru.New(1024)
+
+func bootstrapYAML(b EnvoyBootstrap) (string, error) {
+	if y, ok := bootstraps.Get(b); ok {
+		return y.(string), nil
+	}
+	y, err := b.YAML()
+	if err != nil {
+		return "", err
+	}
+	bootstraps.Add(b, y)
+	return y, nil
 }
 
 // envoyAdminPort is Envoy's admin listener, on loopback only.

@@ -3,6 +3,7 @@ package iptables
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -31,14 +32,7 @@ const (
 // OwnedChains are every chain meshlet may create, in creation order.
 var OwnedChains = []string{ChainInbound, ChainInboundRedirect, ChainOutput, ChainRedirect, ChainDNS}
 
-func owned(chain string) bool {
-	for _, c := range OwnedChains {
-		if c == chain {
-			return true
-		}
-	}
-	return false
-}
+func owned(chain string) bool { return slices.Contains(OwnedChains, chain) }
 
 // Protocol is a rule's L4 protocol. Only the values below exist, so no
 // encoder can meet a protocol it does not know.

@@ -1,0 +1,162 @@
+package certs
+
+// What SelfManaged reads and writes on the API server: the shared Secret
+// and the MutatingWebhookConfiguration's caBundle.
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// secret returns the Secret's material and resourceVersion, creating or
+// rotating it first if needed. When another replica wins a create or
+// update race, it re-reads and returns the winner's.
+func (s *SelfManaged) secret(ctx context.Context) (*material, string, error) {
+	secrets := s.client.CoreV1().Secrets(s.cfg.ServiceNamespace)
+	for range maxAttempts {
+		now := s.cfg.Now()
+		sec, err := secrets.Get(ctx, s.cfg.SecretName, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			mat, err := mint(s.names, now, s.cfg.Validity, nil)
+			if err != nil {
+				return nil, "", err
+			}
+			created, err := secrets.Create(ctx, s.newSecret(mat), metav1.CreateOptions{})
+			if apierrors.IsAlreadyExists(err) {
+				s.log.Info("another replica created the Secret first; using it")
+				continue
+			}
+			if err != nil {
+				return nil, "", fmt.Errorf("create Secret %s/%s: %w", s.cfg.ServiceNamespace, s.cfg.SecretName, err)
+			}
+			s.log.Info("created the serving certificate Secret", "serial", serial(mat))
+			return mat, created.ResourceVersion, nil
+		}
+		if err != nil {
+			return nil, "", fmt.Errorf("get Secret %s/%s: %w", s.cfg.ServiceNamespace, s.cfg.SecretName, err)
+		}
+		if sec.Type != corev1.SecretTypeTLS && sec.Type != corev1.SecretTypeOpaque {
+			return nil, "", fmt.Errorf("the Secret %s/%s has type %s, want %s or %s",
+				sec.Namespace, sec.Name, sec.Type, corev1.SecretTypeTLS, corev1.SecretTypeOpaque)
+		}
+		old, err := parseMaterial(sec.Data)
+		var why string
+		if err != nil {
+			why = "Secret does not hold a valid pair and bundle: " + err.Error()
+		} else if why = old.problem(s.names, now); why == "" {
+			return old, sec.ResourceVersion, nil
+		}
+		mat, rv, err := s.rotate(ctx, sec, old, now)
+		if apierrors.IsConflict(err) {
+			s.log.Info("another replica rotated the Secret first; using its certificate")
+			continue
+		}
+		if err != nil {
+			return nil, "", err
+		}
+		s.log.Info("rotated the serving certificate", "reason", why, "serial", serial(mat))
+		return mat, rv, nil
+	}
+	return nil, "", fmt.Errorf("the Secret %s/%s kept changing during %d attempts", s.cfg.ServiceNamespace, s.cfg.SecretName, maxAttempts)
+}
+
+// rotate replaces sec's pair with a new CA and leaf, keeping the CA of the
+// leaf being served in the bundle: replicas serve it until they see the
+// new Secret. Update carries sec's resourceVersion, so of two replicas
+// rotating at once one gets a Conflict.
+func (s *SelfManaged) rotate(ctx context.Context, sec *corev1.Secret, old *material, now time.Time) (*material, string, error) {
+	var prev *x509.Certificate
+	if old != nil {
+		prev = old.issuer()
+	}
+	mat, err := mint(s.names, now, s.cfg.Validity, prev)
+	if err != nil {
+		return nil, "", err
+	}
+	upd := sec.DeepCopy()
+	if upd.Data == nil {
+		upd.Data = map[string][]byte{}
+	}
+	maps.Copy(upd.Data, mat.data())
+	updated, err := s.client.CoreV1().Secrets(sec.Namespace).Update(ctx, upd, metav1.UpdateOptions{})
+	if err != nil {
+		return nil, "", fmt.Errorf("update Secret %s/%s: %w", sec.Namespace, sec.Name, err)
+	}
+	return mat, updated.ResourceVersion, nil
+}
+
+func (s *SelfManaged) newSecret(mat *material) *corev1.Secret {
+	return &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: s.cfg.SecretName, Namespace: s.cfg.ServiceNamespace,
+			Labels: map[string]string{"app.kubernetes.io/managed-by": "meshlet"},
+		},
+		Type: corev1.SecretTypeTLS,
+		Data: mat.data(),
+	}
+}
+
+// jsonPatchOp is one RFC 6902 operation.
+type jsonPatchOp struct {
+	Op    string `json:"op"`
+	Path  string `json:"path"`
+	Value any    `json:"value"`
+}
+
+// publish makes every webhook of the configuration carry mat's ca.crt as
+// caBundle. found is false, with no error, when the configuration does not
+// exist (yet: the chart may create it after the Deployment).
+func (s *SelfManaged) publish(ctx context.Context, mat *material, secretRV string) (found bool, _ error) {
+	mwcs := s.client.AdmissionregistrationV1().MutatingWebhookConfigurations()
+	mwc, err := mwcs.Get(ctx, s.cfg.WebhookConfigName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get MutatingWebhookConfiguration %s: %w", s.cfg.WebhookConfigName, err)
+	}
+	var ops []jsonPatchOp
+	for i, w := range mwc.Webhooks {
+		if bytes.Equal(w.ClientConfig.CABundle, mat.caPEM) {
+			continue
+		}
+		// The test pins each index to its webhook: if the list changed
+		// since the Get, the patch fails instead of hitting the wrong one.
+		ops = append(ops,
+			jsonPatchOp{Op: "test", Path: fmt.Sprintf("/webhooks/%d/name", i), Value: w.Name},
+			// add, not replace: it also sets a caBundle that is absent.
+			jsonPatchOp{Op: "add", Path: fmt.Sprintf("/webhooks/%d/clientConfig/caBundle", i), Value: mat.caPEM})
+	}
+	if len(ops) == 0 {
+		return true, nil
+	}
+	// A replica that read the Secret just before another rotated it would
+	// otherwise overwrite the new bundle with the old one, which lacks the
+	// CA of the leaf the other now serves.
+	cur, err := s.client.CoreV1().Secrets(s.cfg.ServiceNamespace).Get(ctx, s.cfg.SecretName, metav1.GetOptions{})
+	if err != nil {
+		return true, fmt.Errorf("re-read Secret %s/%s before publishing: %w", s.cfg.ServiceNamespace, s.cfg.SecretName, err)
+	}
+	if cur.ResourceVersion != secretRV {
+		return true, errSecretMoved
+	}
+	body, err := json.Marshal(ops)
+	if err != nil {
+		return true, fmt.Errorf("encode caBundle patch: %w", err)
+	}
+	if _, err := mwcs.Patch(ctx, s.cfg.WebhookConfigName, types.JSONPatchType, body, metav1.PatchOptions{}); err != nil {
+		return true, fmt.Errorf("publish caBundle to MutatingWebhookConfiguration %s: %w", s.cfg.WebhookConfigName, err)
+	}
+	s.log.Info("published the caBundle", "webhooks", len(ops)/2)
+	return true, nil
+}

@@ -3,6 +3,7 @@ package webhook
 import (
 	"encoding/json"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -245,5 +246,32 @@ func TestMutateDenies(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestDeniedBy(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pod  *corev1.Pod
+		want []string
+	}{
+		{"one annotation", app(on(annotations.Upstreams, "db:abc")), []string{annotations.Upstreams}},
+		{"two annotations, one twice", app(on(annotations.Upstreams, "db:abc,x:y", annotations.ExcludeUIDs, "me")),
+			[]string{annotations.Upstreams, annotations.ExcludeUIDs}},
+		{"meta keys fold into one label", app(on(annotations.ServiceMetaPrefix, "x")), []string{annotations.ServiceMetaPrefix + "*"}},
+		{"not an annotation", app(on(), func(p *corev1.Pod) { p.Spec.SecurityContext.RunAsUser = ptr.To(int64(5995)) }), []string{"other"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Mutate(tc.pod, "shop", consulCfg())
+			if res.Denied == nil {
+				t.Fatal("not denied")
+			}
+			if got := DeniedBy(res.Denied); !slices.Equal(got, tc.want) {
+				t.Fatalf("DeniedBy(%v) = %v, want %v", res.Denied, got, tc.want)
+			}
+		})
+	}
+	if got := DeniedBy(nil); got != nil {
+		t.Fatalf("DeniedBy(nil) = %v", got)
 	}
 }

@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"fmt"
-	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -25,18 +24,19 @@ const (
 // Kubernetes name, so <namespace>_<pod> is unique on a node across
 // namespaces (see docs/webhook.md).
 const (
-	envProxyID = "PROXY_ID"
-	envHostIP  = "HOST_IP"
-	proxyIDRef = "$(" + envProxyID + ")"
-	hostIPRef  = "$(" + envHostIP + ")"
+	envServiceID = "SERVICE_ID"
+	envProxyID   = "PROXY_ID"
+	envHostIP    = "HOST_IP"
+	proxyIDRef   = "$(" + envProxyID + ")"
+	hostIPRef    = "$(" + envHostIP + ")"
 	// ServiceIDFormat and ProxyIDFormat are filled with the pod's
 	// namespace and name.
 	ServiceIDFormat = "%s_%s"
 	ProxyIDFormat   = ServiceIDFormat + "-sidecar-proxy"
 )
 
-// sidecarEnv is the downward-API environment every sidecar gets; PROXY_ID
-// is expanded by kubelet from the two before it.
+// sidecarEnv is the downward-API environment every sidecar gets;
+// SERVICE_ID and PROXY_ID are expanded by kubelet from the ones before.
 func sidecarEnv() []corev1.EnvVar {
 	field := func(name, path string) corev1.EnvVar {
 		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
@@ -46,9 +46,25 @@ func sidecarEnv() []corev1.EnvVar {
 		field("POD_NAMESPACE", "metadata.namespace"),
 		field("POD_UID", "metadata.uid"),
 		field(envHostIP, "status.hostIP"),
+		{Name: envServiceID, Value: fmt.Sprintf(ServiceIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
 		{Name: envProxyID, Value: fmt.Sprintf(ProxyIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
 	}
 }
+
+// consulProxyScript runs Consul's built-in proxy for the pod's service
+// (-sidecar-for takes the service's ID; the proxy registration is found
+// from it). The proxy exits at once when its registration is not there
+// yet, and the node agent registers the pod only once it has an IP, which
+// is after this container starts: so it is retried every second here
+// rather than left to kubelet's crash back-off (10 s, then doubling).
+// SIGTERM goes to the proxy, so the pod stops promptly.
+const consulProxyScript = `trap 'kill -TERM $p 2>/dev/null; wait $p; exit 0' TERM INT
+while :; do
+  consul connect proxy -sidecar-for "$SERVICE_ID" -http-addr "$HOST_IP:%d" & p=$!
+  wait $p && exit 0
+  echo "meshlet: consul connect proxy exited ($?); retrying in 1s (is $SERVICE_ID registered on the node's agent?)" >&2
+  sleep 1
+done`
 
 // sidecarContainer is the proxy container for the configured data plane:
 // non-root as the proxy UID, read-only root, no capabilities, so that the
@@ -84,9 +100,7 @@ func sidecarContainer(p parsed, reg annotations.Registration, pod *corev1.Pod, c
 		return envoySidecar(c, p, reg, pod, cfg)
 	case DataPlaneConsul:
 		c.Name, c.Image = consulSidecarName, cfg.ConsulImage
-		c.Command = []string{"consul", "connect", "proxy",
-			"-sidecar-for", proxyIDRef,
-			"-http-addr", hostIPRef + ":" + strconv.Itoa(cfg.AgentHTTPPort)}
+		c.Command = []string{"/bin/sh", "-c", fmt.Sprintf(consulProxyScript, cfg.AgentHTTPPort)}
 		return c, nil
 	}
 	return c, fmt.Errorf("data plane %q: expected %s or %s", cfg.DataPlane, DataPlaneEnvoy, DataPlaneConsul)

@@ -1,20 +1,46 @@
-// Command meshlet is meshlet's node agent binary. The agent itself
-// ("meshlet agent") arrives with the node-agent issue; today it reports its
-// version, so packaging and the chart have a real binary to carry.
+// Command meshlet is meshlet's node-side and cluster-side binary:
+// `meshlet webhook` is the mutating admission webhook; the node agent
+// (`meshlet agent`) and the L4 proxy arrive with their issues.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/meshlet/meshlet/webhook/server"
 )
 
 var version = "dev"
 
+const usage = `usage: meshlet <command> [flags]
+
+commands:
+  webhook   the mutating admission webhook (meshlet webhook -h for its flags)
+  version   print the version`
+
 func main() {
-	if len(os.Args) == 2 && (os.Args[1] == "version" || os.Args[1] == "--version") {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, usage)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	var err error
+	switch os.Args[1] {
+	case "version", "--version":
 		fmt.Println("meshlet", version)
 		return
+	case "webhook":
+		err = server.Main(ctx, os.Args[2:], os.Stderr)
+	default:
+		fmt.Fprintf(os.Stderr, "meshlet: unknown command %q\n%s\n", os.Args[1], usage)
+		os.Exit(2)
 	}
-	fmt.Fprintln(os.Stderr, "usage: meshlet version")
-	os.Exit(2)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "meshlet %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
 }

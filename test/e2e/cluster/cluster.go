@@ -113,6 +113,9 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 	if err := c.InstallMeshletCNI(ctx); err != nil {
 		return err
 	}
+	if err := c.InstallWebhook(ctx); err != nil {
+		return err
+	}
 	if err := c.writeEnv(); err != nil {
 		return err
 	}

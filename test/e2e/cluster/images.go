@@ -28,6 +28,7 @@ const (
 	StaticServerImage = "localhost/meshlet/static-server:dev"
 	StaticClientImage = "localhost/meshlet/static-client:dev"
 	ConsulImage       = "localhost/meshlet/consul:dev"
+	MeshletImage      = "localhost/meshlet/meshlet:dev"
 )
 
 const busyboxPath = "/bin/busybox"
@@ -55,6 +56,7 @@ func (c *Cluster) imageSpecs() ([]imageSpec, error) {
 		{ref: StaticServerImage, files: []imageFile{{path: "http-echo", src: c.bin("http-echo")}}, entrypoint: []string{"/http-echo"}},
 		{ref: StaticClientImage, files: append(slices.Clone(shell), imageFile{path: "usr/bin/curl", src: c.bin("curl")}), cmd: []string{"/bin/sh"}},
 		{ref: ConsulImage, files: append(slices.Clone(shell), imageFile{path: "bin/consul", src: c.bin("consul")}), cmd: []string{"/bin/consul"}},
+		{ref: MeshletImage, files: []imageFile{{path: "meshlet", src: c.bin("meshlet")}}, entrypoint: []string{"/meshlet"}},
 	}, nil
 }
 

@@ -150,7 +150,7 @@ func (c *Cluster) checkPrerequisites() error {
 			missing = append(missing, cmd+" (run make tools)")
 		}
 	}
-	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "consul", "http-echo", "meshlet-cni", "pause", "curl"} {
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "consul", "http-echo", "meshlet", "meshlet-cni", "pause", "curl"} {
 		if _, err := os.Stat(c.bin(b)); err != nil {
 			missing = append(missing, c.bin(b)+" (run make tools build)")
 		}

@@ -1,0 +1,179 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+
+	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/test/e2e/cluster"
+	"github.com/meshlet/meshlet/webhook"
+)
+
+// proxyCheck runs in the app's pod as an ordinary container: it exits 1
+// unless the proxy's public listener (on the pod IP) already accepts
+// connections when it starts (curl reaches the TLS listener and gets no
+// HTTP answer: 52 or 56; 7 is "refused": the proxy was not up).
+const proxyCheck = `curl -s -m 2 http://$POD_IP:20000/; rc=$?; echo "proxy check: curl exit $rc"; ` +
+	`[ $rc = 52 ] || [ $rc = 56 ] || exit 1; exec sleep 3600`
+
+// TestWebhookConsulDataPlane: a pod injected with data plane consul runs;
+// its sidecar is up before the app's containers start; and a Connect
+// client reaches the app through it with mTLS. Until the node agent exists
+// the test registers the service and its proxy in Consul itself, from the
+// registration annotation, the way the agent will.
+func TestWebhookConsulDataPlane(t *testing.T) {
+	requireCluster(t)
+	cs := clientset(t)
+	ns := testNamespace(t, cs, "dataplane")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const svc = "e2e-web"
+	web := echoContainer("web", "hello world", 8080, 0)
+	web.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Annotations: map[string]string{
+			annotations.Inject: "true", annotations.Service: svc}},
+		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{
+			web,
+			{Name: "proxy-check", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"sh", "-c", proxyCheck},
+				Env: []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{
+					FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}}},
+		}},
+	}
+	created := createPodSpec(t, cs, ns, pod)
+	reg, err := annotations.DecodeRegistration(created.Annotations[annotations.RegistrationKey])
+	if err != nil {
+		t.Fatalf("the webhook's registration annotation: %v", err)
+	}
+	if reg.Service != svc || reg.Port != 8080 || reg.DataPlane != webhook.DataPlaneConsul {
+		t.Fatalf("registration %+v: want service %s, port 8080, data plane consul", reg, svc)
+	}
+
+	var ip string
+	waitFor(t, ctx, "the pod's IP", func(ctx context.Context) (bool, error) {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err == nil {
+			ip = p.Status.PodIP
+		}
+		return ip != "", err
+	})
+	registerLikeTheAgent(t, ns, "web", ip, reg)
+
+	var running *corev1.Pod
+	waitFor(t, ctx, "every container ready", func(ctx context.Context) (bool, error) {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "web", metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		running = p
+		for _, c := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+			if !c.Ready {
+				return false, fmt.Errorf("container %s not ready: %+v", c.Name, c.State)
+			}
+		}
+		return len(p.Status.ContainerStatuses) == 2, nil
+	})
+	for _, c := range running.Status.ContainerStatuses {
+		if c.RestartCount != 0 {
+			t.Errorf("container %s restarted %d times: it started before the sidecar was up", c.Name, c.RestartCount)
+		}
+	}
+	if log := kubectl(t, "logs", "-n", ns, "web", "-c", "proxy-check"); !strings.Contains(log, "curl exit 52") && !strings.Contains(log, "curl exit 56") {
+		t.Fatalf("proxy-check log %q: want the proxy's listener answering before the app started", log)
+	}
+
+	// A Connect client on the host, Consul's built-in proxy, dials the
+	// pod's sidecar with mTLS; the sidecar hands the connection to the app.
+	port := freeLoopbackPort(t)
+	startHostProcess(t, lc.Root+"/bin/consul", "connect", "proxy", "-http-addr", cluster.ConsulHTTPAddr(),
+		"-service", "e2e-client", "-upstream", fmt.Sprintf("%s:%d", svc, port))
+	var body string
+	waitFor(t, ctx, "hello world through the mesh", func(ctx context.Context) (bool, error) {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/", port))
+		if err != nil {
+			return false, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		body = string(b)
+		return err == nil && strings.Contains(body, "hello world"), err
+	})
+}
+
+// registerLikeTheAgent registers the pod's service and its sidecar proxy
+// with the node's Consul client agent under the IDs the sidecar expects,
+// and deregisters them when the test ends.
+func registerLikeTheAgent(t *testing.T, ns, pod, ip string, reg annotations.Registration) {
+	t.Helper()
+	cl, err := cluster.ConsulClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcID := fmt.Sprintf(webhook.ServiceIDFormat, ns, pod)
+	proxyID := fmt.Sprintf(webhook.ProxyIDFormat, ns, pod)
+	meta := map[string]string{"k8s-namespace": ns, "pod-name": pod, "managed-by": "meshlet-e2e"}
+	if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{ID: svcID, Name: reg.Service,
+		Address: ip, Port: reg.Port, Meta: meta}); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{Kind: capi.ServiceKindConnectProxy,
+		ID: proxyID, Name: reg.Service + "-sidecar-proxy", Address: ip, Port: 20000, Meta: meta,
+		Proxy: &capi.AgentServiceConnectProxyConfig{DestinationServiceName: reg.Service, DestinationServiceID: svcID,
+			LocalServiceAddress: "127.0.0.1", LocalServicePort: reg.Port}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cl.Agent().ServiceDeregister(proxyID)
+		_ = cl.Agent().ServiceDeregister(svcID)
+	})
+}
+
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startHostProcess starts a helper process on the host and stops it, by
+// its PID, when the test ends.
+func startHostProcess(t *testing.T, argv ...string) {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("%s output:\n%s", argv[0], out.String())
+		}
+	})
+}

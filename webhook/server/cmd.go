@@ -1,0 +1,252 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshlet/meshlet/webhook"
+	"github.com/meshlet/meshlet/webhook/certs"
+)
+
+// options are `meshlet webhook`'s flags. Their names are consul-k8s'
+// inject-connect flags where one exists, so a chart or a script that
+// passes those carries over.
+type options struct {
+	cfg          webhook.Config
+	native       string // auto, true, false
+	resources    [4]string
+	listen       string
+	kubeconfig   string
+	certFile     string
+	keyFile      string
+	selfManaged  bool
+	serviceName  string
+	serviceNS    string
+	webhookName  string
+	secretName   string
+	certValidity time.Duration
+	logLevel     string
+	logJSON      bool
+	shutdown     time.Duration
+}
+
+type listFlag struct{ dst *[]string }
+
+func (l listFlag) String() string {
+	if l.dst == nil {
+		return ""
+	}
+	return strings.Join(*l.dst, ",")
+}
+
+// Set takes a repeated flag or a comma list; the first use replaces the
+// default.
+func (l listFlag) Set(v string) error {
+	for _, e := range strings.Split(v, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			*l.dst = append(*l.dst, e)
+		}
+	}
+	return nil
+}
+
+func flags(args []string, stderr io.Writer) (options, error) {
+	o := options{cfg: webhook.DefaultConfig()}
+	fs := flag.NewFlagSet("meshlet webhook", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c := &o.cfg
+	fs.BoolVar(&c.DefaultInject, "default-inject", c.DefaultInject, "inject pods without a connect-inject annotation (connectInject.default)")
+	c.AllowNamespaces = nil
+	fs.Var(listFlag{&c.AllowNamespaces}, "allow-k8s-namespace", "namespace whose pods may be injected; repeat or comma-separate; * for all (connectInject.k8sAllowNamespaces; default *)")
+	fs.Var(listFlag{&c.DenyNamespaces}, "deny-k8s-namespace", "namespace never injected; wins over allow (connectInject.k8sDenyNamespaces)")
+	fs.StringVar(&c.DataPlane, "data-plane", c.DataPlane, "the sidecar: envoy or consul (Consul's built-in proxy)")
+	fs.StringVar(&c.EnvoyImage, "envoy-image", c.EnvoyImage, "Envoy image (imageEnvoy)")
+	fs.StringVar(&c.ConsulImage, "consul-image", c.ConsulImage, "image with the consul binary, for data plane consul")
+	fs.StringVar(&o.native, "native-sidecar", "auto", "run the proxy as a native sidecar: auto (when the API server is 1.29 or newer), true or false")
+	fs.BoolVar(&c.TransparentProxy, "enable-transparent-proxy", c.TransparentProxy, "transparent proxy unless a pod says otherwise (connectInject.transparentProxy.defaultEnabled)")
+	fs.BoolVar(&c.OverwriteProbes, "transparent-proxy-default-overwrite-probes", c.OverwriteProbes, "rewrite HTTP probes to expose paths (connectInject.transparentProxy.defaultOverwriteProbes)")
+	for i, r := range []struct{ name, def string }{
+		{"default-sidecar-proxy-cpu-request", "100m"}, {"default-sidecar-proxy-cpu-limit", "100m"},
+		{"default-sidecar-proxy-memory-request", "100Mi"}, {"default-sidecar-proxy-memory-limit", "100Mi"},
+	} {
+		fs.StringVar(&o.resources[i], r.name, r.def, "sidecar resources (connectInject.sidecarProxy.resources); empty: none")
+	}
+	m := &c.Metrics
+	fs.BoolVar(&m.DefaultEnabled, "default-enable-metrics", m.DefaultEnabled, "connectInject.metrics.defaultEnabled")
+	fs.BoolVar(&m.DefaultEnableMerging, "default-enable-metrics-merging", m.DefaultEnableMerging, "connectInject.metrics.defaultEnableMerging")
+	fs.IntVar(&m.DefaultMergedMetricsPort, "default-merged-metrics-port", m.DefaultMergedMetricsPort, "connectInject.metrics.defaultMergedMetricsPort")
+	fs.IntVar(&m.DefaultPrometheusScrapePort, "default-prometheus-scrape-port", m.DefaultPrometheusScrapePort, "connectInject.metrics.defaultPrometheusScrapePort")
+	fs.StringVar(&m.DefaultPrometheusScrapePath, "default-prometheus-scrape-path", m.DefaultPrometheusScrapePath, "connectInject.metrics.defaultPrometheusScrapePath")
+	n := &c.ConsulNamespaces
+	fs.BoolVar(&n.Enabled, "enable-namespaces", n.Enabled, "Consul Enterprise namespaces (global.enableConsulNamespaces)")
+	fs.StringVar(&n.DestinationNamespace, "consul-destination-namespace", n.DestinationNamespace, "connectInject.consulNamespaces.consulDestinationNamespace")
+	fs.BoolVar(&n.MirroringK8S, "enable-k8s-namespace-mirroring", n.MirroringK8S, "connectInject.consulNamespaces.mirroringK8S")
+	fs.StringVar(&n.MirroringK8SPrefix, "k8s-namespace-mirroring-prefix", n.MirroringK8SPrefix, "connectInject.consulNamespaces.mirroringK8SPrefix")
+	fs.IntVar(&c.AgentHTTPPort, "consul-http-port", c.AgentHTTPPort, "the node's Consul client agent HTTP port, on the node's IP")
+	fs.IntVar(&c.AgentGRPCPort, "consul-grpc-port", c.AgentGRPCPort, "the node's Consul client agent gRPC port, on the node's IP")
+
+	fs.StringVar(&o.listen, "listen", ":8080", "HTTPS address: /mutate, /healthz, /readyz, /metrics")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig; empty: in-cluster")
+	fs.StringVar(&o.certFile, "tls-cert-file", "", "serving certificate (PEM), reloaded when it changes (cert-manager)")
+	fs.StringVar(&o.keyFile, "tls-key-file", "", "its private key (PEM)")
+	fs.BoolVar(&o.selfManaged, "tls-self-managed", false, "generate the CA and serving certificate, keep them in a Secret shared by the replicas, patch the webhook configuration's caBundle, rotate before expiry")
+	fs.StringVar(&o.serviceName, "service-name", "", "the webhook's Service (self-managed certificate's DNS names)")
+	fs.StringVar(&o.serviceNS, "service-namespace", os.Getenv("POD_NAMESPACE"), "its namespace (default: $POD_NAMESPACE)")
+	fs.StringVar(&o.webhookName, "webhook-config-name", "", "MutatingWebhookConfiguration whose caBundle is kept current")
+	fs.StringVar(&o.secretName, "tls-secret-name", "", "Secret holding the self-managed CA and certificate (default <service-name>-tls)")
+	fs.DurationVar(&o.certValidity, "tls-cert-validity", 30*24*time.Hour, "self-managed serving certificate validity; rotated after two thirds")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&o.logJSON, "log-json", true, "JSON logs (false: text)")
+	fs.DurationVar(&o.shutdown, "shutdown-delay", 5*time.Second, "after SIGTERM, stay up unready this long before draining")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if len(c.AllowNamespaces) == 0 {
+		c.AllowNamespaces = []string{"*"}
+	}
+	return o, o.finish()
+}
+
+// finish validates what the flag package cannot.
+func (o *options) finish() error {
+	res := corev1.ResourceRequirements{Requests: corev1.ResourceList{}, Limits: corev1.ResourceList{}}
+	for i, f := range []struct {
+		name string
+		list corev1.ResourceList
+		res  corev1.ResourceName
+	}{
+		{"default-sidecar-proxy-cpu-request", res.Requests, corev1.ResourceCPU},
+		{"default-sidecar-proxy-cpu-limit", res.Limits, corev1.ResourceCPU},
+		{"default-sidecar-proxy-memory-request", res.Requests, corev1.ResourceMemory},
+		{"default-sidecar-proxy-memory-limit", res.Limits, corev1.ResourceMemory},
+	} {
+		if o.resources[i] == "" {
+			continue
+		}
+		q, err := resource.ParseQuantity(o.resources[i])
+		if err != nil {
+			return fmt.Errorf("-%s %q: expected a resource quantity such as 100m or 128Mi", f.name, o.resources[i])
+		}
+		f.list[f.res] = q
+	}
+	o.cfg.Resources = res
+	if o.native != "auto" && o.native != "true" && o.native != "false" {
+		return fmt.Errorf("-native-sidecar %q: expected auto, true or false", o.native)
+	}
+	o.cfg.NativeSidecar = o.native == "true"
+	switch files := o.certFile != "" || o.keyFile != ""; {
+	case files && o.selfManaged:
+		return errors.New("-tls-cert-file/-tls-key-file and -tls-self-managed exclude each other")
+	case files && (o.certFile == "" || o.keyFile == ""):
+		return errors.New("-tls-cert-file and -tls-key-file go together")
+	case !files && !o.selfManaged:
+		return errors.New("no serving certificate: give -tls-cert-file and -tls-key-file, or -tls-self-managed")
+	case o.selfManaged && (o.serviceName == "" || o.serviceNS == "" || o.webhookName == ""):
+		return errors.New("-tls-self-managed needs -service-name, -service-namespace (or $POD_NAMESPACE) and -webhook-config-name")
+	}
+	if o.secretName == "" {
+		o.secretName = o.serviceName + "-tls"
+	}
+	if _, _, err := net.SplitHostPort(o.listen); err != nil {
+		return fmt.Errorf("-listen %q: expected host:port: %w", o.listen, err)
+	}
+	return nil
+}
+
+func (o options) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("-log-level %q: expected debug, info, warn or error", o.logLevel)
+	}
+	hopts := &slog.HandlerOptions{Level: lvl}
+	if o.logJSON {
+		return slog.New(slog.NewJSONHandler(w, hopts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, hopts)), nil
+}
+
+func (o options) kubeClient() (kubernetes.Interface, error) {
+	var rc *rest.Config
+	var err error
+	if o.kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	rc.UserAgent = "meshlet-webhook"
+	return kubernetes.NewForConfig(rc)
+}
+
+// Main is `meshlet webhook`: it serves until ctx ends.
+func Main(ctx context.Context, args []string, stderr io.Writer) error {
+	o, err := flags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := o.logger(stderr)
+	if err != nil {
+		return err
+	}
+	needClient := o.selfManaged || o.native == "auto"
+	var client kubernetes.Interface
+	if needClient {
+		if client, err = o.kubeClient(); err != nil {
+			return err
+		}
+	}
+	if o.native == "auto" {
+		if o.cfg.NativeSidecar, err = nativeSidecarSupported(client.Discovery()); err != nil {
+			return err
+		}
+	}
+	if err := o.cfg.Validate(); err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var src CertSource
+	if o.selfManaged {
+		src, err = certs.NewSelfManaged(certs.SelfManagedConfig{ServiceName: o.serviceName, ServiceNamespace: o.serviceNS,
+			WebhookConfigName: o.webhookName, SecretName: o.secretName, Validity: o.certValidity}, client, log, reg)
+	} else {
+		src, err = certs.NewFiles(o.certFile, o.keyFile, log, reg)
+	}
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	s := &Server{
+		Handler:       &Handler{Config: o.cfg, Log: log, Metrics: NewMetrics(reg, o.cfg.DataPlane)},
+		Certs:         src,
+		Registry:      reg,
+		Log:           log,
+		ShutdownDelay: o.shutdown,
+		ShutdownGrace: 10 * time.Second,
+	}
+	return s.Serve(ctx, ln)
+}

@@ -1,0 +1,85 @@
+package server
+
+import (
+	"io"
+	"slices"
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/version"
+	fakediscovery "k8s.io/client-go/discovery/fake"
+	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/meshlet/meshlet/webhook"
+)
+
+func TestFlags(t *testing.T) {
+	files := []string{"-tls-cert-file", "/c", "-tls-key-file", "/k"}
+	for _, tc := range []struct {
+		name  string
+		args  []string
+		check func(options) bool
+		err   string
+	}{
+		{name: "defaults are the chart's", args: files, check: func(o options) bool {
+			d := webhook.DefaultConfig()
+			return slices.Equal(o.cfg.AllowNamespaces, []string{"*"}) && o.cfg.DataPlane == d.DataPlane &&
+				o.cfg.TransparentProxy && o.cfg.OverwriteProbes && o.native == "auto" &&
+				o.cfg.Resources.Limits.Memory().String() == "100Mi" && o.cfg.Resources.Requests.Cpu().String() == "100m"
+		}},
+		{name: "namespaces repeated and comma lists", args: append([]string{"-allow-k8s-namespace", "a,b", "-allow-k8s-namespace", "c", "-deny-k8s-namespace", "x"}, files...),
+			check: func(o options) bool {
+				return slices.Equal(o.cfg.AllowNamespaces, []string{"a", "b", "c"}) && slices.Equal(o.cfg.DenyNamespaces, []string{"x"})
+			}},
+		{name: "empty resource means none", args: append([]string{"-default-sidecar-proxy-cpu-limit", ""}, files...),
+			check: func(o options) bool { _, ok := o.cfg.Resources.Limits[corev1.ResourceCPU]; return !ok }},
+		{name: "self-managed names its secret after the service", args: []string{"-tls-self-managed", "-service-name", "wh", "-service-namespace", "meshlet", "-webhook-config-name", "meshlet"},
+			check: func(o options) bool { return o.secretName == "wh-tls" }},
+		{name: "native false", args: append([]string{"-native-sidecar", "false"}, files...),
+			check: func(o options) bool { return !o.cfg.NativeSidecar }},
+		{name: "bad quantity", args: append([]string{"-default-sidecar-proxy-memory-limit", "lots"}, files...),
+			err: `-default-sidecar-proxy-memory-limit "lots": expected a resource quantity`},
+		{name: "bad native", args: append([]string{"-native-sidecar", "yes"}, files...), err: `-native-sidecar "yes": expected auto, true or false`},
+		{name: "no certificate", args: nil, err: "no serving certificate"},
+		{name: "both certificate modes", args: append([]string{"-tls-self-managed"}, files...), err: "exclude each other"},
+		{name: "cert without key", args: []string{"-tls-cert-file", "/c"}, err: "go together"},
+		{name: "self-managed without service", args: []string{"-tls-self-managed", "-service-namespace", "x"}, err: "needs -service-name"},
+		{name: "bad listen", args: append([]string{"-listen", "8443"}, files...), err: `-listen "8443"`},
+		{name: "stray argument", args: append(files, "extra"), err: "unexpected arguments"},
+		{name: "unknown flag", args: []string{"-inject-everything"}, err: "flag provided but not defined: -inject-everything"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o, err := flags(tc.args, io.Discard)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err = %v, want one containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.check(o) {
+				t.Fatalf("options %+v", o)
+			}
+		})
+	}
+}
+
+func TestNativeSidecarSupported(t *testing.T) {
+	for _, tc := range []struct {
+		major, minor string
+		want         bool
+		err          bool
+	}{
+		{"1", "28", false, false}, {"1", "29", true, false}, {"1", "34", true, false},
+		{"1", "30+", true, false}, {"2", "0", true, false}, {"1", "x", false, true},
+	} {
+		d := &fakediscovery.FakeDiscovery{Fake: &k8stesting.Fake{}, FakedServerVersion: &version.Info{Major: tc.major, Minor: tc.minor}}
+		got, err := nativeSidecarSupported(d)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("%s.%s: %v, %v; want %v (error %v)", tc.major, tc.minor, got, err, tc.want, tc.err)
+		}
+	}
+}

@@ -1,0 +1,115 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// CertSource supplies the serving certificate (webhook/certs: from files,
+// or self-managed with the caBundle kept current).
+type CertSource interface {
+	GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// Run keeps the certificate current until ctx ends.
+	Run(ctx context.Context) error
+	// Ready is nil once the API server can verify the served certificate.
+	Ready() error
+}
+
+// Server is the HTTPS server: /mutate, /healthz, /readyz, /metrics.
+type Server struct {
+	Handler  *Handler
+	Certs    CertSource
+	Registry *prometheus.Registry
+	Log      *slog.Logger
+	// ShutdownDelay keeps serving, unready, after the stop signal, so the
+	// API server stops picking this replica before its port closes.
+	ShutdownDelay time.Duration
+	// ShutdownGrace bounds the wait for reviews in flight.
+	ShutdownGrace time.Duration
+
+	stopping atomic.Bool
+}
+
+// Paths the server answers.
+const (
+	PathMutate  = "/mutate"
+	PathHealthz = "/healthz"
+	PathReadyz  = "/readyz"
+	PathMetrics = "/metrics"
+)
+
+// Mux is the server's routes, without TLS (tests and benchmarks use it).
+func (s *Server) Mux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle(PathMutate, s.Handler)
+	mux.HandleFunc(PathHealthz, func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc(PathReadyz, func(w http.ResponseWriter, _ *http.Request) {
+		if err := s.ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	if s.Registry != nil {
+		mux.Handle(PathMetrics, promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{Registry: s.Registry}))
+	}
+	return mux
+}
+
+func (s *Server) ready() error {
+	if s.stopping.Load() {
+		return errors.New("shutting down")
+	}
+	return s.Certs.Ready()
+}
+
+// TLSConfig is TLS 1.2 or newer with the source's certificate.
+func (s *Server) TLSConfig() *tls.Config {
+	return &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: s.Certs.GetCertificate, NextProtos: []string{"h2", "http/1.1"}}
+}
+
+// Serve serves on ln until ctx ends, then drains.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{
+		Handler:           s.Mux(),
+		TLSConfig:         s.TLSConfig(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.Log.Handler(), slog.LevelDebug),
+	}
+	certCtx, stopCerts := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopCerts()
+	certDone := make(chan error, 1)
+	go func() { certDone <- s.Certs.Run(certCtx) }()
+	served := make(chan error, 1)
+	go func() { served <- srv.ServeTLS(ln, "", "") }()
+	s.Log.Info("webhook serving", "addr", ln.Addr().String(), "data_plane", s.Handler.Config.DataPlane, "native_sidecar", s.Handler.Config.NativeSidecar)
+	select {
+	case err := <-served:
+		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
+	case err := <-certDone:
+		_ = srv.Close()
+		return fmt.Errorf("serving certificate: %w", err)
+	case <-ctx.Done():
+	}
+	s.stopping.Store(true)
+	s.Log.Info("stopping: unready, then draining", "delay", s.ShutdownDelay)
+	time.Sleep(s.ShutdownDelay)
+	sctx, cancel := context.WithTimeout(context.Background(), s.ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
+	return nil
+}

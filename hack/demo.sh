@@ -25,5 +25,26 @@ for i in $(seq 20); do
   [ "$i" = 20 ] && exit 1
   sleep 0.5
 done
+
+# The webhook: what it adds to a pod, and what it refuses.
+pod=$(mktemp)
+trap 'rm -f "$pod"' EXIT
+cat > "$pod" <<YAML
+apiVersion: v1
+kind: Pod
+metadata:
+  generateName: static-server-
+  annotations: {consul.hashicorp.com/connect-inject: "true"}
+spec:
+  containers:
+  - {name: static-server, image: localhost/meshlet/static-server:dev, ports: [{containerPort: 8080}]}
+YAML
+say kubectl create --dry-run=server -f pod.yaml "# a pod with consul.hashicorp.com/connect-inject: \"true\""
+kubectl create --dry-run=server -f "$pod" -o go-template='init containers: {{range .spec.initContainers}}{{.name}} (restartPolicy {{.restartPolicy}}) {{end}}
+containers: {{range .spec.containers}}{{.name}} {{end}}
+{{range $k, $v := .metadata.annotations}}{{$k}}: {{printf "%.90s" $v}}
+{{end}}'
+say kubectl apply -f examples/injection/bad-upstream.yaml
+kubectl apply -f examples/injection/bad-upstream.yaml || true
 echo
 echo "The cluster keeps running: 'source .cluster/env' to use it, 'make cluster-down' to stop it."

@@ -9,9 +9,10 @@ export PATH="$root/bin:$PATH"
 # BenchmarkADDAgainstBaseline also builds meshlet-cni at $MESHLET_BASELINE
 # (default: the plugin before issue 6) and runs both in the same run.
 go test -run '^$' -bench . -benchmem -benchtime 200x ./iptables/ ./cmd/meshlet-cni/
-# The webhook's AdmissionReview, in process and over HTTPS at 500/s (no
+# The webhook's mutation alone, then its AdmissionReview, in process and over HTTPS at 500/s (no
 # cluster). The HTTPS one runs in its own process: a heap left by the
 # in-process one would make its GC, hence its tail, look better.
+go test -run '^$' -bench Mutate -benchmem -benchtime 2000x -count 3 ./webhook/
 go test -run '^$' -bench 'Review$' -benchmem -benchtime 2500x -count 3 ./webhook/server/
 go test -run '^$' -bench ReviewHTTPS500 -benchtime 2500x -count 3 ./webhook/server/
 go test -run '^$' -bench . -benchtime "${BENCHTIME:-50x}" ./test/e2e/ 2>&1 | grep -v 'level=INFO'

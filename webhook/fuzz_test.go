@@ -57,6 +57,7 @@ func FuzzAnnotation(f *testing.F) {
 				t.Fatalf("%s=%q: an opted-in pod was neither injected nor denied (%s)", key, v, res.Skipped)
 			}
 		default:
+			samePodAfterPatch(t, pod, "shop", consulCfg(func(c *Config) { c.Metrics.DefaultEnabled = false }))
 			injected := applyPatch(t, pod, res)
 			if _, err := annotations.RedirectPlan(injected.Annotations); err != nil {
 				t.Fatalf("%s=%q: admitted with a redirect config meshlet-cni refuses: %v", key, v, err)

@@ -29,33 +29,40 @@ type Result struct {
 // Mutate is the webhook: pod, namespace and configuration in, patch,
 // warnings or a denial out. It reads nothing else and changes nothing.
 func Mutate(pod *corev1.Pod, namespace string, cfg Config) Result {
+	res, _ := mutate(pod, namespace, cfg)
+	return res
+}
+
+// mutate is Mutate that also returns the injected pod (tests compare the
+// patch applied with it).
+func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod) {
 	inject, why, err := decide(pod, namespace, cfg)
 	if err != nil {
-		return Result{Denied: err}
+		return Result{Denied: err}, nil
 	}
 	if !inject {
-		return Result{Skipped: why}
+		return Result{Skipped: why}, nil
 	}
 	p, err := parse(pod, cfg)
 	if err != nil {
-		return Result{Denied: err}
+		return Result{Denied: err}, nil
 	}
 	var res Result
 	for _, k := range p.unknown {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s is not implemented by meshlet and has no effect", k))
 	}
 	if err := checkPod(pod); err != nil {
-		return Result{Denied: err}
+		return Result{Denied: err}, nil
 	}
 	injected, err := inject1(pod.DeepCopy(), namespace, p, cfg)
 	if err != nil {
-		return Result{Denied: err}
+		return Result{Denied: err}, nil
 	}
-	res.Patch, err = diff(pod, injected)
+	res.Patch, err = patch(pod, injected)
 	if err != nil {
-		return Result{Denied: fmt.Errorf("compute the patch: %w", err)}
+		return Result{Denied: fmt.Errorf("compute the patch: %w", err)}, nil
 	}
-	return res
+	return res, injected
 }
 
 // checkPod refuses what cannot be meshed.
@@ -183,17 +190,4 @@ func addUpstreamEnv(pod *corev1.Pod, ups []annotations.Upstream) {
 			list[i].Env = append(list[i].Env, env...)
 		}
 	}
-}
-
-// diff is the JSON patch from the pod as submitted to the injected pod.
-func diff(orig, injected *corev1.Pod) ([]jsonpatch.Operation, error) {
-	a, err := json.Marshal(orig)
-	if err != nil {
-		return nil, err
-	}
-	b, err := json.Marshal(injected)
-	if err != nil {
-		return nil, err
-	}
-	return jsonpatch.CreatePatch(a, b)
 }

@@ -111,6 +111,17 @@ var goldenCases = []struct {
 	{"denied-namespace", app(on()), "shop", consulCfg(func(c *Config) { c.DenyNamespaces = []string{"shop"} })},
 	{"not-allowed-namespace", app(on()), "shop", consulCfg(func(c *Config) { c.AllowNamespaces = []string{"other"} })},
 	{"host-network", app(on(), func(p *corev1.Pod) { p.Spec.HostNetwork = true }), "shop", consulCfg()},
+	{"existing-env-probes-init", app(on(annotations.Upstreams, "db:5432,cache:6379"), func(p *corev1.Pod) {
+		p.Annotations["team"] = "a/b~c"
+		p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m", Env: []corev1.EnvVar{{Name: "A", Value: "1"}}}, {Name: "seed", Image: "s"}}
+		c := &p.Spec.Containers[0]
+		c.Env = []corev1.EnvVar{{Name: "B", Value: "2"}}
+		c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromString("http")}}}
+		c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(8080)}}}
+		c.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
+		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "worker", Image: "w",
+			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(9000)}}}})
+	}), "shop", consulCfg()},
 	{"envoy", app(on(annotations.EnvoyExtraArgs, "--log-level debug  --disable-hot-restart")), "shop", DefaultConfig()},
 	{"envoy-namespaces", app(on(annotations.Service, "web-api")), "shop", func() Config {
 		c := DefaultConfig()
@@ -155,6 +166,42 @@ func TestMutateTwiceChangesNothing(t *testing.T) {
 			t.Errorf("%s: second pass: patch %v, denied %v, skipped %q", tc.name, again.Patch, again.Denied, again.Skipped)
 		}
 	}
+}
+
+// TestPatchReproducesInjection: the patch, applied to the pod as
+// submitted, gives exactly the injected pod, for every golden case.
+func TestPatchReproducesInjection(t *testing.T) {
+	n := 0
+	for _, tc := range goldenCases {
+		if samePodAfterPatch(t, tc.pod, tc.ns, tc.cfg) {
+			n++
+		}
+	}
+	if n < 10 {
+		t.Fatalf("only %d golden cases are injected", n)
+	}
+}
+
+// samePodAfterPatch fails t when the patch applied differs from the
+// injected pod; it reports whether the pod was injected.
+func samePodAfterPatch(t *testing.T, pod *corev1.Pod, ns string, cfg Config) bool {
+	t.Helper()
+	res, injected := mutate(pod, ns, cfg)
+	if res.Patch == nil {
+		return false
+	}
+	got, err := json.Marshal(applyPatch(t, pod, res))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := json.Marshal(injected)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != string(want) {
+		t.Fatalf("%s/%s: the patch applied gives\n%s\nbut the injected pod is\n%s", ns, pod.GenerateName, got, want)
+	}
+	return true
 }
 
 func applyPatch(t *testing.T, pod *corev1.Pod, res Result) *corev1.Pod {

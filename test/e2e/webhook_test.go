@@ -10,6 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
@@ -47,13 +48,36 @@ func TestWebhookDecision(t *testing.T) {
 		ns       string
 		pod      *corev1.Pod
 		injected bool
+		check    func(*corev1.Pod) error
 	}{
-		{"annotated", ns, pausePod("annotated", on), true},
-		{"not annotated (connectInject.default false)", ns, pausePod("plain", nil), false},
-		{"opted out", ns, pausePod("opt-out", map[string]string{annotations.Inject: "false"}), false},
-		{"host network", ns, pausePod("hostnet", on, func(p *corev1.Pod) { p.Spec.HostNetwork = true }), false},
-		{"labelled to skip the webhook", ns, pausePod("skip", on, func(p *corev1.Pod) { p.Labels = map[string]string{"meshlet.io/webhook": "skip"} }), false},
-		{"kube-system", "kube-system", pausePod("annotated", on), false},
+		{"annotated", ns, pausePod("annotated", on), true, nil},
+		// The patch adds to lists the pod already has: the API server
+		// must apply every kind of operation the webhook sends.
+		{"env, init container, HTTP probe, upstreams", ns, pausePod("full", map[string]string{annotations.Inject: "true",
+			annotations.Upstreams: "db:5432", "team": "a/b~c"}, func(p *corev1.Pod) {
+			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: cluster.PauseImage, Env: []corev1.EnvVar{{Name: "A", Value: "1"}}}}
+			c := &p.Spec.Containers[0]
+			c.Env = []corev1.EnvVar{{Name: "B", Value: "2"}}
+			c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(8080)}}}
+		}), true, func(p *corev1.Pod) error {
+			ic, c := p.Spec.InitContainers, p.Spec.Containers[0]
+			switch {
+			case len(ic) != 2 || ic[1].Name != "init" || len(ic[1].Env) != 3 || ic[1].Env[1].Name != "DB_CONNECT_SERVICE_HOST":
+				return fmt.Errorf("init containers: %+v", ic)
+			case len(c.Env) != 3 || c.Env[0].Name != "B" || c.Env[2].Value != "5432":
+				return fmt.Errorf("app env: %+v", c.Env)
+			case c.ReadinessProbe.HTTPGet.Port.IntValue() != 20400:
+				return fmt.Errorf("readiness probe not moved to the expose port: %+v", c.ReadinessProbe.HTTPGet)
+			case p.Annotations["team"] != "a/b~c":
+				return fmt.Errorf("the pod's own annotation changed: %v", p.Annotations)
+			}
+			return nil
+		}},
+		{"not annotated (connectInject.default false)", ns, pausePod("plain", nil), false, nil},
+		{"opted out", ns, pausePod("opt-out", map[string]string{annotations.Inject: "false"}), false, nil},
+		{"host network", ns, pausePod("hostnet", on, func(p *corev1.Pod) { p.Spec.HostNetwork = true }), false, nil},
+		{"labelled to skip the webhook", ns, pausePod("skip", on, func(p *corev1.Pod) { p.Labels = map[string]string{"meshlet.io/webhook": "skip"} }), false, nil},
+		{"kube-system", "kube-system", pausePod("annotated", on), false, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
@@ -69,12 +93,17 @@ func TestWebhookDecision(t *testing.T) {
 				t.Fatalf("injected = %v, want %v (annotations %v)", injected(got), tc.injected, got.Annotations)
 			}
 			if tc.injected {
-				if len(got.Spec.InitContainers) != 1 || got.Spec.InitContainers[0].Name != "consul-sidecar" ||
+				if len(got.Spec.InitContainers) == 0 || got.Spec.InitContainers[0].Name != "consul-sidecar" ||
 					got.Spec.InitContainers[0].RestartPolicy == nil || *got.Spec.InitContainers[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
 					t.Fatalf("want the consul sidecar as a native sidecar first in initContainers: %+v", got.Spec.InitContainers)
 				}
 				if got.Annotations[annotations.RedirectConfig] == "" || got.Annotations[annotations.RegistrationKey] == "" {
 					t.Fatalf("annotations for meshlet-cni and the agent missing: %v", got.Annotations)
+				}
+				if tc.check != nil {
+					if err := tc.check(got); err != nil {
+						t.Fatal(err)
+					}
 				}
 			} else if len(got.Spec.InitContainers) != 0 {
 				t.Fatalf("not injected, yet init containers %v", got.Spec.InitContainers)

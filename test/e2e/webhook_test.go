@@ -122,6 +122,25 @@ func writeManifest(t *testing.T, yaml string) string {
 	return path
 }
 
+// podManifest is a pod for kubectl with connect-inject and one more
+// annotation line.
+func podManifest(t *testing.T, ns, name, annotation string) string {
+	return writeManifest(t, fmt.Sprintf(`apiVersion: v1
+kind: Pod
+metadata:
+  name: %s
+  namespace: %s
+  annotations:
+    consul.hashicorp.com/connect-inject: "true"
+    %s
+spec:
+  containers:
+  - name: app
+    image: %s
+    imagePullPolicy: Never
+`, name, ns, annotation, cluster.PauseImage))
+}
+
 // TestWebhookKubectl: what a user sees. A bad annotation is refused with a
 // message naming it, an annotation meshlet does not implement is a
 // warning, and a Deployment annotated on its template gets injected pods.
@@ -130,20 +149,7 @@ func TestWebhookKubectl(t *testing.T) {
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "webhook-kubectl")
 
-	bad := writeManifest(t, fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata:
-  name: bad
-  namespace: %s
-  annotations:
-    consul.hashicorp.com/connect-inject: "true"
-    consul.hashicorp.com/connect-service-upstreams: "db:abc"
-spec:
-  containers:
-  - name: app
-    image: %s
-    imagePullPolicy: Never
-`, ns, cluster.PauseImage))
+	bad := podManifest(t, ns, "bad", `consul.hashicorp.com/connect-service-upstreams: "db:abc"`)
 	out, err := kubectlErr("apply", "-f", bad)
 	want := `consul.hashicorp.com/connect-service-upstreams: "db:abc": port must be a number 1-65535`
 	if err == nil || !strings.Contains(out, want) || !strings.Contains(out, "denied the request") {
@@ -177,20 +183,7 @@ spec:
 	// The warning reaches whoever creates the pods: the ReplicaSet
 	// controller records it in the API server's audit, kubectl only for
 	// pods it creates itself; so check it on a pod kubectl creates.
-	warnPod := writeManifest(t, fmt.Sprintf(`apiVersion: v1
-kind: Pod
-metadata:
-  name: warned
-  namespace: %s
-  annotations:
-    consul.hashicorp.com/connect-inject: "true"
-    consul.hashicorp.com/sidecar-proxy-lifecycle-shutdown-grace-period-seconds: "5"
-spec:
-  containers:
-  - name: app
-    image: %s
-    imagePullPolicy: Never
-`, ns, cluster.PauseImage))
+	warnPod := podManifest(t, ns, "warned", `consul.hashicorp.com/sidecar-proxy-lifecycle-shutdown-grace-period-seconds: "5"`)
 	out = kubectl(t, "apply", "-f", warnPod)
 	if !strings.Contains(out, "Warning: annotation consul.hashicorp.com/sidecar-proxy-lifecycle-shutdown-grace-period-seconds is not implemented by meshlet") {
 		t.Fatalf("kubectl apply of an unimplemented annotation: want kubectl's Warning naming it, got:\n%s", out)

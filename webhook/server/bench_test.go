@@ -2,14 +2,12 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"runtime"
@@ -267,21 +265,6 @@ func BenchmarkReview(b *testing.B) {
 	}
 }
 
-// serveBench starts a Server around h on a loopback port, as serve does
-// for the test handler; the returned func stops it.
-func serveBench(b *testing.B, certs *staticCert, h *Handler, reg *prometheus.Registry) (string, func() error) {
-	b.Helper()
-	s := &Server{Handler: h, Certs: certs, Registry: reg, Log: slog.New(slog.DiscardHandler), ShutdownGrace: 5 * time.Second}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
-	return "https://" + ln.Addr().String(), func() error { cancel(); return <-done }
-}
-
 // apiServerClient calls the webhook as kube-apiserver does: client-go's
 // transport negotiates HTTP/2 (Server.TLSConfig offers h2 first), so all
 // reviews share one TLS connection, multiplexed. A Transport with its own
@@ -340,9 +323,10 @@ func BenchmarkReviewHTTPS500(b *testing.B) {
 	}{{"consul", testConfig()}, {"envoy", envoyConfig()}} {
 		b.Run(c.name, func(b *testing.B) {
 			h, reg, lat := benchHandler(c.cfg)
-			base, stop := serveBench(b, certs, h, reg)
+			srv := serveHandler(b, certs, h, reg, 0)
+			base := srv.base
 			defer func() {
-				if err := stop(); err != nil {
+				if err := srv.stop(); err != nil {
 					b.Errorf("stop the server: %v", err)
 				}
 			}()

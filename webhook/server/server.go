@@ -13,17 +13,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/meshlet/meshlet/webhook/certs"
 )
 
-// CertSource supplies the serving certificate (webhook/certs: from files,
-// or self-managed with the caBundle kept current).
-type CertSource interface {
-	GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
-	// Run keeps the certificate current until ctx ends.
-	Run(ctx context.Context) error
-	// Ready is nil once the API server can verify the served certificate.
-	Ready() error
-}
+// CertSource supplies the serving certificate: webhook/certs' Files or
+// SelfManaged.
+type CertSource = certs.Source
 
 // Server is the HTTPS server: /mutate, /healthz, /readyz, /metrics.
 type Server struct {

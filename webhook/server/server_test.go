@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
 
 	"github.com/meshlet/meshlet/annotations"
@@ -64,21 +65,36 @@ func (s *staticCert) Ready() error {
 	return nil
 }
 
-// serve starts a Server on a loopback port; the returned func stops it and
-// returns Serve's error.
-func serve(t testing.TB, certs *staticCert) (*Server, string, func() error) {
+// running is a Server serving on a loopback port.
+type running struct {
+	s      *Server
+	base   string // https://127.0.0.1:<port>
+	cancel context.CancelFunc
+	done   chan error // Serve's result
+}
+
+// stop signals the server and returns Serve's error.
+func (r running) stop() error { r.cancel(); return <-r.done }
+
+// serve starts a Server with the test handler on a loopback port.
+func serve(t testing.TB, certs *staticCert, shutdownDelay time.Duration) running {
 	t.Helper()
 	h, reg := newTestHandler()
-	s := &Server{Handler: h, Certs: certs, Registry: reg, Log: h.Log, ShutdownGrace: 5 * time.Second}
+	return serveHandler(t, certs, h, reg, shutdownDelay)
+}
+
+// serveHandler starts a Server around h on a loopback port.
+func serveHandler(t testing.TB, certs *staticCert, h *Handler, reg *prometheus.Registry, shutdownDelay time.Duration) running {
+	t.Helper()
+	s := &Server{Handler: h, Certs: certs, Registry: reg, Log: h.Log, ShutdownDelay: shutdownDelay, ShutdownGrace: 5 * time.Second}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
-	stop := func() error { cancel(); return <-done }
-	return s, "https://" + ln.Addr().String(), stop
+	r := running{s: s, base: "https://" + ln.Addr().String(), cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- s.Serve(ctx, ln) }()
+	return r
 }
 
 func client(pool *x509.CertPool, maxVersion uint16) *http.Client {
@@ -99,7 +115,8 @@ func get(t *testing.T, c *http.Client, url string) (int, string) {
 
 func TestServerHTTPS(t *testing.T) {
 	certs := newStaticCert(t)
-	_, base, stop := serve(t, certs)
+	srv := serve(t, certs, 0)
+	base := srv.base
 	c := client(certs.pool, 0)
 
 	if code, _ := get(t, c, base+PathHealthz); code != 200 {
@@ -139,7 +156,7 @@ func TestServerHTTPS(t *testing.T) {
 	if resp, err := http.Get("http" + strings.TrimPrefix(base, "https") + PathHealthz); err == nil && resp.StatusCode == 200 {
 		t.Fatal("plain HTTP was served")
 	}
-	if err := stop(); err != nil {
+	if err := srv.stop(); err != nil {
 		t.Fatalf("Serve after stop: %v", err)
 	}
 	if _, err := c.Get(base + PathHealthz); err == nil {
@@ -151,21 +168,13 @@ func TestServerHTTPS(t *testing.T) {
 // so the API server stops choosing it before the port closes.
 func TestServerUnreadyWhileStopping(t *testing.T) {
 	certs := newStaticCert(t)
-	h, reg := newTestHandler()
-	s := &Server{Handler: h, Certs: certs, Registry: reg, Log: h.Log, ShutdownDelay: 2 * time.Second, ShutdownGrace: time.Second}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
+	srv := serve(t, certs, 2*time.Second)
+	s, base := srv.s, srv.base
 	c := client(certs.pool, 0)
-	base := "https://" + ln.Addr().String()
 	if code, _ := get(t, c, base+PathReadyz); code != 200 {
 		t.Fatalf("/readyz before stop: %d", code)
 	}
-	cancel()
+	srv.cancel()
 	deadline := time.Now().Add(time.Second)
 	for !s.stopping.Load() && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
@@ -173,7 +182,7 @@ func TestServerUnreadyWhileStopping(t *testing.T) {
 	if code, body := get(t, c, base+PathReadyz); code != 503 || !strings.Contains(body, "shutting down") {
 		t.Fatalf("/readyz while stopping: %d %q, want 503", code, body)
 	}
-	if err := <-done; err != nil {
+	if err := <-srv.done; err != nil {
 		t.Fatal(err)
 	}
 }

@@ -90,3 +90,19 @@ func DecodeRegistration(s string) (Registration, error) {
 	}
 	return r, nil
 }
+
+// A pod's IDs on its node's Consul agent: <namespace>_<pod> and
+// <namespace>_<pod>-sidecar-proxy. '_' cannot occur in a Kubernetes name,
+// so they are unique on a node across namespaces. The webhook's sidecar
+// builds them from downward-API env at start (a Deployment's pod has no
+// name at admission); the node agent from the pod object.
+const (
+	ServiceIDFormat = "%s_%s"
+	ProxyIDFormat   = ServiceIDFormat + "-sidecar-proxy"
+)
+
+// ServiceID is the pod's service instance ID.
+func ServiceID(namespace, pod string) string { return fmt.Sprintf(ServiceIDFormat, namespace, pod) }
+
+// ProxyID is the pod's sidecar proxy ID.
+func ProxyID(namespace, pod string) string { return fmt.Sprintf(ProxyIDFormat, namespace, pod) }

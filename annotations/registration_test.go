@@ -35,3 +35,13 @@ func TestRegistrationRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestIDs pins the IDs the sidecar and the node agent must agree on.
+func TestIDs(t *testing.T) {
+	if got := ServiceID("shop", "web-5d9f8c7b6-x2x7q"); got != "shop_web-5d9f8c7b6-x2x7q" {
+		t.Errorf("ServiceID = %q", got)
+	}
+	if got := ProxyID("shop", "web-5d9f8c7b6-x2x7q"); got != "shop_web-5d9f8c7b6-x2x7q-sidecar-proxy" {
+		t.Errorf("ProxyID = %q", got)
+	}
+}

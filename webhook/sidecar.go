@@ -29,10 +29,6 @@ const (
 	envHostIP    = "HOST_IP"
 	proxyIDRef   = "$(" + envProxyID + ")"
 	hostIPRef    = "$(" + envHostIP + ")"
-	// ServiceIDFormat and ProxyIDFormat are filled with the pod's
-	// namespace and name.
-	ServiceIDFormat = "%s_%s"
-	ProxyIDFormat   = ServiceIDFormat + "-sidecar-proxy"
 )
 
 // sidecarEnv is the downward-API environment every sidecar gets;
@@ -46,8 +42,8 @@ func sidecarEnv() []corev1.EnvVar {
 		field("POD_NAMESPACE", "metadata.namespace"),
 		field("POD_UID", "metadata.uid"),
 		field(envHostIP, "status.hostIP"),
-		{Name: envServiceID, Value: fmt.Sprintf(ServiceIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
-		{Name: envProxyID, Value: fmt.Sprintf(ProxyIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
+		{Name: envServiceID, Value: fmt.Sprintf(annotations.ServiceIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
+		{Name: envProxyID, Value: fmt.Sprintf(annotations.ProxyIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
 	}
 }
 

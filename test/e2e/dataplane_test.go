@@ -123,8 +123,8 @@ func registerLikeTheAgent(t *testing.T, ns, pod, ip string, reg annotations.Regi
 	if err != nil {
 		t.Fatal(err)
 	}
-	svcID := fmt.Sprintf(webhook.ServiceIDFormat, ns, pod)
-	proxyID := fmt.Sprintf(webhook.ProxyIDFormat, ns, pod)
+	svcID := annotations.ServiceID(ns, pod)
+	proxyID := annotations.ProxyID(ns, pod)
 	meta := map[string]string{"k8s-namespace": ns, "pod-name": pod, "managed-by": "meshlet-e2e"}
 	if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{ID: svcID, Name: reg.Service,
 		Address: ip, Port: reg.Port, Meta: meta}); err != nil {

@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/daemon/register"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 	"github.com/meshlet/meshlet/webhook"
 )
@@ -31,9 +32,10 @@ const proxyCheck = `curl -s -m 2 http://$POD_IP:20000/; rc=$?; echo "proxy check
 
 // TestWebhookConsulDataPlane: a pod injected with data plane consul runs;
 // its sidecar is up before the app's containers start; and a Connect
-// client reaches the app through it with mTLS. Until the node agent exists
-// the test registers the service and its proxy in Consul itself, from the
-// registration annotation, the way the agent will.
+// client reaches the app through it with mTLS. Until the node agent runs,
+// the test registers the service and its proxy itself, with the
+// registrations daemon/register builds for the agent, and drives the
+// readiness check the way the agent will.
 func TestWebhookConsulDataPlane(t *testing.T) {
 	requireCluster(t)
 	cs := clientset(t)
@@ -63,15 +65,18 @@ func TestWebhookConsulDataPlane(t *testing.T) {
 		t.Fatalf("registration %+v: want service %s, port 8080, data plane consul", reg, svc)
 	}
 
-	var ip string
+	var withIP *corev1.Pod
 	waitFor(t, ctx, "the pod's IP", func(ctx context.Context) (bool, error) {
 		p, err := cs.CoreV1().Pods(ns).Get(ctx, "web", metav1.GetOptions{})
-		if err == nil {
-			ip = p.Status.PodIP
-		}
-		return ip != "", err
+		withIP = p
+		return err == nil && p.Status.PodIP != "", err
 	})
-	registerLikeTheAgent(t, ns, "web", ip, reg)
+	cl, err := cluster.ConsulClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	regs := registerLikeTheAgent(t, cl, withIP)
+	checkID := regs.Service.Check.CheckID
 
 	var running *corev1.Pod
 	waitFor(t, ctx, "every container ready", func(ctx context.Context) (bool, error) {
@@ -96,6 +101,21 @@ func TestWebhookConsulDataPlane(t *testing.T) {
 		t.Fatalf("proxy-check log %q: want the proxy's listener answering before the app started", log)
 	}
 
+	// The proxy's health follows the service's readiness check (an alias
+	// check): unready, Consul offers no instance to Connect clients.
+	if err := cl.Agent().UpdateTTL(checkID, "pod not ready", capi.HealthCritical); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "the proxy to follow its service to critical", func(context.Context) (bool, error) {
+		return passingProxies(t, cl, svc) == 0, nil
+	})
+	if err := cl.Agent().UpdateTTL(checkID, "pod ready", capi.HealthPassing); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "the proxy to follow its service to passing", func(context.Context) (bool, error) {
+		return passingProxies(t, cl, svc) == 1, nil
+	})
+
 	// A Connect client on the host, Consul's built-in proxy, dials the
 	// pod's sidecar with mTLS; the sidecar hands the connection to the app.
 	port := freeLoopbackPort(t)
@@ -115,31 +135,33 @@ func TestWebhookConsulDataPlane(t *testing.T) {
 }
 
 // registerLikeTheAgent registers the pod's service and its sidecar proxy
-// with the node's Consul client agent under the IDs the sidecar expects,
-// and deregisters them when the test ends.
-func registerLikeTheAgent(t *testing.T, ns, pod, ip string, reg annotations.Registration) {
+// with the node's Consul client agent, exactly as daemon/register builds
+// them, and deregisters them when the test ends.
+func registerLikeTheAgent(t *testing.T, cl *capi.Client, pod *corev1.Pod) register.Registrations {
 	t.Helper()
-	cl, err := cluster.ConsulClient()
+	r, err := register.For(pod, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svcID := annotations.ServiceID(ns, pod)
-	proxyID := annotations.ProxyID(ns, pod)
-	meta := map[string]string{"k8s-namespace": ns, "pod-name": pod, "managed-by": "meshlet-e2e"}
-	if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{ID: svcID, Name: reg.Service,
-		Address: ip, Port: reg.Port, Meta: meta}); err != nil {
+	for _, s := range []*capi.AgentServiceRegistration{r.Service, r.Proxy} {
+		if err := cl.Agent().ServiceRegister(s); err != nil {
+			t.Fatalf("register %s: %v", s.ID, err)
+		}
+		id := s.ID
+		t.Cleanup(func() { _ = cl.Agent().ServiceDeregister(id) })
+	}
+	return r
+}
+
+// passingProxies is how many instances of svc's sidecar Consul offers to
+// Connect clients.
+func passingProxies(t *testing.T, cl *capi.Client, svc string) int {
+	t.Helper()
+	entries, _, err := cl.Health().Connect(svc, "", true, nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{Kind: capi.ServiceKindConnectProxy,
-		ID: proxyID, Name: reg.Service + "-sidecar-proxy", Address: ip, Port: 20000, Meta: meta,
-		Proxy: &capi.AgentServiceConnectProxyConfig{DestinationServiceName: reg.Service, DestinationServiceID: svcID,
-			LocalServiceAddress: "127.0.0.1", LocalServicePort: reg.Port}}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cl.Agent().ServiceDeregister(proxyID)
-		_ = cl.Agent().ServiceDeregister(svcID)
-	})
+	return len(entries)
 }
 
 func freeLoopbackPort(t *testing.T) int {

@@ -32,21 +32,12 @@ func Chain(raw []byte, isConflist bool, entry map[string]any) (out []byte, chang
 	if err != nil {
 		return nil, false, err
 	}
-	var kept []json.RawMessage
-	mine, lastIsWant := 0, false
-	for i, p := range plugins {
-		t, err := pluginType(p, i)
-		if err != nil {
-			return nil, false, err
-		}
-		if t != PluginType {
-			kept = append(kept, p)
-			continue
-		}
-		mine++
-		lastIsWant = i == len(plugins)-1 && sameJSON(p, want)
+	kept, mine, err := splitPlugins(plugins)
+	if err != nil {
+		return nil, false, err
 	}
-	if isConflist && mine == 1 && lastIsWant {
+	lastIsWant := len(mine) == 1 && mine[0] == len(plugins)-1 && sameJSON(plugins[mine[0]], want)
+	if isConflist && lastIsWant {
 		return raw, false, nil
 	}
 	if len(kept) == 0 {
@@ -63,15 +54,9 @@ func Unchain(raw []byte) (out []byte, changed bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
-	var kept []json.RawMessage
-	for i, p := range plugins {
-		t, err := pluginType(p, i)
-		if err != nil {
-			return nil, false, err
-		}
-		if t != PluginType {
-			kept = append(kept, p)
-		}
+	kept, _, err := splitPlugins(plugins)
+	if err != nil {
+		return nil, false, err
 	}
 	if len(kept) == len(plugins) {
 		return raw, false, nil
@@ -81,6 +66,23 @@ func Unchain(raw []byte) (out []byte, changed bool, err error) {
 	}
 	out, err = withPlugins(top, kept)
 	return out, err == nil, err
+}
+
+// splitPlugins separates the other plugins from meshlet-cni's entries,
+// returning the indexes of the latter.
+func splitPlugins(plugins []json.RawMessage) (others []json.RawMessage, mine []int, err error) {
+	for i, p := range plugins {
+		t, err := pluginType(p, i)
+		if err != nil {
+			return nil, nil, err
+		}
+		if t == PluginType {
+			mine = append(mine, i)
+		} else {
+			others = append(others, p)
+		}
+	}
+	return others, mine, nil
 }
 
 // HasEntry reports whether the conflist raw chains meshlet-cni.

@@ -30,7 +30,7 @@ import (
 type options struct {
 	cfg          webhook.Config
 	native       string // auto, true, false
-	resources    [4]string
+	resources    [len(resourceFlags)]string
 	listen       string
 	kubeconfig   string
 	certFile     string
@@ -44,6 +44,19 @@ type options struct {
 	logLevel     string
 	logJSON      bool
 	shutdown     time.Duration
+}
+
+// resourceFlags are the sidecar's default resources, one flag each;
+// options.resources holds their values in this order.
+var resourceFlags = [4]struct {
+	name  string
+	res   corev1.ResourceName
+	limit bool
+}{
+	{"default-sidecar-proxy-cpu-request", corev1.ResourceCPU, false},
+	{"default-sidecar-proxy-cpu-limit", corev1.ResourceCPU, true},
+	{"default-sidecar-proxy-memory-request", corev1.ResourceMemory, false},
+	{"default-sidecar-proxy-memory-limit", corev1.ResourceMemory, true},
 }
 
 type listFlag struct{ dst *[]string }
@@ -81,11 +94,13 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.native, "native-sidecar", "auto", "run the proxy as a native sidecar: auto (when the API server is 1.29 or newer), true or false")
 	fs.BoolVar(&c.TransparentProxy, "enable-transparent-proxy", c.TransparentProxy, "transparent proxy unless a pod says otherwise (connectInject.transparentProxy.defaultEnabled)")
 	fs.BoolVar(&c.OverwriteProbes, "transparent-proxy-default-overwrite-probes", c.OverwriteProbes, "rewrite HTTP probes to expose paths (connectInject.transparentProxy.defaultOverwriteProbes)")
-	for i, r := range []struct{ name, def string }{
-		{"default-sidecar-proxy-cpu-request", "100m"}, {"default-sidecar-proxy-cpu-limit", "100m"},
-		{"default-sidecar-proxy-memory-request", "100Mi"}, {"default-sidecar-proxy-memory-limit", "100Mi"},
-	} {
-		fs.StringVar(&o.resources[i], r.name, r.def, "sidecar resources (connectInject.sidecarProxy.resources); empty: none")
+	for i, r := range resourceFlags {
+		def := c.Resources.Requests // webhook.DefaultConfig's
+		if r.limit {
+			def = c.Resources.Limits
+		}
+		q := def[r.res]
+		fs.StringVar(&o.resources[i], r.name, q.String(), "sidecar resources (connectInject.sidecarProxy.resources); empty: none")
 	}
 	m := &c.Metrics
 	fs.BoolVar(&m.DefaultEnabled, "default-enable-metrics", m.DefaultEnabled, "connectInject.metrics.defaultEnabled")
@@ -129,16 +144,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 // finish validates what the flag package cannot.
 func (o *options) finish() error {
 	res := corev1.ResourceRequirements{Requests: corev1.ResourceList{}, Limits: corev1.ResourceList{}}
-	for i, f := range []struct {
-		name string
-		list corev1.ResourceList
-		res  corev1.ResourceName
-	}{
-		{"default-sidecar-proxy-cpu-request", res.Requests, corev1.ResourceCPU},
-		{"default-sidecar-proxy-cpu-limit", res.Limits, corev1.ResourceCPU},
-		{"default-sidecar-proxy-memory-request", res.Requests, corev1.ResourceMemory},
-		{"default-sidecar-proxy-memory-limit", res.Limits, corev1.ResourceMemory},
-	} {
+	for i, f := range resourceFlags {
 		if o.resources[i] == "" {
 			continue
 		}
@@ -146,7 +152,11 @@ func (o *options) finish() error {
 		if err != nil {
 			return fmt.Errorf("-%s %q: expected a resource quantity such as 100m or 128Mi", f.name, o.resources[i])
 		}
-		f.list[f.res] = q
+		list := res.Requests
+		if f.limit {
+			list = res.Limits
+		}
+		list[f.res] = q
 	}
 	o.cfg.Resources = res
 	if o.native != "auto" && o.native != "true" && o.native != "false" {

@@ -1,6 +1,6 @@
 // Command meshlet is meshlet's node-side and cluster-side binary:
-// `meshlet webhook` is the mutating admission webhook; the node agent
-// (`meshlet agent`) and the L4 proxy arrive with their issues.
+// `meshlet webhook` is the mutating admission webhook, `meshlet agent` the
+// node agent; the L4 proxy arrives with its issue.
 package main
 
 import (
@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/meshlet/meshlet/daemon/agent"
 	"github.com/meshlet/meshlet/webhook/server"
 )
 
@@ -18,6 +19,7 @@ var version = "dev"
 const usage = `usage: meshlet <command> [flags]
 
 commands:
+  agent     the node agent, a DaemonSet (meshlet agent -h for its flags)
   webhook   the mutating admission webhook (meshlet webhook -h for its flags)
   version   print the version`
 
@@ -33,6 +35,8 @@ func main() {
 	case "version", "--version":
 		fmt.Println("meshlet", version)
 		return
+	case "agent":
+		err = agent.Main(ctx, os.Args[2:], os.Stderr)
 	case "webhook":
 		err = server.Main(ctx, os.Args[2:], os.Stderr)
 	default:

@@ -1,0 +1,210 @@
+// Package agent is `meshlet agent`, the node agent: it installs
+// meshlet-cni on its node and keeps it chained, registers the node's
+// injected pods with the node's Consul client agent and keeps their health
+// in step with readiness, removes registrations no pod backs, and repairs
+// pods that started before the plugin. See docs/agent.md.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// Agent is one node's agent, built by New and run by Run.
+type Agent struct {
+	cfg     Config
+	client  kubernetes.Interface
+	consul  *capi.Client
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *Metrics
+	events  record.EventRecorder
+	inf     *informerSet
+	queue   workqueue.TypedRateLimitingInterface[string]
+	sync    *Syncer
+
+	synced    atomic.Bool // caches filled and the first resync done
+	installed atomic.Bool // meshlet-cni chained (or installing disabled)
+}
+
+// New builds the agent from its configuration and clients; nothing runs
+// until Run.
+func New(cfg Config, client kubernetes.Interface, consul *capi.Client, log *slog.Logger) (*Agent, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	a := &Agent{cfg: cfg, client: client, consul: consul, log: log.With("node", cfg.NodeName), reg: reg}
+	a.metrics = NewMetrics(reg)
+	a.inf = newInformers(client, cfg.NodeName)
+	a.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),
+		workqueue.TypedRateLimitingQueueConfig[string]{Name: "meshlet-agent"})
+	if err := a.inf.wire(a.queue); err != nil {
+		return nil, fmt.Errorf("watch pods and Services: %w", err)
+	}
+	a.sync = &Syncer{
+		Consul: consul.Agent(), Pods: a.inf.podLister(), Services: a.inf.serviceLister(),
+		Metrics: a.metrics, Log: a.log, ListNamespace: cfg.consulListNamespace(),
+		Requeue: func(key string) { a.queue.Add(key) },
+	}
+	return a, nil
+}
+
+// Registry is the agent's Prometheus registry, for callers adding series.
+func (a *Agent) Registry() *prometheus.Registry { return a.reg }
+
+// Run runs the agent until ctx ends. The HTTP server comes first, so that
+// /healthz answers while the rest starts; /readyz turns ready when the
+// plugin is chained and the caches are in sync.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	a.events = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "meshlet-agent", Host: a.cfg.NodeName})
+	a.sync.Events = a.events
+
+	errc := make(chan error, 2)
+	if a.cfg.Listen != "" {
+		ln, err := net.Listen("tcp", a.cfg.Listen)
+		if err != nil {
+			return fmt.Errorf("-listen %s: %w", a.cfg.Listen, err)
+		}
+		go func() { errc <- a.serveHTTP(ctx, ln) }()
+	}
+	installerDone := make(chan struct{})
+	if a.cfg.CNI.Enabled {
+		go func() {
+			defer close(installerDone)
+			if err := a.runInstaller(ctx); err != nil {
+				errc <- err
+			}
+		}()
+	} else {
+		close(installerDone)
+		a.installed.Store(true)
+	}
+	// On the way out the installer decides whether to uninstall: wait
+	// for it.
+	defer func() { cancel(); <-installerDone }()
+
+	a.inf.pods.Start(ctx.Done())
+	a.inf.services.Start(ctx.Done())
+	defer a.inf.pods.Shutdown()
+	defer a.inf.services.Shutdown()
+	defer a.queue.ShutDown()
+	if !cache.WaitForCacheSync(ctx.Done(), a.inf.podInf.HasSynced, a.inf.svcInf.HasSynced) {
+		return ctx.Err()
+	}
+	a.log.Info("caches synced", "pods", len(a.inf.podInf.GetStore().ListKeys()), "services", len(a.inf.svcInf.GetStore().ListKeys()))
+	for range a.cfg.Workers {
+		go a.work()
+	}
+	go a.resyncLoop(ctx)
+
+	select {
+	case <-ctx.Done():
+		a.log.Info("stopping: registrations stay with the Consul agent for the next agent to take over")
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+// work takes pod keys off the queue; the queue hands a key to one worker
+// at a time.
+func (a *Agent) work() {
+	for {
+		key, quit := a.queue.Get()
+		if quit {
+			return
+		}
+		t0 := time.Now()
+		err := a.sync.Reconcile(key)
+		a.metrics.reconcile.Observe(time.Since(t0).Seconds())
+		if err != nil {
+			a.metrics.failures.WithLabelValues("error").Inc()
+			a.log.Warn("sync failed; retrying", "pod", key, "err", err, "retries", a.queue.NumRequeues(key))
+			a.queue.AddRateLimited(key)
+		} else {
+			a.queue.Forget(key)
+		}
+		a.queue.Done(key)
+	}
+}
+
+// resyncLoop compares the Consul agent's registrations with the pods at
+// start and every ResyncInterval: that catches a Consul agent that
+// restarted without its services within seconds, and removes what pods
+// deleted while the agent was down left behind.
+func (a *Agent) resyncLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.ResyncInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		err := a.sync.Resync()
+		switch {
+		case err != nil && !failing:
+			a.log.Warn("resync with the Consul agent failed; retrying", "err", err)
+		case err == nil && failing:
+			a.log.Info("resync with the Consul agent works again")
+		}
+		failing = err != nil
+		if err == nil {
+			a.synced.Store(true)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// serveHTTP serves /healthz (the process runs), /readyz (the plugin is
+// chained and the agent has synced with its Consul agent once) and
+// /metrics.
+func (a *Agent) serveHTTP(ctx context.Context, ln net.Listener) error {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		switch {
+		case !a.installed.Load():
+			http.Error(w, "meshlet-cni is not installed yet", http.StatusServiceUnavailable)
+		case !a.synced.Load():
+			http.Error(w, "not synced with the Consul agent yet", http.StatusServiceUnavailable)
+		default:
+			_, _ = w.Write([]byte("ok\n"))
+		}
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serve %s: %w", ln.Addr(), err)
+	}
+	return nil
+}

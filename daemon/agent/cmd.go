@@ -1,0 +1,184 @@
+package agent
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// options are `meshlet agent`'s flags beyond Config.
+type options struct {
+	cfg        Config
+	kubeconfig string
+	consul     consulFlags
+	logLevel   string
+	logJSON    bool
+}
+
+// consulFlags reach the node's Consul client agent. The defaults are the
+// consul CLI's environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
+// CONSUL_HTTP_TOKEN_FILE, CONSUL_CACERT, CONSUL_TLS_SERVER_NAME), else the
+// node's IP ($HOST_IP) on port 8500.
+type consulFlags struct {
+	addr, caFile, tokenFile, serverName string
+}
+
+func flags(args []string, stderr io.Writer) (options, error) {
+	o := options{}
+	c := &o.cfg
+	fs := flag.NewFlagSet("meshlet agent", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&c.NodeName, "node-name", os.Getenv("NODE_NAME"), "the node this agent serves (default $NODE_NAME)")
+	fs.StringVar(&c.PodName, "pod-name", os.Getenv("POD_NAME"), "the agent's own pod (default $POD_NAME)")
+	fs.IntVar(&c.Workers, "workers", 4, "pods synced concurrently")
+	fs.DurationVar(&c.ResyncInterval, "resync-interval", 5*time.Second, "how often the Consul agent's registrations are compared with the node's pods")
+	fs.BoolVar(&c.ConsulNamespaces, "enable-namespaces", false, "Consul Enterprise namespaces (global.enableConsulNamespaces)")
+	fs.StringVar(&c.Listen, "listen", ":9402", "HTTP address of /healthz, /readyz, /metrics; empty: none")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig; empty: in-cluster")
+
+	defAddr := os.Getenv("CONSUL_HTTP_ADDR")
+	if defAddr == "" && os.Getenv("HOST_IP") != "" {
+		defAddr = net.JoinHostPort(os.Getenv("HOST_IP"), "8500")
+	}
+	fs.StringVar(&o.consul.addr, "http-addr", defAddr, "the node's Consul client agent, [scheme://]host:port (default $CONSUL_HTTP_ADDR, else $HOST_IP:8500)")
+	fs.StringVar(&o.consul.caFile, "ca-file", os.Getenv("CONSUL_CACERT"), "CA of the Consul agent's HTTPS certificate")
+	fs.StringVar(&o.consul.serverName, "tls-server-name", os.Getenv("CONSUL_TLS_SERVER_NAME"), "server name checked in the Consul agent's certificate")
+	fs.StringVar(&o.consul.tokenFile, "token-file", os.Getenv("CONSUL_HTTP_TOKEN_FILE"), "file holding the ACL token for registrations (or $CONSUL_HTTP_TOKEN)")
+
+	n := &c.CNI
+	fs.BoolVar(&n.Enabled, "cni-install", true, "install meshlet-cni on the node and keep it chained")
+	fs.StringVar(&n.BinDir, "cni-bin-dir", "/host/opt/cni/bin", "the runtime's CNI bin dir as mounted in the container")
+	fs.StringVar(&n.ConfDir, "cni-conf-dir", "/host/etc/cni/net.d", "the runtime's CNI conf dir as mounted in the container")
+	fs.StringVar(&n.Binary, "cni-binary", "/usr/local/bin/meshlet-cni", "meshlet-cni in the agent's image")
+	fs.StringVar(&n.KubeconfigPath, "cni-kubeconfig", "/host/var/lib/meshlet/meshlet-cni.kubeconfig", "where the plugin's kubeconfig is written, outside the conf dir; the path on the host must be the same after the mount prefix")
+	fs.StringVar(&n.LogFile, "cni-log-file", "", "meshlet-cni's log file on the host (empty: the runtime's log)")
+	fs.StringVar(&n.LogLevel, "cni-log-level", "", "meshlet-cni's log level (empty: info)")
+	fs.StringVar(&n.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the agent's namespace (default $POD_NAMESPACE)")
+	fs.StringVar(&n.ServiceAccount, "cni-service-account", "meshlet-cni", "ServiceAccount whose tokens meshlet-cni uses; it may only get pods")
+	fs.DurationVar(&n.TokenTTL, "cni-token-ttl", 24*time.Hour, "life of meshlet-cni's tokens; renewed at 80%")
+	fs.StringVar(&n.APIServer, "cni-api-server", "", "the API server's URL as meshlet-cni on the host reaches it (default: the agent's in-cluster address)")
+	fs.BoolVar(&n.UninstallOnDelete, "cni-uninstall", true, "remove meshlet-cni when the agent's DaemonSet is deleted (never on a rolling update)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&o.logJSON, "log-json", true, "JSON logs (false: text)")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	if o.consul.addr == "" {
+		return o, fmt.Errorf("-http-addr is empty: give the node's Consul agent address, or set $HOST_IP (the downward API's status.hostIP)")
+	}
+	return o, nil
+}
+
+func (o options) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return nil, fmt.Errorf("-log-level %q: expected debug, info, warn or error", o.logLevel)
+	}
+	hopts := &slog.HandlerOptions{Level: lvl}
+	if o.logJSON {
+		return slog.New(slog.NewJSONHandler(w, hopts)), nil
+	}
+	return slog.New(slog.NewTextHandler(w, hopts)), nil
+}
+
+// restConfig is the agent's own API access; the plugin's API server URL
+// and CA default to it.
+func (o *options) restConfig() (*rest.Config, error) {
+	var rc *rest.Config
+	var err error
+	if o.kubeconfig != "" {
+		rc, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
+	} else {
+		rc, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	rc.UserAgent = "meshlet-agent"
+	n := &o.cfg.CNI
+	if n.APIServer == "" {
+		n.APIServer = rc.Host
+	}
+	if n.CAData == nil {
+		n.CAData = rc.CAData
+		if rc.CAFile != "" {
+			if n.CAData, err = os.ReadFile(rc.CAFile); err != nil {
+				return nil, fmt.Errorf("read the API server's CA for meshlet-cni: %w", err)
+			}
+		}
+	}
+	return rc, nil
+}
+
+// consulClient is the node's Consul client agent.
+func (f consulFlags) client() (*capi.Client, error) {
+	cc := capi.DefaultConfig()
+	addr := f.addr
+	if scheme, rest, ok := strings.Cut(addr, "://"); ok {
+		cc.Scheme, addr = scheme, rest
+	}
+	cc.Address = addr
+	if f.caFile != "" {
+		cc.TLSConfig.CAFile = f.caFile
+		if cc.Scheme == "http" && !strings.Contains(f.addr, "://") {
+			cc.Scheme = "https"
+		}
+	}
+	if f.serverName != "" {
+		cc.TLSConfig.Address = f.serverName
+	}
+	if f.tokenFile != "" {
+		cc.TokenFile = f.tokenFile
+	}
+	c, err := capi.NewClient(cc)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", f.addr, err)
+	}
+	return c, nil
+}
+
+// Main is `meshlet agent`: it runs until ctx ends.
+func Main(ctx context.Context, args []string, stderr io.Writer) error {
+	o, err := flags(args, stderr)
+	if err != nil {
+		return err
+	}
+	log, err := o.logger(stderr)
+	if err != nil {
+		return err
+	}
+	rc, err := o.restConfig()
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	consul, err := o.consul.client()
+	if err != nil {
+		return err
+	}
+	a, err := New(o.cfg, cs, consul, log)
+	if err != nil {
+		return fmt.Errorf("configuration: %w", err)
+	}
+	a.Registry().MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	log.Info("starting", "node", o.cfg.NodeName, "consul", o.consul.addr, "cni_install", o.cfg.CNI.Enabled)
+	return a.Run(ctx)
+}

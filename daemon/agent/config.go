@@ -1,0 +1,108 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+)
+
+// Config is the agent's configuration; Main fills it from flags.
+type Config struct {
+	// NodeName is the node the agent serves ($NODE_NAME, from the downward
+	// API): it watches only that node's pods.
+	NodeName string
+	// PodName is the agent's own pod ($POD_NAME), to tell an uninstall
+	// from a rolling update.
+	PodName string
+	// Workers sync pods concurrently (one pod at a time each).
+	Workers int
+	// ResyncInterval: how often the Consul agent's registrations are
+	// compared with the pods.
+	ResyncInterval time.Duration
+	// ConsulNamespaces: Consul Enterprise namespaces are on; the resync
+	// lists every namespace.
+	ConsulNamespaces bool
+	// Listen serves /healthz, /readyz and /metrics; empty: not served.
+	Listen string
+	CNI    CNIConfig
+}
+
+// CNIConfig is the plugin's installation on the node.
+type CNIConfig struct {
+	// Enabled: install meshlet-cni and keep it chained.
+	Enabled bool
+	// BinDir and ConfDir are the runtime's CNI dirs on the host, as
+	// mounted into the agent's container.
+	BinDir, ConfDir string
+	// Binary is meshlet-cni in the agent's image.
+	Binary string
+	// KubeconfigPath is where the plugin's kubeconfig goes on the host
+	// (outside ConfDir).
+	KubeconfigPath string
+	// LogFile and LogLevel go into the plugin's entry.
+	LogFile, LogLevel string
+	// Namespace and ServiceAccount: the plugin's credentials are tokens
+	// of this ServiceAccount, which may only get pods.
+	Namespace, ServiceAccount string
+	// TokenTTL is the requested life of those tokens.
+	TokenTTL time.Duration
+	// APIServer is the API server's URL as the plugin, on the host,
+	// reaches it; CAData its CA bundle (PEM).
+	APIServer string
+	CAData    []byte
+	// UninstallOnDelete removes the plugin when the agent's DaemonSet is
+	// deleted.
+	UninstallOnDelete bool
+}
+
+func (c Config) validate() error {
+	var errs []error
+	if c.NodeName == "" {
+		errs = append(errs, errors.New("-node-name is empty: set it or $NODE_NAME (the downward API's spec.nodeName)"))
+	}
+	if c.Workers < 1 {
+		errs = append(errs, fmt.Errorf("-workers %d: expected at least 1", c.Workers))
+	}
+	if c.ResyncInterval < 100*time.Millisecond {
+		errs = append(errs, fmt.Errorf("-resync-interval %s: expected at least 100ms", c.ResyncInterval))
+	}
+	if c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			errs = append(errs, fmt.Errorf("-listen %q: expected host:port", c.Listen))
+		}
+	}
+	if c.CNI.Enabled {
+		errs = append(errs, c.CNI.validate()...)
+	}
+	return errors.Join(errs...)
+}
+
+func (c CNIConfig) validate() []error {
+	var errs []error
+	for _, f := range []struct{ flag, path string }{
+		{"cni-bin-dir", c.BinDir}, {"cni-conf-dir", c.ConfDir}, {"cni-binary", c.Binary}, {"cni-kubeconfig", c.KubeconfigPath},
+	} {
+		if !filepath.IsAbs(f.path) {
+			errs = append(errs, fmt.Errorf("-%s %q: expected an absolute path", f.flag, f.path))
+		}
+	}
+	if c.Namespace == "" || c.ServiceAccount == "" {
+		errs = append(errs, errors.New("-cni-service-account and its namespace (-namespace or $POD_NAMESPACE) are needed for meshlet-cni's credentials"))
+	}
+	if c.TokenTTL < 10*time.Minute {
+		errs = append(errs, fmt.Errorf("-cni-token-ttl %s: expected at least 10m (the API server's minimum)", c.TokenTTL))
+	}
+	if c.APIServer == "" {
+		errs = append(errs, errors.New("-cni-api-server is empty and the agent is not in a cluster: give the API server's URL as the host reaches it"))
+	}
+	return errs
+}
+
+func (c Config) consulListNamespace() string {
+	if c.ConsulNamespaces {
+		return "*"
+	}
+	return ""
+}

@@ -1,0 +1,117 @@
+package agent
+
+import (
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+)
+
+// informers are the agent's two caches: the pods of its node (a field
+// selector on spec.nodeName, so its cost follows its node, not the
+// cluster) and the Services of every namespace (to name a pod's service
+// and find its ClusterIP).
+type informerSet struct {
+	pods, services informers.SharedInformerFactory
+	podInf, svcInf cache.SharedIndexInformer
+}
+
+// resyncPeriod re-delivers every cached pod to the handlers, a backstop
+// for a lost update; the Consul side has its own, faster resync.
+const resyncPeriod = 10 * time.Minute
+
+func newInformers(cs kubernetes.Interface, node string) *informerSet {
+	pods := informers.NewSharedInformerFactoryWithOptions(cs, resyncPeriod,
+		informers.WithTweakListOptions(func(o *v1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
+		}),
+		informers.WithTransform(slimPod))
+	services := informers.NewSharedInformerFactoryWithOptions(cs, resyncPeriod, informers.WithTransform(slimService))
+	return &informerSet{
+		pods: pods, services: services,
+		podInf: pods.Core().V1().Pods().Informer(),
+		svcInf: services.Core().V1().Services().Informer(),
+	}
+}
+
+// slimPod drops what the agent never reads before a pod enters the cache:
+// managed fields are often the largest part of an object.
+func slimPod(obj any) (any, error) {
+	if p, ok := obj.(*corev1.Pod); ok {
+		p.ManagedFields = nil
+	}
+	return obj, nil
+}
+
+// slimService keeps of a Service only what registrations use (name,
+// namespace, selector, ClusterIP, ports): with thousands of Services in
+// the cluster the cache is most of the agent's memory.
+func slimService(obj any) (any, error) {
+	s, ok := obj.(*corev1.Service)
+	if !ok {
+		return obj, nil
+	}
+	slim := &corev1.Service{
+		TypeMeta: s.TypeMeta,
+		ObjectMeta: v1.ObjectMeta{Name: s.Name, Namespace: s.Namespace, UID: s.UID,
+			ResourceVersion: s.ResourceVersion, DeletionTimestamp: s.DeletionTimestamp},
+		Spec: corev1.ServiceSpec{Selector: s.Spec.Selector, ClusterIP: s.Spec.ClusterIP, Type: s.Spec.Type},
+	}
+	for _, p := range s.Spec.Ports {
+		slim.Spec.Ports = append(slim.Spec.Ports, corev1.ServicePort{Name: p.Name, Port: p.Port, Protocol: p.Protocol})
+	}
+	return slim, nil
+}
+
+// wire connects the caches to the work queue: every change of a pod
+// queues it; a change of a Service queues the pods of its namespace on
+// this node, whose service name or virtual IP it may change.
+func (is *informerSet) wire(q workqueue.TypedInterface[string]) error {
+	podKey := func(obj any) {
+		if k, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+			q.Add(k)
+		}
+	}
+	if _, err := is.podInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    podKey,
+		UpdateFunc: func(_, obj any) { podKey(obj) },
+		DeleteFunc: podKey,
+	}); err != nil {
+		return err
+	}
+	lister := is.podLister()
+	byNamespace := func(obj any) {
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
+		}
+		s, ok := obj.(*corev1.Service)
+		if !ok {
+			return
+		}
+		pods, _ := lister.Pods(s.Namespace).List(labels.Everything())
+		for _, p := range pods {
+			q.Add(p.Namespace + "/" + p.Name)
+		}
+	}
+	_, err := is.svcInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    byNamespace,
+		UpdateFunc: func(_, obj any) { byNamespace(obj) },
+		DeleteFunc: byNamespace,
+	})
+	return err
+}
+
+func (is *informerSet) podLister() corelisters.PodLister {
+	return corelisters.NewPodLister(is.podInf.GetIndexer())
+}
+
+func (is *informerSet) serviceLister() corelisters.ServiceLister {
+	return corelisters.NewServiceLister(is.svcInf.GetIndexer())
+}

@@ -1,0 +1,149 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/meshlet/meshlet/daemon/install"
+)
+
+// runInstaller installs meshlet-cni (retrying until it works), keeps it
+// chained, renews its credentials, and on the way out removes it only when
+// the agent's DaemonSet is being deleted: a rolling update or a restart
+// must not leave a window in which new pods start without redirection.
+func (a *Agent) runInstaller(ctx context.Context) error {
+	c := a.cfg.CNI
+	creds := cniCreds{client: a.client, namespace: c.Namespace, serviceAccount: c.ServiceAccount,
+		server: c.APIServer, caData: c.CAData, ttl: c.TokenTTL}
+	ic := install.InstallConfig{ConfDir: c.ConfDir, BinDir: c.BinDir, Binary: c.Binary, KubeconfigPath: c.KubeconfigPath,
+		LogFile: c.LogFile, LogLevel: c.LogLevel}
+	node := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: types.UID(a.cfg.NodeName)}
+
+	var renewAt time.Time
+	installOnce := func() error {
+		kc, renew, err := creds.kubeconfig(ctx)
+		if err != nil {
+			return err
+		}
+		ic.Kubeconfig = kc
+		res, err := install.Install(ic)
+		if err != nil {
+			return err
+		}
+		renewAt = renew
+		a.log.Info("meshlet-cni installed", "config", res.Config, "chained", res.Chained, "binary_written", res.BinaryWritten,
+			"kubeconfig_written", res.KubeconfigWritten, "replaced", res.Replaced, "token_renewal", renew.Format(time.RFC3339))
+		return nil
+	}
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		err := installOnce()
+		if err == nil {
+			break
+		}
+		a.metrics.cniEvents.WithLabelValues("failed").Inc()
+		a.log.Error("install meshlet-cni; retrying", "err", err, "in", wait)
+		a.events.Event(node, corev1.EventTypeWarning, "MeshletCNIInstallFailed", err.Error())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+	a.installed.Store(true)
+	a.metrics.cniInstalled.Set(1)
+
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if err := install.Watch(ctx, ic, func(e install.Event) { a.cniEvent(node, e) }); err != nil && ctx.Err() == nil {
+			a.log.Error("watching the CNI conf dir stopped", "err", err)
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			<-watchDone
+			a.uninstallIfDeleted(ic)
+			return nil
+		case <-time.After(time.Until(renewAt)):
+		}
+		if err := installOnce(); err != nil {
+			// The old token still has a fifth of its life: retry soon.
+			a.log.Error("renew meshlet-cni's credentials; retrying in 30s", "err", err)
+			renewAt = time.Now().Add(30 * time.Second)
+		}
+	}
+}
+
+// cniEvent reports what install.Watch did: a log line always, a metric,
+// and an Event on the node when a user should look.
+func (a *Agent) cniEvent(node *corev1.ObjectReference, e install.Event) {
+	switch e.Kind {
+	case install.Watching:
+		a.log.Info("watching the CNI conf dir", "config", e.Config)
+	case install.Rechained:
+		a.metrics.cniEvents.WithLabelValues("rechained").Inc()
+		a.log.Info("meshlet-cni chained again", "config", e.Config, "removals_in_window", e.Count)
+	case install.Fighting:
+		a.metrics.cniEvents.WithLabelValues("fighting").Inc()
+		msg := fmt.Sprintf("%s keeps losing meshlet-cni's entry (%d times recently): another CNI installer rewrites it; new pods may start without redirection while it does", e.Config, e.Count)
+		a.log.Warn("CNI config fight", "config", e.Config, "count", e.Count)
+		a.events.Event(node, corev1.EventTypeWarning, "MeshletCNIConfigFight", msg)
+	case install.Failed:
+		a.metrics.cniEvents.WithLabelValues("failed").Inc()
+		a.metrics.cniInstalled.Set(0)
+		a.log.Error("chaining meshlet-cni failed; retrying on the next change", "err", e.Err)
+		a.events.Event(node, corev1.EventTypeWarning, "MeshletCNIInstallFailed", e.Err.Error())
+		return
+	}
+	a.metrics.cniInstalled.Set(1)
+}
+
+// uninstallIfDeleted removes meshlet-cni when the agent's DaemonSet is
+// gone or being deleted (an uninstall), and leaves it otherwise.
+func (a *Agent) uninstallIfDeleted(ic install.InstallConfig) {
+	if !a.cfg.CNI.UninstallOnDelete || a.cfg.PodName == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	deleted, err := a.daemonSetDeleted(ctx)
+	if err != nil {
+		a.log.Warn("cannot tell whether the agent is being uninstalled; leaving meshlet-cni installed", "err", err)
+		return
+	}
+	if !deleted {
+		a.log.Info("agent stopping, not uninstalled: meshlet-cni stays chained")
+		return
+	}
+	if err := install.Uninstall(ic); err != nil {
+		a.log.Error("uninstall meshlet-cni", "err", err)
+		return
+	}
+	a.log.Info("meshlet-cni uninstalled: the agent's DaemonSet is deleted")
+}
+
+func (a *Agent) daemonSetDeleted(ctx context.Context) (bool, error) {
+	pod, err := a.client.CoreV1().Pods(a.cfg.CNI.Namespace).Get(ctx, a.cfg.PodName, metav1.GetOptions{})
+	if err != nil {
+		return false, fmt.Errorf("get the agent's pod: %w", err)
+	}
+	owner := metav1.GetControllerOf(pod)
+	if owner == nil || owner.Kind != "DaemonSet" {
+		return false, fmt.Errorf("pod %s/%s is not run by a DaemonSet", pod.Namespace, pod.Name)
+	}
+	ds, err := a.client.AppsV1().DaemonSets(pod.Namespace).Get(ctx, owner.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("get DaemonSet %s/%s: %w", pod.Namespace, owner.Name, err)
+	}
+	return ds.DeletionTimestamp != nil || ds.UID != owner.UID, nil
+}

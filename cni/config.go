@@ -37,6 +37,10 @@ type NetConf struct {
 	PodLookupTimeout string `json:"pod_lookup_timeout,omitempty"`
 	// LockDir holds the per-netns xtables locks of the legacy backend.
 	LockDir string `json:"lock_dir,omitempty"`
+	// AgentSocket is the node agent's pod cache (daemon/podcache), asked
+	// for the pod's annotations before the API server when the runtime
+	// passes none; empty: not asked. It must be absolute.
+	AgentSocket string `json:"agent_socket,omitempty"`
 	// RuntimeConfig carries what the runtime passes for the capabilities
 	// the conflist entry declares: with "io.kubernetes.cri.pod-annotations"
 	// containerd and CRI-O hand over the pod's annotations (from kubelet's
@@ -92,6 +96,9 @@ func parseConf(stdin []byte, requirePrev bool) (*NetConf, error) {
 	// would land wherever that happens to be.
 	if conf.LogFile != "" && !filepath.IsAbs(conf.LogFile) {
 		return nil, fmt.Errorf("meshlet-cni: log_file %q: expected an absolute path", conf.LogFile)
+	}
+	if conf.AgentSocket != "" && !filepath.IsAbs(conf.AgentSocket) {
+		return nil, fmt.Errorf("meshlet-cni: agent_socket %q: expected an absolute path", conf.AgentSocket)
 	}
 	if conf.LockDir == "" {
 		conf.LockDir = defaultLockDir

@@ -36,6 +36,8 @@ func TestParseConf(t *testing.T) {
 		{"bad log level", `{"cniVersion":"1.0.0","kubeconfig":"/k","log_level":"loud",` + prev + `}`, `log_level "loud"`, true},
 		{"absolute log file", `{"cniVersion":"1.0.0","kubeconfig":"/k","log_file":"/var/log/meshlet-cni.log",` + prev + `}`, "", true},
 		{"relative log file", `{"cniVersion":"1.0.0","kubeconfig":"/k","log_file":"logs/cni.log",` + prev + `}`, `log_file "logs/cni.log": expected an absolute path`, true},
+		{"absolute agent socket", `{"cniVersion":"1.0.0","kubeconfig":"/k","agent_socket":"/var/run/meshlet/cni.sock",` + prev + `}`, "", true},
+		{"relative agent socket", `{"cniVersion":"1.0.0","kubeconfig":"/k","agent_socket":"cni.sock",` + prev + `}`, `agent_socket "cni.sock": expected an absolute path`, true},
 		{"not JSON", `{`, "parse network configuration", true},
 	}
 	for _, tc := range tests {

@@ -23,6 +23,7 @@ type call struct {
 	args      *skel.CmdArgs
 	namespace string
 	name      string
+	uid       string // K8S_POD_UID, when the runtime passes it
 	start     time.Time
 	log       *slog.Logger
 	closeLog  func()
@@ -50,7 +51,7 @@ func parseCall(args *skel.CmdArgs, requirePrev bool) (*call, error) {
 		return nil, err
 	}
 	return &call{conf: conf, args: args, namespace: string(k.K8S_POD_NAMESPACE), name: string(k.K8S_POD_NAME),
-		start: start, closeLog: func() {}}, nil
+		uid: string(k.K8S_POD_UID), start: start, closeLog: func() {}}, nil
 }
 
 // logAttrs are on every record of the call.
@@ -71,7 +72,7 @@ func (c *call) pod() string { return c.namespace + "/" + c.name }
 // need none. Any failure fails the ADD, so the sandbox does not start.
 func Add(args *skel.CmdArgs) error {
 	return withCall("ADD", args, true, func(c *call) error {
-		res, err := c.doAdd(hostLookup{c.conf}, newHostApplier(c.conf))
+		res, err := c.doAdd(c.hostLookup(), newHostApplier(c.conf))
 		if err != nil {
 			return err
 		}
@@ -89,7 +90,7 @@ func Del(args *skel.CmdArgs) error {
 // ask for: a rule missing, extra, or present on a pod that needs none.
 func Check(args *skel.CmdArgs) error {
 	return withCall("CHECK", args, true, func(c *call) error {
-		return c.doCheck(hostLookup{c.conf}, newHostApplier(c.conf))
+		return c.doCheck(c.hostLookup(), newHostApplier(c.conf))
 	})
 }
 

@@ -2,7 +2,9 @@ package cni
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/meshlet/meshlet/iptables"
 )
@@ -15,7 +17,7 @@ import (
 // podLookup finds a pod's annotations.
 type podLookup interface {
 	// annotations returns the pod's annotations and where they came from,
-	// "runtime" or "api", for the logs.
+	// "runtime", "agent" or "api", for the logs.
 	annotations(namespace, name string) (ann map[string]string, from string, err error)
 }
 
@@ -28,13 +30,36 @@ type ruleApplier interface {
 	Backend() iptables.Mode
 }
 
-// hostLookup takes the runtime's copy of the annotations when the runtime
-// passes one (no API call), else GETs the pod's metadata.
-type hostLookup struct{ conf *NetConf }
+// hostLookup asks, in order: the runtime's copy of the annotations (no
+// call at all), the node agent's pod cache on its unix socket (well under
+// a millisecond), the API server (a TLS handshake and a GET, ~10 ms per
+// process). The agent is only a shortcut: when it fails or does not know
+// the pod, the API server decides.
+type hostLookup struct {
+	conf *NetConf
+	uid  string // K8S_POD_UID, for the agent to tell a pod from an old one of the same name
+	log  *slog.Logger
+}
+
+func (c *call) hostLookup() hostLookup { return hostLookup{conf: c.conf, uid: c.uid, log: c.log} }
 
 func (l hostLookup) annotations(namespace, name string) (map[string]string, string, error) {
 	if ann := l.conf.RuntimeConfig.PodAnnotations; ann != nil {
 		return ann, "runtime", nil
+	}
+	if l.conf.AgentSocket != "" {
+		ann, err := askAgent(l.conf.AgentSocket, namespace, name, l.uid)
+		if err == nil {
+			return ann, "agent", nil
+		}
+		// Unknown to the agent is ordinary (a pod its informer has not
+		// seen yet); an agent that does not answer slows every ADD.
+		level := slog.LevelWarn
+		if errors.Is(err, errAgentUnknown) {
+			level = slog.LevelInfo
+		}
+		l.log.Log(context.Background(), level, "pod cache of the node agent did not answer; asking the API server",
+			"agent_socket", l.conf.AgentSocket, "err", err)
 	}
 	api, err := loadKubeconfig(l.conf.Kubeconfig)
 	if err != nil {

@@ -3,6 +3,7 @@ package cni
 import (
 	"encoding/base64"
 	"encoding/pem"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -49,7 +50,7 @@ contexts: [{name: c, context: {cluster: k, user: u}}]
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			ann, from, err := hostLookup{tc.conf}.annotations("ns", tc.pod)
+			ann, from, err := hostLookup{conf: tc.conf, log: slog.New(slog.DiscardHandler)}.annotations("ns", tc.pod)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("error %v, want %q", err, tc.wantErr)

@@ -29,15 +29,6 @@ func BenchmarkADDAgainstBaseline(b *testing.B) {
 	}
 	netnstest.RequireRoot(b)
 	dir := b.TempDir()
-	build := func(name, srcDir string) string {
-		out := filepath.Join(dir, name)
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", out, "./cmd/meshlet-cni")
-		cmd.Dir, cmd.Env = srcDir, append(os.Environ(), "CGO_ENABLED=0")
-		if o, err := cmd.CombinedOutput(); err != nil {
-			b.Fatalf("build %s: %v: %s", name, err, o)
-		}
-		return out
-	}
 	top, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
 	if err != nil {
 		b.Fatal(err)
@@ -48,7 +39,7 @@ func BenchmarkADDAgainstBaseline(b *testing.B) {
 		b.Fatalf("git worktree add %s: %v: %s", rev, err, o)
 	}
 	b.Cleanup(func() { _ = exec.Command("git", "-C", root, "worktree", "remove", "--force", tree).Run() })
-	bins := []string{build("current", root), build("baseline", tree)}
+	bins := []string{buildPlugin(b, root, filepath.Join(dir, "current")), buildPlugin(b, tree, filepath.Join(dir, "baseline"))}
 
 	redirect := `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001,"ExcludeInboundPorts":["21000"],"ExcludeOutboundPorts":["443"],"ExcludeOutboundCIDRs":["10.96.0.1/32"],"ExcludeUIDs":["1000"]}`
 	for _, v := range []struct {

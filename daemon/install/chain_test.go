@@ -18,6 +18,7 @@ var testConfig = InstallConfig{
 	KubeconfigPath: "/var/lib/meshlet/cni/kubeconfig",
 	LogFile:        "/var/log/meshlet-cni.log",
 	LogLevel:       "info",
+	AgentSocket:    "/var/run/meshlet/cni.sock",
 }
 
 // TestChain chains each testdata/before config, compares the result with
@@ -57,7 +58,7 @@ func TestChain(t *testing.T) {
 			if err := json.Unmarshal(last.Bytes, &conf); err != nil {
 				t.Fatal(err)
 			}
-			if conf.Type != PluginType || conf.Kubeconfig != testConfig.KubeconfigPath || !conf.Capabilities[cni.CapabilityPodAnnotations] {
+			if conf.Type != PluginType || conf.Kubeconfig != testConfig.KubeconfigPath || conf.AgentSocket != testConfig.AgentSocket || !conf.Capabilities[cni.CapabilityPodAnnotations] {
 				t.Errorf("last plugin: %s", last.Bytes)
 			}
 			for _, p := range list.Plugins[:len(list.Plugins)-1] {

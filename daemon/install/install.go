@@ -31,6 +31,10 @@ type InstallConfig struct {
 	// LogFile and LogLevel are the entry's log_file and log_level
 	// (empty: the plugin's defaults).
 	LogFile, LogLevel string
+	// AgentSocket is the entry's agent_socket: the agent's pod cache
+	// (podcache.DefaultSocket), which the plugin asks before the API
+	// server when the runtime passes no annotations. Empty: not asked.
+	AgentSocket string
 
 	// FightWindow and FightThreshold: Watch reports a primary CNI that
 	// removed the entry FightThreshold times within FightWindow (default
@@ -52,6 +56,9 @@ func (c InstallConfig) Entry() map[string]any {
 	if c.LogLevel != "" {
 		e["log_level"] = c.LogLevel
 	}
+	if c.AgentSocket != "" {
+		e["agent_socket"] = c.AgentSocket
+	}
 	return e
 }
 
@@ -64,6 +71,10 @@ func (c InstallConfig) check() error {
 		if !filepath.IsAbs(d.path) {
 			return fmt.Errorf("install: %s %q is not an absolute path", d.name, d.path)
 		}
+	}
+	// The plugin refuses a relative agent_socket, and so every ADD.
+	if c.AgentSocket != "" && !filepath.IsAbs(c.AgentSocket) {
+		return fmt.Errorf("install: AgentSocket %q is not an absolute path", c.AgentSocket)
 	}
 	if rel, err := filepath.Rel(c.ConfDir, c.KubeconfigPath); err == nil && !strings.HasPrefix(rel, "..") {
 		return fmt.Errorf("install: KubeconfigPath %s is inside the CNI conf dir %s", c.KubeconfigPath, c.ConfDir)

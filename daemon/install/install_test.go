@@ -167,6 +167,13 @@ func TestInstallRefuses(t *testing.T) {
 			t.Errorf("err = %v", err)
 		}
 	})
+	t.Run("relative agent socket", func(t *testing.T) {
+		c := testNode(t, "10.conflist", bridgeList)
+		c.AgentSocket = "cni.sock"
+		if _, err := Install(c); err == nil || !strings.Contains(err.Error(), `AgentSocket "cni.sock" is not an absolute path`) {
+			t.Errorf("err = %v", err)
+		}
+	})
 	t.Run("kubeconfig without credentials", func(t *testing.T) {
 		c := testNode(t, "10.conflist", bridgeList)
 		if _, err := Install(c); err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/meshlet/meshlet/cni"
 	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/netnstest"
+	"github.com/meshlet/meshlet/test/perrule"
 )
 
 // Plugin benchmarks: meshlet-cni is exec'd exactly as a runtime execs it
@@ -55,30 +56,6 @@ func (p pluginInvocation) run(cmd string) error {
 	c.Stdin = strings.NewReader(string(stdin))
 	if out, err := c.CombinedOutput(); err != nil {
 		return fmt.Errorf("meshlet-cni %s: %w: %s", cmd, err, out)
-	}
-	return nil
-}
-
-// perRuleExec applies the same ruleset the way consul-k8s does: one
-// `nsenter --net=… iptables -t nat …` process per chain and per rule.
-func perRuleExec(netns string, rs iptables.Ruleset) error {
-	var cmds [][]string
-	for _, c := range rs.Chains {
-		cmds = append(cmds, []string{"-N", c})
-	}
-	for _, r := range rs.Lines() {
-		// Rule comments are one quoted word: drop the quotes a shell would.
-		args := strings.Fields(r)
-		for i := range args {
-			args[i] = strings.Trim(args[i], `"`)
-		}
-		cmds = append(cmds, args)
-	}
-	for _, args := range cmds {
-		argv := append([]string{"--net=" + netns, "iptables", "-t", "nat"}, args...)
-		if out, err := exec.Command("nsenter", argv...).CombinedOutput(); err != nil {
-			return fmt.Errorf("nsenter %v: %w: %s", argv, err, out)
-		}
 	}
 	return nil
 }
@@ -195,7 +172,7 @@ func BenchmarkADDvsPerRuleExec(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				for side, apply := range []func() error{
 					func() error { return inv.run("ADD") },
-					func() error { return perRuleExec(netns.Path(), rs) },
+					func() error { return perrule.Apply(netns.Path(), rs) },
 				} {
 					if _, err := a.Remove(netns.Path(), []iptables.Family{iptables.IPv4}); err != nil {
 						b.Fatal(err)

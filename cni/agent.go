@@ -1,0 +1,35 @@
+package cni
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshlet/meshlet/daemon/podcache/wire"
+)
+
+// agentTimeout bounds dialing the agent's pod cache and its answer. A hit
+// takes well under a millisecond; the agent waits up to 200 ms for a pod
+// its informer has not delivered yet (podcache.DefaultWait). Past this,
+// the API server (~10 ms) is the faster way.
+const agentTimeout = 250 * time.Millisecond
+
+// errAgentUnknown: the agent answered, but does not know the pod.
+var errAgentUnknown = errors.New("pod unknown to the agent")
+
+// askAgent asks the node agent's pod cache on socket for the pod's
+// annotations. The protocol (daemon/podcache/wire) needs only what the
+// plugin links already: no client-go, no second TLS client.
+func askAgent(socket, namespace, name, uid string) (map[string]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
+	defer cancel()
+	resp, err := wire.Ask(ctx, socket, wire.Request{Namespace: namespace, Name: name, UID: uid})
+	if err != nil {
+		return nil, fmt.Errorf("ask the agent: %w", err)
+	}
+	if !resp.Found {
+		return nil, fmt.Errorf("%w: %s", errAgentUnknown, resp.Reason)
+	}
+	return resp.Annotations, nil
+}

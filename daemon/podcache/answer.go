@@ -1,0 +1,171 @@
+package podcache
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshlet/meshlet/daemon/podcache/wire"
+)
+
+// Answers, as counted by Metrics.
+const (
+	resultHit         = "hit"
+	resultMiss        = "miss"         // not in the cache, even after the wait
+	resultUIDMismatch = "uid_mismatch" // the cache holds another pod of that name
+	resultTerminating = "terminating"  // no UID to tell it from its successor
+	resultBadRequest  = "bad_request"
+)
+
+// handle answers one connection.
+func (s *Server) handle(ctx context.Context, conn *net.UnixConn) {
+	defer conn.Close()
+	start := time.Now()
+	// The client writes its request at once; the wait for a late pod is
+	// bounded by s.Wait; the answer is one short write.
+	_ = conn.SetReadDeadline(start.Add(ioTimeout))
+	resp, result := s.answer(ctx, conn)
+	s.Metrics.answered(result, time.Since(start))
+	_ = conn.SetWriteDeadline(time.Now().Add(ioTimeout))
+	if err := wire.Write(conn, resp); err != nil {
+		s.Log.Warn("pod cache: write answer", "err", err, "result", result)
+	}
+}
+
+func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (wire.Response, string) {
+	resp := wire.Response{Version: wire.Version}
+	var req wire.Request
+	if err := wire.Read(conn, wire.MaxRequest, &req); err != nil {
+		resp.Reason = fmt.Sprintf("bad request: %v", err)
+	} else if req.Version != wire.Version {
+		resp.Reason = fmt.Sprintf("bad request: protocol version %d, this agent speaks %d", req.Version, wire.Version)
+	} else if req.Namespace == "" || req.Name == "" {
+		resp.Reason = "bad request: namespace and name are required"
+	}
+	if resp.Reason != "" {
+		s.Log.Warn("pod cache: "+resp.Reason, "namespace", req.Namespace, "name", req.Name)
+		return resp, resultBadRequest
+	}
+	pod, result, why := s.find(ctx, req)
+	if pod == nil {
+		resp.Reason = why
+		s.Log.Debug("pod cache: pod unknown", "namespace", req.Namespace, "name", req.Name, "uid", req.UID, "reason", why)
+		return resp, result
+	}
+	// Annotations is read only: encoding it does not touch the
+	// informer's object.
+	resp.Found, resp.Annotations = true, pod.Annotations
+	return resp, resultHit
+}
+
+// find looks the pod up, waiting up to s.Wait for the right one to reach
+// the cache: kubelet may start the sandbox before the agent's informer
+// has the pod. Without Notify the lookup is polled.
+func (s *Server) find(ctx context.Context, req wire.Request) (*corev1.Pod, string, string) {
+	key := req.Namespace + "/" + req.Name
+	expired := time.After(s.Wait)
+	for {
+		// Watch before looking, so that a Notify in between is not lost.
+		ch := s.watch(key)
+		pod, result, why := s.check(req)
+		if pod != nil || s.Wait <= 0 {
+			s.unwatch(key, ch)
+			return pod, result, why
+		}
+		done := false
+		select {
+		case <-ch:
+		case <-time.After(s.poll):
+		case <-expired:
+			done = true
+		case <-ctx.Done():
+			done = true
+		}
+		s.unwatch(key, ch)
+		if done {
+			return pod, result, why
+		}
+	}
+}
+
+// check is one lookup: the pod, or nil and why not.
+func (s *Server) check(req wire.Request) (*corev1.Pod, string, string) {
+	pod, ok := s.lookup.Pod(req.Namespace, req.Name)
+	switch {
+	case !ok || pod == nil:
+		return nil, resultMiss, "not in the agent's pod cache"
+	case req.UID != "" && string(pod.UID) != req.UID:
+		// An old pod of the same name, not yet replaced in the cache:
+		// its annotations are not the new pod's.
+		return nil, resultUIDMismatch, fmt.Sprintf("the agent's pod cache holds another pod of that name (uid %s, asked for %s)", pod.UID, req.UID)
+	case req.UID == "" && pod.DeletionTimestamp != nil:
+		// Its successor of the same name may be the pod being started;
+		// without a UID only the API server can tell.
+		return nil, resultTerminating, "the cached pod of that name is terminating and the request has no uid"
+	}
+	return pod, resultHit, ""
+}
+
+func (s *Server) watch(key string) chan struct{} {
+	ch := make(chan struct{})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waiters[key] == nil {
+		s.waiters[key] = map[chan struct{}]struct{}{}
+	}
+	s.waiters[key][ch] = struct{}{}
+	return ch
+}
+
+func (s *Server) unwatch(key string, ch chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.waiters[key], ch)
+	if len(s.waiters[key]) == 0 {
+		delete(s.waiters, key)
+	}
+}
+
+// Notify wakes the requests waiting for pod namespace/name. The agent
+// calls it when its informer adds or updates a pod (EventHandler does),
+// after the informer's cache holds the change, so a waiting request is
+// answered as soon as the pod arrives rather than at the next poll.
+func (s *Server) Notify(namespace, name string) {
+	key := namespace + "/" + name
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for ch := range s.waiters[key] {
+		close(ch)
+	}
+	delete(s.waiters, key)
+}
+
+// EventHandler calls Notify on every pod the informer adds or updates:
+// podInformer.AddEventHandler(srv.EventHandler()). client-go runs
+// handlers after the informer's cache is updated.
+func (s *Server) EventHandler() cache.ResourceEventHandler {
+	notify := func(obj any) {
+		if pod, ok := obj.(*corev1.Pod); ok {
+			s.Notify(pod.Namespace, pod.Name)
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{AddFunc: notify, UpdateFunc: func(_, obj any) { notify(obj) }}
+}
+
+// ListerLookup is a Lookup on a client-go pod lister, such as the agent's
+// informer's.
+type ListerLookup struct{ Lister corelisters.PodLister }
+
+// Pod is the lister's pod; its only error, NotFound, is a miss.
+func (l ListerLookup) Pod(namespace, name string) (*corev1.Pod, bool) {
+	pod, err := l.Lister.Pods(namespace).Get(name)
+	if err != nil {
+		return nil, false
+	}
+	return pod, true
+}

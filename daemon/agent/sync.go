@@ -45,8 +45,7 @@ type held struct {
 	hash             uint64 // of the registrations, check status aside
 	status           string // the check's status as last set
 	problem          string // the last problem reported in an Event
-	registeredAt     time.Time
-	readyTransitions int
+	registeredAt     time.Time // also the last TTL update
 }
 
 // Syncer keeps the node's Consul client agent holding exactly the
@@ -236,6 +235,7 @@ func (s *Syncer) problem(pod *corev1.Pod, err error) {
 // the agent was down, moved away, replaced), and pods whose registrations
 // are missing (the Consul agent restarted without them) are requeued.
 func (s *Syncer) Resync() error {
+	listed := time.Now()
 	have, err := s.Consul.ServicesWithFilterOpts(managedFilter, &capi.QueryOptions{Namespace: s.ListNamespace})
 	s.Metrics.consulOp("list", err)
 	if err != nil {
@@ -255,8 +255,8 @@ func (s *Syncer) Resync() error {
 	var missing []string
 	s.mu.Lock()
 	for key, h := range s.held {
-		if h.hash == 0 {
-			continue // a problem record, nothing registered
+		if h.hash == 0 || h.registeredAt.After(listed) {
+			continue // a problem record; or registered after the list
 		}
 		if _, ok := have[h.svcID]; ok {
 			if _, ok := have[h.proxyID]; ok {

@@ -75,8 +75,12 @@ func TestWebhookConsulDataPlane(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	regs := registerLikeTheAgent(t, cl, withIP)
-	checkID := regs.Service.Check.CheckID
+	// The node agent registers the pod once it has an IP.
+	waitFor(t, ctx, "the agent's registration", func(context.Context) (bool, error) {
+		err := catalogMatches(cl, ns, svc, map[string]string{"web": withIP.Status.PodIP})
+		return err == nil, err
+	})
+	checkID := annotations.ServiceID(ns, "web") + register.HealthCheckSuffix
 
 	var running *corev1.Pod
 	waitFor(t, ctx, "every container ready", func(ctx context.Context) (bool, error) {
@@ -132,25 +136,6 @@ func TestWebhookConsulDataPlane(t *testing.T) {
 		body = string(b)
 		return err == nil && strings.Contains(body, "hello world"), err
 	})
-}
-
-// registerLikeTheAgent registers the pod's service and its sidecar proxy
-// with the node's Consul client agent, exactly as daemon/register builds
-// them, and deregisters them when the test ends.
-func registerLikeTheAgent(t *testing.T, cl *capi.Client, pod *corev1.Pod) register.Registrations {
-	t.Helper()
-	r, err := register.For(pod, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, s := range []*capi.AgentServiceRegistration{r.Service, r.Proxy} {
-		if err := cl.Agent().ServiceRegister(s); err != nil {
-			t.Fatalf("register %s: %v", s.ID, err)
-		}
-		id := s.ID
-		t.Cleanup(func() { _ = cl.Agent().ServiceDeregister(id) })
-	}
-	return r
 }
 
 // passingProxies is how many instances of svc's sidecar Consul offers to

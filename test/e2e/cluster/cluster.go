@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -69,7 +70,7 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 		return fmt.Errorf("clear leftovers of an earlier run: %w", err)
 	}
 	// After Down, so ports held by a crashed run's components are free.
-	if err := checkPortsFree(fixedPorts); err != nil {
+	if err := checkPortsFree(append(slices.Clone(fixedPorts), podPorts...)); err != nil {
 		return err
 	}
 	if err := c.checkPrerequisites(); err != nil {
@@ -110,8 +111,11 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 	if err := c.waitReady(ctx); err != nil {
 		return err
 	}
-	if err := c.InstallMeshletCNI(ctx); err != nil {
+	if err := c.InstallAgent(ctx); err != nil {
 		return err
+	}
+	if err := c.writeCNIKubeconfig(ctx); err != nil {
+		return fmt.Errorf("meshlet-cni credentials for the tests: %w", err)
 	}
 	if err := c.InstallWebhook(ctx); err != nil {
 		return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"time"
 
 	capi "github.com/hashicorp/consul/api"
 )
@@ -132,4 +133,26 @@ func consulReady(ctx context.Context) error {
 		}
 	}
 	return fmt.Errorf("node %s not in the catalog yet", NodeName)
+}
+
+// RestartConsulClient stops the node's Consul client agent and starts it
+// again. With forget, the services and checks it persisted in its data dir
+// are removed first: it comes back as a fresh agent would (a replaced
+// node or client pod), holding nothing, and whoever registered there must
+// notice and register again.
+func (c *Cluster) RestartConsulClient(ctx context.Context, forget bool) error {
+	if err := c.stop("consul-client", 15*time.Second); err != nil {
+		return fmt.Errorf("stop the Consul client agent: %w", err)
+	}
+	if forget {
+		for _, d := range []string{"services", "checks", "proxy"} {
+			if err := os.RemoveAll(c.path("consul", "client", d)); err != nil {
+				return err
+			}
+		}
+	}
+	if err := c.start("consul-client", []string{c.bin("consul"), "agent", "-config-file=" + c.path("consul", "client.hcl")}); err != nil {
+		return fmt.Errorf("start the Consul client agent: %w", err)
+	}
+	return c.waitFor(ctx, "consul", consulReady)
 }

@@ -56,7 +56,8 @@ func (c *Cluster) imageSpecs() ([]imageSpec, error) {
 		{ref: StaticServerImage, files: []imageFile{{path: "http-echo", src: c.bin("http-echo")}}, entrypoint: []string{"/http-echo"}},
 		{ref: StaticClientImage, files: append(slices.Clone(shell), imageFile{path: "usr/bin/curl", src: c.bin("curl")}), cmd: []string{"/bin/sh"}},
 		{ref: ConsulImage, files: append(slices.Clone(shell), imageFile{path: "bin/consul", src: c.bin("consul")}), cmd: []string{"/bin/consul"}},
-		{ref: MeshletImage, files: []imageFile{{path: "meshlet", src: c.bin("meshlet")}}, entrypoint: []string{"/meshlet"}},
+		{ref: MeshletImage, files: []imageFile{{path: "meshlet", src: c.bin("meshlet")},
+			{path: "usr/local/bin/meshlet-cni", src: c.bin("meshlet-cni")}}, entrypoint: []string{"/meshlet"}},
 	}, nil
 }
 

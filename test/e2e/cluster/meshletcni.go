@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 
 	authv1 "k8s.io/api/authentication/v1"
@@ -21,12 +20,27 @@ import (
 	"github.com/meshlet/meshlet/cni"
 )
 
-// The plugin's identity: a ServiceAccount that may only get pods, the
-// credentials the node agent will install for it.
+// The plugin's identity: a ServiceAccount that may only get pods, whose
+// tokens the node agent installs for it. The harness mints one more for
+// the tests that run the plugin through libcni themselves.
 const (
 	CNIServiceAccount = "meshlet-cni"
-	cniNamespace      = "kube-system"
+	cniNamespace      = MeshletNamespace
 )
+
+func cniIdentity() (*corev1.ServiceAccount, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding) {
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount, Namespace: cniNamespace}}
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}},
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: CNIServiceAccount},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: CNIServiceAccount, Namespace: cniNamespace}},
+	}
+	return sa, role, binding
+}
 
 // MeshletCNIKubeconfig is the plugin's kubeconfig (a token of the
 // meshlet-cni ServiceAccount).
@@ -41,27 +55,9 @@ func (c *Cluster) MeshletCNIConf() map[string]any {
 	}
 }
 
-// InstallMeshletCNI chains meshlet-cni into the node's conflist the way the
-// node agent does: the binary into the CNI bin dir, a kubeconfig with
-// get-pods-only credentials, the plugin last in the chain.
-func (c *Cluster) InstallMeshletCNI(ctx context.Context) error {
-	if err := c.writeCNIKubeconfig(ctx); err != nil {
-		return fmt.Errorf("meshlet-cni credentials: %w", err)
-	}
-	if err := copyFile(c.bin("meshlet-cni"), filepath.Join(c.CNIBinDir(), "meshlet-cni"), 0o755); err != nil {
-		return fmt.Errorf("install meshlet-cni (run make build): %w", err)
-	}
-	if err := c.writeConflist(c.Conflist(c.MeshletCNIConf())); err != nil {
-		return err
-	}
-	return c.waitFor(ctx, "containerd to load meshlet-cni", func(ctx context.Context) error {
-		return c.runtimeUsesPlugin(ctx, "meshlet-cni")
-	})
-}
-
-// runtimeUsesPlugin asks containerd (CRI status) whether the CNI config it
+// RuntimeUsesPlugin asks containerd (CRI status) whether the CNI config it
 // loaded chains the plugin.
-func (c *Cluster) runtimeUsesPlugin(ctx context.Context, plugin string) error {
+func (c *Cluster) RuntimeUsesPlugin(ctx context.Context, plugin string) error {
 	rt, done, err := c.criClient()
 	if err != nil {
 		return err
@@ -77,21 +73,13 @@ func (c *Cluster) runtimeUsesPlugin(ctx context.Context, plugin string) error {
 	return nil
 }
 
+// writeCNIKubeconfig mints the tests' plugin kubeconfig.
 func (c *Cluster) writeCNIKubeconfig(ctx context.Context) error {
 	cs, err := c.Clientset()
 	if err != nil {
 		return err
 	}
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount, Namespace: cniNamespace}}
-	role := &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}},
-	}
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: CNIServiceAccount},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: CNIServiceAccount, Namespace: cniNamespace}},
-	}
+	sa, role, binding := cniIdentity()
 	if _, err := cs.CoreV1().ServiceAccounts(cniNamespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}

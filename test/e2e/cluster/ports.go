@@ -126,3 +126,8 @@ func holderText(p hostPort) string {
 	}
 	return text
 }
+
+// podPorts are host ports that host-network pods bind (the node agent's
+// HTTP port): bind-tested by Up with fixedPorts, though no harness process
+// holds them.
+var podPorts = []hostPort{{"tcp", NodeIP, AgentPort, "meshlet-agent"}}

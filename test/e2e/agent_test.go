@@ -1,0 +1,340 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/daemon/install"
+	"github.com/meshlet/meshlet/daemon/register"
+	"github.com/meshlet/meshlet/test/e2e/cluster"
+)
+
+// The node agent runs as a DaemonSet on the local cluster (cluster-up
+// installs it); these tests check what it does through the API server and
+// the real Consul client agent.
+
+// meshDeployment is an injected Deployment whose app's readiness a test
+// can flip: the probe fails while /tmp/unready exists. A Service of the
+// same name selects it, as in consul-k8s' manifests.
+func meshDeployment(t *testing.T, cs *kubernetes.Clientset, ns, name string, replicas int32) {
+	t.Helper()
+	labels := map[string]string{"app": name}
+	app := corev1.Container{Name: "app", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
+		Command: []string{"sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"},
+		Ports:   []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
+		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
+			Command: []string{"sh", "-c", "test ! -e /tmp/unready"}}}, PeriodSeconds: 1, FailureThreshold: 1}}
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: appsv1.DeploymentSpec{Replicas: ptr.To(replicas), Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{annotations.Inject: "true"}},
+				Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{app}},
+			}},
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}}}
+	ctx := context.Background()
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func scaleDeployment(t *testing.T, cs *kubernetes.Clientset, ns, name string, n int32) {
+	t.Helper()
+	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, n)
+	if _, err := cs.AppsV1().Deployments(ns).Patch(context.Background(), name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// podIPs are the IPs of the namespace's running pods with label app=name.
+func podIPs(ctx context.Context, cs *kubernetes.Clientset, ns, name string) (map[string]string, error) {
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, p := range pods.Items {
+		if p.Status.PodIP != "" && p.DeletionTimestamp == nil {
+			out[p.Name] = p.Status.PodIP
+		}
+	}
+	return out, nil
+}
+
+// catalogMatches says the Consul catalog holds exactly one service
+// instance and one sidecar proxy per pod in want (pod name → IP), with
+// the agent's IDs, addresses and meta, and nothing else under the name.
+func catalogMatches(cl *capi.Client, ns, name string, want map[string]string) error {
+	for _, svc := range []string{name, name + "-sidecar-proxy"} {
+		entries, _, err := cl.Catalog().Service(svc, "", nil)
+		if err != nil {
+			return err
+		}
+		got := map[string]string{}
+		for _, e := range entries {
+			pod := e.ServiceMeta[register.MetaPodName]
+			id := annotations.ServiceID(ns, pod)
+			if svc != name {
+				id = annotations.ProxyID(ns, pod)
+			}
+			if e.ServiceID != id || e.ServiceMeta[register.MetaNamespace] != ns || e.ServiceMeta[register.MetaManagedBy] != register.ManagedBy {
+				return fmt.Errorf("%s instance %s: meta %v does not match its ID", svc, e.ServiceID, e.ServiceMeta)
+			}
+			got[pod] = e.ServiceAddress
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			return fmt.Errorf("catalog %s: %v, want %v", svc, got, want)
+		}
+	}
+	return nil
+}
+
+// waitCatalogFollows waits until the catalog holds exactly the n running
+// pods of the Deployment.
+func waitCatalogFollows(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, cl *capi.Client, ns, name string, n int) map[string]string {
+	t.Helper()
+	var pods map[string]string
+	waitFor(t, ctx, fmt.Sprintf("the catalog to hold the %d pods of %s", n, name), func(ctx context.Context) (bool, error) {
+		var err error
+		if pods, err = podIPs(ctx, cs, ns, name); err != nil || len(pods) != n {
+			return false, fmt.Errorf("%d pods with an IP (%v), want %d", len(pods), err, n)
+		}
+		err = catalogMatches(cl, ns, name, pods)
+		return err == nil, err
+	})
+	return pods
+}
+
+func consul(t *testing.T) *capi.Client {
+	t.Helper()
+	cl, err := cluster.ConsulClient()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// checkStatus is the agent's readiness check of the pod's service.
+func checkStatus(cl *capi.Client, ns, pod string) (string, error) {
+	checks, err := cl.Agent().ChecksWithFilter(fmt.Sprintf("CheckID == %q", annotations.ServiceID(ns, pod)+register.HealthCheckSuffix))
+	if err != nil {
+		return "", err
+	}
+	for _, c := range checks {
+		return c.Status, nil
+	}
+	return "", fmt.Errorf("no readiness check for %s/%s", ns, pod)
+}
+
+func TestAgentFollowsDeployment(t *testing.T) {
+	requireCluster(t)
+	cs := clientset(t)
+	ns := testNamespace(t, cs, "agent-scale")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cl := consul(t)
+	meshDeployment(t, cs, ns, "web", 0)
+	waitCatalogFollows(t, ctx, cs, cl, ns, "web", 0)
+
+	scaleDeployment(t, cs, ns, "web", 3)
+	waitCatalogFollows(t, ctx, cs, cl, ns, "web", 3)
+	scaleDeployment(t, cs, ns, "web", 1)
+	pods := waitCatalogFollows(t, ctx, cs, cl, ns, "web", 1)
+
+	var pod string
+	for p := range pods {
+		pod = p
+	}
+	// The check follows the pod's readiness: the probe fails on demand,
+	// kubelet turns the pod unready, the agent sets the check critical, and
+	// Consul stops offering the pod's proxy to Connect clients.
+	waitFor(t, ctx, "the check passing", func(context.Context) (bool, error) {
+		st, err := checkStatus(cl, ns, pod)
+		return st == capi.HealthPassing && passingProxies(t, cl, "web") == 1, err
+	})
+	kubectl(t, "exec", "-n", ns, pod, "-c", "app", "--", "touch", "/tmp/unready")
+	waitFor(t, ctx, "the check critical after the pod turned unready", func(context.Context) (bool, error) {
+		st, err := checkStatus(cl, ns, pod)
+		return st == capi.HealthCritical && passingProxies(t, cl, "web") == 0, err
+	})
+	kubectl(t, "exec", "-n", ns, pod, "-c", "app", "--", "rm", "/tmp/unready")
+	waitFor(t, ctx, "the check passing again", func(context.Context) (bool, error) {
+		st, err := checkStatus(cl, ns, pod)
+		return st == capi.HealthPassing && passingProxies(t, cl, "web") == 1, err
+	})
+}
+
+// stopAgent takes the agent off the node (a nodeSelector nothing matches)
+// until the returned func puts it back and it is ready again.
+func stopAgent(t *testing.T, ctx context.Context, cs *kubernetes.Clientset) (restart func()) {
+	t.Helper()
+	dss := cs.AppsV1().DaemonSets(cluster.MeshletNamespace)
+	patch := func(sel string) {
+		p := fmt.Sprintf(`{"spec":{"template":{"spec":{"nodeSelector":%s}}}}`, sel)
+		if _, err := dss.Patch(context.Background(), cluster.AgentName, types.StrategicMergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restarted := false
+	restart = func() {
+		if restarted {
+			return
+		}
+		restarted = true
+		patch(`{"meshlet.io/e2e-no-node":null}`)
+		waitFor(t, context.Background(), "the agent back", func(ctx context.Context) (bool, error) {
+			err := cluster.AgentReady(ctx, cs)
+			return err == nil, err
+		})
+	}
+	t.Cleanup(restart)
+	patch(`{"meshlet.io/e2e-no-node":"none"}`)
+	waitFor(t, ctx, "the agent gone", func(ctx context.Context) (bool, error) {
+		pods, err := cs.CoreV1().Pods(cluster.MeshletNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + cluster.AgentName})
+		return err == nil && len(pods.Items) == 0, err
+	})
+	return restart
+}
+
+func TestAgentRecovers(t *testing.T) {
+	requireCluster(t)
+	cs := clientset(t)
+	ns := testNamespace(t, cs, "agent-recover")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cl := consul(t)
+	meshDeployment(t, cs, ns, "web", 2)
+	before := waitCatalogFollows(t, ctx, cs, cl, ns, "web", 2)
+
+	t.Run("consul agent restarted empty", func(t *testing.T) {
+		if err := lc.RestartConsulClient(ctx, true); err != nil {
+			t.Fatal(err)
+		}
+		if entries, _, err := cl.Catalog().Service("web", "", nil); err == nil && len(entries) != 0 {
+			// The agent may already have re-registered; the catalog then
+			// shows it. Either way the wait below decides.
+			t.Logf("catalog right after the restart: %d instances", len(entries))
+		}
+		waitCatalogFollows(t, ctx, cs, cl, ns, "web", 2)
+	})
+
+	t.Run("pod deleted while the agent was down", func(t *testing.T) {
+		restart := stopAgent(t, ctx, cs)
+		var gone string
+		for p := range before {
+			gone = p
+			break
+		}
+		if err := cs.CoreV1().Pods(ns).Delete(ctx, gone, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
+			t.Fatal(err)
+		}
+		// The Deployment replaces it; nobody registers the new pod and
+		// nobody removes the old one's registration while the agent is down.
+		waitFor(t, ctx, "the replacement pod", func(ctx context.Context) (bool, error) {
+			pods, err := podIPs(ctx, cs, ns, "web")
+			_, old := pods[gone]
+			return err == nil && len(pods) == 2 && !old, err
+		})
+		if err := catalogMatches(cl, ns, "web", before); err != nil {
+			t.Fatalf("the catalog changed while the agent was down: %v", err)
+		}
+		restart()
+		after := waitCatalogFollows(t, ctx, cs, cl, ns, "web", 2)
+		if _, ok := after[gone]; ok {
+			t.Fatalf("deleted pod %s still registered", gone)
+		}
+	})
+}
+
+func TestAgentEventForUnnamedService(t *testing.T) {
+	requireCluster(t)
+	cs := clientset(t)
+	ns := testNamespace(t, cs, "agent-event")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	createPod(t, cs, ns, "lonely", map[string]string{annotations.Inject: "true"}, echoContainer("app", "hi", 8080, 0))
+	waitFor(t, ctx, "an Event naming the problem", func(ctx context.Context) (bool, error) {
+		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=lonely,reason=MeshletRegistrationFailed"})
+		if err != nil || len(evs.Items) == 0 {
+			return false, err
+		}
+		msg := evs.Items[0].Message
+		if !strings.Contains(msg, "no Kubernetes Service selects the pod") || !strings.Contains(msg, annotations.Service) {
+			return false, fmt.Errorf("event message %q does not say what to fix", msg)
+		}
+		return true, nil
+	})
+}
+
+// agentMetric reads one series from the agent's /metrics.
+func agentMetric(t *testing.T, series string) string {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", cluster.NodeIP, cluster.AgentPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, series+" "); ok {
+			return v
+		}
+	}
+	t.Fatalf("agent metrics lack %s", series)
+	return ""
+}
+
+func TestAgentRechainsConflist(t *testing.T) {
+	requireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	before := agentMetric(t, `meshlet_agent_cni_events_total{kind="rechained"}`)
+	// A primary CNI rewrites its config, in place, without meshlet-cni.
+	if err := os.WriteFile(lc.ConflistFile(), []byte(lc.Conflist()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	waitFor(t, ctx, "meshlet-cni chained again", func(context.Context) (bool, error) {
+		b, err := os.ReadFile(lc.ConflistFile())
+		return err == nil && install.HasEntry(b), err
+	})
+	took := time.Since(t0)
+	t.Logf("entry back after %s", took.Round(time.Millisecond))
+	if took > 3*time.Second {
+		t.Errorf("the entry took %s to come back, want a second or so", took)
+	}
+	waitFor(t, ctx, "containerd to load it", func(ctx context.Context) (bool, error) {
+		err := lc.RuntimeUsesPlugin(ctx, "meshlet-cni")
+		return err == nil, err
+	})
+	if after := agentMetric(t, `meshlet_agent_cni_events_total{kind="rechained"}`); after == before {
+		t.Errorf("rechained counter still %s", after)
+	}
+	if got := agentMetric(t, "meshlet_agent_cni_installed"); got != "1" {
+		t.Errorf("meshlet_agent_cni_installed %s, want 1", got)
+	}
+}

@@ -38,14 +38,14 @@ var managedFilter = fmt.Sprintf("Meta[%q] == %q", register.MetaManagedBy, regist
 
 // held is what the agent registered for one pod.
 type held struct {
-	uid              types.UID
-	svcID, proxyID   string
-	checkID          string
-	namespace        string // Consul namespace ("" without Enterprise)
-	hash             uint64 // of the registrations, check status aside
-	status           string // the check's status as last set
-	problem          string // the last problem reported in an Event
-	registeredAt     time.Time // also the last TTL update
+	uid            types.UID
+	svcID, proxyID string
+	checkID        string
+	namespace      string    // Consul namespace ("" without Enterprise)
+	hash           uint64    // of the registrations, check status aside
+	status         string    // the check's status as last set
+	problem        string    // the last problem reported in an Event
+	registeredAt   time.Time // also the last TTL update
 }
 
 // Syncer keeps the node's Consul client agent holding exactly the

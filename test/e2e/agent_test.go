@@ -45,7 +45,7 @@ func meshDeployment(t *testing.T, cs *kubernetes.Clientset, ns, name string, rep
 		Spec: appsv1.DeploymentSpec{Replicas: ptr.To(replicas), Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{annotations.Inject: "true"}},
-				Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{app}},
+				Spec:       corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{app}},
 			}},
 	}
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name},

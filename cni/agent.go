@@ -1,7 +1,6 @@
 package cni
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -22,9 +21,7 @@ var errAgentUnknown = errors.New("pod unknown to the agent")
 // annotations. The protocol (daemon/podcache/wire) needs only what the
 // plugin links already: no client-go, no second TLS client.
 func askAgent(socket, namespace, name, uid string) (map[string]string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), agentTimeout)
-	defer cancel()
-	resp, err := wire.Ask(ctx, socket, wire.Request{Namespace: namespace, Name: name, UID: uid})
+	resp, err := wire.Ask(socket, wire.Request{Namespace: namespace, Name: name, UID: uid}, agentTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("ask the agent: %w", err)
 	}

@@ -49,7 +49,7 @@ func pod(namespace, name, uid string, ann map[string]string) *corev1.Pod {
 
 // testServer serves lookup on a socket in a fresh directory until the
 // test ends, and returns it with its metrics and the socket path.
-func testServer(t *testing.T, lookup Lookup, wait time.Duration, configure ...func(*Server)) (*Server, *Metrics) {
+func testServer(t testing.TB, lookup Lookup, wait time.Duration, configure ...func(*Server)) (*Server, *Metrics) {
 	t.Helper()
 	s := New(filepath.Join(shortTempDir(t), "run", "cni.sock"), lookup)
 	s.Wait = wait
@@ -74,7 +74,7 @@ func testServer(t *testing.T, lookup Lookup, wait time.Duration, configure ...fu
 
 // shortTempDir: unix socket paths are limited to 108 bytes, which
 // t.TempDir's, named after the test, may exceed.
-func shortTempDir(t *testing.T) string {
+func shortTempDir(t testing.TB) string {
 	t.Helper()
 	d, err := os.MkdirTemp("", "podcache")
 	if err != nil {
@@ -86,9 +86,7 @@ func shortTempDir(t *testing.T) string {
 
 func ask(t *testing.T, socket string, req wire.Request) wire.Response {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := wire.Ask(ctx, socket, req)
+	resp, err := wire.Ask(socket, req, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -315,9 +313,7 @@ func TestConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			resp, err := wire.Ask(ctx, s.Socket(), wire.Request{Namespace: "ns", Name: fmt.Sprintf("p%d", i), UID: fmt.Sprintf("u%d", i)})
+			resp, err := wire.Ask(s.Socket(), wire.Request{Namespace: "ns", Name: fmt.Sprintf("p%d", i), UID: fmt.Sprintf("u%d", i)}, 5*time.Second)
 			if err != nil || !resp.Found || resp.Annotations["i"] != fmt.Sprint(i) {
 				t.Errorf("p%d: %+v, %v", i, resp, err)
 			}

@@ -8,12 +8,13 @@ package wire
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
+	"os"
+	"syscall"
+	"time"
 )
 
 // Version is the protocol version both sides send. A server answers a
@@ -82,30 +83,107 @@ func Read(r io.Reader, limit int, v any) error {
 	return nil
 }
 
-// Ask sends req to the server on socket and returns its answer. ctx's
-// deadline bounds the dial and the answer together.
-func Ask(ctx context.Context, socket string, req Request) (Response, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", socket)
+// Ask sends req to the server on socket and returns its answer, all of
+// it within timeout. It makes blocking system calls rather than going
+// through the net package: in meshlet-cni, a fresh process per pod, the
+// net package's poller would first start up and then hand the wait to
+// another thread and back, about 0.1 ms of the 0.4 ms an ask takes there.
+func Ask(socket string, req Request, timeout time.Duration) (Response, error) {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return Response{}, err
+		return Response{}, os.NewSyscallError("socket", err)
 	}
-	defer conn.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		if err := conn.SetDeadline(dl); err != nil {
-			return Response{}, err
-		}
+	defer syscall.Close(fd)
+	c := &conn{fd: fd, deadline: time.Now().Add(timeout)}
+	if err := c.connect(socket); err != nil {
+		return Response{}, fmt.Errorf("connect to %s: %w", socket, err)
 	}
 	req.Version = Version
-	if err := Write(conn, req); err != nil {
+	if err := Write(c, req); err != nil {
 		return Response{}, fmt.Errorf("send request: %w", err)
 	}
 	var resp Response
-	if err := Read(conn, MaxResponse, &resp); err != nil {
+	if err := Read(c, MaxResponse, &resp); err != nil {
 		return Response{}, fmt.Errorf("read answer: %w", err)
 	}
 	if resp.Version != Version {
 		return Response{}, fmt.Errorf("answer of protocol version %d, want %d", resp.Version, Version)
 	}
 	return resp, nil
+}
+
+// conn is a blocking unix socket whose every call ends by deadline
+// (SO_RCVTIMEO / SO_SNDTIMEO, set to what is left before each call).
+type conn struct {
+	fd       int
+	deadline time.Time
+	tried    bool // connect was interrupted once: EISCONN then means done
+}
+
+// arm sets the socket's timeout opt to the time left.
+func (c *conn) arm(opt int) error {
+	left := time.Until(c.deadline)
+	if left < time.Microsecond { // a zero timeval would mean no timeout
+		return os.ErrDeadlineExceeded
+	}
+	tv := syscall.NsecToTimeval(left.Nanoseconds())
+	return os.NewSyscallError("setsockopt", syscall.SetsockoptTimeval(c.fd, syscall.SOL_SOCKET, opt, &tv))
+}
+
+// A call that times out fails with EAGAIN, one a signal interrupts with
+// EINTR (the Go runtime's preemption signals included: SA_RESTART does
+// not restart a socket call with a timeout); both are retried, and arm
+// then says whether time is up.
+func retry(err error) bool { return err == syscall.EINTR || err == syscall.EAGAIN }
+
+func (c *conn) connect(socket string) error {
+	for {
+		if err := c.arm(syscall.SO_SNDTIMEO); err != nil {
+			return err
+		}
+		err := syscall.Connect(c.fd, &syscall.SockaddrUnix{Name: socket})
+		switch {
+		case err == nil, err == syscall.EISCONN && c.tried:
+			return nil
+		case retry(err):
+			c.tried = true
+		default:
+			return os.NewSyscallError("connect", err)
+		}
+	}
+}
+
+func (c *conn) Write(p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		if err := c.arm(syscall.SO_SNDTIMEO); err != nil {
+			return n, err
+		}
+		m, err := syscall.Write(c.fd, p[n:])
+		if m > 0 {
+			n += m
+		}
+		if err != nil && !retry(err) {
+			return n, os.NewSyscallError("write", err)
+		}
+	}
+	return n, nil
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	for {
+		if err := c.arm(syscall.SO_RCVTIMEO); err != nil {
+			return 0, err
+		}
+		n, err := syscall.Read(c.fd, p)
+		switch {
+		case retry(err):
+		case err != nil:
+			return 0, os.NewSyscallError("read", err)
+		case n == 0:
+			return 0, io.EOF
+		default:
+			return n, nil
+		}
+	}
 }

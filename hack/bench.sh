@@ -7,8 +7,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PATH="$root/bin:$PATH"
 # BenchmarkADDAgainstBaseline also builds meshlet-cni at $MESHLET_BASELINE
-# (default: the plugin before issue 6) and runs both in the same run.
+# (default: the plugin before issue 6) and runs both in the same run;
+# BenchmarkADDFromAgent serves the agent's pod cache from its own process.
 go test -run '^$' -bench . -benchmem -benchtime 200x ./iptables/ ./cmd/meshlet-cni/
+# One ask of the agent's pod cache from a warm client, in process.
+go test -run '^$' -bench Ask -benchmem -benchtime 2000x ./daemon/podcache/
 # The webhook's mutation alone, then its AdmissionReview, in process and over HTTPS at 500/s (no
 # cluster). The HTTPS one runs in its own process: a heap left by the
 # in-process one would make its GC, hence its tail, look better.

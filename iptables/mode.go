@@ -2,6 +2,7 @@ package iptables
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -53,4 +54,34 @@ func DetectMode() (Mode, error) {
 		return ModeLegacy, nil
 	}
 	return ModeNFT, nil
+}
+
+// DetectModeIn is DetectMode for the host whose root file system is
+// mounted at root (the node agent reads the host's through /proc/1/root):
+// it follows the iptables symlink chain inside root, never running
+// anything, since the host's binaries may not run in the caller's image.
+func DetectModeIn(root string) (Mode, error) {
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
+		p := filepath.Join(dir, "iptables")
+		for range 16 { // a symlink loop ends here
+			target, err := os.Readlink(filepath.Join(root, p))
+			if err != nil {
+				break
+			}
+			if !filepath.IsAbs(target) {
+				target = filepath.Join(filepath.Dir(p), target)
+			}
+			p = target
+		}
+		switch base := filepath.Base(p); {
+		case strings.Contains(base, "nft"):
+			return ModeNFT, nil
+		case strings.Contains(base, "legacy"):
+			return ModeLegacy, nil
+		}
+		if _, err := os.Stat(filepath.Join(root, p)); err == nil {
+			return "", fmt.Errorf("detect the host's iptables mode: %s in %s is neither an nft nor a legacy xtables binary: set the mode", p, root)
+		}
+	}
+	return "", fmt.Errorf("detect the host's iptables mode: no iptables under %s: set the mode", root)
 }

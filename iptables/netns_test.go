@@ -512,3 +512,90 @@ func (n noExec) Run(netns string, c Command) (string, error) {
 	n.t.Errorf("exec'd %s %v in %s: netlink fell back", c.Tool, c.Args, netns)
 	return "", fmt.Errorf("no exec in this test")
 }
+
+// TestDetectModeFromRules: in a netns whose rules one backend wrote,
+// with a Kubernetes chain as kube-proxy leaves one, detection names that
+// backend; a netns without rules gives an error, not a guess.
+func TestDetectModeFromRules(t *testing.T) {
+	netnstest.RequireRoot(t)
+	detectIn := func(n ns.NetNS) (m Mode, err error) {
+		if e := n.Do(func(ns.NetNS) error { m, err = DetectModeFromRules(); return nil }); e != nil {
+			t.Fatal(e)
+		}
+		return m, err
+	}
+	for _, mode := range []Mode{ModeNFT, ModeLegacy} {
+		t.Run(string(mode), func(t *testing.T) {
+			n := netnstest.NewNS(t)
+			iptablesIn(t, mode, n, "-t", "nat", "-N", "KUBE-SERVICES")
+			if got, err := detectIn(n); err != nil || got != mode {
+				t.Fatalf("DetectModeFromRules = %q, %v; want %q", got, err, mode)
+			}
+		})
+	}
+	t.Run("both, Kubernetes in nft", func(t *testing.T) {
+		n := netnstest.NewNS(t)
+		iptablesIn(t, ModeLegacy, n, "-t", "nat", "-N", "OTHER")
+		iptablesIn(t, ModeNFT, n, "-t", "nat", "-N", "KUBE-SERVICES")
+		if got, err := detectIn(n); err != nil || got != ModeNFT {
+			t.Fatalf("DetectModeFromRules = %q, %v; want nft", got, err)
+		}
+	})
+	t.Run("no rules", func(t *testing.T) {
+		if got, err := detectIn(netnstest.NewNS(t)); err == nil {
+			t.Fatalf("DetectModeFromRules = %q in an empty netns, want an error", got)
+		}
+	})
+}
+
+// noTools is a Runner as in an image without the iptables tools.
+type noTools struct{}
+
+func (noTools) Run(string, Command) (string, error) {
+	return "", fmt.Errorf("iptables-nft-save not found (PATH or /usr/sbin, /sbin): install iptables")
+}
+
+// TestNetlinkVerifyWithoutTools: the nft backend verifies over netlink
+// alone (the node agent's image has no iptables tools): rules written by
+// iptables-nft-restore (as an older plugin did) or by netlink verify; a
+// deleted rule, an added one, a jump from elsewhere and a bare netns do
+// not.
+func TestNetlinkVerifyWithoutTools(t *testing.T) {
+	netnstest.RequireRoot(t)
+	p := mustPlan(t, trafficConfig)
+	fams := []Family{IPv4, IPv6}
+	bare := Applier{Mode: ModeNFT, Runner: noTools{}}
+	for _, writer := range []Applier{{Mode: ModeNFT}, {Mode: ModeNFT, NoNetlink: true}} {
+		pod := netnstest.NewNS(t)
+		if err := writer.Apply(pod.Path(), p, fams); err != nil {
+			t.Fatal(err)
+		}
+		if err := bare.Verify(pod.Path(), p, fams); err != nil {
+			t.Fatalf("rules written with NoNetlink=%v do not verify over netlink: %v", writer.NoNetlink, err)
+		}
+	}
+	pod := netnstest.NewNS(t)
+	if err := bare.Verify(pod.Path(), p, fams); err == nil || !strings.Contains(err.Error(), "missing chain "+ChainOutput) {
+		t.Fatalf("bare netns: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"deleted", []string{"-D", ChainOutput, "-o", "lo", "-m", "comment", "--comment", "meshlet/via-lo", "-j", "RETURN"},
+			`missing "-A CONSUL_PROXY_OUTPUT -o lo -m comment --comment \"meshlet/via-lo\" -j RETURN"`},
+		{"added", []string{"-I", ChainInbound, "-p", "tcp", "--dport", "22", "-j", "RETURN"}, "unexpected rule in " + ChainInbound},
+		{"extra jump", []string{"-A", "PREROUTING", "-j", ChainInbound}, "unexpected rule in PREROUTING"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := (Applier{Mode: ModeNFT}).Apply(pod.Path(), p, fams); err != nil {
+				t.Fatal(err)
+			}
+			iptablesIn(t, ModeNFT, pod, append([]string{"-t", "nat"}, tc.args...)...)
+			if err := bare.Verify(pod.Path(), p, fams); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("verify said %v, want %q", err, tc.want)
+			}
+		})
+	}
+}

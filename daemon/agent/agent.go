@@ -25,6 +25,10 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/meshlet/meshlet/daemon/podcache"
+	"github.com/meshlet/meshlet/daemon/repair"
+	"github.com/meshlet/meshlet/iptables"
 )
 
 // Agent is one node's agent, built by New and run by Run.
@@ -39,6 +43,11 @@ type Agent struct {
 	inf     *informerSet
 	queue   workqueue.TypedRateLimitingInterface[string]
 	sync    *Syncer
+	podc    *podcache.Server
+	// repairer is nil when the check is off; repairNow asks for a pass.
+	repairer  *repair.Repairer
+	repairNow chan struct{}
+	iptMode   string // resolved: nft, legacy, or "" (the plugin detects)
 
 	synced    atomic.Bool // caches filled and the first resync done
 	installed atomic.Bool // meshlet-cni chained (or installing disabled)
@@ -59,12 +68,47 @@ func New(cfg Config, client kubernetes.Interface, consul *capi.Client, log *slog
 	if err := a.inf.wire(a.queue); err != nil {
 		return nil, fmt.Errorf("watch pods and Services: %w", err)
 	}
+	a.iptMode, _ = a.resolveIptablesMode()
+	if !cfg.Repair.Disabled {
+		mode, _ := repair.ParseMode(cfg.Repair.Mode) // validated
+		a.repairer = &repair.Repairer{Mode: mode, IptablesMode: a.iptMode, Node: cfg.NodeName}
+		a.repairNow = make(chan struct{}, 1)
+	}
+	if cfg.Socket != "" {
+		a.podc = podcache.New(cfg.Socket, podcache.ListerLookup{Lister: a.inf.podLister()})
+		a.podc.Log, a.podc.Metrics = a.log, podcache.NewMetrics(reg)
+		if _, err := a.inf.podInf.AddEventHandler(a.podc.EventHandler()); err != nil {
+			return nil, fmt.Errorf("watch pods: %w", err)
+		}
+	}
 	a.sync = &Syncer{
 		Consul: consul.Agent(), Pods: a.inf.podLister(), Services: a.inf.serviceLister(),
 		Metrics: a.metrics, Log: a.log, ListNamespace: cfg.consulListNamespace(),
 		Requeue: func(key string) { a.queue.Add(key) },
 	}
 	return a, nil
+}
+
+// resolveIptablesMode settles the host's iptables backend, for the
+// plugin's entry and the repair. Detected in the agent's image it would
+// be the image's, so auto reads the host's iptables symlinks through
+// HostRoot, else tells it from the host network's rules (kube-proxy's).
+// An unknown mode leaves the plugin to detect it on the host, and
+// postpones the repair: checking the wrong backend would find every pod
+// bare.
+func (a *Agent) resolveIptablesMode() (string, error) {
+	if a.cfg.IptablesMode != "auto" {
+		return a.cfg.IptablesMode, nil
+	}
+	m, err := iptables.DetectModeIn(a.cfg.HostRoot)
+	if err != nil {
+		var err2 error
+		if m, err2 = iptables.DetectModeFromRules(); err2 != nil {
+			return "", fmt.Errorf("%w; %w", err, err2)
+		}
+	}
+	a.log.Info("host iptables backend", "mode", m)
+	return string(m), nil
 }
 
 // Registry is the agent's Prometheus registry, for callers adding series.
@@ -119,6 +163,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		go a.work()
 	}
 	go a.resyncLoop(ctx)
+	if a.repairer != nil {
+		go a.runRepair(ctx)
+	}
+	if a.podc != nil {
+		go func() {
+			if err := a.podc.Serve(ctx); err != nil {
+				errc <- err
+			}
+		}()
+	}
 
 	select {
 	case <-ctx.Done():

@@ -16,6 +16,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/meshlet/meshlet/daemon/podcache"
 )
 
 // options are `meshlet agent`'s flags beyond Config.
@@ -70,6 +72,13 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&n.TokenTTL, "cni-token-ttl", 24*time.Hour, "life of meshlet-cni's tokens; renewed at 80%")
 	fs.StringVar(&n.APIServer, "cni-api-server", "", "the API server's URL as meshlet-cni on the host reaches it (default: the agent's in-cluster address)")
 	fs.BoolVar(&n.UninstallOnDelete, "cni-uninstall", true, "remove meshlet-cni when the agent's DaemonSet is deleted (never on a rolling update)")
+	fs.StringVar(&c.Socket, "cni-agent-socket", podcache.DefaultSocket, "unix socket serving pods' annotations to meshlet-cni from the agent's cache; same path on the host; empty: none")
+	fs.StringVar(&c.IptablesMode, "iptables-mode", "auto", "the host's iptables backend: auto (read from the host's iptables symlinks under -host-root), nft or legacy")
+	fs.StringVar(&c.HostRoot, "host-root", "/proc/1/root", "the host's root file system (with hostPID, /proc/1/root)")
+	fs.StringVar(&c.Repair.Mode, "repair-mode", "auto", "injected pods found running without redirection: auto (delete those with a controller, repair bare ones in place), repair, delete or off (report only)")
+	fs.DurationVar(&c.Repair.Interval, "repair-interval", 5*time.Minute, "time between checks of running pods' redirection (also checked after install and re-chaining)")
+	fs.StringVar(&c.Repair.ProcRoot, "proc-root", "/proc", "the host's /proc (needs hostPID)")
+	fs.BoolVar(&c.Repair.Disabled, "repair-disable", false, "do not check running pods' redirection at all")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.logJSON, "log-json", true, "JSON logs (false: text)")
 	if err := fs.Parse(args); err != nil {

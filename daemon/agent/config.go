@@ -6,6 +6,8 @@ import (
 	"net"
 	"path/filepath"
 	"time"
+
+	"github.com/meshlet/meshlet/daemon/repair"
 )
 
 // Config is the agent's configuration; Main fills it from flags.
@@ -27,6 +29,28 @@ type Config struct {
 	// Listen serves /healthz, /readyz and /metrics; empty: not served.
 	Listen string
 	CNI    CNIConfig
+	// Socket serves meshlet-cni the pods' annotations from the agent's
+	// cache (daemon/podcache); empty: not served. The same path on the
+	// host and in the agent's container.
+	Socket string
+	// IptablesMode is the host's iptables backend (auto: detected in
+	// HostRoot), for the plugin's entry and the repair.
+	IptablesMode string
+	HostRoot     string
+	Repair       RepairConfig
+}
+
+// RepairConfig is the check of running pods for missing redirection.
+type RepairConfig struct {
+	// Mode: auto, repair, delete or off (daemon/repair).
+	Mode string
+	// Interval between passes; a pass also follows the install and every
+	// re-chaining of the entry.
+	Interval time.Duration
+	// ProcRoot is the host's /proc (the agent runs with hostPID).
+	ProcRoot string
+	// Disabled turns the check off entirely (no hostPID needed).
+	Disabled bool
 }
 
 // CNIConfig is the plugin's installation on the node.
@@ -75,6 +99,22 @@ func (c Config) validate() error {
 	}
 	if c.CNI.Enabled {
 		errs = append(errs, c.CNI.validate()...)
+	}
+	if c.Socket != "" && !filepath.IsAbs(c.Socket) {
+		errs = append(errs, fmt.Errorf("-cni-agent-socket %q: expected an absolute path", c.Socket))
+	}
+	if !c.Repair.Disabled {
+		if _, err := repair.ParseMode(c.Repair.Mode); err != nil {
+			errs = append(errs, fmt.Errorf("-repair-mode: %w", err))
+		}
+		if c.Repair.Interval < time.Second {
+			errs = append(errs, fmt.Errorf("-repair-interval %s: expected at least 1s", c.Repair.Interval))
+		}
+	}
+	switch c.IptablesMode {
+	case "auto", "nft", "legacy":
+	default:
+		errs = append(errs, fmt.Errorf("-iptables-mode %q: expected auto, nft or legacy", c.IptablesMode))
 	}
 	return errors.Join(errs...)
 }

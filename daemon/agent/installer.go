@@ -22,7 +22,7 @@ func (a *Agent) runInstaller(ctx context.Context) error {
 	creds := cniCreds{client: a.client, namespace: c.Namespace, serviceAccount: c.ServiceAccount,
 		server: c.APIServer, caData: c.CAData, ttl: c.TokenTTL}
 	ic := install.InstallConfig{ConfDir: c.ConfDir, BinDir: c.BinDir, Binary: c.Binary, KubeconfigPath: c.KubeconfigPath,
-		LogFile: c.LogFile, LogLevel: c.LogLevel}
+		LogFile: c.LogFile, LogLevel: c.LogLevel, AgentSocket: a.cfg.Socket, IptablesMode: a.iptMode}
 	node := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: types.UID(a.cfg.NodeName)}
 
 	var renewAt time.Time
@@ -57,6 +57,7 @@ func (a *Agent) runInstaller(ctx context.Context) error {
 	}
 	a.installed.Store(true)
 	a.metrics.cniInstalled.Set(1)
+	a.askRepair()
 
 	watchDone := make(chan struct{})
 	go func() {
@@ -90,6 +91,7 @@ func (a *Agent) cniEvent(node *corev1.ObjectReference, e install.Event) {
 	case install.Rechained:
 		a.metrics.cniEvents.WithLabelValues("rechained").Inc()
 		a.log.Info("meshlet-cni chained again", "config", e.Config, "removals_in_window", e.Count)
+		a.askRepair() // pods may have started while it was missing
 	case install.Fighting:
 		a.metrics.cniEvents.WithLabelValues("fighting").Inc()
 		msg := fmt.Sprintf("%s keeps losing meshlet-cni's entry (%d times recently): another CNI installer rewrites it; new pods may start without redirection while it does", e.Config, e.Count)
@@ -146,4 +148,15 @@ func (a *Agent) daemonSetDeleted(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("get DaemonSet %s/%s: %w", pod.Namespace, owner.Name, err)
 	}
 	return ds.DeletionTimestamp != nil || ds.UID != owner.UID, nil
+}
+
+// askRepair asks for a repair pass soon; one pending request is enough.
+func (a *Agent) askRepair() {
+	if a.repairNow == nil {
+		return
+	}
+	select {
+	case a.repairNow <- struct{}{}:
+	default:
+	}
 }

@@ -35,6 +35,10 @@ type InstallConfig struct {
 	// (podcache.DefaultSocket), which the plugin asks before the API
 	// server when the runtime passes no annotations. Empty: not asked.
 	AgentSocket string
+	// IptablesMode is the entry's iptables_mode (empty: auto, the host's
+	// iptables backend). The agent sets the mode it resolved, so that the
+	// plugin and the agent's repair check the same backend.
+	IptablesMode string
 
 	// FightWindow and FightThreshold: Watch reports a primary CNI that
 	// removed the entry FightThreshold times within FightWindow (default
@@ -58,6 +62,9 @@ func (c InstallConfig) Entry() map[string]any {
 	}
 	if c.AgentSocket != "" {
 		e["agent_socket"] = c.AgentSocket
+	}
+	if c.IptablesMode != "" {
+		e["iptables_mode"] = c.IptablesMode
 	}
 	return e
 }

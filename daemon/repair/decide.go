@@ -129,8 +129,11 @@ func skipReason(pod *corev1.Pod) string {
 		return "host network: meshlet never redirects it"
 	case pod.DeletionTimestamp != nil:
 		return "being deleted: its DEL may be removing the rules"
-	case pod.Status.Phase != corev1.PodRunning:
-		return fmt.Sprintf("phase %s, not Running", pod.Status.Phase)
+	case pod.Status.Phase != corev1.PodRunning && pod.Status.Phase != corev1.PodPending:
+		// Pending counts: a pod whose native sidecar waits for its
+		// registration has a sandbox, an IP and traffic, yet no Running
+		// phase.
+		return fmt.Sprintf("phase %s: its containers have stopped", pod.Status.Phase)
 	case len(podIPs(pod)) == 0:
 		// An IP means the sandbox's CNI ADD, meshlet-cni's part included,
 		// has finished: a check cannot race with it.

@@ -100,7 +100,7 @@ func TestDecide(t *testing.T) {
 		{"protected, repair mode", bare, Protected, ModeRepair, ActionNone, "in place"},
 		{"unchecked", owned, Unchecked, ModeDelete, ActionNone, "not checked"},
 		{"host network", hostNet, Unprotected, ModeDelete, ActionNone, "host network"},
-		{"pending", pending, Unprotected, ModeDelete, ActionNone, "Pending"},
+		{"pending with an IP (sidecar waiting)", pending, Unprotected, ModeDelete, ActionDelete, ""},
 		{"succeeded", succeeded, Unprotected, ModeRepair, ActionNone, "Succeeded"},
 		{"no IP yet: ADD may be running", noIP, Unprotected, ModeDelete, ActionNone, "no pod IP"},
 		{"being deleted", deleting, Unprotected, ModeDelete, ActionNone, "being deleted"},

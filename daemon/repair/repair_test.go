@@ -115,7 +115,7 @@ func TestInspect(t *testing.T) {
 			nil, nil, Invalid, false, ActionReport, "", annotations.RedirectConfig, 0},
 		{"no process", injectedPod(func(p *corev1.Pod) { p.UID = "eeeeeeee-0000-4000-8000-000000000005" }), nil, nil,
 			Unchecked, false, ActionNone, "no process of the pod", "", 0},
-		{"not running: nothing read", injectedPod(func(p *corev1.Pod) { p.Status.Phase = corev1.PodPending }), nil, nil,
+		{"finished: nothing read", injectedPod(func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }), nil, nil,
 			Unchecked, false, ActionNone, "", "", 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -22,6 +22,8 @@ import (
 	"github.com/meshlet/meshlet/annotations"
 	"github.com/meshlet/meshlet/daemon/install"
 	"github.com/meshlet/meshlet/daemon/register"
+	"github.com/meshlet/meshlet/daemon/repair"
+	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 )
 
@@ -336,5 +338,107 @@ func TestAgentRechainsConflist(t *testing.T) {
 	}
 	if got := agentMetric(t, "meshlet_agent_cni_installed"); got != "1" {
 		t.Errorf("meshlet_agent_cni_installed %s, want 1", got)
+	}
+}
+
+// redirected says whether the running pod's netns holds its redirection.
+func redirected(t *testing.T, ctx context.Context, pod *corev1.Pod) error {
+	t.Helper()
+	netns, err := lc.PodNetNS(ctx, pod.Namespace, pod.Name)
+	if err != nil {
+		return err
+	}
+	plan, err := annotations.RedirectPlan(pod.Annotations)
+	if err != nil || plan == nil {
+		t.Fatalf("pod %s: redirect plan %v, %v", pod.Name, plan, err)
+	}
+	return applier(t).Verify(netns, plan, []iptables.Family{iptables.IPv4})
+}
+
+func podEvent(ctx context.Context, cs *kubernetes.Clientset, ns, pod, reason string) (string, error) {
+	evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod + ",reason=" + reason})
+	if err != nil || len(evs.Items) == 0 {
+		return "", fmt.Errorf("no %s Event on %s (%v)", reason, pod, err)
+	}
+	return evs.Items[0].Message, nil
+}
+
+func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
+	requireCluster(t)
+	cs := clientset(t)
+	ns := testNamespace(t, cs, "agent-repair")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	// A node before the agent ran: no agent, and the primary CNI's
+	// conflist without meshlet-cni (written in place, as a CNI would).
+	restart := stopAgent(t, ctx, cs)
+	if err := os.WriteFile(lc.ConflistFile(), []byte(lc.Conflist()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "containerd to drop meshlet-cni", func(ctx context.Context) (bool, error) {
+		return lc.RuntimeUsesPlugin(ctx, "meshlet-cni") != nil, nil
+	})
+	bare := createPod(t, cs, ns, "bare", map[string]string{annotations.Inject: "true"}, shellContainer)
+	meshDeployment(t, cs, ns, "web", 1)
+	// With an IP the sandbox is up and its network in use, though the
+	// native sidecar, waiting for the agent to register it, holds the pod
+	// in Pending.
+	var owned *corev1.Pod
+	waitFor(t, ctx, "both pods with an IP", func(ctx context.Context) (bool, error) {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil || len(pods.Items) != 2 {
+			return false, err
+		}
+		for i, p := range pods.Items {
+			if p.Status.PodIP == "" {
+				return false, nil
+			}
+			if p.Name == "bare" {
+				bare = &pods.Items[i]
+			} else {
+				owned = &pods.Items[i]
+			}
+		}
+		return true, nil
+	})
+	for _, p := range []*corev1.Pod{bare, owned} {
+		if err := redirected(t, ctx, p); err == nil {
+			t.Fatalf("pod %s has its redirection though meshlet-cni was not chained", p.Name)
+		}
+	}
+
+	restart()
+	// The bare pod, which nothing would recreate, is repaired in place.
+	waitFor(t, ctx, "the bare pod repaired with an Event", func(ctx context.Context) (bool, error) {
+		msg, err := podEvent(ctx, cs, ns, "bare", repair.ReasonMissing)
+		if err != nil {
+			return false, err
+		}
+		if !strings.Contains(msg, "repaired in place") {
+			return false, fmt.Errorf("Event %q", msg)
+		}
+		return true, redirected(t, ctx, bare)
+	})
+	// The Deployment's pod is deleted; its replacement gets the plugin.
+	waitFor(t, ctx, "the Deployment's pod replaced with an Event", func(ctx context.Context) (bool, error) {
+		msg, err := podEvent(ctx, cs, ns, owned.Name, repair.ReasonMissing)
+		if err != nil {
+			return false, err
+		}
+		if !strings.Contains(msg, "deleted so that its controller recreates it") {
+			return false, fmt.Errorf("Event %q", msg)
+		}
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil || len(pods.Items) != 1 || pods.Items[0].UID == owned.UID || pods.Items[0].Status.Phase != corev1.PodRunning {
+			return false, err
+		}
+		return true, redirected(t, ctx, &pods.Items[0])
+	})
+	if got := agentMetric(t, `meshlet_agent_unprotected_pods_total{action="repaired"}`); got != "1" {
+		t.Errorf(`unprotected_pods_total{action="repaired"} = %s, want 1`, got)
+	}
+	if got := agentMetric(t, `meshlet_agent_unprotected_pods_total{action="deleted"}`); got != "1" {
+		t.Errorf(`unprotected_pods_total{action="deleted"} = %s, want 1`, got)
 	}
 }

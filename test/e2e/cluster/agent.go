@@ -28,12 +28,17 @@ const (
 // conflist is read by the plugin on the host.
 func (c *Cluster) AgentKubeconfigDir() string { return c.path("meshlet") }
 
+// AgentSocketDir holds the agent's pod cache socket, at the same path on
+// the host (where the plugin dials it) and in the agent's container.
+func (c *Cluster) AgentSocketDir() string { return c.path("run") }
+
 // AgentArgs are the agent's flags on the local cluster.
 func (c *Cluster) AgentArgs() []string {
 	return []string{"agent", "-log-level", "debug",
 		"-listen", fmt.Sprintf("$(HOST_IP):%d", AgentPort),
 		"-cni-kubeconfig", c.AgentKubeconfigDir() + "/meshlet-cni.kubeconfig",
-		"-cni-log-file", c.path("logs", "meshlet-cni.log"), "-cni-log-level", "debug"}
+		"-cni-log-file", c.path("logs", "meshlet-cni.log"), "-cni-log-level", "debug",
+		"-cni-agent-socket", c.AgentSocketDir() + "/cni.sock"}
 }
 
 func agentRBAC() []rbacv1.PolicyRule {
@@ -123,6 +128,7 @@ func (c *Cluster) AgentDaemonSet() *appsv1.DaemonSet {
 		{"cni-conf", c.CNIConfDir(), "/host/etc/cni/net.d"},
 		{"cni-kubeconfig", c.AgentKubeconfigDir(), c.AgentKubeconfigDir()},
 		{"logs", c.path("logs"), c.path("logs")},
+		{"socket", c.AgentSocketDir(), c.AgentSocketDir()},
 	} {
 		v, m := hostDir(d[0], d[1], d[2])
 		vols, mounts = append(vols, v), append(mounts, m)

@@ -41,13 +41,25 @@ func newInformers(cs kubernetes.Interface, node string) *informerSet {
 	}
 }
 
-// slimPod drops what the agent never reads before a pod enters the cache:
-// managed fields are often the largest part of an object.
+// slimPod keeps of a pod only what the agent reads: its metadata (not the
+// managed fields, often the largest part), whether it uses the host
+// network, and its phase, conditions and IPs. Containers, volumes and
+// container statuses are most of a pod, and an injected pod's are larger
+// still; with 110 pods on a node they would be most of the agent's heap.
 func slimPod(obj any) (any, error) {
-	if p, ok := obj.(*corev1.Pod); ok {
-		p.ManagedFields = nil
+	p, ok := obj.(*corev1.Pod)
+	if !ok {
+		return obj, nil
 	}
-	return obj, nil
+	meta := p.ObjectMeta
+	meta.ManagedFields = nil
+	return &corev1.Pod{
+		TypeMeta:   p.TypeMeta,
+		ObjectMeta: meta,
+		Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Status: corev1.PodStatus{Phase: p.Status.Phase, Conditions: p.Status.Conditions,
+			PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
+	}, nil
 }
 
 // slimService keeps of a Service only what registrations use (name,

@@ -128,7 +128,7 @@ func waitCatalogFollows(t *testing.T, ctx context.Context, cs *kubernetes.Client
 	return pods
 }
 
-func consul(t *testing.T) *capi.Client {
+func consul(t testing.TB) *capi.Client {
 	t.Helper()
 	cl, err := cluster.ConsulClient()
 	if err != nil {
@@ -189,7 +189,7 @@ func TestAgentFollowsDeployment(t *testing.T) {
 
 // stopAgent takes the agent off the node (a nodeSelector nothing matches)
 // until the returned func puts it back and it is ready again.
-func stopAgent(t *testing.T, ctx context.Context, cs *kubernetes.Clientset) (restart func()) {
+func stopAgent(t testing.TB, ctx context.Context, cs *kubernetes.Clientset) (restart func()) {
 	t.Helper()
 	dss := cs.AppsV1().DaemonSets(cluster.MeshletNamespace)
 	patch := func(sel string) {

@@ -161,7 +161,7 @@ func freeLoopbackPort(t *testing.T) int {
 
 // startHostProcess starts a helper process on the host and stops it, by
 // its PID, when the test ends.
-func startHostProcess(t *testing.T, argv ...string) {
+func startHostProcess(t testing.TB, argv ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	var out strings.Builder
@@ -183,4 +183,5 @@ func startHostProcess(t *testing.T, argv ...string) {
 			t.Logf("%s output:\n%s", argv[0], out.String())
 		}
 	})
+	return cmd
 }

@@ -18,4 +18,8 @@ go test -run '^$' -bench Ask -benchmem -benchtime 2000x ./daemon/podcache/
 go test -run '^$' -bench Mutate -benchmem -benchtime 2000x -count 3 ./webhook/
 go test -run '^$' -bench 'Review$' -benchmem -benchtime 2500x -count 3 ./webhook/server/
 go test -run '^$' -bench ReviewHTTPS500 -benchtime 2500x -count 3 ./webhook/server/
-go test -run '^$' -bench . -benchtime "${BENCHTIME:-50x}" ./test/e2e/ 2>&1 | grep -v 'level=INFO'
+go test -run '^$' -bench 'Plugin|ADD' -benchtime "${BENCHTIME:-50x}" ./test/e2e/ 2>&1 | grep -v 'level=INFO'
+# The node agent on the real cluster: 100 pods' readiness and deletion to
+# Consul, and its memory with 110 pods and 1,000 Services (a few rounds:
+# each is seconds of cluster work).
+go test -run '^$' -bench 'Agent' -benchtime 3x ./test/e2e/ 2>&1 | grep -v 'level=INFO'

@@ -49,7 +49,7 @@ type Agent struct {
 	repairNow chan struct{}
 	iptMode   string // resolved: nft, legacy, or "" (the plugin detects)
 
-	synced    atomic.Bool // caches filled and the first resync done
+	synced    atomic.Bool // caches filled
 	installed atomic.Bool // meshlet-cni chained (or installing disabled)
 }
 
@@ -126,7 +126,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.events = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "meshlet-agent", Host: a.cfg.NodeName})
 	a.sync.Events = a.events
 
-	errc := make(chan error, 2)
+	errc := make(chan error, 3) // HTTP server, installer, pod cache
 	if a.cfg.Listen != "" {
 		ln, err := net.Listen("tcp", a.cfg.Listen)
 		if err != nil {
@@ -158,6 +158,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), a.inf.podInf.HasSynced, a.inf.svcInf.HasSynced) {
 		return ctx.Err()
 	}
+	a.synced.Store(true)
 	a.log.Info("caches synced", "pods", len(a.inf.podInf.GetStore().ListKeys()), "services", len(a.inf.svcInf.GetStore().ListKeys()))
 	for range a.cfg.Workers {
 		go a.work()
@@ -222,9 +223,6 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 			a.log.Info("resync with the Consul agent works again")
 		}
 		failing = err != nil
-		if err == nil {
-			a.synced.Store(true)
-		}
 		select {
 		case <-ctx.Done():
 			return
@@ -234,8 +232,10 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 }
 
 // serveHTTP serves /healthz (the process runs), /readyz (the plugin is
-// chained and the agent has synced with its Consul agent once) and
-// /metrics.
+// chained and the caches are filled) and /metrics. A Consul agent that is
+// down does not make the agent unready: that would stall the DaemonSet's
+// rollouts, and with them plugin updates, while Consul is out; the logs
+// and meshlet_agent_consul_requests_total say it.
 func (a *Agent) serveHTTP(ctx context.Context, ln net.Listener) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -244,7 +244,7 @@ func (a *Agent) serveHTTP(ctx context.Context, ln net.Listener) error {
 		case !a.installed.Load():
 			http.Error(w, "meshlet-cni is not installed yet", http.StatusServiceUnavailable)
 		case !a.synced.Load():
-			http.Error(w, "not synced with the Consul agent yet", http.StatusServiceUnavailable)
+			http.Error(w, "pod and Service caches not filled yet", http.StatusServiceUnavailable)
 		default:
 			_, _ = w.Write([]byte("ok\n"))
 		}

@@ -155,12 +155,24 @@ func (f consulFlags) client() (*capi.Client, error) {
 	if f.tokenFile != "" {
 		cc.TokenFile = f.tokenFile
 	}
+	// Every request is bounded: a Consul agent that hangs must not hold a
+	// worker, and with it a pod's sync, for ever; the queue retries.
+	hc, err := capi.NewHttpClient(cc.Transport, cc.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", f.addr, err)
+	}
+	hc.Timeout = consulTimeout
+	cc.HttpClient = hc
 	c, err := capi.NewClient(cc)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", f.addr, err)
 	}
 	return c, nil
 }
+
+// consulTimeout bounds one request to the node's Consul agent, which
+// answers local requests in milliseconds.
+const consulTimeout = 10 * time.Second
 
 // gcPercent: the agent's heap is small and mostly its caches, which live
 // as long as it does; collecting at 50% growth rather than Go's 100%

@@ -144,7 +144,7 @@ func (s *Syncer) Reconcile(key string) error {
 	}
 	s.held[key] = &held{uid: pod.UID, svcID: regs.Service.ID, proxyID: regs.Proxy.ID, checkID: regs.Service.Check.CheckID,
 		namespace: regs.Service.Namespace, hash: h, status: status, registeredAt: time.Now()}
-	s.Metrics.registered.Set(float64(len(s.held)))
+	s.countLocked()
 	s.mu.Unlock()
 	return nil
 }
@@ -200,8 +200,20 @@ func (s *Syncer) deregisterID(id string, q *capi.QueryOptions) error {
 func (s *Syncer) forget(key string) {
 	s.mu.Lock()
 	delete(s.held, key)
-	s.Metrics.registered.Set(float64(len(s.held)))
+	s.countLocked()
 	s.mu.Unlock()
+}
+
+// countLocked sets the registered-pods gauge; a record of a problem only
+// is not a registration.
+func (s *Syncer) countLocked() {
+	n := 0
+	for _, h := range s.held {
+		if h.hash != 0 {
+			n++
+		}
+	}
+	s.Metrics.registered.Set(float64(n))
 }
 
 // problem reports a pod the agent cannot register, once per distinct

@@ -10,6 +10,7 @@ import (
 
 	capi "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -161,6 +162,9 @@ func TestReconcileLifecycle(t *testing.T) {
 	f.put(t, injected("web-1", "u1", true))
 	f.reconcile(t, "shop/web-1")
 	wantCalls(t, f, "register "+svcID, "register "+proxyID)
+	if got := testutil.ToFloat64(f.s.Metrics.registered); got != 1 {
+		t.Fatalf("registered pods gauge %v, want 1", got)
+	}
 	if got := f.consul.checks[checkID]; got != capi.HealthPassing {
 		t.Fatalf("check after registering a Ready pod: %q, want passing", got)
 	}
@@ -226,6 +230,9 @@ func TestReconcileSkipsAndProblems(t *testing.T) {
 	f.reconcile(t, "shop/lone")
 	f.reconcile(t, "shop/lone")
 	wantCalls(t, f)
+	if got := testutil.ToFloat64(f.s.Metrics.registered); got != 0 {
+		t.Fatalf("registered pods gauge %v with only a problem recorded", got)
+	}
 	if n := len(f.events.Events); n != 1 {
 		t.Fatalf("%d Events for one unchanged problem, want 1", n)
 	}

@@ -24,18 +24,11 @@ import (
 // added. An empty ruleset (no chains, no rules) removes meshlet's state.
 // When the transaction fails the kernel has applied none of it.
 func netlinkSync(netns string, sets []Ruleset) error {
-	f, err := os.Open(netns)
+	conn, done, err := netlinkIn(netns)
 	if err != nil {
-		return fmt.Errorf("open netns %s: %w", netns, err)
+		return err
 	}
-	defer f.Close()
-	// One socket for the reads and the transaction: without AsLasting the
-	// library dials anew, entering the netns on a fresh thread, per request.
-	conn, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", netns, err)
-	}
-	defer conn.CloseLasting()
+	defer done()
 	changed := false
 	for _, rs := range sets {
 		c, err := queueSync(conn, rs)
@@ -51,6 +44,22 @@ func netlinkSync(netns string, sets []Ruleset) error {
 		return fmt.Errorf("nf_tables transaction in %s: %w", netns, err)
 	}
 	return nil
+}
+
+// netlinkIn is one nf_tables socket in the netns for a whole operation:
+// without AsLasting the library dials anew, entering the netns on a fresh
+// thread, per request.
+func netlinkIn(netns string) (conn *nftables.Conn, done func(), err error) {
+	f, err := os.Open(netns)
+	if err != nil {
+		return nil, nil, fmt.Errorf("open netns %s: %w", netns, err)
+	}
+	defer f.Close() // the socket keeps the netns once made
+	conn, err = nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
+	if err != nil {
+		return nil, nil, fmt.Errorf("netlink in %s: %w", netns, err)
+	}
+	return conn, func() { _ = conn.CloseLasting() }, nil
 }
 
 // queueSync queues one family's changes on conn; changed is false when

@@ -3,7 +3,6 @@ package iptables
 import (
 	"encoding/hex"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 
@@ -19,16 +18,11 @@ import (
 // and compared, expression by expression, with what the kernel holds in
 // meshlet's chains and in the built-in chains' jumps to them.
 func netlinkVerify(netns string, want Ruleset) error {
-	f, err := os.Open(netns)
+	conn, done, err := netlinkIn(netns)
 	if err != nil {
-		return fmt.Errorf("open netns %s: %w", netns, err)
+		return err
 	}
-	defer f.Close()
-	conn, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())), nftables.AsLasting())
-	if err != nil {
-		return fmt.Errorf("netlink in %s: %w", netns, err)
-	}
-	defer conn.CloseLasting()
+	defer done()
 	fam := tableFamily(want.Family)
 	chains, err := conn.ListChainsOfTableFamily(fam)
 	if err != nil {

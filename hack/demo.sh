@@ -46,5 +46,23 @@ containers: {{range .spec.containers}}{{.name}} {{end}}
 {{end}}'
 say kubectl apply -f examples/injection/bad-upstream.yaml
 kubectl apply -f examples/injection/bad-upstream.yaml || true
+
+# The node agent: it chained meshlet-cni and registers injected pods.
+say kubectl -n meshlet get daemonset meshlet-agent
+kubectl -n meshlet get daemonset meshlet-agent
+say kubectl apply -f examples/agent/
+kubectl apply -f examples/agent/
+kubectl rollout status deploy/web --timeout=120s
+# Ready pods are registered: their sidecars needed the registration to start.
+say curl -s \$CONSUL_HTTP_ADDR/v1/catalog/service/web "# one instance per pod, at the pod's IP"
+curl -s "http://$CONSUL_HTTP_ADDR/v1/catalog/service/web" | tr '{,' '\n\n' | grep -E '"(ServiceID|ServiceAddress)"' | paste - - || true
+say kubectl scale deploy/web --replicas=1 "# and the catalog follows"
+kubectl scale deploy/web --replicas=1
+for i in $(seq 40); do
+  n=$(curl -s "http://$CONSUL_HTTP_ADDR/v1/catalog/service/web" | grep -o '"ServiceID"' | wc -l)
+  [ "$n" = 1 ] && break
+  sleep 0.25
+done
+curl -s "http://$CONSUL_HTTP_ADDR/v1/catalog/service/web" | tr '{,' '\n\n' | grep -E '"(ServiceID|ServiceAddress)"' | paste - - || true
 echo
 echo "The cluster keeps running: 'source .cluster/env' to use it, 'make cluster-down' to stop it."

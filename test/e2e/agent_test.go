@@ -442,3 +442,44 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 		t.Errorf(`unprotected_pods_total{action="deleted"} = %s, want 1`, got)
 	}
 }
+
+// TestAgentUninstallsOnDelete: deleting the agent's DaemonSet (an
+// uninstall) removes meshlet-cni from the node; the agent's pods being
+// replaced (TestAgentRecovers stops and starts it) does not.
+func TestAgentUninstallsOnDelete(t *testing.T) {
+	requireCluster(t)
+	cs := clientset(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			_ = lc.InstallAgent(context.Background())
+		}
+	})
+	if err := cs.AppsV1().DaemonSets(cluster.MeshletNamespace).Delete(ctx, cluster.AgentName, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	plugin := lc.CNIBinDir() + "/meshlet-cni"
+	kubeconfig := lc.AgentKubeconfigDir() + "/meshlet-cni.kubeconfig"
+	waitFor(t, ctx, "meshlet-cni removed from the node", func(context.Context) (bool, error) {
+		b, err := os.ReadFile(lc.ConflistFile())
+		if err != nil || install.HasEntry(b) {
+			return false, err
+		}
+		for _, f := range []string{plugin, kubeconfig} {
+			if _, err := os.Stat(f); !os.IsNotExist(err) {
+				return false, fmt.Errorf("%s still there (%v)", f, err)
+			}
+		}
+		return true, nil
+	})
+	if err := lc.InstallAgent(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restored = true
+	b, err := os.ReadFile(lc.ConflistFile())
+	if err != nil || !install.HasEntry(b) {
+		t.Fatalf("reinstalled agent did not chain meshlet-cni: %v", err)
+	}
+}

@@ -259,9 +259,12 @@ func (a Applier) verifyFamily(netns string, want Ruleset) error {
 	return diff(want, live)
 }
 
-const diffPrefix = "live rules differ from the redirect config"
+// ErrRulesDiffer is what Verify's errors wrap when the live rules differ
+// from the plan, as against a failure to read them: a caller that acts
+// on a difference (the agent's repair) must never act on a broken tool.
+var ErrRulesDiffer = errors.New("live rules differ from the redirect config")
 
-func isDiff(err error) bool { return err != nil && strings.Contains(err.Error(), diffPrefix) }
+func isDiff(err error) bool { return errors.Is(err, ErrRulesDiffer) }
 
 // diff compares chains and, per chain, the rule sequence.
 func diff(want Ruleset, live liveState) error {
@@ -291,7 +294,7 @@ func diff(want Ruleset, live liveState) error {
 		return nil
 	}
 	slices.Sort(problems)
-	return fmt.Errorf("%s: %s", diffPrefix, strings.Join(problems, "; "))
+	return fmt.Errorf("%w: %s", ErrRulesDiffer, strings.Join(problems, "; "))
 }
 
 func byChain(rules []string) map[string][]string {

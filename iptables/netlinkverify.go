@@ -92,7 +92,7 @@ func netlinkVerify(netns string, want Ruleset) error {
 		return nil
 	}
 	slices.Sort(problems)
-	return fmt.Errorf("%s: %s", diffPrefix, strings.Join(problems, "; "))
+	return fmt.Errorf("%w: %s", ErrRulesDiffer, strings.Join(problems, "; "))
 }
 
 // render spells a rule's expressions out for comparison: xtables matches

@@ -1,9 +1,9 @@
 package repair
 
 import (
+	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -206,13 +206,6 @@ func (r *Repairer) inNetns(n Netns, fn func(a iptables.Applier, path string) err
 	return nil
 }
 
-// verifyDiffers is how iptables.Applier.Verify words a difference, as
-// against a failure to read the rules. A tool failure must not pass for
-// missing rules: on a node whose iptables is broken, every injected pod
-// would be deleted. TestInspect and TestInspectInRealNetns fail if the
-// wording changes.
-const verifyDiffers = "live rules differ from the redirect config"
-
 // onlyDifferences reports whether every error Verify joined is a
 // difference in the rules.
 func onlyDifferences(err error) bool {
@@ -224,5 +217,7 @@ func onlyDifferences(err error) bool {
 		}
 		return true
 	}
-	return strings.Contains(err.Error(), verifyDiffers)
+	// A tool failure must not pass for missing rules: on a node whose
+	// iptables is broken, every injected pod would be deleted.
+	return errors.Is(err, iptables.ErrRulesDiffer)
 }

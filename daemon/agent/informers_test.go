@@ -30,7 +30,7 @@ func TestSlimPodKeepsWhatTheAgentReads(t *testing.T) {
 	if len(slim.Spec.Containers) != 0 || slim.ManagedFields != nil || slim.Status.ContainerStatuses != nil {
 		t.Fatalf("slimPod kept containers, managed fields or container statuses: %+v", slim)
 	}
-	svcs := []corev1.Service{{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"},
+	svcs := []*corev1.Service{{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, ClusterIP: "10.96.0.20", Ports: []corev1.ServicePort{{Port: 80}}}}}
 	a, errA := register.For(full, svcs)
 	b, errB := register.For(slim, svcs)

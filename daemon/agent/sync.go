@@ -91,7 +91,7 @@ func (s *Syncer) Reconcile(key string) error {
 	if err != nil {
 		return fmt.Errorf("pod %s: list Services: %w", key, err)
 	}
-	regs, err := register.For(pod, derefServices(services))
+	regs, err := register.For(pod, services)
 	switch {
 	case errors.Is(err, register.ErrNotInjected):
 		return s.deregister(key, "pod not injected")
@@ -142,7 +142,7 @@ func (s *Syncer) Reconcile(key string) error {
 	if s.held == nil {
 		s.held = map[string]*held{}
 	}
-	s.held[key] = &held{uid: pod.UID, svcID: regs.Service.ID, proxyID: regs.Proxy.ID, checkID: regs.Service.Check.CheckID,
+	s.held[key] = &held{uid: pod.UID, svcID: regs.Service.ID, proxyID: regs.Proxy.ID,
 		namespace: regs.Service.Namespace, hash: h, status: status, registeredAt: time.Now()}
 	s.countLocked()
 	s.mu.Unlock()
@@ -351,14 +351,6 @@ func hashOf(regs register.Registrations) (uint64, error) {
 	f := fnv.New64a()
 	_, _ = f.Write(b)
 	return f.Sum64() | 1, nil // never 0: 0 means "not registered"
-}
-
-func derefServices(in []*corev1.Service) []corev1.Service {
-	out := make([]corev1.Service, len(in))
-	for i, s := range in {
-		out[i] = *s
-	}
-	return out
 }
 
 func isNotFound(err error) bool {

@@ -47,7 +47,7 @@ type Registrations struct {
 // For is what the node's agent must hold for pod. services are the
 // Kubernetes Services of the pod's namespace; those whose selector matches
 // the pod name the service when the connect-service annotation does not.
-func For(pod *corev1.Pod, services []corev1.Service) (Registrations, error) {
+func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
 	raw, ok := pod.Annotations[annotations.RegistrationKey]
 	if !ok {
 		return Registrations{}, ErrNotInjected
@@ -125,8 +125,8 @@ func For(pod *corev1.Pod, services []corev1.Service) (Registrations, error) {
 
 // Selecting are the Services whose selector matches the pod, sorted by
 // name. A Service without a selector selects nothing.
-func Selecting(pod *corev1.Pod, services []corev1.Service) []corev1.Service {
-	var out []corev1.Service
+func Selecting(pod *corev1.Pod, services []*corev1.Service) []*corev1.Service {
+	var out []*corev1.Service
 	for _, s := range services {
 		if s.Namespace != pod.Namespace || len(s.Spec.Selector) == 0 {
 			continue
@@ -135,22 +135,22 @@ func Selecting(pod *corev1.Pod, services []corev1.Service) []corev1.Service {
 			out = append(out, s)
 		}
 	}
-	slices.SortFunc(out, func(a, b corev1.Service) int { return strings.Compare(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b *corev1.Service) int { return strings.Compare(a.Name, b.Name) })
 	return out
 }
 
 // virtual is the address transparent proxies dial for the service: the
 // ClusterIP of the selecting Service of the same name (consul-k8s' rule),
 // else of the only selecting Service.
-func virtual(name string, selecting []corev1.Service) *capi.ServiceAddress {
+func virtual(name string, selecting []*corev1.Service) *capi.ServiceAddress {
 	var pick *corev1.Service
-	for i := range selecting {
-		if selecting[i].Name == name {
-			pick = &selecting[i]
+	for _, s := range selecting {
+		if s.Name == name {
+			pick = s
 		}
 	}
 	if pick == nil && len(selecting) == 1 {
-		pick = &selecting[0]
+		pick = selecting[0]
 	}
 	if pick == nil || pick.Spec.ClusterIP == "" || pick.Spec.ClusterIP == corev1.ClusterIPNone || len(pick.Spec.Ports) == 0 {
 		return nil

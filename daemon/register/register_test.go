@@ -34,8 +34,8 @@ func pod(reg *annotations.Registration, mutate ...func(*corev1.Pod)) *corev1.Pod
 	return p
 }
 
-func service(name, clusterIP string, selector map[string]string) corev1.Service {
-	return corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop"},
+func service(name, clusterIP string, selector map[string]string) *corev1.Service {
+	return &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop"},
 		Spec: corev1.ServiceSpec{Selector: selector, ClusterIP: clusterIP, Ports: []corev1.ServicePort{{Port: 80}}}}
 }
 
@@ -45,24 +45,24 @@ func TestForGolden(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		pod      *corev1.Pod
-		services []corev1.Service
+		services []*corev1.Service
 	}{
 		{"service-from-kubernetes-service", pod(&annotations.Registration{Port: 8080, DataPlane: "envoy", TransparentProxy: true}),
-			[]corev1.Service{web, service("other", "10.96.0.21", map[string]string{"app": "other"})}},
+			[]*corev1.Service{web, service("other", "10.96.0.21", map[string]string{"app": "other"})}},
 		{"everything", pod(&annotations.Registration{Service: "web-api", Port: 8080, DataPlane: "envoy", TransparentProxy: true,
 			Upstreams: []annotations.Upstream{{Name: "db", LocalPort: 5432}, {Name: "cache", Namespace: "infra", Datacenter: "dc2", LocalPort: 6379},
 				{Name: "geo", PreparedQuery: true, LocalPort: 7000}},
 			Tags: []string{"v1"}, Meta: map[string]string{"team": "payments"},
 			ExposePaths:     []annotations.ExposePath{{ListenerPort: 20400, Path: "/ready", LocalPathPort: 8080}},
 			Metrics:         &annotations.Metrics{ScrapePort: 20200, ScrapePath: "/metrics"},
-			ConsulNamespace: "apps"}), []corev1.Service{web}},
+			ConsulNamespace: "apps"}), []*corev1.Service{web}},
 		{"not-ready-no-tproxy", pod(&annotations.Registration{Service: "web", Port: 8080, DataPlane: "consul"}, func(p *corev1.Pod) {
 			p.Status.Conditions[0].Status = corev1.ConditionFalse
 		}), nil},
 		{"virtual-from-same-name-service", pod(&annotations.Registration{Service: "web", Port: 8080, TransparentProxy: true}),
-			[]corev1.Service{service("all", "10.96.0.30", map[string]string{"app": "web"}), web}},
+			[]*corev1.Service{service("all", "10.96.0.30", map[string]string{"app": "web"}), web}},
 		{"headless-no-virtual", pod(&annotations.Registration{Port: 8080, TransparentProxy: true}),
-			[]corev1.Service{service("web", corev1.ClusterIPNone, map[string]string{"app": "web"})}},
+			[]*corev1.Service{service("web", corev1.ClusterIPNone, map[string]string{"app": "web"})}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := For(tc.pod, tc.services)
@@ -82,16 +82,16 @@ func TestForErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		pod      *corev1.Pod
-		services []corev1.Service
+		services []*corev1.Service
 		is       error
 		want     string
 	}{
 		{"not injected", pod(nil), nil, ErrNotInjected, ""},
-		{"no IP", pod(&annotations.Registration{Port: 80}, func(p *corev1.Pod) { p.Status.PodIP = "" }), []corev1.Service{web}, ErrNoIP, ""},
+		{"no IP", pod(&annotations.Registration{Port: 80}, func(p *corev1.Pod) { p.Status.PodIP = "" }), []*corev1.Service{web}, ErrNoIP, ""},
 		{"no Service", pod(&annotations.Registration{Port: 80}), nil, nil, "no Kubernetes Service selects the pod"},
-		{"Service without selector", pod(&annotations.Registration{Port: 80}), []corev1.Service{service("web", "10.96.0.20", nil)}, nil, "no Kubernetes Service selects"},
+		{"Service without selector", pod(&annotations.Registration{Port: 80}), []*corev1.Service{service("web", "10.96.0.20", nil)}, nil, "no Kubernetes Service selects"},
 		{"two Services", pod(&annotations.Registration{Port: 80}),
-			[]corev1.Service{web, service("all", "10.96.0.30", map[string]string{"app": "web"})}, nil, "the Services all, web all select the pod"},
+			[]*corev1.Service{web, service("all", "10.96.0.30", map[string]string{"app": "web"})}, nil, "the Services all, web all select the pod"},
 		{"other version", pod(nil, func(p *corev1.Pod) { p.Annotations[annotations.RegistrationKey] = `{"version":2}` }), nil, nil, annotations.RegistrationKey},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"runtime/debug"
@@ -19,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshlet/meshlet/daemon/podcache"
+	"github.com/meshlet/meshlet/logs"
 )
 
 // options are `meshlet agent`'s flags beyond Config.
@@ -26,8 +26,7 @@ type options struct {
 	cfg        Config
 	kubeconfig string
 	consul     consulFlags
-	logLevel   string
-	logJSON    bool
+	log        logs.Flags
 }
 
 // consulFlags reach the node's Consul client agent. The defaults are the
@@ -80,8 +79,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&c.Repair.Interval, "repair-interval", 5*time.Minute, "time between checks of running pods' redirection (also checked after install and re-chaining)")
 	fs.StringVar(&c.Repair.ProcRoot, "proc-root", "/proc", "the host's /proc (needs hostPID)")
 	fs.BoolVar(&c.Repair.Disabled, "repair-disable", false, "do not check running pods' redirection at all")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.BoolVar(&o.logJSON, "log-json", true, "JSON logs (false: text)")
+	o.log.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -92,18 +90,6 @@ func flags(args []string, stderr io.Writer) (options, error) {
 		return o, fmt.Errorf("-http-addr is empty: give the node's Consul agent address, or set $HOST_IP (the downward API's status.hostIP)")
 	}
 	return o, nil
-}
-
-func (o options) logger(w io.Writer) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return nil, fmt.Errorf("-log-level %q: expected debug, info, warn or error", o.logLevel)
-	}
-	hopts := &slog.HandlerOptions{Level: lvl}
-	if o.logJSON {
-		return slog.New(slog.NewJSONHandler(w, hopts)), nil
-	}
-	return slog.New(slog.NewTextHandler(w, hopts)), nil
 }
 
 // restConfig is the agent's own API access; the plugin's API server URL
@@ -188,7 +174,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log, err := o.logger(stderr)
+	log, err := o.log.Logger(stderr)
 	if err != nil {
 		return err
 	}

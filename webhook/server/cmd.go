@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshlet/meshlet/logs"
 	"github.com/meshlet/meshlet/webhook"
 	"github.com/meshlet/meshlet/webhook/certs"
 )
@@ -41,8 +41,7 @@ type options struct {
 	webhookName  string
 	secretName   string
 	certValidity time.Duration
-	logLevel     string
-	logJSON      bool
+	log          logs.Flags
 	shutdown     time.Duration
 }
 
@@ -126,8 +125,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.webhookName, "webhook-config-name", "", "MutatingWebhookConfiguration whose caBundle is kept current")
 	fs.StringVar(&o.secretName, "tls-secret-name", "", "Secret holding the self-managed CA and certificate (default <service-name>-tls)")
 	fs.DurationVar(&o.certValidity, "tls-cert-validity", 30*24*time.Hour, "self-managed serving certificate validity; rotated after two thirds")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.BoolVar(&o.logJSON, "log-json", true, "JSON logs (false: text)")
+	o.log.Register(fs)
 	fs.DurationVar(&o.shutdown, "shutdown-delay", 5*time.Second, "after SIGTERM, stay up unready this long before draining")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -182,18 +180,6 @@ func (o *options) finish() error {
 	return nil
 }
 
-func (o options) logger(w io.Writer) (*slog.Logger, error) {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return nil, fmt.Errorf("-log-level %q: expected debug, info, warn or error", o.logLevel)
-	}
-	hopts := &slog.HandlerOptions{Level: lvl}
-	if o.logJSON {
-		return slog.New(slog.NewJSONHandler(w, hopts)), nil
-	}
-	return slog.New(slog.NewTextHandler(w, hopts)), nil
-}
-
 func (o options) kubeClient() (kubernetes.Interface, error) {
 	var rc *rest.Config
 	var err error
@@ -215,7 +201,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log, err := o.logger(stderr)
+	log, err := o.log.Logger(stderr)
 	if err != nil {
 		return err
 	}

@@ -2,8 +2,6 @@ package cni
 
 import (
 	"bytes"
-	"encoding/base64"
-	"encoding/pem"
 	"log/slog"
 	"net"
 	"net/http"
@@ -99,15 +97,7 @@ func TestHostLookupOrder(t *testing.T) {
 		}
 		w.WriteHeader(http.StatusNotFound)
 	})
-	ca := base64.StdEncoding.EncodeToString(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, []byte(`current-context: c
-clusters: [{name: k, cluster: {server: "`+srv.URL+`", certificate-authority-data: `+ca+`}}]
-users: [{name: u, user: {token: tok}}]
-contexts: [{name: c, context: {cluster: k, user: u}}]
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := fakeAPIKubeconfig(t, srv)
 	tests := []struct {
 		name     string
 		runtime  bool   // the runtime passes annotations

@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,15 +26,7 @@ func TestHostLookup(t *testing.T) {
 			w.WriteHeader(http.StatusNotFound)
 		}
 	})
-	ca := base64.StdEncoding.EncodeToString(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(kubeconfig, []byte(`current-context: c
-clusters: [{name: k, cluster: {server: "`+srv.URL+`", certificate-authority-data: `+ca+`}}]
-users: [{name: u, user: {token: tok}}]
-contexts: [{name: c, context: {cluster: k, user: u}}]
-`), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := fakeAPIKubeconfig(t, srv)
 	api := &NetConf{Kubeconfig: kubeconfig, lookupTimeout: 5 * time.Second}
 	runtime := &NetConf{Kubeconfig: "/nonexistent", lookupTimeout: time.Second}
 	runtime.RuntimeConfig.PodAnnotations = map[string]string{"from": "runtime"}
@@ -82,4 +75,20 @@ func TestHostApplierResolvesLazily(t *testing.T) {
 	if a, err := h.applier(); err != nil || a.Mode != "legacy" || a.LockDir != "/run/x" || h.Backend() != "legacy" {
 		t.Errorf("legacy: %+v %v, backend %q", a, err, h.Backend())
 	}
+}
+
+// fakeAPIKubeconfig writes a kubeconfig for srv, a TLS test server playing
+// the API server, with the token "tok".
+func fakeAPIKubeconfig(t *testing.T, srv *httptest.Server) string {
+	t.Helper()
+	ca := base64.StdEncoding.EncodeToString(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}))
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(kubeconfig, []byte(`current-context: c
+clusters: [{name: k, cluster: {server: "`+srv.URL+`", certificate-authority-data: `+ca+`}}]
+users: [{name: u, user: {token: tok}}]
+contexts: [{name: c, context: {cluster: k, user: u}}]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfig
 }

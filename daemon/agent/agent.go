@@ -35,7 +35,6 @@ import (
 type Agent struct {
 	cfg     Config
 	client  kubernetes.Interface
-	consul  *capi.Client
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	metrics *Metrics
@@ -60,7 +59,7 @@ func New(cfg Config, client kubernetes.Interface, consul *capi.Client, log *slog
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
-	a := &Agent{cfg: cfg, client: client, consul: consul, log: log.With("node", cfg.NodeName), reg: reg}
+	a := &Agent{cfg: cfg, client: client, log: log.With("node", cfg.NodeName), reg: reg}
 	a.metrics = NewMetrics(reg)
 	a.inf = newInformers(client, cfg.NodeName)
 	a.queue = workqueue.NewTypedRateLimitingQueueWithConfig(workqueue.DefaultTypedControllerRateLimiter[string](),

@@ -40,7 +40,6 @@ var managedFilter = fmt.Sprintf("Meta[%q] == %q", register.MetaManagedBy, regist
 type held struct {
 	uid            types.UID
 	svcID, proxyID string
-	checkID        string
 	namespace      string    // Consul namespace ("" without Enterprise)
 	hash           uint64    // of the registrations, check status aside
 	status         string    // the check's status as last set

@@ -85,12 +85,19 @@ func run(name string, args ...string) error {
 	return nil
 }
 
+// bridgeMAC is the node bridge's address: locally administered, made of
+// NodeIP.
+const bridgeMAC = "02:42:0a:f4:00:01"
+
 // setupHost creates the node's bridge with the node address and makes
 // Service addresses unroutable unless kube-proxy translates them, so a
 // packet to an unknown ClusterIP can never follow the default route out.
 func (c *Cluster) setupHost() error {
 	steps := [][]string{
-		{"ip", "link", "add", Bridge, "type", "bridge"},
+		// A fixed address: a bridge whose address the kernel picks takes
+		// the lowest of its ports', so it changes as pods come and go,
+		// and the bridge plugin's CHECK of any pod then fails on it.
+		{"ip", "link", "add", Bridge, "address", bridgeMAC, "type", "bridge"},
 		{"ip", "addr", "add", NodeIP + "/24", "dev", Bridge},
 		{"ip", "link", "set", Bridge, "up"},
 		{"ip", "route", "add", "unreachable", ServiceCIDR},

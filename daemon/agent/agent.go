@@ -19,9 +19,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -29,12 +26,13 @@ import (
 	"github.com/meshlet/meshlet/daemon/podcache"
 	"github.com/meshlet/meshlet/daemon/repair"
 	"github.com/meshlet/meshlet/iptables"
+	"github.com/meshlet/meshlet/kubeclient"
 )
 
 // Agent is one node's agent, built by New and run by Run.
 type Agent struct {
 	cfg     Config
-	client  kubernetes.Interface
+	client  kubeclient.Interface
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	metrics *Metrics
@@ -54,7 +52,7 @@ type Agent struct {
 
 // New builds the agent from its configuration and clients; nothing runs
 // until Run.
-func New(cfg Config, client kubernetes.Interface, consul *capi.Client, log *slog.Logger) (*Agent, error) {
+func New(cfg Config, client kubeclient.Interface, consul *capi.Client, log *slog.Logger) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -120,9 +118,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: a.client.CoreV1().Events("")})
+	broadcaster.StartRecordingToSink(kubeclient.EventSink(a.client))
 	defer broadcaster.Shutdown()
-	a.events = broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "meshlet-agent", Host: a.cfg.NodeName})
+	a.events = broadcaster.NewRecorder(kubeclient.Scheme, corev1.EventSource{Component: "meshlet-agent", Host: a.cfg.NodeName})
 	a.sync.Events = a.events
 
 	errc := make(chan error, 3) // HTTP server, installer, pod cache
@@ -149,10 +147,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	// for it.
 	defer func() { cancel(); <-installerDone }()
 
-	a.inf.pods.Start(ctx.Done())
-	a.inf.services.Start(ctx.Done())
-	defer a.inf.pods.Shutdown()
-	defer a.inf.services.Shutdown()
+	a.inf.start(ctx)
+	defer func() { cancel(); a.inf.wait() }()
 	defer a.queue.ShutDown()
 	if !cache.WaitForCacheSync(ctx.Done(), a.inf.podInf.HasSynced, a.inf.svcInf.HasSynced) {
 		return ctx.Err()

@@ -13,11 +13,10 @@ import (
 
 	capi "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshlet/meshlet/daemon/podcache"
+	"github.com/meshlet/meshlet/kubeclient"
 	"github.com/meshlet/meshlet/logs"
 )
 
@@ -95,17 +94,10 @@ func flags(args []string, stderr io.Writer) (options, error) {
 // restConfig is the agent's own API access; the plugin's API server URL
 // and CA default to it.
 func (o *options) restConfig() (*rest.Config, error) {
-	var rc *rest.Config
-	var err error
-	if o.kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
+	rc, err := kubeclient.Config(o.kubeconfig, "meshlet-agent")
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, err
 	}
-	rc.UserAgent = "meshlet-agent"
 	n := &o.cfg.CNI
 	if n.APIServer == "" {
 		n.APIServer = rc.Host
@@ -182,7 +174,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cs, err := kubernetes.NewForConfig(rc)
+	cs, err := kubeclient.New(rc)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}

@@ -7,9 +7,10 @@ import (
 
 	authv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/meshlet/meshlet/kubeclient"
 )
 
 // cniCreds mints the plugin's credentials. meshlet-cni runs on the host
@@ -20,7 +21,7 @@ import (
 // "get pods" only, and writes it into the plugin's kubeconfig, renewing it
 // well before it expires.
 type cniCreds struct {
-	client         kubernetes.Interface
+	client         kubeclient.Interface
 	namespace      string // the ServiceAccount's
 	serviceAccount string
 	server         string // API server URL reachable from the host netns
@@ -32,7 +33,7 @@ type cniCreds struct {
 // renewed (at 80% of its life, as kubelet renews projected tokens).
 func (c cniCreds) kubeconfig(ctx context.Context) ([]byte, time.Time, error) {
 	secs := int64(c.ttl / time.Second)
-	tr, err := c.client.CoreV1().ServiceAccounts(c.namespace).CreateToken(ctx, c.serviceAccount,
+	tr, err := c.client.CreateToken(ctx, c.namespace, c.serviceAccount,
 		&authv1.TokenRequest{Spec: authv1.TokenRequestSpec{ExpirationSeconds: &secs}}, metav1.CreateOptions{})
 	if err != nil {
 		return nil, time.Time{}, fmt.Errorf("request a token for ServiceAccount %s/%s (meshlet-cni's credentials): %w", c.namespace, c.serviceAccount, err)

@@ -1,17 +1,21 @@
 package agent
 
 import (
+	"context"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/watch"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/meshlet/meshlet/kubeclient"
 )
 
 // informers are the agent's two caches: the pods of its node (a field
@@ -19,27 +23,63 @@ import (
 // cluster) and the Services of every namespace (to name a pod's service
 // and find its ClusterIP).
 type informerSet struct {
-	pods, services informers.SharedInformerFactory
 	podInf, svcInf cache.SharedIndexInformer
+	done           sync.WaitGroup
 }
 
 // resyncPeriod re-delivers every cached pod to the handlers, a backstop
 // for a lost update; the Consul side has its own, faster resync.
 const resyncPeriod = 10 * time.Minute
 
-func newInformers(cs kubernetes.Interface, node string) *informerSet {
-	pods := informers.NewSharedInformerFactoryWithOptions(cs, resyncPeriod,
-		informers.WithTweakListOptions(func(o *v1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
-		}),
-		informers.WithTransform(slimPod))
-	services := informers.NewSharedInformerFactoryWithOptions(cs, resyncPeriod, informers.WithTransform(slimService))
-	return &informerSet{
-		pods: pods, services: services,
-		podInf: pods.Core().V1().Pods().Informer(),
-		svcInf: services.Core().V1().Services().Informer(),
+func newInformers(c kubeclient.Interface, node string) *informerSet {
+	onNode := fields.OneTermEqualSelector("spec.nodeName", node).String()
+	pods := c.Pods(metav1.NamespaceAll)
+	podInf := newInformer(&corev1.Pod{}, slimPod, &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = onNode
+			return pods.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = onNode
+			return pods.Watch(ctx, o)
+		},
+	})
+	svcs := c.Services(metav1.NamespaceAll)
+	svcInf := newInformer(&corev1.Service{}, slimService, &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			return svcs.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			return svcs.Watch(ctx, o)
+		},
+	})
+	return &informerSet{podInf: podInf, svcInf: svcInf}
+}
+
+// newInformer is what client-go's informer factory builds for a kind: a
+// shared informer indexed by namespace, for the listers.
+func newInformer(obj runtime.Object, transform cache.TransformFunc, lw *cache.ListWatch) cache.SharedIndexInformer {
+	inf := cache.NewSharedIndexInformerWithOptions(lw, obj, cache.SharedIndexInformerOptions{
+		ResyncPeriod: resyncPeriod,
+		Indexers:     cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
+	})
+	// SetTransform fails only on a started informer.
+	_ = inf.SetTransform(transform)
+	return inf
+}
+
+// start runs both informers until ctx ends; wait returns after they stop.
+func (is *informerSet) start(ctx context.Context) {
+	for _, inf := range []cache.SharedIndexInformer{is.podInf, is.svcInf} {
+		is.done.Add(1)
+		go func() {
+			defer is.done.Done()
+			inf.RunWithContext(ctx)
+		}()
 	}
 }
+
+func (is *informerSet) wait() { is.done.Wait() }
 
 // slimPod keeps of a pod only what the agent reads: its metadata (not the
 // managed fields, often the largest part), whether it uses the host
@@ -72,7 +112,7 @@ func slimService(obj any) (any, error) {
 	}
 	slim := &corev1.Service{
 		TypeMeta: s.TypeMeta,
-		ObjectMeta: v1.ObjectMeta{Name: s.Name, Namespace: s.Namespace, UID: s.UID,
+		ObjectMeta: metav1.ObjectMeta{Name: s.Name, Namespace: s.Namespace, UID: s.UID,
 			ResourceVersion: s.ResourceVersion, DeletionTimestamp: s.DeletionTimestamp},
 		Spec: corev1.ServiceSpec{Selector: s.Spec.Selector, ClusterIP: s.Spec.ClusterIP, Type: s.Spec.Type},
 	}

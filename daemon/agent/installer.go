@@ -132,7 +132,7 @@ func (a *Agent) uninstallIfDeleted(ic install.InstallConfig) {
 }
 
 func (a *Agent) daemonSetDeleted(ctx context.Context) (bool, error) {
-	pod, err := a.client.CoreV1().Pods(a.cfg.CNI.Namespace).Get(ctx, a.cfg.PodName, metav1.GetOptions{})
+	pod, err := a.client.Pods(a.cfg.CNI.Namespace).Get(ctx, a.cfg.PodName, metav1.GetOptions{})
 	if err != nil {
 		return false, fmt.Errorf("get the agent's pod: %w", err)
 	}
@@ -140,7 +140,7 @@ func (a *Agent) daemonSetDeleted(ctx context.Context) (bool, error) {
 	if owner == nil || owner.Kind != "DaemonSet" {
 		return false, fmt.Errorf("pod %s/%s is not run by a DaemonSet", pod.Namespace, pod.Name)
 	}
-	ds, err := a.client.AppsV1().DaemonSets(pod.Namespace).Get(ctx, owner.Name, metav1.GetOptions{})
+	ds, err := a.client.DaemonSets(pod.Namespace).Get(ctx, owner.Name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return true, nil
 	}

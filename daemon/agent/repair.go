@@ -83,7 +83,7 @@ func (a *Agent) repairPass(ctx context.Context, reported map[types.UID]string) {
 		case repair.ActionRepair:
 			result = a.repairer.Fix(g.Finding)
 		case repair.ActionDelete:
-			result = a.client.CoreV1().Pods(pod.Namespace).Delete(ctx, pod.Name, g.DeleteOptions())
+			result = a.client.Pods(pod.Namespace).Delete(ctx, pod.Name, g.DeleteOptions())
 			if apierrors.IsNotFound(result) || apierrors.IsConflict(result) {
 				result = nil // already gone, or replaced
 			}

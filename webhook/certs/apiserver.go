@@ -22,7 +22,7 @@ import (
 // rotating it first if needed. When another replica wins a create or
 // update race, it re-reads and returns the winner's.
 func (s *SelfManaged) secret(ctx context.Context) (*material, string, error) {
-	secrets := s.client.CoreV1().Secrets(s.cfg.ServiceNamespace)
+	secrets := s.client.Secrets(s.cfg.ServiceNamespace)
 	for range maxAttempts {
 		now := s.cfg.Now()
 		sec, err := secrets.Get(ctx, s.cfg.SecretName, metav1.GetOptions{})
@@ -88,7 +88,7 @@ func (s *SelfManaged) rotate(ctx context.Context, sec *corev1.Secret, old *mater
 		upd.Data = map[string][]byte{}
 	}
 	maps.Copy(upd.Data, mat.data())
-	updated, err := s.client.CoreV1().Secrets(sec.Namespace).Update(ctx, upd, metav1.UpdateOptions{})
+	updated, err := s.client.Secrets(sec.Namespace).Update(ctx, upd, metav1.UpdateOptions{})
 	if err != nil {
 		return nil, "", fmt.Errorf("update Secret %s/%s: %w", sec.Namespace, sec.Name, err)
 	}
@@ -117,7 +117,7 @@ type jsonPatchOp struct {
 // caBundle. found is false, with no error, when the configuration does not
 // exist (yet: the chart may create it after the Deployment).
 func (s *SelfManaged) publish(ctx context.Context, mat *material, secretRV string) (found bool, _ error) {
-	mwcs := s.client.AdmissionregistrationV1().MutatingWebhookConfigurations()
+	mwcs := s.client.MutatingWebhookConfigurations()
 	mwc, err := mwcs.Get(ctx, s.cfg.WebhookConfigName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return false, nil
@@ -143,7 +143,7 @@ func (s *SelfManaged) publish(ctx context.Context, mat *material, secretRV strin
 	// A replica that read the Secret just before another rotated it would
 	// otherwise overwrite the new bundle with the old one, which lacks the
 	// CA of the leaf the other now serves.
-	cur, err := s.client.CoreV1().Secrets(s.cfg.ServiceNamespace).Get(ctx, s.cfg.SecretName, metav1.GetOptions{})
+	cur, err := s.client.Secrets(s.cfg.ServiceNamespace).Get(ctx, s.cfg.SecretName, metav1.GetOptions{})
 	if err != nil {
 		return true, fmt.Errorf("re-read Secret %s/%s before publishing: %w", s.cfg.ServiceNamespace, s.cfg.SecretName, err)
 	}

@@ -11,7 +11,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshlet/meshlet/kubeclient"
 )
 
 // SelfManagedConfig configures a SelfManaged source.
@@ -61,7 +62,7 @@ type SelfManagedConfig struct {
 type SelfManaged struct {
 	cfg    SelfManagedConfig
 	names  []string
-	client kubernetes.Interface
+	client kubeclient.Interface
 	log    *slog.Logger
 	m      *metrics
 
@@ -82,7 +83,7 @@ var errSecretMoved = errors.New("the Secret changed while publishing its caBundl
 
 // NewSelfManaged checks cfg and fills its defaults; it does not contact the
 // API server: Run does, and Ready fails until Run's first sync succeeds.
-func NewSelfManaged(cfg SelfManagedConfig, client kubernetes.Interface, log *slog.Logger, reg prometheus.Registerer) (*SelfManaged, error) {
+func NewSelfManaged(cfg SelfManagedConfig, client kubeclient.Interface, log *slog.Logger, reg prometheus.Registerer) (*SelfManaged, error) {
 	switch {
 	case cfg.ServiceName == "" || cfg.ServiceNamespace == "":
 		return nil, errors.New("self-managed certificate: ServiceName and ServiceNamespace are required")

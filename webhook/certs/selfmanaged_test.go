@@ -19,6 +19,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+
+	"github.com/meshlet/meshlet/kubeclient/kubeclienttest"
 )
 
 const (
@@ -54,7 +56,7 @@ func replica(t *testing.T, cs kubernetes.Interface, clk *clock, reg prometheus.R
 	s, err := NewSelfManaged(SelfManagedConfig{
 		ServiceName: "wh", ServiceNamespace: testNS, WebhookConfigName: testMWC, SecretName: testSecret,
 		Validity: validity, Now: clk.Now, Resync: 10 * time.Millisecond,
-	}, cs, testLog(t), reg)
+	}, kubeclienttest.FromClientset(cs), testLog(t), reg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,7 +370,7 @@ func TestNewSelfManagedConfig(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := good
 			tc.edit(&cfg)
-			s, err := NewSelfManaged(cfg, fake.NewClientset(), nil, nil)
+			s, err := NewSelfManaged(cfg, kubeclienttest.FromClientset(fake.NewClientset()), nil, nil)
 			if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
 				t.Fatalf("err = %v, want %q", err, tc.want)
 			}

@@ -15,10 +15,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshlet/meshlet/kubeclient"
 	"github.com/meshlet/meshlet/logs"
 	"github.com/meshlet/meshlet/webhook"
 	"github.com/meshlet/meshlet/webhook/certs"
@@ -180,19 +178,12 @@ func (o *options) finish() error {
 	return nil
 }
 
-func (o options) kubeClient() (kubernetes.Interface, error) {
-	var rc *rest.Config
-	var err error
-	if o.kubeconfig != "" {
-		rc, err = clientcmd.BuildConfigFromFlags("", o.kubeconfig)
-	} else {
-		rc, err = rest.InClusterConfig()
-	}
+func (o options) kubeClient() (kubeclient.Interface, error) {
+	rc, err := kubeclient.Config(o.kubeconfig, "meshlet-webhook")
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, err
 	}
-	rc.UserAgent = "meshlet-webhook"
-	return kubernetes.NewForConfig(rc)
+	return kubeclient.New(rc)
 }
 
 // Main is `meshlet webhook`: it serves until ctx ends.
@@ -206,14 +197,14 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	needClient := o.selfManaged || o.native == "auto"
-	var client kubernetes.Interface
+	var client kubeclient.Interface
 	if needClient {
 		if client, err = o.kubeClient(); err != nil {
 			return err
 		}
 	}
 	if o.native == "auto" {
-		if o.cfg.NativeSidecar, err = nativeSidecarSupported(client.Discovery()); err != nil {
+		if o.cfg.NativeSidecar, err = nativeSidecarSupported(client); err != nil {
 			return err
 		}
 	}

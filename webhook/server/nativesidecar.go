@@ -5,7 +5,7 @@ import (
 	"strconv"
 	"strings"
 
-	"k8s.io/client-go/discovery"
+	"k8s.io/apimachinery/pkg/version"
 )
 
 // nativeSidecarSupported says whether the API server runs native sidecars
@@ -14,7 +14,7 @@ import (
 // so it gets regular containers. Checked once at start: an API server
 // upgrade restarts nothing here, and the webhook's pods are rolled with
 // the upgrade anyway.
-func nativeSidecarSupported(d discovery.ServerVersionInterface) (bool, error) {
+func nativeSidecarSupported(d interface{ ServerVersion() (*version.Info, error) }) (bool, error) {
 	v, err := d.ServerVersion()
 	if err != nil {
 		return false, fmt.Errorf("API server version (for -native-sidecar=auto): %w", err)

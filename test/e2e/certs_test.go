@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/meshlet/meshlet/kubeclient"
 	"github.com/meshlet/meshlet/webhook/certs"
 )
 
@@ -32,7 +33,7 @@ func TestCertsSelfManaged(t *testing.T) {
 	}
 	svcName := cfg.ServiceName + "." + ns + ".svc" // the name the API server dials
 	log := slog.New(slog.NewTextHandler(t.Output(), nil))
-	a, b := startSelfManaged(t, cs, cfg, log.With("replica", "a")), startSelfManaged(t, cs, cfg, log.With("replica", "b"))
+	a, b := startSelfManaged(t, cfg, log.With("replica", "a")), startSelfManaged(t, cfg, log.With("replica", "b"))
 	for _, r := range []*certs.SelfManaged{a, b} {
 		waitFor(t, context.Background(), "the replicas to be ready", func(context.Context) (bool, error) {
 			return r.Ready() == nil, r.Ready()
@@ -62,7 +63,7 @@ func TestCertsSelfManaged(t *testing.T) {
 	future := time.Now().Add(25 * 24 * time.Hour)
 	rotCfg := cfg
 	rotCfg.Now = func() time.Time { return time.Now().Add(25 * 24 * time.Hour) }
-	startSelfManaged(t, cs, rotCfg, log.With("replica", "c (clock +25d)"))
+	startSelfManaged(t, rotCfg, log.With("replica", "c (clock +25d)"))
 	var rotated *x509.Certificate
 	waitFor(t, context.Background(), "both replicas to serve the rotated leaf", func(context.Context) (bool, error) {
 		rotated = servedLeaf(t, a)
@@ -119,9 +120,18 @@ func neverMatchingWebhookConfig(t *testing.T, cs *kubernetes.Clientset, ns strin
 }
 
 // startSelfManaged runs a replica until the test ends.
-func startSelfManaged(t *testing.T, cs *kubernetes.Clientset, cfg certs.SelfManagedConfig, log *slog.Logger) *certs.SelfManaged {
+func startSelfManaged(t *testing.T, cfg certs.SelfManagedConfig, log *slog.Logger) *certs.SelfManaged {
 	t.Helper()
-	s, err := certs.NewSelfManaged(cfg, cs, log, nil)
+	// The webhook's own client, against the real API server.
+	rc, err := kubeclient.Config(lc.Kubeconfig(), "meshlet-e2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kc, err := kubeclient.New(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := certs.NewSelfManaged(cfg, kc, log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

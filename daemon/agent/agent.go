@@ -43,6 +43,7 @@ type Agent struct {
 	podc    *podcache.Server
 	// repairer is nil when the check is off; repairNow asks for a pass.
 	repairer  *repair.Repairer
+	brake     *repair.Brake
 	repairNow chan struct{}
 	iptMode   string // resolved: nft, legacy, or "" (the plugin detects)
 
@@ -69,6 +70,7 @@ func New(cfg Config, client kubeclient.Interface, consul *capi.Client, log *slog
 	if !cfg.Repair.Disabled {
 		mode, _ := repair.ParseMode(cfg.Repair.Mode) // validated
 		a.repairer = &repair.Repairer{Mode: mode, IptablesMode: a.iptMode, Node: cfg.NodeName}
+		a.brake = repair.DefaultBrake()
 		a.repairNow = make(chan struct{}, 1)
 	}
 	if cfg.Socket != "" {

@@ -6,6 +6,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -78,6 +79,11 @@ func (a *Agent) repairPass(ctx context.Context, reported map[types.UID]string) {
 			continue // fixed itself, gone, or a new sandbox: look next pass
 		}
 		pod := g.pod
+		var controller types.UID
+		if ref := metav1.GetControllerOfNoCopy(pod); ref != nil {
+			controller = ref.UID
+		}
+		g.Finding = a.brake.Check(g.Finding, controller, a.repairer.Mode, time.Now())
 		var result error
 		switch g.Action {
 		case repair.ActionRepair:
@@ -86,6 +92,9 @@ func (a *Agent) repairPass(ctx context.Context, reported map[types.UID]string) {
 			result = a.client.Pods(pod.Namespace).Delete(ctx, pod.Name, g.DeleteOptions())
 			if apierrors.IsNotFound(result) || apierrors.IsConflict(result) {
 				result = nil // already gone, or replaced
+			}
+			if result == nil {
+				a.brake.Deleted(controller, time.Now())
 			}
 		}
 		outcome := g.Outcome(result)

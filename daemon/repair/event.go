@@ -55,6 +55,9 @@ func (f Finding) Event(result error) Event {
 		done = "deleted so that its controller recreates it with redirection"
 	case ActionRepair:
 		done = "repaired in place (connections opened before the repair bypass the proxy until they close)"
+		if f.Braked {
+			done += ", " + f.Why
+		}
 	default:
 		done = "not changed: " + f.Why
 	}

@@ -64,6 +64,8 @@ type Finding struct {
 	Families []iptables.Family
 	// Node is the Repairer's, for the Event.
 	Node string
+	// Braked: a deletion turned into a repair in place by the Brake.
+	Braked bool
 }
 
 // Inspect decides what pod needs. The error is for a pod that could not be

@@ -5,16 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"runtime/debug"
-	"strings"
 	"time"
 
-	capi "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/client-go/rest"
 
+	"github.com/meshlet/meshlet/consulclient"
 	"github.com/meshlet/meshlet/daemon/podcache"
 	"github.com/meshlet/meshlet/kubeclient"
 	"github.com/meshlet/meshlet/logs"
@@ -24,16 +22,8 @@ import (
 type options struct {
 	cfg        Config
 	kubeconfig string
-	consul     consulFlags
+	consul     consulclient.Flags
 	log        logs.Flags
-}
-
-// consulFlags reach the node's Consul client agent. The defaults are the
-// consul CLI's environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
-// CONSUL_HTTP_TOKEN_FILE, CONSUL_CACERT, CONSUL_TLS_SERVER_NAME), else the
-// node's IP ($HOST_IP) on port 8500.
-type consulFlags struct {
-	addr, caFile, tokenFile, serverName string
 }
 
 func flags(args []string, stderr io.Writer) (options, error) {
@@ -49,14 +39,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&c.Listen, "listen", ":9402", "HTTP address of /healthz, /readyz, /metrics; empty: none")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig; empty: in-cluster")
 
-	defAddr := os.Getenv("CONSUL_HTTP_ADDR")
-	if defAddr == "" && os.Getenv("HOST_IP") != "" {
-		defAddr = net.JoinHostPort(os.Getenv("HOST_IP"), "8500")
-	}
-	fs.StringVar(&o.consul.addr, "http-addr", defAddr, "the node's Consul client agent, [scheme://]host:port (default $CONSUL_HTTP_ADDR, else $HOST_IP:8500)")
-	fs.StringVar(&o.consul.caFile, "ca-file", os.Getenv("CONSUL_CACERT"), "CA of the Consul agent's HTTPS certificate")
-	fs.StringVar(&o.consul.serverName, "tls-server-name", os.Getenv("CONSUL_TLS_SERVER_NAME"), "server name checked in the Consul agent's certificate")
-	fs.StringVar(&o.consul.tokenFile, "token-file", os.Getenv("CONSUL_HTTP_TOKEN_FILE"), "file holding the ACL token for registrations (or $CONSUL_HTTP_TOKEN)")
+	o.consul.Register(fs, "for registrations")
 
 	n := &c.CNI
 	fs.BoolVar(&n.Enabled, "cni-install", true, "install meshlet-cni on the node and keep it chained")
@@ -85,10 +68,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	if o.consul.addr == "" {
-		return o, fmt.Errorf("-http-addr is empty: give the node's Consul agent address, or set $HOST_IP (the downward API's status.hostIP)")
-	}
-	return o, nil
+	return o, o.consul.Validate()
 }
 
 // restConfig is the agent's own API access; the plugin's API server URL
@@ -113,43 +93,10 @@ func (o *options) restConfig() (*rest.Config, error) {
 	return rc, nil
 }
 
-// consulClient is the node's Consul client agent.
-func (f consulFlags) client() (*capi.Client, error) {
-	cc := capi.DefaultConfig()
-	addr := f.addr
-	if scheme, rest, ok := strings.Cut(addr, "://"); ok {
-		cc.Scheme, addr = scheme, rest
-	}
-	cc.Address = addr
-	if f.caFile != "" {
-		cc.TLSConfig.CAFile = f.caFile
-		if cc.Scheme == "http" && !strings.Contains(f.addr, "://") {
-			cc.Scheme = "https"
-		}
-	}
-	if f.serverName != "" {
-		cc.TLSConfig.Address = f.serverName
-	}
-	if f.tokenFile != "" {
-		cc.TokenFile = f.tokenFile
-	}
-	// Every request is bounded: a Consul agent that hangs must not hold a
-	// worker, and with it a pod's sync, for ever; the queue retries.
-	hc, err := capi.NewHttpClient(cc.Transport, cc.TLSConfig)
-	if err != nil {
-		return nil, fmt.Errorf("consul client for %s: %w", f.addr, err)
-	}
-	hc.Timeout = consulTimeout
-	cc.HttpClient = hc
-	c, err := capi.NewClient(cc)
-	if err != nil {
-		return nil, fmt.Errorf("consul client for %s: %w", f.addr, err)
-	}
-	return c, nil
-}
-
 // consulTimeout bounds one request to the node's Consul agent, which
-// answers local requests in milliseconds.
+// answers local requests in milliseconds: a Consul agent that hangs must
+// not hold a worker, and with it a pod's sync, for ever; the queue
+// retries.
 const consulTimeout = 10 * time.Second
 
 // gcPercent: the agent's heap is small and mostly its caches, which live
@@ -178,7 +125,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
 	}
-	consul, err := o.consul.client()
+	consul, err := o.consul.Client(consulTimeout)
 	if err != nil {
 		return err
 	}
@@ -187,6 +134,6 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("configuration: %w", err)
 	}
 	a.Registry().MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	log.Info("starting", "node", o.cfg.NodeName, "consul", o.consul.addr, "cni_install", o.cfg.CNI.Enabled)
+	log.Info("starting", "node", o.cfg.NodeName, "consul", o.consul.Addr, "cni_install", o.cfg.CNI.Enabled)
 	return a.Run(ctx)
 }

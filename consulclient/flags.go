@@ -1,0 +1,79 @@
+// Package consulclient is how meshlet's node agent and proxy reach the
+// node's Consul client agent: one set of flags, with the consul CLI's
+// environment as defaults, and the API client built from them.
+package consulclient
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+)
+
+// Flags reach the node's Consul client agent. The defaults are the consul
+// CLI's environment (CONSUL_HTTP_ADDR, CONSUL_HTTP_TOKEN,
+// CONSUL_HTTP_TOKEN_FILE, CONSUL_CACERT, CONSUL_TLS_SERVER_NAME), else the
+// node's IP ($HOST_IP) on port 8500.
+type Flags struct {
+	Addr, CAFile, TokenFile, ServerName string
+}
+
+// Register adds -http-addr, -ca-file, -tls-server-name and -token-file to
+// fs; tokenFor says what the token is used for, in the help text.
+func (f *Flags) Register(fs *flag.FlagSet, tokenFor string) {
+	def := os.Getenv("CONSUL_HTTP_ADDR")
+	if def == "" && os.Getenv("HOST_IP") != "" {
+		def = net.JoinHostPort(os.Getenv("HOST_IP"), "8500")
+	}
+	fs.StringVar(&f.Addr, "http-addr", def, "the node's Consul client agent, [scheme://]host:port (default $CONSUL_HTTP_ADDR, else $HOST_IP:8500)")
+	fs.StringVar(&f.CAFile, "ca-file", os.Getenv("CONSUL_CACERT"), "CA of the Consul agent's HTTPS certificate")
+	fs.StringVar(&f.ServerName, "tls-server-name", os.Getenv("CONSUL_TLS_SERVER_NAME"), "server name checked in the Consul agent's certificate")
+	fs.StringVar(&f.TokenFile, "token-file", os.Getenv("CONSUL_HTTP_TOKEN_FILE"), "file holding the ACL token "+tokenFor+" (or $CONSUL_HTTP_TOKEN)")
+}
+
+// Validate checks what Register's flags cannot.
+func (f Flags) Validate() error {
+	if f.Addr == "" {
+		return errors.New("-http-addr is empty: give the node's Consul agent address, or set $HOST_IP (the downward API's status.hostIP)")
+	}
+	return nil
+}
+
+// Client is the API client. timeout bounds each request (0: none, for a
+// client whose blocking queries wait minutes by design).
+func (f Flags) Client(timeout time.Duration) (*capi.Client, error) {
+	cc := capi.DefaultConfig()
+	addr := f.Addr
+	if scheme, rest, ok := strings.Cut(addr, "://"); ok {
+		cc.Scheme, addr = scheme, rest
+	}
+	cc.Address = addr
+	if f.CAFile != "" {
+		cc.TLSConfig.CAFile = f.CAFile
+		if cc.Scheme == "http" && !strings.Contains(f.Addr, "://") {
+			cc.Scheme = "https"
+		}
+	}
+	if f.ServerName != "" {
+		cc.TLSConfig.Address = f.ServerName
+	}
+	if f.TokenFile != "" {
+		cc.TokenFile = f.TokenFile
+	}
+	hc, err := capi.NewHttpClient(cc.Transport, cc.TLSConfig)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", f.Addr, err)
+	}
+	hc.Timeout = timeout
+	cc.HttpClient = hc
+	c, err := capi.NewClient(cc)
+	if err != nil {
+		return nil, fmt.Errorf("consul client for %s: %w", f.Addr, err)
+	}
+	return c, nil
+}

@@ -1,6 +1,6 @@
 // Command meshlet is meshlet's node-side and cluster-side binary:
 // `meshlet webhook` is the mutating admission webhook, `meshlet agent` the
-// node agent; the L4 proxy arrives with its issue.
+// node agent, `meshlet proxy` the L4 sidecar proxy.
 package main
 
 import (
@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/meshlet/meshlet/daemon/agent"
+	"github.com/meshlet/meshlet/dataplane"
 	"github.com/meshlet/meshlet/webhook/server"
 )
 
@@ -20,6 +21,7 @@ const usage = `usage: meshlet <command> [flags]
 
 commands:
   agent     the node agent, a DaemonSet (meshlet agent -h for its flags)
+  proxy     the L4 sidecar proxy, data plane "meshlet" (meshlet proxy -h for its flags)
   webhook   the mutating admission webhook (meshlet webhook -h for its flags)
   version   print the version`
 
@@ -37,6 +39,8 @@ func main() {
 		return
 	case "agent":
 		err = agent.Main(ctx, os.Args[2:], os.Stderr)
+	case "proxy":
+		err = dataplane.Main(ctx, os.Args[2:], os.Stderr)
 	case "webhook":
 		err = server.Main(ctx, os.Args[2:], os.Stderr)
 	default:

@@ -1,0 +1,241 @@
+package dataplane
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+)
+
+// ServiceKey names a mesh service.
+type ServiceKey struct{ Partition, Namespace, Name string }
+
+func (k ServiceKey) String() string {
+	if k.Namespace == "" && k.Partition == "" {
+		return k.Name
+	}
+	return orDefault(k.Partition) + "/" + orDefault(k.Namespace) + "/" + k.Name
+}
+
+// Instance is one sidecar of a mesh service: where its public listener
+// is, the identity it must present, and whether the service is healthy
+// there (the instance's checks and its node's, as Consul aggregates them).
+type Instance struct {
+	Addr    netip.AddrPort
+	ID      ServiceID // TrustDomain left empty: the roots' is used
+	Healthy bool
+}
+
+// meshIndex is what a connection needs to find its upstream: the virtual
+// addresses of mesh services, and each service's instances.
+type meshIndex struct {
+	byVIP     map[netip.Addr]ServiceKey
+	instances map[ServiceKey][]Instance
+}
+
+// virtualTags are the tagged addresses that name a service's virtual IP:
+// the node agent's (the Kubernetes Service's ClusterIP) and the one
+// Consul's servers assign in transparent mode.
+var virtualTags = []string{"virtual", "consul-virtual"}
+
+// buildIndex indexes the connect-proxy entries of every proxy service.
+// A virtual address claimed by two services goes to neither: sending a
+// connection to the wrong service is worse than passing it through.
+func buildIndex(byProxy map[string][]*capi.ServiceEntry) *meshIndex {
+	idx := &meshIndex{byVIP: map[netip.Addr]ServiceKey{}, instances: map[ServiceKey][]Instance{}}
+	conflict := map[netip.Addr]bool{}
+	for _, entries := range byProxy {
+		for _, e := range entries {
+			s := e.Service
+			if s == nil || s.Kind != capi.ServiceKindConnectProxy || s.Proxy == nil || s.Proxy.DestinationServiceName == "" {
+				continue
+			}
+			key := ServiceKey{Partition: s.Partition, Namespace: s.Namespace, Name: s.Proxy.DestinationServiceName}
+			for _, tag := range virtualTags {
+				ta, ok := s.TaggedAddresses[tag]
+				if !ok {
+					continue
+				}
+				vip, err := netip.ParseAddr(ta.Address)
+				if err != nil {
+					continue
+				}
+				vip = vip.Unmap()
+				if prev, ok := idx.byVIP[vip]; ok && prev != key {
+					conflict[vip] = true
+				}
+				idx.byVIP[vip] = key
+			}
+			addr := s.Address
+			if addr == "" && e.Node != nil {
+				addr = e.Node.Address
+			}
+			ip, err := netip.ParseAddr(addr)
+			if err != nil || s.Port <= 0 || s.Port > 65535 {
+				continue
+			}
+			dc := ""
+			if e.Node != nil {
+				dc = e.Node.Datacenter
+			}
+			idx.instances[key] = append(idx.instances[key], Instance{
+				Addr:    netip.AddrPortFrom(ip.Unmap(), uint16(s.Port)),
+				ID:      ServiceID{Partition: s.Partition, Namespace: orDefault(s.Namespace), Datacenter: dc, Service: key.Name},
+				Healthy: e.Checks.AggregatedStatus() == capi.HealthPassing,
+			})
+		}
+	}
+	for vip := range conflict {
+		delete(idx.byVIP, vip)
+	}
+	for k := range idx.instances {
+		sort.Slice(idx.instances[k], func(i, j int) bool { return idx.instances[k][i].Addr.Compare(idx.instances[k][j].Addr) < 0 })
+	}
+	return idx
+}
+
+// Catalog keeps a meshIndex current: one blocking query lists the proxy
+// services, and one per proxy service follows its instances and health.
+// Connections read the index; they never query Consul themselves.
+type Catalog struct {
+	consul *capi.Client
+	log    *slog.Logger
+
+	idx     atomic.Pointer[meshIndex]
+	mu      sync.Mutex
+	entries map[string][]*capi.ServiceEntry
+	synced  chan struct{}
+	once    sync.Once
+}
+
+// NewCatalog is a Catalog; Run fills it.
+func NewCatalog(consul *capi.Client, log *slog.Logger) *Catalog {
+	c := &Catalog{consul: consul, log: log, entries: map[string][]*capi.ServiceEntry{}, synced: make(chan struct{})}
+	c.idx.Store(buildIndex(nil))
+	return c
+}
+
+// Synced is closed once the list of proxy services and each one's
+// instances have been read once.
+func (c *Catalog) Synced() <-chan struct{} { return c.synced }
+
+// Lookup is the mesh service whose virtual address is ip.
+func (c *Catalog) Lookup(ip netip.Addr) (ServiceKey, bool) {
+	k, ok := c.idx.Load().byVIP[ip.Unmap()]
+	return k, ok
+}
+
+// Instances are the service's sidecars, healthy or not.
+func (c *Catalog) Instances(k ServiceKey) []Instance { return c.idx.Load().instances[k] }
+
+// proxyFilter selects the services that are sidecar proxies.
+const proxyFilter = `ServiceKind == "connect-proxy"`
+
+// Run follows the catalog until ctx ends.
+func (c *Catalog) Run(ctx context.Context) {
+	watching := map[string]context.CancelFunc{}
+	defer func() {
+		for _, cancel := range watching {
+			cancel()
+		}
+	}()
+	var index uint64
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		q := (&capi.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute, Filter: proxyFilter}).WithContext(ctx)
+		names, meta, err := c.consul.Catalog().Services(q)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Error("list the mesh's proxy services", "err", err, "retry_in", backoff)
+				sleep(ctx, backoff)
+				backoff = min(2*backoff, 30*time.Second)
+			}
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		index = meta.LastIndex
+		var first sync.WaitGroup
+		for name := range names {
+			if _, ok := watching[name]; ok {
+				continue
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			watching[name] = cancel
+			first.Add(1)
+			go c.watchService(wctx, name, &first)
+		}
+		for name, cancel := range watching {
+			if _, ok := names[name]; !ok {
+				cancel()
+				delete(watching, name)
+				c.set(name, nil)
+			}
+		}
+		first.Wait()
+		c.once.Do(func() { close(c.synced) })
+	}
+}
+
+// watchService follows one proxy service's instances; first is told once
+// they were read (or could not be).
+func (c *Catalog) watchService(ctx context.Context, name string, first *sync.WaitGroup) {
+	var index uint64
+	backoff := 100 * time.Millisecond
+	told := false
+	tell := func() {
+		if !told {
+			told = true
+			first.Done()
+		}
+	}
+	defer tell()
+	for ctx.Err() == nil {
+		q := (&capi.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
+		entries, meta, err := c.consul.Health().Service(name, "", false, q)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Error("follow a proxy service", "service", name, "err", err, "retry_in", backoff)
+				tell()
+				sleep(ctx, backoff)
+				backoff = min(2*backoff, 30*time.Second)
+			}
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		if meta.LastIndex < index {
+			index = 0
+		} else {
+			index = meta.LastIndex
+		}
+		c.set(name, entries)
+		tell()
+	}
+}
+
+func (c *Catalog) set(name string, entries []*capi.ServiceEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if entries == nil {
+		delete(c.entries, name)
+	} else {
+		c.entries[name] = entries
+	}
+	c.idx.Store(buildIndex(c.entries))
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// hostPort is addr as a dial string.
+func hostPort(a netip.AddrPort) string { return net.JoinHostPort(a.Addr().String(), strconv.Itoa(int(a.Port()))) }

@@ -1,0 +1,57 @@
+package dataplane
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/meshlet/meshlet/consulclient"
+	"github.com/meshlet/meshlet/logs"
+)
+
+// Main is `meshlet proxy`: it serves until ctx ends.
+func Main(ctx context.Context, args []string, stderr io.Writer) error {
+	var o Options
+	var consul consulclient.Flags
+	var lf logs.Flags
+	fs := flag.NewFlagSet("meshlet proxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.ProxyID, "proxy-id", os.Getenv("PROXY_ID"), "the proxy's service ID on the node's Consul agent (default $PROXY_ID, set by the webhook)")
+	fs.StringVar(&o.Metrics, "metrics-addr", "127.0.0.1:20200", "HTTP address of /metrics and /ready; empty: none")
+	fs.DurationVar(&o.Drain, "drain", 5*time.Second, "on SIGTERM, how long open connections may finish")
+	consul.Register(fs, "for the proxy's certificate and authorizations")
+	lf.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	case o.ProxyID == "":
+		return fmt.Errorf("-proxy-id is empty: give the proxy's service ID, or set $PROXY_ID")
+	case o.Drain < 0:
+		return fmt.Errorf("-drain %s: expected a duration ≥ 0", o.Drain)
+	}
+	if err := consul.Validate(); err != nil {
+		return err
+	}
+	log, err := lf.Logger(stderr)
+	if err != nil {
+		return err
+	}
+	// No per-request timeout: the watches are blocking queries of minutes,
+	// bounded by their wait time and by ctx.
+	client, err := consul.Client(0)
+	if err != nil {
+		return err
+	}
+	o.Registry = prometheus.NewRegistry()
+	o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return Run(ctx, client, o, log)
+}

@@ -1,0 +1,142 @@
+package dataplane
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+)
+
+// freePort is a TCP port nothing listens on now.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// consulAgents starts a real Consul server and a client agent joined to
+// it, on loopback with free ports, as the local cluster lays them out, and
+// returns an API client of the client agent. Both are stopped by their
+// PIDs when the test ends.
+func consulAgents(t testing.TB) *capi.Client {
+	t.Helper()
+	bin, err := exec.LookPath("consul")
+	if err != nil {
+		t.Skip("no consul binary on $PATH (make tools builds bin/consul)")
+	}
+	dir := t.TempDir()
+	serf := freePort(t)
+	server := fmt.Sprintf(`datacenter = "dc1"
+node_name = "server"
+server = true
+bootstrap_expect = 1
+data_dir = %q
+bind_addr = "127.0.0.1"
+client_addr = "127.0.0.1"
+ports { http = %d, https = -1, grpc = -1, grpc_tls = -1, dns = -1, serf_lan = %d, serf_wan = -1, server = %d }
+connect { enabled = true }
+performance { raft_multiplier = 1 }
+disable_update_check = true
+`, filepath.Join(dir, "server"), freePort(t), serf, freePort(t))
+	httpPort := freePort(t)
+	client := fmt.Sprintf(`datacenter = "dc1"
+node_name = "node-1"
+data_dir = %q
+bind_addr = "127.0.0.1"
+client_addr = "127.0.0.1"
+ports { http = %d, https = -1, grpc = -1, grpc_tls = -1, dns = -1, serf_lan = %d }
+retry_join = ["127.0.0.1:%d"]
+retry_interval = "1s"
+disable_update_check = true
+`, filepath.Join(dir, "client"), httpPort, freePort(t), serf)
+	for name, cfg := range map[string]string{"server": server, "client": client} {
+		path := filepath.Join(dir, name+".hcl")
+		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		logf, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin, "agent", "-config-file="+path)
+		cmd.Stdout, cmd.Stderr = logf, logf
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pid, log := cmd.Process.Pid, logf.Name()
+		t.Cleanup(func() {
+			_ = syscall.Kill(pid, syscall.SIGTERM)
+			done := make(chan struct{})
+			go func() { _ = cmd.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				_ = syscall.Kill(pid, syscall.SIGKILL)
+				<-done
+			}
+			if t.Failed() {
+				b, _ := os.ReadFile(log)
+				t.Logf("consul %s log:\n%s", filepath.Base(log), tail(b, 3000))
+			}
+		})
+	}
+	cfg := capi.DefaultConfig()
+	cfg.Address = "127.0.0.1:" + strconv.Itoa(httpPort)
+	cl, err := capi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "Consul's leader elected, the client joined and the CA ready", func() error {
+		if _, err := cl.Status().Leader(); err != nil {
+			return err
+		}
+		if _, _, err := cl.Agent().ConnectCARoots(nil); err != nil {
+			return err
+		}
+		ms, err := cl.Agent().Members(false)
+		if err != nil || len(ms) != 2 {
+			return fmt.Errorf("members %d (%v)", len(ms), err)
+		}
+		_, _, err = cl.Catalog().Node("node-1", nil)
+		return err
+	})
+	return cl
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// eventually retries f every 100 ms until it returns nil or d passes.
+func eventually(t testing.TB, d time.Duration, what string, f func() error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	var err error
+	for {
+		if err = f(); err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v", what, err)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,41 @@
+package dataplane
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the proxy's counters, served on its local metrics port.
+type Metrics struct {
+	conns  *prometheus.CounterVec
+	active *prometheus.GaugeVec
+	bytes  *prometheus.CounterVec
+}
+
+// Directions of a connection.
+const (
+	dirInbound     = "inbound"     // the public listener, to the app
+	dirOutbound    = "outbound"    // transparent, to a mesh service
+	dirPassthrough = "passthrough" // transparent, not a mesh service
+	dirUpstream    = "upstream"    // an explicit upstream's listener
+)
+
+// Results of a connection.
+const (
+	resOK        = "ok"
+	resDenied    = "denied"     // inbound: intentions deny the caller
+	resBadTLS    = "tls_failed" // inbound: no valid client certificate
+	resNoHealthy = "no_healthy" // outbound: no healthy instance
+	resError     = "error"      // the other side unreachable, Consul failing
+)
+
+// NewMetrics registers the proxy's metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshlet_proxy_connections_total",
+			Help: "Connections handled, by direction and result."}, []string{"direction", "result"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "meshlet_proxy_active_connections",
+			Help: "Connections open now, by direction."}, []string{"direction"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshlet_proxy_bytes_total",
+			Help: "Bytes carried, by direction and way (sent: from the connection's caller; received: to it)."}, []string{"direction", "way"}),
+	}
+	reg.MustRegister(m.conns, m.active, m.bytes)
+	return m
+}

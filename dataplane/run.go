@@ -1,0 +1,184 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Options are Run's settings beyond the registration.
+type Options struct {
+	ProxyID string
+	// Metrics is the HTTP address of /metrics and /ready; "" for none.
+	Metrics string
+	// Drain is how long open connections may finish after SIGTERM.
+	Drain time.Duration
+	// Registry takes the proxy's metrics (a new one when nil).
+	Registry *prometheus.Registry
+	// Ready, when set, is called once every listener is open.
+	Ready func(Config)
+}
+
+// Run serves the proxy registered as o.ProxyID until ctx ends. It waits
+// for the registration (the node agent makes it once the pod has an IP,
+// after this container starts), then for its certificate and the mesh's
+// services, and only then opens its listeners: the public listener
+// answering is the sidecar's startup probe.
+func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) error {
+	log = log.With("proxy_id", o.ProxyID)
+	reg, err := waitRegistration(ctx, consul.Agent(), o.ProxyID, log)
+	if err != nil {
+		return err
+	}
+	cfg, err := ConfigFrom(reg)
+	if err != nil {
+		return err
+	}
+	if o.Registry == nil {
+		o.Registry = prometheus.NewRegistry()
+	}
+	wctx, stopWatches := context.WithCancel(context.Background())
+	defer stopWatches()
+	id := NewIdentity(consul.Agent(), cfg.Service.Name, log)
+	cat := NewCatalog(consul, log)
+	go id.Run(wctx)
+	go cat.Run(wctx)
+	for what, ch := range map[string]<-chan struct{}{"certificate and CA roots": id.Ready(), "mesh services": cat.Synced()} {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ch:
+		case <-time.After(30 * time.Second):
+			log.Warn("still waiting for the Consul agent", "for", what)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-ch:
+			}
+		}
+	}
+	p := &Proxy{Config: cfg, Consul: consul, ID: id, Catalog: cat, Metrics: NewMetrics(o.Registry), Log: log}
+	var closers []func()
+	defer func() {
+		for _, c := range closers {
+			c()
+		}
+	}()
+	listen := func(addr, dir string, handle func(net.Conn)) error {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return fmt.Errorf("%s listener on %s: %w", dir, addr, err)
+		}
+		closers = append(closers, func() { ln.Close() })
+		go p.serve(ln, dir, handle)
+		return nil
+	}
+	if err := listen(cfg.Public, dirInbound, p.inbound); err != nil {
+		return err
+	}
+	if cfg.Outbound != "" {
+		if err := listen(cfg.Outbound, dirOutbound, p.outbound); err != nil {
+			return err
+		}
+	}
+	for _, u := range cfg.Upstreams {
+		if err := listen(u.Bind, dirUpstream, p.upstream(u.Service)); err != nil {
+			return err
+		}
+	}
+	for _, srv := range exposeServers(cfg.Expose) {
+		ln, err := net.Listen("tcp", srv.Addr)
+		if err != nil {
+			return fmt.Errorf("expose listener on %s: %w", srv.Addr, err)
+		}
+		closers = append(closers, func() { _ = srv.Close() })
+		go func() { _ = srv.Serve(ln) }()
+	}
+	if o.Metrics != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
+		srv := &http.Server{Addr: o.Metrics, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		ln, err := net.Listen("tcp", o.Metrics)
+		if err != nil {
+			return fmt.Errorf("-metrics-addr %s: %w", o.Metrics, err)
+		}
+		closers = append(closers, func() { _ = srv.Close() })
+		go func() { _ = srv.Serve(ln) }()
+	}
+	log.Info("proxy ready", "service", cfg.Service.String(), "public", cfg.Public, "outbound", cfg.Outbound,
+		"upstreams", len(cfg.Upstreams), "expose_paths", len(cfg.Expose))
+	if o.Ready != nil {
+		o.Ready(cfg)
+	}
+	<-ctx.Done()
+	// Stop accepting first, then let what is open finish.
+	for _, c := range closers {
+		c()
+	}
+	closers = nil
+	p.Drain(o.Drain)
+	return nil
+}
+
+// waitRegistration polls for the proxy's registration every second.
+func waitRegistration(ctx context.Context, agent *capi.Agent, id string, log *slog.Logger) (*capi.AgentService, error) {
+	start := time.Now()
+	lastLog := start
+	for {
+		s, _, err := agent.Service(id, (&capi.QueryOptions{}).WithContext(ctx))
+		if err == nil {
+			return s, nil
+		}
+		var se capi.StatusError
+		if !errors.As(err, &se) || se.Code != http.StatusNotFound {
+			log.Warn("read the proxy's registration", "err", err)
+		} else if time.Since(lastLog) >= 10*time.Second {
+			lastLog = time.Now()
+			log.Info("waiting for the node agent to register the proxy", "waited", time.Since(start).Round(time.Second))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("proxy %s not registered on the node's Consul agent: %w", id, ctx.Err())
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// exposeServers serve each expose path alone on its port, in plain HTTP,
+// to the app's port: what kubelet's rewritten probes call.
+func exposeServers(paths []ExposePath) []*http.Server {
+	byPort := map[string]exposeHandler{}
+	var out []*http.Server
+	for _, e := range paths {
+		h, ok := byPort[e.Listen]
+		if !ok {
+			h = exposeHandler{}
+			byPort[e.Listen] = h
+			out = append(out, &http.Server{Addr: e.Listen, Handler: h, ReadHeaderTimeout: 10 * time.Second})
+		}
+		h[e.Path] = httputil.NewSingleHostReverseProxy(&url.URL{Scheme: "http", Host: e.Local})
+	}
+	return out
+}
+
+// exposeHandler forwards the exact paths it holds, nothing under them.
+type exposeHandler map[string]http.Handler
+
+func (h exposeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if next, ok := h[r.URL.Path]; ok {
+		next.ServeHTTP(w, r)
+		return
+	}
+	http.NotFound(w, r)
+}

@@ -3,10 +3,8 @@ package dataplane
 import (
 	"context"
 	"log/slog"
-	"net"
 	"net/netip"
 	"sort"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -236,6 +234,3 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-time.After(d):
 	}
 }
-
-// hostPort is addr as a dial string.
-func hostPort(a netip.AddrPort) string { return net.JoinHostPort(a.Addr().String(), strconv.Itoa(int(a.Port()))) }

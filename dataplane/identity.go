@@ -281,4 +281,3 @@ func serial(n *big.Int) string {
 	}
 	return strings.Join(parts, ":")
 }
-

@@ -225,7 +225,7 @@ func (p *Proxy) dialService(key ServiceKey) (net.Conn, error) {
 func (p *Proxy) dialInstance(in Instance) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout+handshakeTimeout)
 	defer cancel()
-	raw, err := (&net.Dialer{Timeout: dialTimeout}).DialContext(ctx, "tcp", hostPort(in.Addr))
+	raw, err := (&net.Dialer{Timeout: dialTimeout}).DialContext(ctx, "tcp", in.Addr.String())
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,7 @@ type ServiceID struct {
 // ParseServiceID reads a service identity from a certificate's URI SAN.
 func ParseServiceID(u *url.URL) (ServiceID, error) {
 	if u == nil || u.Scheme != "spiffe" || u.Host == "" {
-		return ServiceID{}, fmt.Errorf("SPIFFE ID %q: expected spiffe://<trust domain>/...", u)
+		return ServiceID{}, fmt.Errorf("SPIFFE ID %q: expected spiffe://<trust domain>/<path>", u)
 	}
 	parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
 	id := ServiceID{TrustDomain: u.Host}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containernetworking/plugins/pkg/ns"
 	capi "github.com/hashicorp/consul/api"
 )
 
@@ -31,36 +33,50 @@ func freePort(t testing.TB) int {
 // returns an API client of the client agent. Both are stopped by their
 // PIDs when the test ends.
 func consulAgents(t testing.TB) *capi.Client {
+	cl, _ := consulAgentsIn(t, nil, "127.0.0.1")
+	return cl
+}
+
+// consulAgentsIn is consulAgents inside netns n (nil: this one), bound to
+// bind; the client agent's HTTP API answers on every address of n, and the
+// returned API client dials from inside n. The port is the client agent's
+// HTTP port.
+func consulAgentsIn(t testing.TB, n ns.NetNS, bind string) (*capi.Client, int) {
 	t.Helper()
 	bin, err := exec.LookPath("consul")
 	if err != nil {
 		t.Skip("no consul binary on $PATH (make tools builds bin/consul)")
 	}
 	dir := t.TempDir()
+	// Free ports of this netns serve in n too: a fresh netns uses none.
 	serf := freePort(t)
 	server := fmt.Sprintf(`datacenter = "dc1"
 node_name = "server"
 server = true
 bootstrap_expect = 1
 data_dir = %q
-bind_addr = "127.0.0.1"
-client_addr = "127.0.0.1"
+bind_addr = %q
+client_addr = %q
 ports { http = %d, https = -1, grpc = -1, grpc_tls = -1, dns = -1, serf_lan = %d, serf_wan = -1, server = %d }
 connect { enabled = true }
 performance { raft_multiplier = 1 }
 disable_update_check = true
-`, filepath.Join(dir, "server"), freePort(t), serf, freePort(t))
+`, filepath.Join(dir, "server"), bind, bind, freePort(t), serf, freePort(t))
 	httpPort := freePort(t)
+	clientAddr := bind
+	if n != nil {
+		clientAddr = "0.0.0.0" // the pods' netns reach it on their gateway
+	}
 	client := fmt.Sprintf(`datacenter = "dc1"
 node_name = "node-1"
 data_dir = %q
-bind_addr = "127.0.0.1"
-client_addr = "127.0.0.1"
+bind_addr = %q
+client_addr = %q
 ports { http = %d, https = -1, grpc = -1, grpc_tls = -1, dns = -1, serf_lan = %d }
-retry_join = ["127.0.0.1:%d"]
+retry_join = ["%s:%d"]
 retry_interval = "1s"
 disable_update_check = true
-`, filepath.Join(dir, "client"), httpPort, freePort(t), serf)
+`, filepath.Join(dir, "client"), bind, clientAddr, httpPort, freePort(t), bind, serf)
 	for name, cfg := range map[string]string{"server": server, "client": client} {
 		path := filepath.Join(dir, name+".hcl")
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
@@ -73,7 +89,11 @@ disable_update_check = true
 		cmd := exec.Command(bin, "agent", "-config-file="+path)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		if err := cmd.Start(); err != nil {
+		start := cmd.Start
+		if n != nil {
+			start = func() error { return n.Do(func(ns.NetNS) error { return cmd.Start() }) }
+		}
+		if err := start(); err != nil {
 			t.Fatal(err)
 		}
 		pid, log := cmd.Process.Pid, logf.Name()
@@ -94,7 +114,19 @@ disable_update_check = true
 		})
 	}
 	cfg := capi.DefaultConfig()
-	cfg.Address = "127.0.0.1:" + strconv.Itoa(httpPort)
+	cfg.Address = net.JoinHostPort(bind, strconv.Itoa(httpPort))
+	if n != nil {
+		d := &net.Dialer{Timeout: 5 * time.Second}
+		cfg.Transport = &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := n.Do(func(ns.NetNS) error {
+				var err error
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		}}
+	}
 	cl, err := capi.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +145,7 @@ disable_update_check = true
 		_, _, err = cl.Catalog().Node("node-1", nil)
 		return err
 	})
-	return cl
+	return cl, httpPort
 }
 
 func tail(b []byte, n int) []byte {

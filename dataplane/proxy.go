@@ -13,6 +13,8 @@ import (
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/dataplane/originaldst"
 )
 
 // Timeouts of a connection's set-up; once spliced, a connection lives as
@@ -151,7 +153,7 @@ func (p *Proxy) outbound(c net.Conn) {
 		c.Close()
 		return
 	}
-	dst, err := originalDst(tc)
+	dst, err := originaldst.Get(tc)
 	if err != nil {
 		p.result(log, dirOutbound, resError, err)
 		reset(c)

@@ -8,7 +8,6 @@ package netnstest
 
 import (
 	"bufio"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -21,11 +20,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/containernetworking/plugins/pkg/testutils"
-	"golang.org/x/sys/unix"
+
+	"github.com/meshlet/meshlet/dataplane/originaldst"
 )
 
 // Addresses of the pod and the peer, and a second peer subnet routed via
@@ -134,48 +133,9 @@ func Serve(t testing.TB, n ns.NetNS, addr, name string) {
 	}()
 }
 
-// ip6tSoOriginalDst is IP6T_SO_ORIGINAL_DST from
-// <linux/netfilter_ipv6/ip6_tables.h>, which golang.org/x/sys/unix does not
-// define (it has only the IPv4 SO_ORIGINAL_DST; both are 80).
-const ip6tSoOriginalDst = 80
-
 // OriginalDst is where a connection was headed before a REDIRECT or DNAT
 // changed it (SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST).
-func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return netip.AddrPort{}, err
-	}
-	var res netip.AddrPort
-	var serr error
-	err = raw.Control(func(fd uintptr) {
-		var buf [28]byte // sockaddr_in6 is the larger
-		size := uint32(len(buf))
-		level, opt := unix.SOL_IP, unix.SO_ORIGINAL_DST
-		if la, ok := c.LocalAddr().(*net.TCPAddr); ok && la.IP.To4() == nil {
-			level, opt = unix.SOL_IPV6, ip6tSoOriginalDst
-		}
-		_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, fd, uintptr(level), uintptr(opt),
-			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
-		if e != 0 {
-			serr = e
-			return
-		}
-		port := uint16(buf[2])<<8 | uint16(buf[3])
-		switch *(*uint16)(unsafe.Pointer(&buf[0])) {
-		case unix.AF_INET:
-			res = netip.AddrPortFrom(netip.AddrFrom4([4]byte(buf[4:8])), port)
-		case unix.AF_INET6:
-			res = netip.AddrPortFrom(netip.AddrFrom16([16]byte(buf[8:24])), port)
-		default:
-			serr = errors.New("unknown address family")
-		}
-	})
-	if err == nil {
-		err = serr
-	}
-	return res, err
-}
+func OriginalDst(c *net.TCPConn) (netip.AddrPort, error) { return originaldst.Get(c) }
 
 const helperEnv = "MESHLET_NETNSTEST_DIAL"
 
@@ -223,6 +183,43 @@ func DialAs(t testing.TB, n ns.NetNS, uid uint32, addr string) (string, error) {
 		return "", fmt.Errorf("dial %s as uid %d: %w: %s", addr, uid, err, strings.TrimSpace(string(out)))
 	}
 	return strings.TrimSpace(string(out)), nil
+}
+
+// StartAs runs the test binary inside netns as uid with env (the
+// subprocess's TestMain reads it and does the job) until the test ends,
+// when it gets SIGTERM by its PID; its output is logged if the test failed.
+func StartAs(t testing.TB, n ns.NetNS, uid uint32, env ...string) {
+	t.Helper()
+	bin, err := worldExecutable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.CreateTemp(t.TempDir(), "proc-*.log")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^$")
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}, Setsid: true}
+	if err := n.Do(func(ns.NetNS) error { return cmd.Start() }); err != nil {
+		t.Fatalf("start %v in %s: %v", env, Name(n), err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(out.Name())
+			t.Logf("output of %v in %s:\n%s", env, Name(n), b)
+		}
+	})
 }
 
 var (

@@ -12,6 +12,9 @@ import (
 const (
 	DataPlaneEnvoy  = "envoy"  // Envoy with an inline bootstrap: what users run
 	DataPlaneConsul = "consul" // Consul's built-in proxy: where Envoy cannot run
+	// DataPlaneMeshlet is `meshlet proxy`: L4 with transparent proxy,
+	// where Envoy cannot run.
+	DataPlaneMeshlet = "meshlet"
 )
 
 // Config is the webhook's configuration; its fields follow consul-k8s'
@@ -23,10 +26,13 @@ type Config struct {
 	// AllowNamespaces and DenyNamespaces (k8sAllowNamespaces,
 	// k8sDenyNamespaces): deny wins; "*" allows every namespace.
 	AllowNamespaces, DenyNamespaces []string
-	// DataPlane is DataPlaneEnvoy or DataPlaneConsul.
+	// DataPlane is DataPlaneEnvoy, DataPlaneConsul or DataPlaneMeshlet.
 	DataPlane   string
 	EnvoyImage  string // imageEnvoy
 	ConsulImage string // the image with the consul binary (DataPlaneConsul)
+	// MeshletImage is meshlet's image, whose entrypoint is the meshlet
+	// binary (DataPlaneMeshlet).
+	MeshletImage string
 	// NativeSidecar runs the proxy as a native sidecar (an init container
 	// with restartPolicy Always; Kubernetes 1.29+): up before the app and
 	// other init containers, and a Job completes when its app exits. false:
@@ -91,12 +97,14 @@ func DefaultConfig() Config {
 // Validate reports a configuration the webhook cannot serve with.
 func (c Config) Validate() error {
 	switch {
-	case c.DataPlane != DataPlaneEnvoy && c.DataPlane != DataPlaneConsul:
-		return fmt.Errorf("data plane %q: expected %s or %s", c.DataPlane, DataPlaneEnvoy, DataPlaneConsul)
+	case c.DataPlane != DataPlaneEnvoy && c.DataPlane != DataPlaneConsul && c.DataPlane != DataPlaneMeshlet:
+		return fmt.Errorf("data plane %q: expected %s, %s or %s", c.DataPlane, DataPlaneEnvoy, DataPlaneConsul, DataPlaneMeshlet)
 	case c.DataPlane == DataPlaneEnvoy && c.EnvoyImage == "":
 		return fmt.Errorf("data plane envoy needs an Envoy image")
 	case c.DataPlane == DataPlaneConsul && c.ConsulImage == "":
 		return fmt.Errorf("data plane consul needs an image with the consul binary")
+	case c.DataPlane == DataPlaneMeshlet && c.MeshletImage == "":
+		return fmt.Errorf("data plane meshlet needs meshlet's image")
 	case len(c.AllowNamespaces) == 0:
 		return fmt.Errorf("k8sAllowNamespaces is empty: no pod could be injected (use [\"*\"] for all)")
 	case slices.Contains(c.DenyNamespaces, "*"):

@@ -80,7 +80,7 @@ func checkPod(pod *corev1.Pod) error {
 		if uid == iptables.DefaultProxyUID {
 			errs = append(errs, fmt.Errorf("container %q runs as UID %d, the sidecar proxy's UID: its traffic would bypass the proxy; run it as another user", c.Name, uid))
 		}
-		if c.Name == envoySidecarName || c.Name == consulSidecarName {
+		if c.Name == envoySidecarName || c.Name == consulSidecarName || c.Name == meshletSidecarName {
 			errs = append(errs, fmt.Errorf("container name %q is the injected sidecar's; rename the container", c.Name))
 		}
 	}

@@ -55,6 +55,12 @@ func consulCfg(mutate ...func(*Config)) Config {
 	return c
 }
 
+func meshletCfg() Config {
+	c := DefaultConfig()
+	c.DataPlane, c.MeshletImage = DataPlaneMeshlet, "meshlet.local/meshlet:dev"
+	return c
+}
+
 var goldenCases = []struct {
 	name string
 	pod  *corev1.Pod
@@ -122,6 +128,8 @@ var goldenCases = []struct {
 		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "worker", Image: "w",
 			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(9000)}}}})
 	}), "shop", consulCfg()},
+	{"meshlet", app(on()), "shop", meshletCfg()},
+	{"meshlet-metrics", app(on(annotations.EnableMetrics, "true")), "shop", meshletCfg()},
 	{"envoy", app(on(annotations.EnvoyExtraArgs, "--log-level debug  --disable-hot-restart")), "shop", DefaultConfig()},
 	{"envoy-namespaces", app(on(annotations.Service, "web-api")), "shop", func() Config {
 		c := DefaultConfig()

@@ -14,8 +14,9 @@ import (
 // The sidecar's container names: consul-k8s' Envoy container name, so
 // dashboards and scripts that look for it keep working.
 const (
-	envoySidecarName  = "envoy-sidecar"
-	consulSidecarName = "consul-sidecar"
+	envoySidecarName   = "envoy-sidecar"
+	consulSidecarName  = "consul-sidecar"
+	meshletSidecarName = "meshlet-proxy"
 )
 
 // The proxy's identity in Consul. Pod names of Deployment pods are not
@@ -98,6 +99,8 @@ func sidecarContainer(p parsed, reg annotations.Registration, pod *corev1.Pod, c
 		c.Name, c.Image = consulSidecarName, cfg.ConsulImage
 		c.Command = []string{"/bin/sh", "-c", fmt.Sprintf(consulProxyScript, cfg.AgentHTTPPort)}
 		return c, nil
+	case DataPlaneMeshlet:
+		return meshletSidecar(c, reg, cfg), nil
 	}
-	return c, fmt.Errorf("data plane %q: expected %s or %s", cfg.DataPlane, DataPlaneEnvoy, DataPlaneConsul)
+	return c, fmt.Errorf("data plane %q: expected %s, %s or %s", cfg.DataPlane, DataPlaneEnvoy, DataPlaneConsul, DataPlaneMeshlet)
 }

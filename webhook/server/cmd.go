@@ -85,9 +85,10 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	c.AllowNamespaces = nil
 	fs.Var(listFlag{&c.AllowNamespaces}, "allow-k8s-namespace", "namespace whose pods may be injected; repeat or comma-separate; * for all (connectInject.k8sAllowNamespaces; default *)")
 	fs.Var(listFlag{&c.DenyNamespaces}, "deny-k8s-namespace", "namespace never injected; wins over allow (connectInject.k8sDenyNamespaces)")
-	fs.StringVar(&c.DataPlane, "data-plane", c.DataPlane, "the sidecar: envoy or consul (Consul's built-in proxy)")
+	fs.StringVar(&c.DataPlane, "data-plane", c.DataPlane, "the sidecar: envoy, consul (Consul's built-in proxy) or meshlet (meshlet proxy, L4 with transparent proxy)")
 	fs.StringVar(&c.EnvoyImage, "envoy-image", c.EnvoyImage, "Envoy image (imageEnvoy)")
 	fs.StringVar(&c.ConsulImage, "consul-image", c.ConsulImage, "image with the consul binary, for data plane consul")
+	fs.StringVar(&c.MeshletImage, "meshlet-image", c.MeshletImage, "meshlet's image (entrypoint: the meshlet binary), for data plane meshlet")
 	fs.StringVar(&o.native, "native-sidecar", "auto", "run the proxy as a native sidecar: auto (when the API server is 1.29 or newer), true or false")
 	fs.BoolVar(&c.TransparentProxy, "enable-transparent-proxy", c.TransparentProxy, "transparent proxy unless a pod says otherwise (connectInject.transparentProxy.defaultEnabled)")
 	fs.BoolVar(&c.OverwriteProbes, "transparent-proxy-default-overwrite-probes", c.OverwriteProbes, "rewrite HTTP probes to expose paths (connectInject.transparentProxy.defaultOverwriteProbes)")

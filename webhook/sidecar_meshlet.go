@@ -1,0 +1,30 @@
+package webhook
+
+import (
+	"fmt"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshlet/meshlet/annotations"
+)
+
+// meshletMetricsAddr is where `meshlet proxy` serves its counters when
+// the pod has no metrics setup: the pod's loopback, for kubectl exec and
+// port-forward, never scraped.
+const meshletMetricsAddr = "127.0.0.1:20200"
+
+// meshletSidecar runs `meshlet proxy` from meshlet's image (its
+// entrypoint is the meshlet binary). The proxy finds its registration by
+// $PROXY_ID and waits for the node agent to make it, so it needs no retry
+// loop around it; kubelet expands $(HOST_IP) from the env.
+func meshletSidecar(c corev1.Container, reg annotations.Registration, cfg Config) corev1.Container {
+	c.Name, c.Image = meshletSidecarName, cfg.MeshletImage
+	metrics := meshletMetricsAddr
+	if m := reg.Metrics; m != nil {
+		// Where the pod's prometheus.io annotations send the scraper.
+		metrics = ":" + strconv.Itoa(m.ScrapePort)
+	}
+	c.Args = []string{"proxy", "-http-addr", fmt.Sprintf("$(%s):%d", envHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
+	return c
+}

@@ -25,6 +25,9 @@ type Identity struct {
 	Service string
 	Agent   *capi.Agent
 	Log     *slog.Logger
+	// Loaded, when set, is told of each leaf certificate and root list
+	// loaded (for the metrics).
+	Loaded func(what string, leaf *x509.Certificate)
 
 	state     atomic.Pointer[identityState]
 	leafMu    sync.Mutex
@@ -106,6 +109,9 @@ func (id *Identity) loadLeaf(q *capi.QueryOptions) (uint64, error) {
 	id.publish()
 	id.leafMu.Unlock()
 	id.Log.Debug("leaf certificate loaded", "service", id.Service, "serial", leaf.SerialNumber, "valid_before", leaf.ValidBefore)
+	if id.Loaded != nil {
+		id.Loaded("leaf", cert.Leaf)
+	}
 	return meta.LastIndex, nil
 }
 
@@ -123,6 +129,9 @@ func (id *Identity) loadRoots(q *capi.QueryOptions) (uint64, error) {
 	id.publish()
 	id.leafMu.Unlock()
 	id.Log.Debug("CA roots loaded", "trust_domain", t.domain, "roots", len(list.Roots))
+	if id.Loaded != nil {
+		id.Loaded("roots", nil)
+	}
 	return meta.LastIndex, nil
 }
 

@@ -1,12 +1,18 @@
 package dataplane
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"crypto/x509"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are the proxy's counters, served on its local metrics port.
 type Metrics struct {
 	conns  *prometheus.CounterVec
 	active *prometheus.GaugeVec
 	bytes  *prometheus.CounterVec
+	loads  *prometheus.CounterVec
+	expiry prometheus.Gauge
 }
 
 // Directions of a connection.
@@ -36,6 +42,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshlet_proxy_bytes_total",
 			Help: "Bytes carried, by direction and way (sent: from the connection's caller; received: to it)."}, []string{"direction", "way"}),
 	}
-	reg.MustRegister(m.conns, m.active, m.bytes)
+	m.loads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshlet_proxy_identity_loads_total",
+		Help: "Leaf certificates and CA root lists loaded from the Consul agent (a rotation adds one)."}, []string{"what"})
+	m.expiry = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshlet_proxy_leaf_expiry_timestamp_seconds",
+		Help: "When the proxy's current leaf certificate expires (Unix time)."})
+	reg.MustRegister(m.conns, m.active, m.bytes, m.loads, m.expiry)
 	return m
+}
+
+// loaded is Identity.Loaded.
+func (m *Metrics) loaded(what string, leaf *x509.Certificate) {
+	m.loads.WithLabelValues(what).Inc()
+	if leaf != nil {
+		m.expiry.Set(float64(leaf.NotAfter.Unix()))
+	}
 }

@@ -111,22 +111,35 @@ func get(addr string) (string, error) {
 // counter is a connection counter of the proxy's registry.
 func counter(t *testing.T, reg *prometheus.Registry, dir, res string) float64 {
 	t.Helper()
+	return metric(t, reg, "meshlet_proxy_connections_total", map[string]string{"direction": dir, "result": res})
+}
+
+// metric is the value of the series of name with labels (0 when absent).
+func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "meshlet_proxy_connections_total" {
+		if mf.GetName() != name {
 			continue
 		}
+	series:
 		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
+			have := map[string]string{}
 			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
+				have[l.GetName()] = l.GetValue()
 			}
-			if labels["direction"] == dir && labels["result"] == res {
+			for k, v := range labels {
+				if have[k] != v {
+					continue series
+				}
+			}
+			if m.GetCounter() != nil {
 				return m.GetCounter().GetValue()
 			}
+			return m.GetGauge().GetValue()
 		}
 	}
 	return 0
@@ -209,6 +222,36 @@ func TestProxyThroughConsul(t *testing.T) {
 		return err
 	})
 	ok("healthy again")
+
+	// A CA rotation (the built-in CA with a new key type: a new root, the
+	// old one cross-signed): both proxies load a new leaf and roots with
+	// no restart, and keep serving.
+	leafLoads := func(reg *prometheus.Registry) float64 {
+		return metric(t, reg, "meshlet_proxy_identity_loads_total", map[string]string{"what": "leaf"})
+	}
+	serverLeaves, clientLeaves := leafLoads(serverReg), leafLoads(clientReg)
+	roots, _, err := cl.Connect().CARoots(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Connect().CASetConfig(&capi.CAConfig{Provider: "consul",
+		Config: map[string]any{"PrivateKeyType": "rsa", "PrivateKeyBits": 2048}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "both proxies to load a leaf of the new root", func() error {
+		now, _, err := cl.Connect().CARoots(nil)
+		if err != nil || now.ActiveRootID == roots.ActiveRootID {
+			return fmt.Errorf("active root still %s (%v)", roots.ActiveRootID, err)
+		}
+		if s, c := leafLoads(serverReg), leafLoads(clientReg); s <= serverLeaves || c <= clientLeaves {
+			return fmt.Errorf("leaves loaded: server %v (was %v), client %v (was %v)", s, serverLeaves, c, clientLeaves)
+		}
+		return nil
+	})
+	ok("after a CA rotation")
+	if exp := metric(t, serverReg, "meshlet_proxy_leaf_expiry_timestamp_seconds", nil); exp < float64(time.Now().Unix()) {
+		t.Errorf("leaf expiry %v is not in the future", exp)
+	}
 
 	// No client certificate: the handshake fails and the app sees nothing.
 	before := counter(t, serverReg, dirInbound, resOK)

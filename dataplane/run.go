@@ -49,7 +49,9 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 	}
 	wctx, stopWatches := context.WithCancel(context.Background())
 	defer stopWatches()
+	metrics := NewMetrics(o.Registry)
 	id := NewIdentity(consul.Agent(), cfg.Service.Name, log)
+	id.Loaded = metrics.loaded
 	cat := NewCatalog(consul, log)
 	go id.Run(wctx)
 	go cat.Run(wctx)
@@ -67,7 +69,7 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 			}
 		}
 	}
-	p := &Proxy{Config: cfg, Consul: consul, ID: id, Catalog: cat, Metrics: NewMetrics(o.Registry), Log: log}
+	p := &Proxy{Config: cfg, Consul: consul, ID: id, Catalog: cat, Metrics: metrics, Log: log}
 	var closers []func()
 	defer func() {
 		for _, c := range closers {

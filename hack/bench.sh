@@ -23,3 +23,5 @@ go test -run '^$' -bench 'Plugin|ADD' -benchtime "${BENCHTIME:-50x}" ./test/e2e/
 # Consul, and its memory with 110 pods and 1,000 Services (a few rounds:
 # each is seconds of cluster work).
 go test -run '^$' -bench 'Agent' -benchtime 3x ./test/e2e/ 2>&1 | grep -v 'level=INFO'
+# meshlet proxy against Consul's built-in proxy, same run, same path.
+go test -run '^$' -bench ProxyVsBuiltin -benchtime 500x ./dataplane/

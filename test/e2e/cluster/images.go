@@ -79,7 +79,7 @@ func busyboxFiles() ([]imageFile, error) {
 }
 
 // imageArchive returns a docker-archive holding every test image, rebuilt
-// only when one of its input binaries changed.
+// only when the content of one of its input binaries changed.
 func (c *Cluster) imageArchive() (string, error) {
 	specs, err := c.imageSpecs()
 	if err != nil {
@@ -91,11 +91,11 @@ func (c *Cluster) imageArchive() (string, error) {
 		for _, f := range s.files {
 			fmt.Fprintln(h, f.path, f.link)
 			if f.src != "" {
-				st, err := os.Stat(f.src)
-				if err != nil {
+				// The content, not the mtime: make build rewrites every
+				// binary, changed or not, before each cluster-up.
+				if err := hashFile(h, f.src); err != nil {
 					return "", fmt.Errorf("image %s: %w", s.ref, err)
 				}
-				fmt.Fprintln(h, st.Size(), st.ModTime().UnixNano())
 			}
 		}
 	}
@@ -130,6 +130,16 @@ func (c *Cluster) imageArchive() (string, error) {
 		os.Remove(o)
 	}
 	return path, nil
+}
+
+func hashFile(h io.Writer, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(h, f)
+	return err
 }
 
 func buildImage(s imageSpec) (v1.Image, error) {
@@ -179,9 +189,13 @@ func buildImage(s imageSpec) (v1.Image, error) {
 		return nil, err
 	}
 	data := buf.Bytes()
+	// Compressed once and cached: the archive writer asks for the
+	// compressed layer more than once (digest, size, contents), and without
+	// the cache each ask compressed it again (8.5 s instead of 3.5 s for
+	// all the images here).
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(data)), nil
-	}, tarball.WithCompressionLevel(gzip.BestSpeed))
+	}, tarball.WithCompressionLevel(gzip.BestSpeed), tarball.WithCompressedCaching)
 	if err != nil {
 		return nil, err
 	}

@@ -66,6 +66,7 @@ all() {
     k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-proxy
   step "consul" build_go test/tools/consul "$consul_ldflags" github.com/hashicorp/consul
   step "http-echo" build_go test/tools/http-echo "-s -w" github.com/hashicorp/http-echo
+  step "coredns" build_go test/tools/coredns "-s -w" github.com/coredns/coredns
   step "helm" build_go test/tools/helm "-s -w" helm.sh/helm/v3/cmd/helm
   step "staticcheck" build_go test/tools/staticcheck "-s -w" honnef.co/go/tools/cmd/staticcheck
 }

@@ -1,7 +1,8 @@
 // Package cluster runs a real single-node Kubernetes cluster with Consul on
 // this machine: etcd, kube-apiserver, kube-controller-manager,
 // kube-scheduler, kube-proxy, containerd and kubelet, plus a Consul server
-// and a Consul client agent. Every packet stays on the harness's own bridge
+// and a Consul client agent, and as pods CoreDNS (cluster DNS), meshlet's
+// agent and its webhook. Every packet stays on the harness's own bridge
 // (see docs/local-cluster.md); Down stops what Up started by its recorded PID
 // and restores the host.
 package cluster
@@ -117,13 +118,21 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 	if err := c.writeCNIKubeconfig(ctx); err != nil {
 		return fmt.Errorf("meshlet-cni credentials for the tests: %w", err)
 	}
+	// CoreDNS starts while the webhook does; both pods go through the
+	// chain the agent has just installed, like every later pod.
+	if err := c.createDNS(ctx); err != nil {
+		return err
+	}
 	if err := c.InstallWebhook(ctx); err != nil {
+		return err
+	}
+	if err := c.waitDNS(ctx); err != nil {
 		return err
 	}
 	if err := c.writeEnv(); err != nil {
 		return err
 	}
-	c.Log.Info("cluster up", "took", time.Since(t0).Round(time.Millisecond), "env", c.path("env"))
+	c.Log.Info("cluster up", "took", time.Since(t0).Round(time.Millisecond), "dns", ClusterDNS, "env", c.path("env"))
 	return nil
 }
 

@@ -29,6 +29,7 @@ const (
 	StaticClientImage = "localhost/meshlet/static-client:dev"
 	ConsulImage       = "localhost/meshlet/consul:dev"
 	MeshletImage      = "localhost/meshlet/meshlet:dev"
+	CoreDNSImage      = "localhost/meshlet/coredns:dev"
 )
 
 const busyboxPath = "/bin/busybox"
@@ -58,6 +59,7 @@ func (c *Cluster) imageSpecs() ([]imageSpec, error) {
 		{ref: ConsulImage, files: append(slices.Clone(shell), imageFile{path: "bin/consul", src: c.bin("consul")}), cmd: []string{"/bin/consul"}},
 		{ref: MeshletImage, files: []imageFile{{path: "meshlet", src: c.bin("meshlet")},
 			{path: "usr/local/bin/meshlet-cni", src: c.bin("meshlet-cni")}}, entrypoint: []string{"/meshlet"}},
+		{ref: CoreDNSImage, files: []imageFile{{path: "coredns", src: c.bin("coredns")}}, entrypoint: []string{"/coredns"}},
 	}, nil
 }
 

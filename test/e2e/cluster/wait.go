@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -129,6 +130,44 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 	return nil
 }
 
+// dnsAnswers asks a ready CoreDNS pod behind kube-dns, at the pod's own
+// address (the host cannot route ClusterIPs: setupHost makes the range
+// unreachable), for the API server's Service name and checks the answer is
+// its ClusterIP: then the kubernetes plugin has synced with the API server
+// and kube-proxy has an endpoint to send ClusterDNS to.
+func dnsAnswers(ctx context.Context, cs kubernetes.Interface) error {
+	addr, err := dnsEndpoint(ctx, cs)
+	if err != nil {
+		return err
+	}
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, net.JoinHostPort(addr, "53"))
+	}}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	name := "kubernetes.default.svc." + ClusterZone + "."
+	ips, err := r.LookupNetIP(ctx, "ip4", name)
+	if err != nil {
+		return fmt.Errorf("CoreDNS at %s: %w", addr, err)
+	}
+	if len(ips) != 1 || ips[0].String() != APIServerIP {
+		return fmt.Errorf("CoreDNS at %s answers %s with %v, want %s", addr, name, ips, APIServerIP)
+	}
+	return nil
+}
+
+// waitDNS waits until cluster DNS answers (dnsAnswers).
+func (c *Cluster) waitDNS(ctx context.Context) error {
+	cs, err := c.Clientset()
+	if err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "cluster DNS ("+DNSService+" "+ClusterDNS+")", func(ctx context.Context) error {
+		return dnsAnswers(ctx, cs)
+	})
+}
+
 // insecureLocal reaches the components' self-signed health endpoints on
 // loopback; nothing secret crosses it.
 var insecureLocal = &http.Client{
@@ -150,7 +189,7 @@ func (c *Cluster) checkPrerequisites() error {
 			missing = append(missing, cmd+" (run make tools)")
 		}
 	}
-	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "consul", "http-echo", "meshlet", "meshlet-cni", "pause", "curl"} {
+	for _, b := range []string{"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "consul", "coredns", "http-echo", "meshlet", "meshlet-cni", "pause", "curl"} {
 		if _, err := os.Stat(c.bin(b)); err != nil {
 			missing = append(missing, c.bin(b)+" (run make tools build)")
 		}

@@ -17,7 +17,8 @@ type Config struct {
 	// Service is the service the proxy fronts, whose certificate it uses.
 	Service ServiceKey
 	// Public is the public listener's address (all interfaces, the
-	// registration's port); LocalApp is the application's.
+	// registration's port); LocalApp is the application's, "" when the
+	// service has no port (a client only).
 	Public, LocalApp string
 	// Outbound is the transparent outbound listener, "" when the proxy is
 	// not in transparent mode.
@@ -54,18 +55,22 @@ func ConfigFrom(s *capi.AgentService) (Config, error) {
 	if s.Port <= 0 || s.Port > 65535 {
 		return Config{}, fmt.Errorf("proxy %s: public listener port %d, expected 1-65535", s.ID, s.Port)
 	}
-	if p.LocalServicePort <= 0 || p.LocalServicePort > 65535 {
-		return Config{}, fmt.Errorf("proxy %s: local service port %d, expected 1-65535", s.ID, p.LocalServicePort)
+	// Port 0: a client-only app (no container port, as the seed's
+	// static-client): the public listener stays, with no app behind it.
+	if p.LocalServicePort < 0 || p.LocalServicePort > 65535 {
+		return Config{}, fmt.Errorf("proxy %s: local service port %d, expected 0-65535", s.ID, p.LocalServicePort)
 	}
 	local := p.LocalServiceAddress
 	if local == "" {
 		local = "127.0.0.1"
 	}
 	c := Config{
-		ProxyID:  s.ID,
-		Service:  ServiceKey{Partition: s.Partition, Namespace: s.Namespace, Name: p.DestinationServiceName},
-		Public:   net.JoinHostPort("", strconv.Itoa(s.Port)),
-		LocalApp: net.JoinHostPort(local, strconv.Itoa(p.LocalServicePort)),
+		ProxyID: s.ID,
+		Service: ServiceKey{Partition: s.Partition, Namespace: s.Namespace, Name: p.DestinationServiceName},
+		Public:  net.JoinHostPort("", strconv.Itoa(s.Port)),
+	}
+	if p.LocalServicePort != 0 {
+		c.LocalApp = net.JoinHostPort(local, strconv.Itoa(p.LocalServicePort))
 	}
 	if p.Mode == capi.ProxyModeTransparent {
 		port := 15001

@@ -133,6 +133,11 @@ func (p *Proxy) inbound(raw net.Conn) {
 		raw.Close()
 		return
 	}
+	if p.Config.LocalApp == "" {
+		p.result(log, dirInbound, resError, errors.New("the service has no port: nothing listens behind this proxy"))
+		raw.Close()
+		return
+	}
 	app, err := net.DialTimeout("tcp", p.Config.LocalApp, dialTimeout)
 	if err != nil {
 		p.result(log, dirInbound, resError, fmt.Errorf("dial the app at %s: %w", p.Config.LocalApp, err))

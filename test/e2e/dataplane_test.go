@@ -30,13 +30,13 @@ import (
 const proxyCheck = `curl -s -m 2 http://$POD_IP:20000/; rc=$?; echo "proxy check: curl exit $rc"; ` +
 	`[ $rc = 52 ] || [ $rc = 56 ] || exit 1; exec sleep 3600`
 
-// TestWebhookConsulDataPlane: a pod injected with data plane consul runs;
-// its sidecar is up before the app's containers start; and a Connect
-// client reaches the app through it with mTLS. Until the node agent runs,
-// the test registers the service and its proxy itself, with the
-// registrations daemon/register builds for the agent, and drives the
-// readiness check the way the agent will.
-func TestWebhookConsulDataPlane(t *testing.T) {
+// TestWebhookMeshletDataPlane: a pod injected with the local cluster's
+// data plane (meshlet) runs; its sidecar is up before the app's
+// containers start; the node agent registers it; its proxy's health
+// follows the service's check; and Consul's own built-in proxy, as a
+// Connect client on the host, reaches the app through it with mTLS (the
+// two data planes interoperate).
+func TestWebhookMeshletDataPlane(t *testing.T) {
 	requireCluster(t)
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "dataplane")
@@ -61,8 +61,8 @@ func TestWebhookConsulDataPlane(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the webhook's registration annotation: %v", err)
 	}
-	if reg.Service != svc || reg.Port != 8080 || reg.DataPlane != webhook.DataPlaneConsul {
-		t.Fatalf("registration %+v: want service %s, port 8080, data plane consul", reg, svc)
+	if reg.Service != svc || reg.Port != 8080 || reg.DataPlane != webhook.DataPlaneMeshlet {
+		t.Fatalf("registration %+v: want service %s, port 8080, data plane meshlet", reg, svc)
 	}
 
 	var withIP *corev1.Pod

@@ -93,9 +93,9 @@ func TestWebhookDecision(t *testing.T) {
 				t.Fatalf("injected = %v, want %v (annotations %v)", injected(got), tc.injected, got.Annotations)
 			}
 			if tc.injected {
-				if len(got.Spec.InitContainers) == 0 || got.Spec.InitContainers[0].Name != "consul-sidecar" ||
+				if len(got.Spec.InitContainers) == 0 || got.Spec.InitContainers[0].Name != "meshlet-proxy" ||
 					got.Spec.InitContainers[0].RestartPolicy == nil || *got.Spec.InitContainers[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
-					t.Fatalf("want the consul sidecar as a native sidecar first in initContainers: %+v", got.Spec.InitContainers)
+					t.Fatalf("want meshlet's proxy as a native sidecar first in initContainers: %+v", got.Spec.InitContainers)
 				}
 				if got.Annotations[annotations.RedirectConfig] == "" || got.Annotations[annotations.RegistrationKey] == "" {
 					t.Fatalf("annotations for meshlet-cni and the agent missing: %v", got.Annotations)

@@ -28,10 +28,12 @@ const (
 	webhookPort      = 8080
 )
 
-// WebhookArgs are the webhook's flags on the local cluster.
+// WebhookArgs are the webhook's flags on the local cluster: data plane
+// meshlet (`meshlet proxy`, from the same image as the webhook and the
+// agent), since Envoy cannot run on these machines.
 func WebhookArgs() []string {
 	return []string{"webhook", "-tls-self-managed", "-service-name", WebhookName,
-		"-webhook-config-name", WebhookName, "-data-plane", "consul", "-consul-image", ConsulImage,
+		"-webhook-config-name", WebhookName, "-data-plane", "meshlet", "-meshlet-image", MeshletImage,
 		"-listen", fmt.Sprintf(":%d", webhookPort), "-log-level", "debug", "-shutdown-delay", "1s"}
 }
 

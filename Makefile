@@ -11,7 +11,7 @@ CNI_PLUGINS := $(addprefix github.com/containernetworking/plugins/plugins/,main/
 
 all: build
 
-## tools: Debian packages and pinned Go tools (kubernetes, consul, helm, http-echo) into bin/
+## tools: Debian packages and pinned Go tools (kubernetes, consul, coredns, helm, http-echo, staticcheck) into bin/
 tools:
 	@./hack/tools.sh
 

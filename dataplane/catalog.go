@@ -173,7 +173,7 @@ func (c *Catalog) Run(ctx context.Context) {
 			if _, ok := names[name]; !ok {
 				cancel()
 				delete(watching, name)
-				c.set(name, nil)
+				c.set(context.Background(), name, nil)
 			}
 		}
 		first.Wait()
@@ -212,14 +212,20 @@ func (c *Catalog) watchService(ctx context.Context, name string, first *sync.Wai
 		} else {
 			index = meta.LastIndex
 		}
-		c.set(name, entries)
+		c.set(ctx, name, entries)
 		tell()
 	}
 }
 
-func (c *Catalog) set(name string, entries []*capi.ServiceEntry) {
+// set stores a proxy service's entries; from a watcher whose service left
+// the list (ctx cancelled, checked under the lock the removal takes too) it
+// stores nothing, so a late answer cannot bring the service back.
+func (c *Catalog) set(ctx context.Context, name string, entries []*capi.ServiceEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if ctx.Err() != nil {
+		return
+	}
 	if entries == nil {
 		delete(c.entries, name)
 	} else {

@@ -77,18 +77,8 @@ func startPlane(b *testing.B, cl *capi.Client, httpAddr, name string, argv func(
 		name string
 		ups  []capi.Upstream
 	}{{server, nil}, {client, []capi.Upstream{{DestinationName: server, LocalBindAddress: "127.0.0.1", LocalBindPort: up}}}} {
-		svcID, proxyID, public := r.name+"-1", r.name+"-1-sidecar-proxy", freePort(b)
-		if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{ID: svcID, Name: r.name, Address: "127.0.0.1", Port: app,
-			Check: &capi.AgentServiceCheck{CheckID: svcID + "/ready", TTL: "1h", Status: capi.HealthPassing}}); err != nil {
-			b.Fatal(err)
-		}
-		if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{Kind: capi.ServiceKindConnectProxy, ID: proxyID,
-			Name: r.name + "-sidecar-proxy", Address: "127.0.0.1", Port: public,
-			Proxy: &capi.AgentServiceConnectProxyConfig{DestinationServiceName: r.name, DestinationServiceID: svcID,
-				LocalServiceAddress: "127.0.0.1", LocalServicePort: app, Upstreams: r.ups},
-			Checks: capi.AgentServiceChecks{{CheckID: proxyID + "/alias", AliasService: svcID}}}); err != nil {
-			b.Fatal(err)
-		}
+		proxyID := register(b, cl, meshPod{name: r.name, addr: "127.0.0.1", app: app, public: freePort(b), upstreams: r.ups})
+		svcID := r.name + "-1"
 		args := argv(proxyID, svcID)
 		cmd := exec.Command(args[0], args[1:]...)
 		cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR="+httpAddr)
@@ -195,10 +185,10 @@ func pct(d []time.Duration, p float64) float64 {
 // RSS idle and with 100 connections open. Goals (issue 9): set-up latency
 // ≤ the built-in proxy's, throughput ≥ it, RSS ≤ 20 MiB idle.
 func BenchmarkProxyVsBuiltin(b *testing.B) {
-	meshletBin, err1 := exec.LookPath("meshlet")
-	consulBin, err2 := exec.LookPath("consul")
-	if err1 != nil || err2 != nil {
-		b.Skip("needs meshlet and consul on $PATH (make build, make tools)")
+	meshletBin, ok1 := repoBin("meshlet")
+	consulBin, ok2 := repoBin("consul")
+	if !ok1 || !ok2 {
+		b.Skip("needs meshlet and consul in the repo's bin/: make build, make tools")
 	}
 	cl, port := consulAgentsIn(b, nil, "127.0.0.1")
 	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))

@@ -17,6 +17,19 @@ import (
 	capi "github.com/hashicorp/consul/api"
 )
 
+// repoBin is a tool make built into the repository's bin/ (or, failing
+// that, on $PATH): go test runs in the package's directory, so a plain
+// `go test ./dataplane/` finds them without make test's PATH.
+func repoBin(name string) (string, bool) {
+	if p, err := filepath.Abs(filepath.Join("..", "bin", name)); err == nil {
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+			return p, true
+		}
+	}
+	p, err := exec.LookPath(name)
+	return p, err == nil
+}
+
 // freePort is a TCP port nothing listens on now.
 func freePort(t testing.TB) int {
 	t.Helper()
@@ -43,9 +56,9 @@ func consulAgents(t testing.TB) *capi.Client {
 // HTTP port.
 func consulAgentsIn(t testing.TB, n ns.NetNS, bind string) (*capi.Client, int) {
 	t.Helper()
-	bin, err := exec.LookPath("consul")
-	if err != nil {
-		t.Skip("no consul binary on $PATH (make tools builds bin/consul)")
+	bin, ok := repoBin("consul")
+	if !ok {
+		t.Skip("no consul in the repo's bin/ or on $PATH: make tools builds it")
 	}
 	dir := t.TempDir()
 	// Free ports of this netns serve in n too: a fresh netns uses none.
@@ -171,4 +184,40 @@ func eventually(t testing.TB, d time.Duration, what string, f func() error) {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// meshPod is a service instance and its sidecar proxy, as the node agent
+// registers them.
+type meshPod struct {
+	name, addr  string // service name; the pod's address
+	app, public int    // the app's port (0: none); the proxy's public port
+	mode        capi.ProxyMode
+	vip         string // the tagged address "virtual", "" for none
+	upstreams   []capi.Upstream
+}
+
+// register registers p as the node agent does (a TTL check on the
+// service, an alias check on the proxy) and returns the proxy's ID.
+func register(tb testing.TB, cl *capi.Client, p meshPod) string {
+	tb.Helper()
+	svcID, proxyID := p.name+"-1", p.name+"-1-sidecar-proxy"
+	if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{ID: svcID, Name: p.name, Address: p.addr, Port: p.app,
+		Check: &capi.AgentServiceCheck{CheckID: svcID + "/ready", TTL: "1h", Status: capi.HealthPassing}}); err != nil {
+		tb.Fatal(err)
+	}
+	proxy := &capi.AgentServiceRegistration{Kind: capi.ServiceKindConnectProxy, ID: proxyID, Name: p.name + "-sidecar-proxy",
+		Address: p.addr, Port: p.public,
+		Proxy: &capi.AgentServiceConnectProxyConfig{DestinationServiceName: p.name, DestinationServiceID: svcID,
+			LocalServiceAddress: "127.0.0.1", LocalServicePort: p.app, Mode: p.mode, Upstreams: p.upstreams},
+		Checks: capi.AgentServiceChecks{{CheckID: proxyID + "/alias", AliasService: svcID}}}
+	if p.mode == capi.ProxyModeTransparent {
+		proxy.Proxy.TransparentProxy = &capi.TransparentProxyConfig{OutboundListenerPort: 15001}
+	}
+	if p.vip != "" {
+		proxy.TaggedAddresses = map[string]capi.ServiceAddress{"virtual": {Address: p.vip, Port: 80}}
+	}
+	if err := cl.Agent().ServiceRegister(proxy); err != nil {
+		tb.Fatal(err)
+	}
+	return proxyID
 }

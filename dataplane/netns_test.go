@@ -84,30 +84,6 @@ func redirect(t *testing.T, n ns.NetNS) {
 	}
 }
 
-// registerPod registers a pod's service (on :8080) and its transparent
-// proxy (:20000) as the node agent does.
-func registerPod(t *testing.T, cl *capi.Client, name string, ip netip.Addr, vip netip.Addr) string {
-	t.Helper()
-	svcID, proxyID := name+"-1", name+"-1-sidecar-proxy"
-	if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{ID: svcID, Name: name, Address: ip.String(), Port: 8080,
-		Check: &capi.AgentServiceCheck{CheckID: svcID + "/ready", TTL: "1h", Status: capi.HealthPassing}}); err != nil {
-		t.Fatal(err)
-	}
-	proxy := &capi.AgentServiceRegistration{Kind: capi.ServiceKindConnectProxy, ID: proxyID, Name: name + "-sidecar-proxy",
-		Address: ip.String(), Port: 20000,
-		Proxy: &capi.AgentServiceConnectProxyConfig{DestinationServiceName: name, DestinationServiceID: svcID,
-			LocalServiceAddress: "127.0.0.1", LocalServicePort: 8080, Mode: capi.ProxyModeTransparent,
-			TransparentProxy: &capi.TransparentProxyConfig{OutboundListenerPort: 15001}},
-		Checks: capi.AgentServiceChecks{{CheckID: proxyID + "/alias", AliasService: svcID}}}
-	if vip.IsValid() {
-		proxy.TaggedAddresses = map[string]capi.ServiceAddress{"virtual": {Address: vip.String(), Port: 80}}
-	}
-	if err := cl.Agent().ServiceRegister(proxy); err != nil {
-		t.Fatal(err)
-	}
-	return proxyID
-}
-
 // TestTransparentProxyInNetns: two pods with meshlet-cni's rules, each
 // with `meshlet proxy` as UID 5995, on real Consul agents. The client app
 // dials the server's virtual address and reaches the server app through
@@ -130,8 +106,10 @@ func TestTransparentProxyInNetns(t *testing.T) {
 		proxyID string
 		gateway netip.Addr
 	}{
-		{n.B, registerPod(t, cl, "static-server", podB4, serverVIP), nodeB4},
-		{n.A, registerPod(t, cl, "static-client", podA4, netip.Addr{}), nodeA4},
+		{n.B, register(t, cl, meshPod{name: "static-server", addr: podB4.String(), app: 8080, public: 20000,
+			mode: capi.ProxyModeTransparent, vip: serverVIP.String()}), nodeB4},
+		{n.A, register(t, cl, meshPod{name: "static-client", addr: podA4.String(), app: 8080, public: 20000,
+			mode: capi.ProxyModeTransparent}), nodeA4},
 	} {
 		netnstest.StartAs(t, p.pod, proxyUID, proxyArgsEnv+"="+strings.Join([]string{"-proxy-id", p.proxyID,
 			"-http-addr", netnstest.HostPort(p.gateway, port), "-metrics-addr", "127.0.0.1:20200", "-log-level", "debug"}, " "))

@@ -36,6 +36,10 @@ type Proxy struct {
 	Metrics *Metrics
 	Log     *slog.Logger
 
+	// ServerTLS is the public listener's, ID.ServerConfig() built once:
+	// its callbacks read the identity of the moment.
+	ServerTLS *tls.Config
+
 	next  atomic.Uint64 // round robin over instances
 	conns sync.WaitGroup
 	mu    sync.Mutex
@@ -106,7 +110,7 @@ func (p *Proxy) inbound(raw net.Conn) {
 	log := p.Log.With("direction", dirInbound, "peer", raw.RemoteAddr().String())
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
 	defer cancel()
-	conn := tls.Server(raw, p.ID.ServerConfig())
+	conn := tls.Server(raw, p.ServerTLS)
 	if err := conn.HandshakeContext(ctx); err != nil {
 		p.result(log, dirInbound, resBadTLS, err)
 		raw.Close()

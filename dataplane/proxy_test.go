@@ -33,30 +33,6 @@ func app(t *testing.T, name string) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// registerMesh registers a service and its sidecar proxy as the node
-// agent does (TTL check on the service, alias check on the proxy) and
-// returns the proxy's ID and public port.
-func registerMesh(t *testing.T, cl *capi.Client, name string, appPort int, mode capi.ProxyMode, vip string, ups ...capi.Upstream) (string, int) {
-	t.Helper()
-	svcID, proxyID, public := name+"-1", name+"-1-sidecar-proxy", freePort(t)
-	if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{ID: svcID, Name: name, Address: "127.0.0.1", Port: appPort,
-		Check: &capi.AgentServiceCheck{CheckID: svcID + "/ready", TTL: "1h", Status: capi.HealthPassing}}); err != nil {
-		t.Fatal(err)
-	}
-	proxy := &capi.AgentServiceRegistration{Kind: capi.ServiceKindConnectProxy, ID: proxyID, Name: name + "-sidecar-proxy",
-		Address: "127.0.0.1", Port: public,
-		Proxy: &capi.AgentServiceConnectProxyConfig{DestinationServiceName: name, DestinationServiceID: svcID,
-			LocalServiceAddress: "127.0.0.1", LocalServicePort: appPort, Mode: mode, Upstreams: ups},
-		Checks: capi.AgentServiceChecks{{CheckID: proxyID + "/alias", AliasService: svcID}}}
-	if vip != "" {
-		proxy.TaggedAddresses = map[string]capi.ServiceAddress{"virtual": {Address: vip, Port: 80}}
-	}
-	if err := cl.Agent().ServiceRegister(proxy); err != nil {
-		t.Fatal(err)
-	}
-	return proxyID, public
-}
-
 // startProxy runs `meshlet proxy` for proxyID in this process until the
 // test ends; it returns once the proxy is ready.
 func startProxy(t *testing.T, cl *capi.Client, proxyID string) *prometheus.Registry {
@@ -151,10 +127,10 @@ func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[stri
 // picked; a caller without a Consul certificate gets nothing.
 func TestProxyThroughConsul(t *testing.T) {
 	cl := consulAgents(t)
-	serverID, serverPublic := registerMesh(t, cl, "static-server", app(t, "static-server"), capi.ProxyModeDefault, "")
-	upPort := freePort(t)
-	clientID, _ := registerMesh(t, cl, "static-client", app(t, "static-client"), capi.ProxyModeDefault, "",
-		capi.Upstream{DestinationName: "static-server", LocalBindAddress: "127.0.0.1", LocalBindPort: upPort})
+	serverPublic, upPort := freePort(t), freePort(t)
+	serverID := register(t, cl, meshPod{name: "static-server", addr: "127.0.0.1", app: app(t, "static-server"), public: serverPublic})
+	clientID := register(t, cl, meshPod{name: "static-client", addr: "127.0.0.1", app: app(t, "static-client"), public: freePort(t),
+		upstreams: []capi.Upstream{{DestinationName: "static-server", LocalBindAddress: "127.0.0.1", LocalBindPort: upPort}}})
 	serverReg := startProxy(t, cl, serverID)
 	clientReg := startProxy(t, cl, clientID)
 	upstream := net.JoinHostPort("127.0.0.1", strconv.Itoa(upPort))

@@ -69,7 +69,8 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 			}
 		}
 	}
-	p := &Proxy{Config: cfg, Consul: consul, ID: id, Catalog: cat, Metrics: metrics, Log: log}
+	p := &Proxy{Config: cfg, Consul: consul, ID: id, Catalog: cat, Metrics: metrics, Log: log,
+		ServerTLS: id.ServerConfig()}
 	var closers []func()
 	defer func() {
 		for _, c := range closers {

@@ -93,6 +93,9 @@ func TestClientPaths(t *testing.T) {
 // discovery: each registers every API group at start (see the package
 // comment). A new import of one of them fails here, naming the path.
 func TestBinaryLinksNoClientset(t *testing.T) {
+	// go test puts its own GOROOT/bin first on the test's PATH: this
+	// finds the go that runs the test; the skip is for a test binary run
+	// by hand.
 	gobin, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("no go command to list the binaries' packages")

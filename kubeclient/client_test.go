@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -86,33 +85,5 @@ func TestClientPaths(t *testing.T) {
 	}
 	if strings.Join(*asked, "\n") != strings.Join(want, "\n") {
 		t.Errorf("requests:\n%s\nwant:\n%s", strings.Join(*asked, "\n"), strings.Join(want, "\n"))
-	}
-}
-
-// The binaries must not link client-go's clientset, informer factory or
-// discovery: each registers every API group at start (see the package
-// comment). A new import of one of them fails here, naming the path.
-func TestBinaryLinksNoClientset(t *testing.T) {
-	// go test puts its own GOROOT/bin first on the test's PATH: this
-	// finds the go that runs the test; the skip is for a test binary run
-	// by hand.
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go command to list the binaries' packages")
-	}
-	out, err := exec.Command(gobin, "list", "-deps", "../cmd/meshlet", "../cmd/meshlet-cni").Output()
-	if err != nil {
-		t.Fatalf("go list: %v", err)
-	}
-	var linked []string
-	for _, p := range strings.Fields(string(out)) {
-		if p == "k8s.io/client-go/kubernetes" || strings.HasPrefix(p, "k8s.io/client-go/kubernetes/") ||
-			strings.HasPrefix(p, "k8s.io/client-go/informers") || p == "k8s.io/client-go/discovery" {
-			linked = append(linked, p)
-		}
-	}
-	if len(linked) > 0 {
-		t.Errorf("the binaries link %d packages of client-go's clientset (%s, ...); use kubeclient instead",
-			len(linked), strings.Join(linked[:min(3, len(linked))], ", "))
 	}
 }

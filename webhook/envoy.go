@@ -6,24 +6,11 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"strconv"
 	"strings"
-	"time"
+	"unicode/utf8"
 
-	accesslogv3 "github.com/envoyproxy/go-control-plane/envoy/config/accesslog/v3"
-	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	metricsv3 "github.com/envoyproxy/go-control-plane/envoy/config/metrics/v3"
-	filelogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
-	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	yaml "go.yaml.in/yaml/v3"
-	"google.golang.org/protobuf/encoding/protojson"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/structpb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
 // EnvoyBootstrap is what the inline bootstrap depends on. YAML renders the
@@ -81,16 +68,7 @@ func (b EnvoyBootstrap) YAML() (string, error) {
 	if err := b.check(); err != nil {
 		return "", fmt.Errorf("envoy bootstrap for proxy %q: %w", b.ProxyID, err)
 	}
-	bs, err := b.proto()
-	if err != nil {
-		return "", fmt.Errorf("envoy bootstrap for proxy %q: %w", b.ProxyID, err)
-	}
-	// Envoy would refuse what these rules refuse, but only when the pod
-	// starts; refusing here turns that into an admission error.
-	if err := bs.ValidateAll(); err != nil {
-		return "", fmt.Errorf("envoy bootstrap for proxy %q is invalid: %w", b.ProxyID, err)
-	}
-	out, err := envoyProtoYAML(bs)
+	out, err := envoyRender(b.doc())
 	if err != nil {
 		return "", fmt.Errorf("envoy bootstrap for proxy %q: %w", b.ProxyID, err)
 	}
@@ -127,6 +105,15 @@ func (b EnvoyBootstrap) check() error {
 		if strings.Contains(v, "$$") {
 			errs = append(errs, fmt.Errorf("%s %q contains $$, which kubelet would rewrite to $", name, v))
 		}
+		// Envoy's protos hold UTF-8 strings only.
+		if !utf8.ValidString(v) {
+			errs = append(errs, fmt.Errorf("%s %q is not valid UTF-8", name, v))
+		}
+	}
+	// The token is sent as an HTTP/2 header value: Envoy refuses NUL, CR
+	// and LF in one.
+	if strings.ContainsAny(b.Token, "\x00\r\n") {
+		errs = append(errs, fmt.Errorf("token %q contains NUL, CR or LF, which an HTTP header value cannot hold", b.Token))
 	}
 	return errors.Join(errs...)
 }
@@ -142,150 +129,223 @@ func envoyOrDefault(s string) string {
 	return s
 }
 
-// proto builds the bootstrap as go-control-plane messages rather than as
-// text, so that field names, enum values and nesting are Envoy's by
-// construction and the result can be validated with Envoy's own rules.
-func (b EnvoyBootstrap) proto() (*bootstrapv3.Bootstrap, error) {
-	accessLog, err := envoyAny(&filelogv3.FileAccessLog{
-		// Consul's default: the admin API's requests are not logged.
-		Path: "/dev/null",
-	})
-	if err != nil {
-		return nil, err
-	}
-	// The agent serves xDS over gRPC, which needs HTTP/2 on the cluster.
-	h2, err := envoyAny(&upstreamhttpv3.HttpProtocolOptions{
-		UpstreamProtocolOptions: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_{
-			ExplicitHttpConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig{
-				ProtocolConfig: &upstreamhttpv3.HttpProtocolOptions_ExplicitHttpConfig_Http2ProtocolOptions{
-					Http2ProtocolOptions: &corev3.Http2ProtocolOptions{},
-				},
+// doc builds the bootstrap in the shape of Envoy's proto JSON mapping:
+// field names as in Envoy's protos and in their order, so that it reads
+// like what Consul prints. Plain structs rather than go-control-plane's
+// messages, because those register every Envoy proto when a process
+// starts: megabytes in every meshlet process, the proxy's included. The
+// tests hold it to Envoy's schema instead: they parse the result strictly
+// with go-control-plane, run Envoy's validation rules on it (inside the
+// Any fields too) and compare it with protojson's rendering of the parsed
+// message, byte for byte.
+func (b EnvoyBootstrap) doc() envoyDoc {
+	return envoyDoc{
+		Node: envoyNode{
+			ID:      b.ProxyID,
+			Cluster: b.ServiceName,
+			// The agent reads these to find the proxy's registration.
+			Metadata: map[string]string{
+				"namespace": envoyOrDefault(b.Namespace),
+				"partition": envoyOrDefault(b.Partition),
 			},
 		},
-	})
-	if err != nil {
-		return nil, err
-	}
-	metadata, err := structpb.NewStruct(map[string]any{
-		// The agent reads these to find the proxy's registration.
-		"namespace": envoyOrDefault(b.Namespace),
-		"partition": envoyOrDefault(b.Partition),
-	})
-	if err != nil {
-		return nil, fmt.Errorf("node metadata: %w", err)
-	}
-	runtime, err := structpb.NewStruct(map[string]any{
-		// Regexes from Consul's config entries (routes, intentions) can
-		// exceed Envoy's default RE2 program size limit, which would make
-		// Envoy reject the whole listener; Consul raises the limit.
-		"re2.max_program_size.error_level": 1048576,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("runtime layer: %w", err)
-	}
-
-	return &bootstrapv3.Bootstrap{
-		Node: &corev3.Node{
-			Id:       b.ProxyID,
-			Cluster:  b.ServiceName,
-			Metadata: metadata,
-		},
-		StaticResources: &bootstrapv3.Bootstrap_StaticResources{
-			Clusters: []*clusterv3.Cluster{{
-				Name:                 envoyLocalAgentCluster,
-				ConnectTimeout:       durationpb.New(time.Second),
-				ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC},
-				TypedExtensionProtocolOptions: map[string]*anypb.Any{
-					"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": h2,
-				},
-				LoadAssignment: &endpointv3.ClusterLoadAssignment{
-					ClusterName: envoyLocalAgentCluster,
-					Endpoints: []*endpointv3.LocalityLbEndpoints{{
-						LbEndpoints: []*endpointv3.LbEndpoint{{
-							HostIdentifier: &endpointv3.LbEndpoint_Endpoint{
-								Endpoint: &endpointv3.Endpoint{
-									Address: envoySocketAddress(b.AgentHost, b.AgentGRPCPort),
-								},
-							},
-						}},
-					}},
-				},
-			}},
-		},
-		DynamicResources: &bootstrapv3.Bootstrap_DynamicResources{
+		StaticResources: envoyStatic{Clusters: []envoyCluster{{
+			Name:           envoyLocalAgentCluster,
+			Type:           "STATIC",
+			ConnectTimeout: "1s",
+			LoadAssignment: envoyLoadAssignment{
+				ClusterName: envoyLocalAgentCluster,
+				Endpoints: []envoyLocality{{LbEndpoints: []envoyLbEndpoint{{
+					Endpoint: envoyEndpoint{Address: envoySocketAddress(b.AgentHost, b.AgentGRPCPort)},
+				}}}},
+			},
+			// The agent serves xDS over gRPC, which needs HTTP/2 on the
+			// cluster.
+			TypedExtensionProtocolOptions: map[string]envoyHTTPOptions{
+				envoyHTTPOptionsType: {Type: envoyTypeURL + envoyHTTPOptionsType},
+			},
+		}}},
+		DynamicResources: envoyDynamic{
 			LdsConfig: envoyADSSource(),
 			CdsConfig: envoyADSSource(),
-			AdsConfig: &corev3.ApiConfigSource{
-				ApiType:             corev3.ApiConfigSource_DELTA_GRPC,
-				TransportApiVersion: corev3.ApiVersion_V3,
-				GrpcServices: []*corev3.GrpcService{{
-					TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{
-						EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{ClusterName: envoyLocalAgentCluster},
-					},
-					// Sent even when empty, as Consul does: the agent
-					// then treats the stream as anonymous.
-					InitialMetadata: []*corev3.HeaderValue{{Key: envoyTokenHeader, Value: b.Token}},
+			AdsConfig: envoyAPISource{
+				APIType:             "DELTA_GRPC",
+				TransportAPIVersion: "V3",
+				GrpcServices: []envoyGrpcService{{
+					EnvoyGrpc: envoyGrpcCluster{ClusterName: envoyLocalAgentCluster},
+					// Sent even when empty, as Consul does: the agent then
+					// treats the stream as anonymous.
+					InitialMetadata: []envoyHeader{{Key: envoyTokenHeader, Value: b.Token}},
 				}},
 			},
 		},
-		StatsConfig: &metricsv3.StatsConfig{
-			StatsTags:         b.statsTags(),
-			UseAllDefaultTags: wrapperspb.Bool(true),
-		},
-		Admin: &bootstrapv3.Admin{
-			AccessLog: []*accesslogv3.AccessLog{{
-				Name:       "envoy.access_loggers.file",
-				ConfigType: &accesslogv3.AccessLog_TypedConfig{TypedConfig: accessLog},
+		StatsConfig: envoyStats{StatsTags: b.statsTags(), UseAllDefaultTags: true},
+		LayeredRuntime: envoyRuntime{Layers: []envoyRuntimeLayer{{
+			Name: "base",
+			// Regexes from Consul's config entries (routes, intentions)
+			// can exceed Envoy's default RE2 program size limit, which
+			// would make Envoy reject the whole listener; Consul raises
+			// the limit.
+			StaticLayer: map[string]int{"re2.max_program_size.error_level": 1048576},
+		}}},
+		Admin: envoyAdmin{
+			AccessLog: []envoyAccessLog{{
+				Name: "envoy.access_loggers.file",
+				// Consul's default: the admin API's requests are not
+				// logged.
+				TypedConfig: envoyFileLog{Type: envoyTypeURL + envoyFileLogType, Path: "/dev/null"},
 			}},
 			Address: envoySocketAddress(b.AdminBind, b.AdminPort),
 		},
-		LayeredRuntime: &bootstrapv3.LayeredRuntime{
-			Layers: []*bootstrapv3.RuntimeLayer{{
-				Name:           "base",
-				LayerSpecifier: &bootstrapv3.RuntimeLayer_StaticLayer{StaticLayer: runtime},
-			}},
-		},
-	}, nil
+	}
 }
 
-// envoyAny validates m before packing it: ValidateAll on the bootstrap
-// does not look inside Any fields.
-func envoyAny(m interface {
-	proto.Message
-	ValidateAll() error
-}) (*anypb.Any, error) {
-	name := m.ProtoReflect().Descriptor().FullName()
-	if err := m.ValidateAll(); err != nil {
-		return nil, fmt.Errorf("%s is invalid: %w", name, err)
-	}
-	a, err := anypb.New(m)
-	if err != nil {
-		return nil, fmt.Errorf("packing %s: %w", name, err)
-	}
-	return a, nil
+// Type URLs of the Any fields, and the extension name Envoy looks the
+// HTTP options up by (its type name).
+const (
+	envoyTypeURL         = "type.googleapis.com/"
+	envoyHTTPOptionsType = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+	envoyFileLogType     = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+)
+
+type envoyDoc struct {
+	Node             envoyNode    `yaml:"node"`
+	StaticResources  envoyStatic  `yaml:"static_resources"`
+	DynamicResources envoyDynamic `yaml:"dynamic_resources"`
+	StatsConfig      envoyStats   `yaml:"stats_config"`
+	LayeredRuntime   envoyRuntime `yaml:"layered_runtime"`
+	Admin            envoyAdmin   `yaml:"admin"`
 }
 
-func envoySocketAddress(host string, port int) *corev3.Address {
-	return &corev3.Address{
-		Address: &corev3.Address_SocketAddress{
-			SocketAddress: &corev3.SocketAddress{
-				Address: host,
-				// check() has bounded port to 1-65535.
-				PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
-			},
-		},
-	}
+type envoyNode struct {
+	ID       string            `yaml:"id"`
+	Cluster  string            `yaml:"cluster"`
+	Metadata map[string]string `yaml:"metadata"` // a Struct: keys sorted, as protojson does
+}
+
+type envoyStatic struct {
+	Clusters []envoyCluster `yaml:"clusters"`
+}
+
+type envoyCluster struct {
+	Name                          string                      `yaml:"name"`
+	Type                          string                      `yaml:"type"`
+	ConnectTimeout                string                      `yaml:"connect_timeout"` // a Duration
+	LoadAssignment                envoyLoadAssignment         `yaml:"load_assignment"`
+	TypedExtensionProtocolOptions map[string]envoyHTTPOptions `yaml:"typed_extension_protocol_options"`
+}
+
+type envoyLoadAssignment struct {
+	ClusterName string          `yaml:"cluster_name"`
+	Endpoints   []envoyLocality `yaml:"endpoints"`
+}
+
+type envoyLocality struct {
+	LbEndpoints []envoyLbEndpoint `yaml:"lb_endpoints"`
+}
+
+type envoyLbEndpoint struct {
+	Endpoint envoyEndpoint `yaml:"endpoint"`
+}
+
+type envoyEndpoint struct {
+	Address envoyAddress `yaml:"address"`
+}
+
+type envoyAddress struct {
+	SocketAddress envoySocket `yaml:"socket_address"`
+}
+
+type envoySocket struct {
+	Address   string `yaml:"address"`
+	PortValue int    `yaml:"port_value"`
+}
+
+// envoyHTTPOptions is an Any holding HttpProtocolOptions with HTTP/2.
+type envoyHTTPOptions struct {
+	Type               string `yaml:"@type"`
+	ExplicitHTTPConfig struct {
+		HTTP2ProtocolOptions struct{} `yaml:"http2_protocol_options"`
+	} `yaml:"explicit_http_config"`
+}
+
+type envoyDynamic struct {
+	LdsConfig envoyConfigSource `yaml:"lds_config"`
+	CdsConfig envoyConfigSource `yaml:"cds_config"`
+	AdsConfig envoyAPISource    `yaml:"ads_config"`
+}
+
+type envoyConfigSource struct {
+	Ads                 struct{} `yaml:"ads"`
+	InitialFetchTimeout string   `yaml:"initial_fetch_timeout"` // a Duration
+	ResourceAPIVersion  string   `yaml:"resource_api_version"`
+}
+
+type envoyAPISource struct {
+	APIType             string             `yaml:"api_type"`
+	TransportAPIVersion string             `yaml:"transport_api_version"`
+	GrpcServices        []envoyGrpcService `yaml:"grpc_services"`
+}
+
+type envoyGrpcService struct {
+	EnvoyGrpc       envoyGrpcCluster `yaml:"envoy_grpc"`
+	InitialMetadata []envoyHeader    `yaml:"initial_metadata"`
+}
+
+type envoyGrpcCluster struct {
+	ClusterName string `yaml:"cluster_name"`
+}
+
+type envoyHeader struct {
+	Key   string `yaml:"key"`
+	Value string `yaml:"value,omitempty"` // proto3 JSON leaves an empty string out
+}
+
+type envoyStats struct {
+	StatsTags         []envoyTag `yaml:"stats_tags"`
+	UseAllDefaultTags bool       `yaml:"use_all_default_tags"` // a BoolValue
+}
+
+type envoyTag struct {
+	TagName    string `yaml:"tag_name"`
+	Regex      string `yaml:"regex,omitempty"`
+	FixedValue string `yaml:"fixed_value,omitempty"`
+}
+
+type envoyRuntime struct {
+	Layers []envoyRuntimeLayer `yaml:"layers"`
+}
+
+type envoyRuntimeLayer struct {
+	Name        string         `yaml:"name"`
+	StaticLayer map[string]int `yaml:"static_layer"` // a Struct
+}
+
+type envoyAdmin struct {
+	AccessLog []envoyAccessLog `yaml:"access_log"`
+	Address   envoyAddress     `yaml:"address"`
+}
+
+type envoyAccessLog struct {
+	Name        string       `yaml:"name"`
+	TypedConfig envoyFileLog `yaml:"typed_config"`
+}
+
+// envoyFileLog is an Any holding FileAccessLog.
+type envoyFileLog struct {
+	Type string `yaml:"@type"`
+	Path string `yaml:"path"`
+}
+
+func envoySocketAddress(host string, port int) envoyAddress {
+	return envoyAddress{SocketAddress: envoySocket{Address: host, PortValue: port}}
 }
 
 // envoyADSSource: listeners and clusters come over the ADS stream. A zero
 // initial fetch timeout makes Envoy wait for them however long the agent
 // takes, instead of starting with none.
-func envoyADSSource() *corev3.ConfigSource {
-	return &corev3.ConfigSource{
-		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
-		InitialFetchTimeout:   durationpb.New(0),
-		ResourceApiVersion:    corev3.ApiVersion_V3,
-	}
+func envoyADSSource() envoyConfigSource {
+	return envoyConfigSource{InitialFetchTimeout: "0s", ResourceAPIVersion: "V3"}
 }
 
 // Stats tags. Consul names upstream clusters
@@ -453,22 +513,16 @@ func (r envoyListenerRule) regex() string {
 	return sb.String()
 }
 
-func (b EnvoyBootstrap) statsTags() []*metricsv3.TagSpecifier {
-	var tags []*metricsv3.TagSpecifier
+func (b EnvoyBootstrap) statsTags() []envoyTag {
+	var tags []envoyTag
 	regex := func(name, re string) {
-		tags = append(tags, &metricsv3.TagSpecifier{
-			TagName:  name,
-			TagValue: &metricsv3.TagSpecifier_Regex{Regex: re},
-		})
+		tags = append(tags, envoyTag{TagName: name, Regex: re})
 	}
 	fixed := func(name, value string) {
 		if value == "" {
 			return
 		}
-		tags = append(tags, &metricsv3.TagSpecifier{
-			TagName:  name,
-			TagValue: &metricsv3.TagSpecifier_FixedValue{FixedValue: value},
-		})
+		tags = append(tags, envoyTag{TagName: name, FixedValue: value})
 	}
 
 	for _, r := range envoyClusterRules {
@@ -495,42 +549,41 @@ func (b EnvoyBootstrap) statsTags() []*metricsv3.TagSpecifier {
 	return tags
 }
 
-// envoyProtoYAML renders m as block YAML, fields in the order of Envoy's
-// protos. protojson does the proto-to-JSON mapping (Any, Duration, enums,
-// wrappers); the JSON is then re-emitted as YAML so that it reads well in
-// the pod spec.
-func envoyProtoYAML(m proto.Message) (string, error) {
-	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(m)
-	if err != nil {
-		return "", fmt.Errorf("encoding %s as JSON: %w", m.ProtoReflect().Descriptor().FullName(), err)
-	}
+// envoyRender renders the bootstrap as block YAML, indented by two.
+func envoyRender(d envoyDoc) (string, error) {
 	var doc yaml.Node
-	if err := yaml.Unmarshal(js, &doc); err != nil {
-		return "", fmt.Errorf("reading back the JSON of %s: %w", m.ProtoReflect().Descriptor().FullName(), err)
+	if err := doc.Encode(d); err != nil {
+		return "", fmt.Errorf("encoding as YAML: %w", err)
 	}
 	envoyYAMLStyle(&doc)
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
 	if err := enc.Encode(&doc); err != nil {
-		return "", fmt.Errorf("encoding %s as YAML: %w", m.ProtoReflect().Descriptor().FullName(), err)
+		return "", fmt.Errorf("encoding as YAML: %w", err)
 	}
 	if err := enc.Close(); err != nil {
-		return "", fmt.Errorf("encoding %s as YAML: %w", m.ProtoReflect().Descriptor().FullName(), err)
+		return "", fmt.Errorf("encoding as YAML: %w", err)
 	}
 	return buf.String(), nil
 }
 
-// envoyYAMLStyle turns the JSON-shaped (flow, quoted) tree into block
-// style with plain scalars, the encoder quoting where YAML needs it.
-// Strings holding a $(VAR) reference stay double-quoted: kubelet expands
-// them before Envoy parses the YAML, and quoting keeps whatever value they
-// expand to (an IPv6 address, a name that looks like a number) a string.
+// envoyYAMLStyle turns the tree into block style with plain scalars, the
+// encoder quoting where YAML 1.2 needs it. Two kinds of strings are
+// double-quoted besides:
+//   - those holding a $(VAR) reference: kubelet expands them before Envoy
+//     parses the YAML, and quoting keeps whatever value they expand to (an
+//     IPv6 address, a name that looks like a number) a string;
+//   - those Envoy would read as something else if plain. Envoy's YAML
+//     loader (yaml-cpp) reads a plain yes, on, y (and their no forms) as a
+//     boolean and anything numeric as a number, where the YAML 1.2 encoder
+//     leaves them plain; a namespace or datacenter named "yes" would then
+//     make the bootstrap invalid.
 func envoyYAMLStyle(n *yaml.Node) {
 	switch n.Kind {
 	case yaml.ScalarNode:
 		n.Style = 0
-		if n.Tag == "!!str" && strings.Contains(n.Value, "$(") {
+		if n.Tag == "!!str" && (strings.Contains(n.Value, "$(") || !envoyPlainString(n.Value)) {
 			n.Style = yaml.DoubleQuotedStyle
 		}
 	case yaml.MappingNode, yaml.SequenceNode:
@@ -539,4 +592,25 @@ func envoyYAMLStyle(n *yaml.Node) {
 	for _, c := range n.Content {
 		envoyYAMLStyle(c)
 	}
+}
+
+// envoyPlainString: s, written plain, is read back as the string s by
+// yaml-cpp's conversions as Envoy applies them (null, then bool, then
+// number). It errs on the side of quoting.
+func envoyPlainString(s string) bool {
+	switch strings.ToLower(s) {
+	case "", "~", "null", "y", "yes", "n", "no", "true", "false", "on", "off":
+		return false
+	}
+	if _, err := strconv.ParseFloat(s, 64); err == nil {
+		return false
+	}
+	if _, err := strconv.ParseInt(s, 0, 64); err == nil {
+		return false
+	}
+	// .inf, .nan and their signed and capitalised forms.
+	if v := strings.TrimLeft(strings.ToLower(s), "+-"); v == ".inf" || v == ".nan" {
+		return false
+	}
+	return true
 }

@@ -336,6 +336,8 @@ func TestEnvoyBootstrapRejectsBadInput(t *testing.T) {
 		{"grpc port 0", func(b *EnvoyBootstrap) { b.AgentGRPCPort = 0 }, "AgentGRPCPort 0"},
 		{"admin port too big", func(b *EnvoyBootstrap) { b.AdminPort = 65536 }, "AdminPort 65536"},
 		{"escaped ref", func(b *EnvoyBootstrap) { b.Token = "$$(T)" }, "Token"},
+		{"not UTF-8", func(b *EnvoyBootstrap) { b.Datacenter = "dc\xc3" }, `Datacenter "dc\xc3" is not valid UTF-8`},
+		{"token with a line break", func(b *EnvoyBootstrap) { b.Token = "a\r\nX-Other: b" }, "NUL, CR or LF"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/annotations"
 )
 
 // bulkBytes is what one throughput connection carries from the server
@@ -75,11 +77,10 @@ func startPlane(b *testing.B, cl *capi.Client, httpAddr, name string, argv func(
 	var pids []int
 	for _, r := range []struct {
 		name string
-		ups  []capi.Upstream
-	}{{server, nil}, {client, []capi.Upstream{{DestinationName: server, LocalBindAddress: "127.0.0.1", LocalBindPort: up}}}} {
-		proxyID := register(b, cl, meshPod{name: r.name, addr: "127.0.0.1", app: app, public: freePort(b), upstreams: r.ups})
-		svcID := r.name + "-1"
-		args := argv(proxyID, svcID)
+		ups  []annotations.Upstream
+	}{{server, nil}, {client, []annotations.Upstream{{Name: server, LocalPort: up}}}} {
+		regs := register(b, cl, meshPod{name: r.name, ip: "127.0.0.1", app: app, public: freePort(b), upstreams: r.ups})
+		args := argv(regs.Proxy.ID, regs.Service.ID)
 		cmd := exec.Command(args[0], args[1:]...)
 		cmd.Env = append(os.Environ(), "CONSUL_HTTP_ADDR="+httpAddr)
 		cmd.Stderr = os.Stderr

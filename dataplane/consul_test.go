@@ -9,12 +9,21 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	capi "github.com/hashicorp/consul/api"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/daemon/agent"
+	podreg "github.com/meshlet/meshlet/daemon/register"
 )
 
 // repoBin is a tool make built into the repository's bin/ (or, failing
@@ -186,38 +195,88 @@ func eventually(t testing.TB, d time.Duration, what string, f func() error) {
 	}
 }
 
-// meshPod is a service instance and its sidecar proxy, as the node agent
-// registers them.
+// meshPod is an injected pod of the default namespace, as the webhook
+// leaves it and the kubelet reports it: register turns it into the node
+// agent's registrations.
 type meshPod struct {
-	name, addr  string // service name; the pod's address
-	app, public int    // the app's port (0: none); the proxy's public port
-	mode        capi.ProxyMode
-	vip         string // the tagged address "virtual", "" for none
-	upstreams   []capi.Upstream
+	name string // the service's name; the pod is <name>-1
+	ip   string // the pod's IP
+	app  int    // the app container's port (0: none, a client)
+	// public, when not 0, replaces the proxy's public port (20000, fixed
+	// by register.For): proxies sharing one loopback need one each.
+	public int
+	tproxy bool
+	// vip: a Kubernetes Service of the pod's name selects it, with this
+	// ClusterIP and port 80, and names its service; "": no Service, the
+	// connect-service annotation names it.
+	vip       string
+	upstreams []annotations.Upstream // connect-service-upstreams
 }
 
-// register registers p as the node agent does (a TTL check on the
-// service, an alias check on the proxy) and returns the proxy's ID.
-func register(tb testing.TB, cl *capi.Client, p meshPod) string {
+// pod and services are what the node agent sees of p.
+func (p meshPod) pod(tb testing.TB) (*corev1.Pod, []*corev1.Service) {
 	tb.Helper()
-	svcID, proxyID := p.name+"-1", p.name+"-1-sidecar-proxy"
-	if err := cl.Agent().ServiceRegister(&capi.AgentServiceRegistration{ID: svcID, Name: p.name, Address: p.addr, Port: p.app,
-		Check: &capi.AgentServiceCheck{CheckID: svcID + "/ready", TTL: "1h", Status: capi.HealthPassing}}); err != nil {
+	// What the user wrote; the webhook reads these and writes the typed
+	// registration, the only one of them register.For reads.
+	ann := map[string]string{annotations.Inject: "true"}
+	reg := annotations.Registration{Port: p.app, DataPlane: "meshlet", TransparentProxy: p.tproxy, Upstreams: p.upstreams}
+	var ups []string
+	for _, u := range p.upstreams {
+		ups = append(ups, fmt.Sprintf("%s:%d", u.Name, u.LocalPort))
+	}
+	if len(ups) > 0 {
+		ann[annotations.Upstreams] = strings.Join(ups, ",")
+	}
+	var services []*corev1.Service
+	if p.vip == "" {
+		ann[annotations.Service], reg.Service = p.name, p.name
+	} else {
+		services = append(services, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: "default"},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": p.name}, ClusterIP: p.vip,
+				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt(p.app)}}}})
+	}
+	ann[annotations.TransparentProxy] = strconv.FormatBool(p.tproxy)
+	// What the webhook added.
+	ann[annotations.InjectStatus] = annotations.Injected
+	if p.tproxy {
+		ann[annotations.TProxyStatus] = annotations.TProxyEnabled
+	}
+	enc, err := reg.Encode()
+	if err != nil {
 		tb.Fatal(err)
 	}
-	proxy := &capi.AgentServiceRegistration{Kind: capi.ServiceKindConnectProxy, ID: proxyID, Name: p.name + "-sidecar-proxy",
-		Address: p.addr, Port: p.public,
-		Proxy: &capi.AgentServiceConnectProxyConfig{DestinationServiceName: p.name, DestinationServiceID: svcID,
-			LocalServiceAddress: "127.0.0.1", LocalServicePort: p.app, Mode: p.mode, Upstreams: p.upstreams},
-		Checks: capi.AgentServiceChecks{{CheckID: proxyID + "/alias", AliasService: svcID}}}
-	if p.mode == capi.ProxyModeTransparent {
-		proxy.Proxy.TransparentProxy = &capi.TransparentProxyConfig{OutboundListenerPort: 15001}
+	ann[annotations.RegistrationKey] = enc
+	c := corev1.Container{Name: p.name, Image: p.name}
+	if p.app != 0 {
+		c.Ports = []corev1.ContainerPort{{ContainerPort: int32(p.app)}}
 	}
-	if p.vip != "" {
-		proxy.TaggedAddresses = map[string]capi.ServiceAddress{"virtual": {Address: p.vip, Port: 80}}
-	}
-	if err := cl.Agent().ServiceRegister(proxy); err != nil {
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: p.name + "-1", Namespace: "default", UID: types.UID(p.name + "-1-uid"),
+			Labels: map[string]string{"app": p.name}, Annotations: ann},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{c}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: p.ip, PodIPs: []corev1.PodIP{{IP: p.ip}},
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
+	}, services
+}
+
+// register registers p with the client agent cl as the node agent does:
+// register.For's registrations, written by the agent's own Register. It
+// returns them: the proxy's ID, the service's ID and readiness check.
+func register(tb testing.TB, cl *capi.Client, p meshPod) podreg.Registrations {
+	tb.Helper()
+	pod, services := p.pod(tb)
+	regs, err := podreg.For(pod, services)
+	if err != nil {
 		tb.Fatal(err)
 	}
-	return proxyID
+	// The one departure from the agent's registrations: every proxy of a
+	// test on loopback shares one address, and cannot all listen on the
+	// port a pod's proxy has to itself.
+	if p.public != 0 {
+		regs.Proxy.Port = p.public
+	}
+	if err := agent.Register(cl.Agent(), regs, nil); err != nil {
+		tb.Fatal(err)
+	}
+	return regs
 }

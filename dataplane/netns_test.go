@@ -106,10 +106,10 @@ func TestTransparentProxyInNetns(t *testing.T) {
 		proxyID string
 		gateway netip.Addr
 	}{
-		{n.B, register(t, cl, meshPod{name: "static-server", addr: podB4.String(), app: 8080, public: 20000,
-			mode: capi.ProxyModeTransparent, vip: serverVIP.String()}), nodeB4},
-		{n.A, register(t, cl, meshPod{name: "static-client", addr: podA4.String(), app: 8080, public: 20000,
-			mode: capi.ProxyModeTransparent}), nodeA4},
+		// Each pod has its own netns: the agent's registrations as they are.
+		{n.B, register(t, cl, meshPod{name: "static-server", ip: podB4.String(), app: 8080, tproxy: true,
+			vip: serverVIP.String()}).Proxy.ID, nodeB4},
+		{n.A, register(t, cl, meshPod{name: "static-client", ip: podA4.String(), app: 8080, tproxy: true}).Proxy.ID, nodeA4},
 	} {
 		netnstest.StartAs(t, p.pod, proxyUID, proxyArgsEnv+"="+strings.Join([]string{"-proxy-id", p.proxyID,
 			"-http-addr", netnstest.HostPort(p.gateway, port), "-metrics-addr", "127.0.0.1:20200", "-log-level", "debug"}, " "))

@@ -16,6 +16,8 @@ import (
 
 	capi "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshlet/meshlet/annotations"
 )
 
 // app serves "hello from <name>" over HTTP on a free loopback port.
@@ -128,11 +130,12 @@ func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[stri
 func TestProxyThroughConsul(t *testing.T) {
 	cl := consulAgents(t)
 	serverPublic, upPort := freePort(t), freePort(t)
-	serverID := register(t, cl, meshPod{name: "static-server", addr: "127.0.0.1", app: app(t, "static-server"), public: serverPublic})
-	clientID := register(t, cl, meshPod{name: "static-client", addr: "127.0.0.1", app: app(t, "static-client"), public: freePort(t),
-		upstreams: []capi.Upstream{{DestinationName: "static-server", LocalBindAddress: "127.0.0.1", LocalBindPort: upPort}}})
-	serverReg := startProxy(t, cl, serverID)
-	clientReg := startProxy(t, cl, clientID)
+	server := register(t, cl, meshPod{name: "static-server", ip: "127.0.0.1", app: app(t, "static-server"), public: serverPublic})
+	client := register(t, cl, meshPod{name: "static-client", ip: "127.0.0.1", app: app(t, "static-client"), public: freePort(t),
+		upstreams: []annotations.Upstream{{Name: "static-server", LocalPort: upPort}}})
+	serverReg := startProxy(t, cl, server.Proxy.ID)
+	clientReg := startProxy(t, cl, client.Proxy.ID)
+	ready := server.Service.Check.CheckID // the check the node agent keeps in step with the pod's Ready condition
 	upstream := net.JoinHostPort("127.0.0.1", strconv.Itoa(upPort))
 
 	ok := func(what string) {
@@ -177,7 +180,7 @@ func TestProxyThroughConsul(t *testing.T) {
 
 	// Unready: the service's check critical, the proxy's alias follows,
 	// and the client proxy has no instance to pick.
-	if err := cl.Agent().UpdateTTL("static-server-1/ready", "unready", capi.HealthCritical); err != nil {
+	if err := cl.Agent().UpdateTTL(ready, "unready", capi.HealthCritical); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "the unhealthy instance to be dropped", func() error {
@@ -190,7 +193,7 @@ func TestProxyThroughConsul(t *testing.T) {
 	if n := counter(t, clientReg, dirUpstream, resNoHealthy); n < 1 {
 		t.Errorf("client proxy counted %v no_healthy connections, want ≥ 1", n)
 	}
-	if err := cl.Agent().UpdateTTL("static-server-1/ready", "ready", capi.HealthPassing); err != nil {
+	if err := cl.Agent().UpdateTTL(ready, "ready", capi.HealthPassing); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "the instance back", func() error {

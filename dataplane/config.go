@@ -85,6 +85,14 @@ func ConfigFrom(s *capi.AgentService) (Config, error) {
 		if u.DestinationType == capi.UpstreamDestTypePreparedQuery {
 			return Config{}, fmt.Errorf("proxy %s: upstream %s is a prepared query, which meshlet proxy does not serve (use the envoy data plane)", s.ID, u.DestinationName)
 		}
+		// The catalog and health watches read the local datacenter only:
+		// a same-named service there must not stand in for a remote one.
+		if u.Datacenter != "" && u.Datacenter != s.Datacenter {
+			return Config{}, fmt.Errorf("proxy %s: upstream %s is in datacenter %s, and meshlet proxy serves the local datacenter (%s) only (use the envoy data plane)", s.ID, u.DestinationName, u.Datacenter, s.Datacenter)
+		}
+		if u.DestinationPeer != "" {
+			return Config{}, fmt.Errorf("proxy %s: upstream %s is on cluster peer %s, which meshlet proxy does not serve (use the envoy data plane)", s.ID, u.DestinationName, u.DestinationPeer)
+		}
 		if u.LocalBindSocketPath != "" {
 			return Config{}, fmt.Errorf("proxy %s: upstream %s binds a unix socket, which meshlet proxy does not serve", s.ID, u.DestinationName)
 		}

@@ -182,31 +182,44 @@ func pct(d []time.Duration, p float64) float64 {
 // proxy, in the same run on the same path (client app → client proxy's
 // upstream listener → mTLS → server proxy → server app, all on
 // loopback, real Consul agents). b.N connection set-ups per data plane,
-// alternating; then one bulk connection each; then each client proxy's
+// alternating; then five bulk connections each, alternating; then each client proxy's
 // RSS idle and with 100 connections open. Goals (issue 9): set-up latency
 // ≤ the built-in proxy's, throughput ≥ it, RSS ≤ 20 MiB idle.
 func BenchmarkProxyVsBuiltin(b *testing.B) {
-	meshletBin, ok1 := repoBin("meshlet")
-	consulBin, ok2 := repoBin("consul")
-	if !ok1 || !ok2 {
-		b.Skip("needs meshlet and consul in the repo's bin/: make build, make tools")
+	proxyBin, ok1 := repoBin("meshlet-proxy")
+	meshletBin, ok2 := repoBin("meshlet")
+	consulBin, ok3 := repoBin("consul")
+	if !ok1 || !ok2 || !ok3 {
+		b.Skip("needs meshlet-proxy, meshlet and consul in the repo's bin/: make build, make tools")
 	}
 	cl, port := consulAgentsIn(b, nil, "127.0.0.1")
 	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	meshletArgs := func(proxyID string) []string {
+		return []string{"-proxy-id", proxyID, "-metrics-addr", "", "-log-level", "warn"}
+	}
+	// The first is what the webhook injects; the third, the same proxy as
+	// a subcommand of the agent's and webhook's binary, shows what their
+	// code costs a sidecar.
 	planes := []plane{
 		startPlane(b, cl, httpAddr, "meshlet", func(proxyID, _ string) []string {
-			return []string{meshletBin, "proxy", "-proxy-id", proxyID, "-metrics-addr", "", "-log-level", "warn"}
+			return append([]string{proxyBin}, meshletArgs(proxyID)...)
 		}),
 		startPlane(b, cl, httpAddr, "consul", func(_, serviceID string) []string {
 			return []string{consulBin, "connect", "proxy", "-sidecar-for", serviceID, "-log-level", "warn"}
 		}),
+		startPlane(b, cl, httpAddr, "meshlet-subcommand", func(proxyID, _ string) []string {
+			return append([]string{meshletBin, "proxy"}, meshletArgs(proxyID)...)
+		}),
 	}
 	time.Sleep(2 * time.Second)
-	idle := []float64{rssMiB(b, planes[0].client), rssMiB(b, planes[1].client)}
+	var idle []float64
+	for _, p := range planes {
+		idle = append(idle, rssMiB(b, p.client))
+	}
 	// What of meshlet's is its own (heap, stacks) rather than the
 	// binary's pages.
 	idleAnon := procStatusMiB(b, planes[0].client, "RssAnon")
-	lat := make([][]time.Duration, 2)
+	lat := make([][]time.Duration, len(planes))
 	b.ResetTimer()
 	for range b.N {
 		for i, p := range planes {
@@ -218,9 +231,9 @@ func BenchmarkProxyVsBuiltin(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	// Throughput: the median of three bulk connections each, alternating.
-	var runs [2][]float64
-	for range 3 {
+	// Throughput: the median of five bulk connections each, alternating.
+	runs := make([][]float64, len(planes))
+	for range 5 {
 		for i, p := range planes {
 			mbs, err := p.bulk()
 			if err != nil {
@@ -229,12 +242,12 @@ func BenchmarkProxyVsBuiltin(b *testing.B) {
 			runs[i] = append(runs[i], mbs)
 		}
 	}
-	var tput [2]float64
+	tput := make([]float64, len(planes))
 	for i := range runs {
 		sort.Float64s(runs[i])
-		tput[i] = runs[i][1]
+		tput[i] = runs[i][2]
 	}
-	var open [2]float64
+	open := make([]float64, len(planes))
 	for i, p := range planes {
 		var conns []net.Conn
 		for range 100 {

@@ -14,8 +14,13 @@ import (
 // port-forward, never scraped.
 const meshletMetricsAddr = "127.0.0.1:20200"
 
-// meshletSidecar runs `meshlet proxy` from meshlet's image (its
-// entrypoint is the meshlet binary). The proxy finds its registration by
+// meshletProxyCommand is the proxy's own binary in meshlet's image: the
+// `meshlet proxy` code without the agent's and the webhook's, so that
+// each pod's sidecar holds less memory (cmd/meshlet-proxy).
+const meshletProxyCommand = "/meshlet-proxy"
+
+// meshletSidecar runs `meshlet proxy` as meshlet-proxy from meshlet's
+// image. The proxy finds its registration by
 // $PROXY_ID and waits for the node agent to make it, so it needs no retry
 // loop around it; kubelet expands $(HOST_IP) from the env.
 func meshletSidecar(c corev1.Container, reg annotations.Registration, cfg Config) corev1.Container {
@@ -25,6 +30,7 @@ func meshletSidecar(c corev1.Container, reg annotations.Registration, cfg Config
 		// Where the pod's prometheus.io annotations send the scraper.
 		metrics = ":" + strconv.Itoa(m.ScrapePort)
 	}
-	c.Args = []string{"proxy", "-http-addr", fmt.Sprintf("$(%s):%d", envHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
+	c.Command = []string{meshletProxyCommand}
+	c.Args = []string{"-http-addr", fmt.Sprintf("$(%s):%d", envHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
 	return c
 }

@@ -58,6 +58,7 @@ func (c *Cluster) imageSpecs() ([]imageSpec, error) {
 		{ref: StaticClientImage, files: append(slices.Clone(shell), imageFile{path: "usr/bin/curl", src: c.bin("curl")}), cmd: []string{"/bin/sh"}},
 		{ref: ConsulImage, files: append(slices.Clone(shell), imageFile{path: "bin/consul", src: c.bin("consul")}), cmd: []string{"/bin/consul"}},
 		{ref: MeshletImage, files: []imageFile{{path: "meshlet", src: c.bin("meshlet")},
+			{path: "meshlet-proxy", src: c.bin("meshlet-proxy")},
 			{path: "usr/local/bin/meshlet-cni", src: c.bin("meshlet-cni")}}, entrypoint: []string{"/meshlet"}},
 		{ref: CoreDNSImage, files: []imageFile{{path: "coredns", src: c.bin("coredns")}}, entrypoint: []string{"/coredns"}},
 	}, nil

@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 CNI_PLUGINS := $(addprefix github.com/containernetworking/plugins/plugins/,main/bridge ipam/host-local main/loopback)
 
-.PHONY: all tools build cluster-up cluster-down cluster-status demo test unit e2e bench lint clean
+.PHONY: all tools build images cluster-up cluster-down cluster-status demo test unit e2e bench lint clean
 
 all: build
 
@@ -22,6 +22,12 @@ build:
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ ./test/images/pause ./test/images/curl ./test/e2e/cmd/localcluster
 	@mkdir -p $(BIN)/cni
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/cni/ $(CNI_PLUGINS)
+
+## images: meshlet's image, with Docker (deploy/image/Dockerfile); the local cluster builds its own without Docker
+IMAGE ?= meshlet:$(VERSION)
+images:
+	@docker info >/dev/null 2>&1 || { echo "make images: needs a running Docker engine ('docker info' failed). make cluster-up builds the local cluster's images without one." >&2; exit 1; }
+	docker build -f deploy/image/Dockerfile --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 ## cluster-up: boot the local single-node cluster with Consul (writes .cluster/env)
 cluster-up: tools build

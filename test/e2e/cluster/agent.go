@@ -162,10 +162,12 @@ func (c *Cluster) AgentDaemonSet() *appsv1.DaemonSet {
 							// not depend on kube-proxy (at node boot it may not
 							// run yet; here the host cannot route ClusterIPs).
 							{Name: "KUBERNETES_SERVICE_HOST", Value: NodeIP}, {Name: "KUBERNETES_SERVICE_PORT", Value: "6443"}},
-						ReadinessProbe:  probe("/readyz"),
-						LivenessProbe:   probe("/healthz"),
-						VolumeMounts:    mounts,
-						SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true)},
+						ReadinessProbe: probe("/readyz"),
+						LivenessProbe:  probe("/healthz"),
+						VolumeMounts:   mounts,
+						// Root, where the image's default user is not: it
+						// writes the host's CNI dirs.
+						SecurityContext: &corev1.SecurityContext{Privileged: ptr.To(true), RunAsUser: ptr.To[int64](0)},
 					}},
 				},
 			},

@@ -45,6 +45,7 @@ type imageSpec struct {
 	files      []imageFile
 	entrypoint []string
 	cmd        []string
+	user       string // "" is root
 }
 
 func (c *Cluster) imageSpecs() ([]imageSpec, error) {
@@ -59,7 +60,10 @@ func (c *Cluster) imageSpecs() ([]imageSpec, error) {
 		{ref: ConsulImage, files: append(slices.Clone(shell), imageFile{path: "bin/consul", src: c.bin("consul")}), cmd: []string{"/bin/consul"}},
 		{ref: MeshletImage, files: []imageFile{{path: "meshlet", src: c.bin("meshlet")},
 			{path: "meshlet-proxy", src: c.bin("meshlet-proxy")},
-			{path: "usr/local/bin/meshlet-cni", src: c.bin("meshlet-cni")}}, entrypoint: []string{"/meshlet"}},
+			{path: "usr/local/bin/meshlet-cni", src: c.bin("meshlet-cni")}}, entrypoint: []string{"/meshlet"},
+			// As deploy/image/Dockerfile: non-root unless the pod says
+			// otherwise (only the agent does).
+			user: "65532:65532"},
 		{ref: CoreDNSImage, files: []imageFile{{path: "coredns", src: c.bin("coredns")}}, entrypoint: []string{"/coredns"}},
 	}, nil
 }
@@ -90,7 +94,7 @@ func (c *Cluster) imageArchive() (string, error) {
 	}
 	h := sha256.New()
 	for _, s := range specs {
-		fmt.Fprintln(h, s.ref, s.entrypoint, s.cmd)
+		fmt.Fprintln(h, s.ref, s.entrypoint, s.cmd, s.user)
 		for _, f := range s.files {
 			fmt.Fprintln(h, f.path, f.link)
 			if f.src != "" {
@@ -212,7 +216,7 @@ func buildImage(s imageSpec) (v1.Image, error) {
 	}
 	cfg = cfg.DeepCopy()
 	cfg.OS, cfg.Architecture = "linux", "amd64"
-	cfg.Config.Entrypoint, cfg.Config.Cmd = s.entrypoint, s.cmd
+	cfg.Config.Entrypoint, cfg.Config.Cmd, cfg.Config.User = s.entrypoint, s.cmd, s.user
 	cfg.Config.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
 	return mutate.ConfigFile(img, cfg)
 }

@@ -1,0 +1,207 @@
+{{/*
+Names. Every object is named from meshlet.fullname: the release name when it
+contains the chart's name (release "meshlet": meshlet-agent,
+meshlet-webhook, meshlet-cni), else <release>-meshlet. Truncated to 40
+characters so that the longest derived name (<fullname>-webhook-tls, the
+webhook's Secret) stays a valid name.
+*/}}
+{{- define "meshlet.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "meshlet.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "meshlet.agentName" -}}{{ include "meshlet.fullname" . }}-agent{{- end }}
+{{- define "meshlet.webhookName" -}}{{ include "meshlet.fullname" . }}-webhook{{- end }}
+{{- define "meshlet.cniName" -}}{{ include "meshlet.fullname" . }}-cni{{- end }}
+{{/* The Secret the webhook keeps its self-managed CA and certificate in. */}}
+{{- define "meshlet.webhookSecretName" -}}{{ include "meshlet.webhookName" . }}-tls{{- end }}
+
+{{- define "meshlet.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "meshlet.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "meshlet.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "meshlet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* meshlet's image, for the agent, the webhook and data plane meshlet. */}}
+{{- define "meshlet.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+A default sidecar resource flag: "-<flag>" and its value, "" (none) for null.
+Numbers (cpu: 1) are written as Kubernetes reads them.
+*/}}
+{{- define "meshlet.quantity" -}}
+{{- if kindIs "float64" . }}{{ . | toString }}{{ else if kindIs "int64" . }}{{ . | toString }}{{ else }}{{ . | default "" }}{{ end }}
+{{- end }}
+
+{{/*
+The webhook's flags (docs/webhook.md). Every value of the table in
+README.md is passed explicitly, so the rendered Deployment shows the whole
+configuration and a changed binary default cannot change an installed
+cluster behind the chart's back. Booleans as -flag=value: Go's flag package
+reads "-flag false" as -flag followed by an argument.
+*/}}
+{{- define "meshlet.webhookArgs" -}}
+{{- $ci := .Values.connectInject -}}
+{{- $res := $ci.sidecarProxy.resources -}}
+- webhook
+- -tls-self-managed
+- -service-name
+- {{ include "meshlet.webhookName" . }}
+- -webhook-config-name
+- {{ include "meshlet.webhookName" . }}
+- -tls-secret-name
+- {{ include "meshlet.webhookSecretName" . }}
+- -listen
+- {{ printf ":%d" (int $ci.port) | quote }}
+- -default-inject={{ $ci.default }}
+{{- range $ci.k8sAllowNamespaces }}
+- -allow-k8s-namespace
+- {{ . | quote }}
+{{- end }}
+{{- range $ci.k8sDenyNamespaces }}
+- -deny-k8s-namespace
+- {{ . | quote }}
+{{- end }}
+- -enable-transparent-proxy={{ $ci.transparentProxy.defaultEnabled }}
+- -transparent-proxy-default-overwrite-probes={{ $ci.transparentProxy.defaultOverwriteProbes }}
+- -data-plane
+- {{ $ci.dataPlane }}
+- -native-sidecar
+- {{ $ci.nativeSidecar | toString | quote }}
+- -envoy-image
+- {{ .Values.global.imageEnvoy | quote }}
+- -consul-image
+- {{ .Values.global.image | quote }}
+- -meshlet-image
+- {{ include "meshlet.image" . | quote }}
+- -consul-http-port
+- {{ int .Values.consul.httpPort | quote }}
+- -consul-grpc-port
+- {{ int .Values.consul.grpcPort | quote }}
+- -default-sidecar-proxy-cpu-request
+- {{ include "meshlet.quantity" (($res.requests | default dict).cpu) | quote }}
+- -default-sidecar-proxy-cpu-limit
+- {{ include "meshlet.quantity" (($res.limits | default dict).cpu) | quote }}
+- -default-sidecar-proxy-memory-request
+- {{ include "meshlet.quantity" (($res.requests | default dict).memory) | quote }}
+- -default-sidecar-proxy-memory-limit
+- {{ include "meshlet.quantity" (($res.limits | default dict).memory) | quote }}
+- -default-enable-metrics={{ $ci.metrics.defaultEnabled }}
+- -default-enable-metrics-merging={{ $ci.metrics.defaultEnableMerging }}
+- -default-merged-metrics-port
+- {{ int $ci.metrics.defaultMergedMetricsPort | quote }}
+- -default-prometheus-scrape-port
+- {{ int $ci.metrics.defaultPrometheusScrapePort | quote }}
+- -default-prometheus-scrape-path
+- {{ $ci.metrics.defaultPrometheusScrapePath | quote }}
+- -enable-namespaces={{ .Values.global.enableConsulNamespaces }}
+- -consul-destination-namespace
+- {{ $ci.consulNamespaces.consulDestinationNamespace | quote }}
+- -enable-k8s-namespace-mirroring={{ $ci.consulNamespaces.mirroringK8S }}
+- -k8s-namespace-mirroring-prefix
+- {{ $ci.consulNamespaces.mirroringK8SPrefix | quote }}
+- -shutdown-delay
+- {{ $ci.shutdownDelay | quote }}
+- -log-level
+- {{ default .Values.global.logLevel $ci.logLevel }}
+- -log-json={{ .Values.global.logJSON }}
+{{- end }}
+
+{{/* Where the agent's container sees the Consul CA and the ACL token. */}}
+{{- define "meshlet.consulCAFile" -}}/consul/tls/ca.crt{{- end }}
+{{- define "meshlet.consulTokenFile" -}}/consul/acl/token{{- end }}
+
+{{/* The agent's flags (docs/agent.md). */}}
+{{- define "meshlet.agentArgs" -}}
+{{- $a := .Values.agent -}}
+{{- $c := .Values.consul -}}
+- agent
+- -listen
+- {{ printf "$(HOST_IP):%d" (int $a.port) | quote }}
+- -http-addr
+{{- if $c.tls.enabled }}
+- {{ printf "https://$(HOST_IP):%d" (int $c.tls.httpsPort) | quote }}
+{{- if or $c.tls.caCert.secretName $c.tls.caCert.configMapName }}
+- -ca-file
+- {{ include "meshlet.consulCAFile" . }}
+{{- end }}
+{{- if $c.tls.serverName }}
+- -tls-server-name
+- {{ $c.tls.serverName | quote }}
+{{- end }}
+{{- else }}
+- {{ printf "$(HOST_IP):%d" (int $c.httpPort) | quote }}
+{{- end }}
+{{- if $c.acl.tokenSecret.name }}
+- -token-file
+- {{ include "meshlet.consulTokenFile" . }}
+{{- end }}
+- -enable-namespaces={{ .Values.global.enableConsulNamespaces }}
+- -cni-bin-dir
+- /host/opt/cni/bin
+- -cni-conf-dir
+- /host/etc/cni/net.d
+- -cni-kubeconfig
+- {{ printf "%s/meshlet-cni.kubeconfig" (trimSuffix "/" $a.cni.kubeconfigDir) | quote }}
+- -cni-agent-socket
+- {{ printf "%s/cni.sock" (trimSuffix "/" $a.cni.socketDir) | quote }}
+{{- if $a.cni.logDir }}
+- -cni-log-file
+- {{ printf "%s/meshlet-cni.log" (trimSuffix "/" $a.cni.logDir) | quote }}
+{{- end }}
+{{- if $a.cni.logLevel }}
+- -cni-log-level
+- {{ $a.cni.logLevel }}
+{{- end }}
+- -cni-service-account
+- {{ include "meshlet.cniName" . }}
+- -repair-mode
+- {{ $a.repairMode }}
+- -iptables-mode
+- {{ $a.iptablesMode }}
+- -log-level
+- {{ default .Values.global.logLevel $a.logLevel }}
+- -log-json={{ .Values.global.logJSON }}
+{{- end }}
+
+{{/*
+Checks the schema cannot express; each fails the render naming the value.
+*/}}
+{{- define "meshlet.validate" -}}
+{{- with .Values.connectInject.envoyExtraArgs }}
+{{- fail (printf "connectInject.envoyExtraArgs %q: meshlet webhook has no flag for default Envoy arguments; set the consul.hashicorp.com/envoy-extra-args annotation on the pods instead, and leave this null" (toString .)) }}
+{{- end }}
+{{- $ca := .Values.consul.tls.caCert }}
+{{- if and $ca.secretName $ca.configMapName }}
+{{- fail "consul.tls.caCert: give secretName or configMapName, not both" }}
+{{- end }}
+{{- if and (or $ca.secretName $ca.configMapName) (not .Values.consul.tls.enabled) }}
+{{- fail "consul.tls.caCert is set but consul.tls.enabled is false: the CA would not be used" }}
+{{- end }}
+{{- $cni := .Values.agent.cni }}
+{{- range $dir := list $cni.kubeconfigDir $cni.socketDir }}
+{{- if or (eq (trimSuffix "/" $dir) (trimSuffix "/" $cni.confDir)) (hasPrefix (printf "%s/" (trimSuffix "/" $cni.confDir)) $dir) }}
+{{- fail (printf "agent.cni: %s is inside the CNI conf dir %s, where the container runtime would read it as network configuration" $dir $cni.confDir) }}
+{{- end }}
+{{- end }}
+{{- end }}

@@ -163,9 +163,21 @@ func freeLoopbackPort(t *testing.T) int {
 // its PID, when the test ends.
 func startHostProcess(t testing.TB, argv ...string) *exec.Cmd {
 	t.Helper()
+	return startHostProcessTee(t, nil, argv...)
+}
+
+// startHostProcessTee is startHostProcess that also copies the process's
+// output, as it comes, to tee (when not nil), which the test may read
+// while the process runs.
+func startHostProcessTee(t testing.TB, tee io.Writer, argv ...string) *exec.Cmd {
+	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var w io.Writer = &out
+	if tee != nil {
+		w = io.MultiWriter(&out, tee)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

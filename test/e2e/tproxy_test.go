@@ -33,32 +33,13 @@ func TestTransparentWalkthrough(t *testing.T) {
 	kubectl(t, "apply", "-n", ns, "-f", lc.Root+"/examples/mesh/")
 	kubectl(t, "rollout", "status", "-n", ns, "deploy/static-server", "deploy/static-client", "--timeout=180s")
 
-	curl := func(pod, url string) (string, error) {
-		return kubectlErr("exec", "-n", ns, pod, "-c", "static-client", "--", "curl", "-s", "-m", "5", url)
-	}
 	expect := func(what, pod, url, want string) {
 		t.Helper()
-		waitFor(t, ctx, what, func(context.Context) (bool, error) {
-			out, err := curl(pod, url)
-			if err != nil || !strings.Contains(out, want) {
-				return false, fmt.Errorf("%q, %v", out, err)
-			}
-			return true, nil
-		})
+		waitCurl(t, ctx, what, ns, pod, url, want)
 	}
 	expectExit := func(what, pod, url string, codes ...string) {
 		t.Helper()
-		waitFor(t, ctx, what, func(context.Context) (bool, error) {
-			out, err := curl(pod, url)
-			for _, c := range codes {
-				// kubectl says "command terminated with exit code N" and
-				// exits N itself.
-				if err != nil && strings.Contains(out, "exit code "+c) {
-					return true, nil
-				}
-			}
-			return false, fmt.Errorf("%q, %v; want curl to exit %v", out, err, codes)
-		})
+		waitCurlExit(t, ctx, what, ns, pod, url, codes...)
 	}
 	client := "deploy/static-client"
 	expect("hello world through DNS and the mesh", client, "http://static-server/", "hello world")
@@ -105,4 +86,38 @@ func TestTransparentWalkthrough(t *testing.T) {
 		corev1.Container{Name: "static-client", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
 			Command: []string{"sleep", "3600"}})
 	expect("hello world on the explicit upstream localhost:1234", "pod/upstream-client", "http://localhost:1234/", "hello world")
+}
+
+// curlIn runs the curl-compatible client of container static-client in
+// a pod (as kubectl names it: deploy/x or pod/x) with a 5 s limit. When
+// curl fails, kubectl says "command terminated with exit code N" and
+// exits N itself.
+func curlIn(ns, pod, url string) (string, error) {
+	return kubectlErr("exec", "-n", ns, pod, "-c", "static-client", "--", "curl", "-s", "-m", "5", url)
+}
+
+// waitCurl waits until curl in the pod answers with want.
+func waitCurl(t *testing.T, ctx context.Context, what, ns, pod, url, want string) {
+	t.Helper()
+	waitFor(t, ctx, what, func(context.Context) (bool, error) {
+		out, err := curlIn(ns, pod, url)
+		if err != nil || !strings.Contains(out, want) {
+			return false, fmt.Errorf("%q, %v", out, err)
+		}
+		return true, nil
+	})
+}
+
+// waitCurlExit waits until curl in the pod exits with one of codes.
+func waitCurlExit(t *testing.T, ctx context.Context, what, ns, pod, url string, codes ...string) {
+	t.Helper()
+	waitFor(t, ctx, what, func(context.Context) (bool, error) {
+		out, err := curlIn(ns, pod, url)
+		for _, c := range codes {
+			if err != nil && strings.Contains(out, "exit code "+c) {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("%q, %v; want curl to exit %v", out, err, codes)
+	})
 }

@@ -203,14 +203,7 @@ func TestXDSServesMeshletRegistrations(t *testing.T) {
 // returns the Ready pod. The agent deregisters them when the pod goes.
 func meshPodRegistered(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, cl *capi.Client, ns, name string) *corev1.Pod {
 	t.Helper()
-	ready := waitPodState(t, ctx, cs, ns, name, "Ready", func(p *corev1.Pod) bool {
-		for _, c := range p.Status.Conditions {
-			if c.Type == corev1.PodReady {
-				return c.Status == corev1.ConditionTrue
-			}
-		}
-		return false
-	})
+	ready := waitPodState(t, ctx, cs, ns, name, "Ready", podReady)
 	waitFor(t, ctx, "the agent's registration of "+name, func(context.Context) (bool, error) {
 		if err := catalogMatches(cl, ns, name, map[string]string{name: ready.Status.PodIP}); err != nil {
 			return false, err

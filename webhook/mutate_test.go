@@ -340,3 +340,55 @@ func TestDeniedBy(t *testing.T) {
 		t.Fatalf("DeniedBy(nil) = %v", got)
 	}
 }
+
+// TestMutateUpstreamOnProxyPort: an upstream cannot take a port the
+// sidecar listens on in the pod, which depends on the data plane,
+// transparent proxy and metrics; a port that is free in that setup is fine.
+func TestMutateUpstreamOnProxyPort(t *testing.T) {
+	envoy := DefaultConfig()
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		ann  []string
+		want string // "" admitted
+	}{
+		{"inbound port", consulCfg(), []string{annotations.Upstreams, "db:20000"},
+			`"db:20000": local port 20000 is the proxy's inbound port in the pod`},
+		{"outbound port, transparent", consulCfg(), []string{annotations.Upstreams, "db:15001"},
+			`"db:15001": local port 15001 is the proxy's transparent outbound port in the pod`},
+		{"outbound port, not transparent", consulCfg(), []string{annotations.Upstreams, "db:15001", annotations.TransparentProxy, "false"}, ""},
+		{"Envoy's admin port", envoy, []string{annotations.Upstreams, "db:19000"}, `local port 19000 is Envoy's admin port`},
+		{"19000 without Envoy", consulCfg(), []string{annotations.Upstreams, "db:19000"}, ""},
+		{"meshlet's metrics port", meshletCfg(), []string{annotations.Upstreams, "db:20200"}, `local port 20200 is the proxy's metrics port`},
+		{"the scrape port", consulCfg(), []string{annotations.Upstreams, "db:9102", annotations.EnableMetrics, "true", annotations.PrometheusScrapePort, "9102"},
+			`local port 9102 is the proxy's metrics port (prometheus-scrape-port)`},
+		{"the second of two", consulCfg(), []string{annotations.Upstreams, "a:1234, b:20000"}, `"b:20000": local port 20000`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Mutate(app(on(tc.ann...)), "shop", tc.cfg)
+			switch {
+			case tc.want == "" && res.Denied != nil:
+				t.Fatalf("denied: %v", res.Denied)
+			case tc.want == "":
+			case res.Denied == nil:
+				t.Fatalf("admitted, want a denial saying %q", tc.want)
+			case !strings.Contains(res.Denied.Error(), tc.want):
+				t.Fatalf("denial %q does not say %q", res.Denied, tc.want)
+			}
+		})
+	}
+}
+
+// TestMutateDeniesWrittenAnnotations: the annotations only meshlet writes
+// cannot come from the pod template, with transparent proxy on or off.
+func TestMutateDeniesWrittenAnnotations(t *testing.T) {
+	for _, key := range []string{annotations.TProxyStatus, annotations.RedirectConfig, annotations.RegistrationKey} {
+		for _, tproxy := range []string{"true", "false"} {
+			res := Mutate(app(on(key, "{}", annotations.TransparentProxy, tproxy)), "shop", consulCfg())
+			want := key + `: "{}": written by meshlet at injection; remove it from the pod template`
+			if res.Denied == nil || !strings.Contains(res.Denied.Error(), want) {
+				t.Errorf("%s with transparent-proxy %s: got %v, want a denial saying %q", key, tproxy, res.Denied, want)
+			}
+		}
+	}
+}

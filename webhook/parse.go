@@ -127,6 +127,15 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 	check(parseResources(ann, &p.resources))
 	p.metrics, err = parseMetrics(ann, cfg.Metrics)
 	check(err)
+	check(checkUpstreamPorts(ann, p, cfg))
+	for _, k := range []string{annotations.TProxyStatus, annotations.RedirectConfig, annotations.RegistrationKey} {
+		// Only meshlet writes these, at injection. Kept from the pod
+		// template when transparent proxy is off, a redirect config would
+		// reach meshlet-cni without the checks above.
+		if v, ok := ann[k]; ok {
+			check(invalid{k, v, "written by meshlet at injection; remove it from the pod template"})
+		}
+	}
 	for k := range ann {
 		if strings.HasPrefix(k, annotations.Prefix) && !known[k] && !strings.HasPrefix(k, annotations.ServiceMetaPrefix) {
 			p.unknown = append(p.unknown, k)
@@ -134,6 +143,34 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 	}
 	slices.Sort(p.unknown)
 	return p, errors.Join(errs...)
+}
+
+// checkUpstreamPorts refuses an upstream whose local port is one the
+// sidecar itself listens on in the pod (the inbound port on all
+// addresses, the outbound one with transparent proxy, Envoy's admin port,
+// meshlet-proxy's metrics): the proxy could not start.
+func checkUpstreamPorts(ann map[string]string, p parsed, cfg Config) error {
+	taken := map[int]string{iptables.DefaultProxyInboundPort: "the proxy's inbound port"}
+	if p.tproxy {
+		taken[iptables.DefaultProxyOutboundPort] = "the proxy's transparent outbound port"
+	}
+	switch {
+	case cfg.DataPlane == DataPlaneEnvoy:
+		taken[envoyAdminPort] = "Envoy's admin port"
+	case cfg.DataPlane == DataPlaneMeshlet && p.metrics == nil:
+		taken[meshletMetricsPort] = "the proxy's metrics port"
+	}
+	if p.metrics != nil {
+		taken[p.metrics.ScrapePort] = "the proxy's metrics port (prometheus-scrape-port)"
+	}
+	var errs []error
+	for _, e := range splitList(ann[annotations.Upstreams]) {
+		u, err := parseUpstream(e) // a bad one is reported by parseUpstreams
+		if what, ok := taken[u.LocalPort]; ok && err == nil {
+			errs = append(errs, invalid{annotations.Upstreams, e, fmt.Sprintf("local port %d is %s in the pod", u.LocalPort, what)})
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // parseBool takes what strconv.ParseBool takes, as consul-k8s does.

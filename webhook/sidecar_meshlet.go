@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
@@ -9,10 +10,10 @@ import (
 	"github.com/meshlet/meshlet/annotations"
 )
 
-// meshletMetricsAddr is where `meshlet proxy` serves its counters when
-// the pod has no metrics setup: the pod's loopback, for kubectl exec and
-// port-forward, never scraped.
-const meshletMetricsAddr = "127.0.0.1:20200"
+// meshletMetricsPort is where `meshlet proxy` serves its counters when
+// the pod has no metrics setup: on the pod's loopback, for kubectl exec
+// and port-forward, never scraped.
+const meshletMetricsPort = 20200
 
 // meshletProxyCommand is the proxy's own binary in meshlet's image: the
 // `meshlet proxy` code without the agent's and the webhook's, so that
@@ -25,7 +26,7 @@ const meshletProxyCommand = "/meshlet-proxy"
 // loop around it; kubelet expands $(HOST_IP) from the env.
 func meshletSidecar(c corev1.Container, reg annotations.Registration, cfg Config) corev1.Container {
 	c.Name, c.Image = meshletSidecarName, cfg.MeshletImage
-	metrics := meshletMetricsAddr
+	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(meshletMetricsPort))
 	if m := reg.Metrics; m != nil {
 		// Where the pod's prometheus.io annotations send the scraper.
 		metrics = ":" + strconv.Itoa(m.ScrapePort)

@@ -46,7 +46,10 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&n.BinDir, "cni-bin-dir", "/host/opt/cni/bin", "the runtime's CNI bin dir as mounted in the container")
 	fs.StringVar(&n.ConfDir, "cni-conf-dir", "/host/etc/cni/net.d", "the runtime's CNI conf dir as mounted in the container")
 	fs.StringVar(&n.Binary, "cni-binary", "/usr/local/bin/meshlet-cni", "meshlet-cni in the agent's image")
-	fs.StringVar(&n.KubeconfigPath, "cni-kubeconfig", "/host/var/lib/meshlet/meshlet-cni.kubeconfig", "where the plugin's kubeconfig is written, outside the conf dir; the path on the host must be the same after the mount prefix")
+	// The path goes into the conflist as it is and meshlet-cni reads it on
+	// the host, so it must be the host's path, mounted at the same path in
+	// the agent's container (not under /host like the CNI dirs).
+	fs.StringVar(&n.KubeconfigPath, "cni-kubeconfig", "/var/lib/meshlet/meshlet-cni.kubeconfig", "where the plugin's kubeconfig is written, outside the conf dir: the host's path, which the agent's container must mount at the same path")
 	fs.StringVar(&n.LogFile, "cni-log-file", "", "meshlet-cni's log file on the host (empty: the runtime's log)")
 	fs.StringVar(&n.LogLevel, "cni-log-level", "", "meshlet-cni's log level (empty: info)")
 	fs.StringVar(&n.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "the agent's namespace (default $POD_NAMESPACE)")

@@ -47,6 +47,11 @@ func TestFlagsRefuseBadInput(t *testing.T) {
 	if err := o.cfg.validate(); err != nil {
 		t.Fatalf("defaults refused: %v", err)
 	}
+	// Found by the chart's helper: the default was under the container's
+	// /host mount, a path meshlet-cni on the host cannot read.
+	if got := o.cfg.CNI.KubeconfigPath; got != "/var/lib/meshlet/meshlet-cni.kubeconfig" {
+		t.Fatalf("-cni-kubeconfig defaults to %q, want the host path /var/lib/meshlet/meshlet-cni.kubeconfig", got)
+	}
 	if o.cfg.ResyncInterval != 5*time.Second || o.cfg.Workers != 4 || !o.cfg.CNI.Enabled || o.cfg.Repair.Mode != "auto" {
 		t.Fatalf("defaults changed: %+v", o.cfg)
 	}

@@ -454,7 +454,7 @@ func TestAgentUninstallsOnDelete(t *testing.T) {
 	restored := false
 	t.Cleanup(func() {
 		if !restored {
-			_ = lc.InstallAgent(context.Background())
+			_ = lc.InstallMeshlet(context.Background())
 		}
 	})
 	if err := cs.AppsV1().DaemonSets(cluster.MeshletNamespace).Delete(ctx, cluster.AgentName, metav1.DeleteOptions{}); err != nil {
@@ -474,7 +474,7 @@ func TestAgentUninstallsOnDelete(t *testing.T) {
 		}
 		return true, nil
 	})
-	if err := lc.InstallAgent(ctx); err != nil {
+	if err := lc.InstallMeshlet(ctx); err != nil {
 		t.Fatal(err)
 	}
 	restored = true

@@ -112,18 +112,18 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 	if err := c.waitReady(ctx); err != nil {
 		return err
 	}
-	if err := c.InstallAgent(ctx); err != nil {
+	if err := c.InstallMeshlet(ctx); err != nil {
 		return err
 	}
 	if err := c.writeCNIKubeconfig(ctx); err != nil {
 		return fmt.Errorf("meshlet-cni credentials for the tests: %w", err)
 	}
-	// CoreDNS starts while the webhook does; both pods go through the
-	// chain the agent has just installed, like every later pod.
+	// CoreDNS starts while the webhook does; it goes through the chain
+	// the agent has just installed, like every later pod.
 	if err := c.createDNS(ctx); err != nil {
 		return err
 	}
-	if err := c.InstallWebhook(ctx); err != nil {
+	if err := c.WaitWebhook(ctx); err != nil {
 		return err
 	}
 	if err := c.waitDNS(ctx); err != nil {

@@ -8,9 +8,6 @@ import (
 	"strings"
 
 	authv1 "k8s.io/api/authentication/v1"
-	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
@@ -20,27 +17,14 @@ import (
 	"github.com/meshlet/meshlet/cni"
 )
 
-// The plugin's identity: a ServiceAccount that may only get pods, whose
-// tokens the node agent installs for it. The harness mints one more for
-// the tests that run the plugin through libcni themselves.
+// The plugin's identity, which the chart creates: a ServiceAccount that
+// may only get pods, whose tokens the node agent installs for it. The
+// harness mints one more for the tests that run the plugin through libcni
+// themselves.
 const (
 	CNIServiceAccount = "meshlet-cni"
 	cniNamespace      = MeshletNamespace
 )
-
-func cniIdentity() (*corev1.ServiceAccount, *rbacv1.ClusterRole, *rbacv1.ClusterRoleBinding) {
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount, Namespace: cniNamespace}}
-	role := &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount},
-		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}},
-	}
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: CNIServiceAccount},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: CNIServiceAccount},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: CNIServiceAccount, Namespace: cniNamespace}},
-	}
-	return sa, role, binding
-}
 
 // MeshletCNIKubeconfig is the plugin's kubeconfig (a token of the
 // meshlet-cni ServiceAccount).
@@ -73,20 +57,11 @@ func (c *Cluster) RuntimeUsesPlugin(ctx context.Context, plugin string) error {
 	return nil
 }
 
-// writeCNIKubeconfig mints the tests' plugin kubeconfig.
+// writeCNIKubeconfig mints the tests' plugin kubeconfig from a token of
+// the chart's meshlet-cni ServiceAccount.
 func (c *Cluster) writeCNIKubeconfig(ctx context.Context) error {
 	cs, err := c.Clientset()
 	if err != nil {
-		return err
-	}
-	sa, role, binding := cniIdentity()
-	if _, err := cs.CoreV1().ServiceAccounts(cniNamespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
-	}
-	if _, err := cs.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return err
-	}
-	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return err
 	}
 	tr, err := cs.CoreV1().ServiceAccounts(cniNamespace).CreateToken(ctx, CNIServiceAccount,

@@ -1,0 +1,100 @@
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// meshlet as the local cluster installs it: the Helm chart in
+// deploy/daemonset, with bin/helm, the path a user takes. Only what this
+// machine needs differs from the chart's defaults (MeshletValues).
+const (
+	MeshletRelease = "meshlet"
+	// MeshletChart is the chart's directory in the repository.
+	MeshletChart = "deploy/daemonset"
+)
+
+// MeshletValues are the local cluster's chart values: the locally built
+// image (never pulled: there is no registry), data plane meshlet (Envoy
+// cannot run here), the harness's host dirs in place of /opt/cni/bin and
+// /etc/cni/net.d, and the API server itself for the agent: it runs in the
+// host's netns, which cannot route ClusterIPs here.
+func (c *Cluster) MeshletValues() map[string]any {
+	repo, tag, _ := strings.Cut(MeshletImage, ":")
+	return map[string]any{
+		"image":  map[string]any{"repository": repo, "tag": tag, "pullPolicy": "Never"},
+		"global": map[string]any{"logLevel": "debug"},
+		"connectInject": map[string]any{
+			"dataPlane": "meshlet",
+			// Short, so that tests scaling the webhook do not wait.
+			"shutdownDelay": "1s",
+		},
+		"agent": map[string]any{
+			"cni": map[string]any{
+				"binDir": c.CNIBinDir(), "confDir": c.CNIConfDir(),
+				"kubeconfigDir": c.AgentKubeconfigDir(), "socketDir": c.AgentSocketDir(),
+				"logDir": c.path("logs"), "logLevel": "debug",
+			},
+			"extraEnv": []map[string]any{
+				{"name": "KUBERNETES_SERVICE_HOST", "value": NodeIP},
+				{"name": "KUBERNETES_SERVICE_PORT", "value": "6443"},
+			},
+		},
+	}
+}
+
+// Helm runs bin/helm against the cluster, with helm's own state kept in
+// the cluster's dir rather than the user's home.
+func (c *Cluster) Helm(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, c.bin("helm"), append(args, "--kubeconfig", c.Kubeconfig())...)
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+c.path("helm", "cache"),
+		"HELM_CONFIG_HOME="+c.path("helm", "config"), "HELM_DATA_HOME="+c.path("helm", "data"))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("helm %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// InstallMeshlet installs (or upgrades to) the chart with MeshletValues
+// and waits until the agent is ready and containerd has loaded the
+// conflist the agent chained meshlet-cni into. The webhook starts beside
+// it; WaitWebhook waits for it.
+func (c *Cluster) InstallMeshlet(ctx context.Context) error {
+	values, err := json.Marshal(c.MeshletValues()) // JSON is YAML
+	if err != nil {
+		return err
+	}
+	file := c.path("meshlet-values.yaml")
+	if err := os.WriteFile(file, values, 0o644); err != nil {
+		return err
+	}
+	if _, err := c.Helm(ctx, "upgrade", "--install", MeshletRelease, filepath.Join(c.Root, MeshletChart),
+		"--namespace", MeshletNamespace, "--create-namespace", "--values", file); err != nil {
+		return fmt.Errorf("install meshlet: %w", err)
+	}
+	cs, err := c.Clientset()
+	if err != nil {
+		return err
+	}
+	if err := c.waitFor(ctx, "the agent to be ready", func(ctx context.Context) error { return AgentReady(ctx, cs) }); err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "containerd to load meshlet-cni", func(ctx context.Context) error {
+		return c.RuntimeUsesPlugin(ctx, "meshlet-cni")
+	})
+}
+
+// WaitWebhook waits until the API server injects through the webhook.
+func (c *Cluster) WaitWebhook(ctx context.Context) error {
+	cs, err := c.Clientset()
+	if err != nil {
+		return err
+	}
+	return c.waitFor(ctx, "the webhook to inject", func(ctx context.Context) error { return WebhookInjects(ctx, cs) })
+}

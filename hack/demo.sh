@@ -1,68 +1,64 @@
 #!/usr/bin/env bash
-# make demo: after cluster-up, show the local cluster working.
+# make demo: after cluster-up (which installs meshlet with its Helm chart),
+# the seed's walkthrough on the local cluster, each command printed before
+# its output: a meshed server and client, hello world through Kubernetes
+# DNS and transparent proxy, a deny intention (curl exit code 52), allowed
+# again.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 source .cluster/env
+t0=$SECONDS
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+# run prints a command, then runs it; its failure is shown, not fatal.
+run() { say "$*"; "$@" || true; }
+# until_ok retries a command quietly until it succeeds (a new pod's sidecar
+# and the catalog need a moment), then runs it once more for the reader.
+until_ok() {
+  for _ in $(seq 60); do "$@" >/dev/null 2>&1 && break; sleep 0.5; done
+  run "$@"
+}
+# until_exit retries until a command exits with the given code, then runs
+# it once more for the reader.
+until_exit() {
+  local code=$1; shift
+  for _ in $(seq 60); do
+    rc=0; "$@" >/dev/null 2>&1 || rc=$?
+    [ "$rc" = "$code" ] && break
+    sleep 0.5
+  done
+  run "$@"
+}
 
-say kubectl get nodes -o wide
-kubectl get nodes -o wide
-say consul members
-consul members
-say kubectl apply -f examples/hello/
-kubectl apply -f examples/hello/
-kubectl rollout status deploy/static-server --timeout=120s
-kubectl rollout status deploy/static-client --timeout=120s
-server_ip=$(kubectl get pod -l app=static-server -o jsonpath='{.items[0].status.podIP}')
-say kubectl exec deploy/static-client -- curl -s http://$server_ip:8080/
-kubectl exec deploy/static-client -- curl -s "http://$server_ip:8080/"
-svc_ip=$(kubectl get svc static-server -o jsonpath='{.spec.clusterIP}')
-say kubectl exec deploy/static-client -- curl -s http://$svc_ip/   "# the Service's ClusterIP"
-# kube-proxy programs a new Service within a second or two: retry until then.
-for i in $(seq 20); do
-  kubectl exec deploy/static-client -- curl -s "http://$svc_ip/" && break
-  [ "$i" = 20 ] && exit 1
-  sleep 0.5
-done
+# A second demo starts from a clean slate.
+kubectl delete --ignore-not-found -f examples/mesh/ >/dev/null
+consul intention delete static-client static-server >/dev/null 2>&1 || true
 
-# The webhook: what it adds to a pod, and what it refuses.
-pod=$(mktemp)
-trap 'rm -f "$pod"' EXIT
-cat > "$pod" <<YAML
-apiVersion: v1
-kind: Pod
-metadata:
-  generateName: static-server-
-  annotations: {consul.hashicorp.com/connect-inject: "true"}
-spec:
-  containers:
-  - {name: static-server, image: localhost/meshlet/static-server:dev, ports: [{containerPort: 8080}]}
-YAML
-say kubectl create --dry-run=server -f pod.yaml "# a pod with consul.hashicorp.com/connect-inject: \"true\""
-kubectl create --dry-run=server -f "$pod" -o go-template='init containers: {{range .spec.initContainers}}{{.name}} (restartPolicy {{.restartPolicy}}) {{end}}
-containers: {{range .spec.containers}}{{.name}} {{end}}
-{{range $k, $v := .metadata.annotations}}{{$k}}: {{printf "%.90s" $v}}
-{{end}}'
-say kubectl apply -f examples/injection/bad-upstream.yaml
-kubectl apply -f examples/injection/bad-upstream.yaml || true
+run helm list --namespace meshlet
+run kubectl get pods --namespace meshlet
 
-# The node agent: it chained meshlet-cni and registers injected pods.
-say kubectl -n meshlet get daemonset meshlet-agent
-kubectl -n meshlet get daemonset meshlet-agent
-say kubectl apply -f examples/agent/
-kubectl apply -f examples/agent/
-kubectl rollout status deploy/web --timeout=120s
-# Ready pods are registered: their sidecars needed the registration to start.
-say curl -s \$CONSUL_HTTP_ADDR/v1/catalog/service/web "# one instance per pod, at the pod's IP"
-curl -s "http://$CONSUL_HTTP_ADDR/v1/catalog/service/web" | tr '{,' '\n\n' | grep -E '"(ServiceID|ServiceAddress)"' | paste - - || true
-say kubectl scale deploy/web --replicas=1 "# and the catalog follows"
-kubectl scale deploy/web --replicas=1
-for i in $(seq 40); do
-  n=$(curl -s "http://$CONSUL_HTTP_ADDR/v1/catalog/service/web" | grep -o '"ServiceID"' | wc -l)
-  [ "$n" = 1 ] && break
-  sleep 0.25
-done
-curl -s "http://$CONSUL_HTTP_ADDR/v1/catalog/service/web" | tr '{,' '\n\n' | grep -E '"(ServiceID|ServiceAddress)"' | paste - - || true
-echo
-echo "The cluster keeps running: 'source .cluster/env' to use it, 'make cluster-down' to stop it."
+run kubectl apply -f examples/mesh/static-server.yaml
+kubectl rollout status deploy/static-server --timeout=120s >/dev/null
+run kubectl get pods -l app=static-server \
+  -o 'custom-columns=POD:.metadata.name,STATUS:.metadata.annotations.consul\.hashicorp\.com/connect-inject-status,SIDECAR:.spec.initContainers[*].name,IP:.status.podIP'
+until_ok consul catalog services
+
+run kubectl apply -f examples/mesh/static-client.yaml
+kubectl rollout status deploy/static-client --timeout=120s >/dev/null
+until_ok kubectl exec deploy/static-client -- curl -s http://static-server/
+
+run consul intention create -deny static-client static-server
+until_exit 52 kubectl exec deploy/static-client -- curl -s http://static-server/
+
+run consul intention delete static-client static-server
+until_ok kubectl exec deploy/static-client -- curl -s http://static-server/
+
+cat <<TEXT
+
+The walkthrough took $((SECONDS - t0)) s. The cluster keeps running:
+  source .cluster/env                 kubectl, consul and helm on this cluster
+  kubectl get pods -A                 meshlet runs in namespace meshlet
+  consul catalog services             what the node agent registered
+  consul intention create -deny static-client static-server
+  make cluster-down                   stop it all and restore the host
+TEXT

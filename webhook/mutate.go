@@ -87,6 +87,10 @@ func checkPod(pod *corev1.Pod) error {
 	return errors.Join(errs...)
 }
 
+// defaultContainerKey is kubectl's annotation naming a pod's default
+// container.
+const defaultContainerKey = "kubectl.kubernetes.io/default-container"
+
 // inject1 adds the sidecar and the annotations to pod (a copy).
 func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.Pod, error) {
 	reg := annotations.Registration{Service: p.service, Port: p.port, DataPlane: cfg.DataPlane,
@@ -111,6 +115,11 @@ func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.P
 		pod.Annotations = map[string]string{}
 	}
 	pod.Annotations[annotations.InjectStatus] = annotations.Injected
+	// kubectl exec and logs then pick the app, not the sidecar, without
+	// saying "Defaulted container" each time; a pod's own choice stays.
+	if _, ok := pod.Annotations[defaultContainerKey]; !ok && len(pod.Spec.Containers) > 0 {
+		pod.Annotations[defaultContainerKey] = pod.Spec.Containers[0].Name
+	}
 	if p.tproxy {
 		pod.Annotations[annotations.TProxyStatus] = annotations.TProxyEnabled
 		c := redirectConfig(p, reg)

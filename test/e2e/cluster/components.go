@@ -207,5 +207,9 @@ func (c *Cluster) writeEnv() error {
 		"export CONTAINERD_NAMESPACE=k8s.io",
 		`export PATH="` + filepath.Join(c.Root, "bin") + `:$PATH"`,
 	}, "\n") + "\n"
+	// helm's own state in the cluster's dir, as Helm() keeps it.
+	for _, kv := range c.helmEnv() {
+		env += "export " + kv + "\n"
+	}
 	return os.WriteFile(c.path("env"), []byte(env), 0o644)
 }

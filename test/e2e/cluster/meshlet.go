@@ -52,13 +52,17 @@ func (c *Cluster) MeshletValues() map[string]any {
 // the cluster's dir rather than the user's home.
 func (c *Cluster) Helm(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, c.bin("helm"), append(args, "--kubeconfig", c.Kubeconfig())...)
-	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+c.path("helm", "cache"),
-		"HELM_CONFIG_HOME="+c.path("helm", "config"), "HELM_DATA_HOME="+c.path("helm", "data"))
+	cmd.Env = append(os.Environ(), c.helmEnv()...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("helm %s: %w: %s", strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
+}
+
+func (c *Cluster) helmEnv() []string {
+	return []string{"HELM_CACHE_HOME=" + c.path("helm", "cache"), "HELM_CONFIG_HOME=" + c.path("helm", "config"),
+		"HELM_DATA_HOME=" + c.path("helm", "data")}
 }
 
 // InstallMeshlet installs (or upgrades to) the chart with MeshletValues

@@ -33,27 +33,24 @@ const resyncPeriod = 10 * time.Minute
 
 func newInformers(c kubeclient.Interface, node string) *informerSet {
 	onNode := fields.OneTermEqualSelector("spec.nodeName", node).String()
-	pods := c.Pods(metav1.NamespaceAll)
-	podInf := newInformer(&corev1.Pod{}, slimPod, &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			o.FieldSelector = onNode
-			return pods.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			o.FieldSelector = onNode
-			return pods.Watch(ctx, o)
-		},
-	})
-	svcs := c.Services(metav1.NamespaceAll)
-	svcInf := newInformer(&corev1.Service{}, slimService, &cache.ListWatch{
-		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
-			return svcs.List(ctx, o)
-		},
-		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
-			return svcs.Watch(ctx, o)
-		},
-	})
+	podInf := newInformer(&corev1.Pod{}, slimPod, listWatch(c.Pods(metav1.NamespaceAll), onNode))
+	svcInf := newInformer(&corev1.Service{}, slimService, listWatch(c.Services(metav1.NamespaceAll), ""))
 	return &informerSet{podInf: podInf, svcInf: svcInf}
+}
+
+// listWatch lists and watches r, through a field selector when one is
+// given.
+func listWatch[T, L runtime.Object](r kubeclient.Resource[T, L], fieldSelector string) *cache.ListWatch {
+	return &cache.ListWatch{
+		ListWithContextFunc: func(ctx context.Context, o metav1.ListOptions) (runtime.Object, error) {
+			o.FieldSelector = fieldSelector
+			return r.List(ctx, o)
+		},
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = fieldSelector
+			return r.Watch(ctx, o)
+		},
+	}
 }
 
 // newInformer is what client-go's informer factory builds for a kind: a

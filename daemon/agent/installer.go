@@ -6,8 +6,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/meshlet/meshlet/daemon/install"
@@ -24,6 +22,19 @@ func (a *Agent) runInstaller(ctx context.Context) error {
 	ic := install.InstallConfig{ConfDir: c.ConfDir, BinDir: c.BinDir, Binary: c.Binary, KubeconfigPath: c.KubeconfigPath,
 		LogFile: c.LogFile, LogLevel: c.LogLevel, AgentSocket: a.cfg.Socket, IptablesMode: a.iptMode}
 	node := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: types.UID(a.cfg.NodeName)}
+
+	// Followed from now, so that SIGTERM finds the answer already known
+	// (owner.go says why).
+	var own *owner
+	if c.UninstallOnDelete && a.cfg.PodName != "" {
+		o, err := findOwner(ctx, a.client, c.Namespace, a.cfg.PodName)
+		if err != nil {
+			a.log.Warn("cannot find the agent's DaemonSet now; looking again when stopping", "err", err)
+		} else {
+			own = o
+			go own.run(ctx)
+		}
+	}
 
 	var renewAt time.Time
 	installOnce := func() error {
@@ -70,7 +81,7 @@ func (a *Agent) runInstaller(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			<-watchDone
-			a.uninstallIfDeleted(ic)
+			a.uninstallIfDeleted(ic, own)
 			return nil
 		case <-time.After(time.Until(renewAt)):
 		}
@@ -108,14 +119,23 @@ func (a *Agent) cniEvent(node *corev1.ObjectReference, e install.Event) {
 }
 
 // uninstallIfDeleted removes meshlet-cni when the agent's DaemonSet is
-// gone or being deleted (an uninstall), and leaves it otherwise.
-func (a *Agent) uninstallIfDeleted(ic install.InstallConfig) {
+// gone or being deleted (an uninstall), and leaves it otherwise, and when
+// it cannot tell. own is nil when the DaemonSet could not be found at
+// start.
+func (a *Agent) uninstallIfDeleted(ic install.InstallConfig, own *owner) {
 	if !a.cfg.CNI.UninstallOnDelete || a.cfg.PodName == "" {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	deleted, err := a.daemonSetDeleted(ctx)
+	var err error
+	if own == nil {
+		own, err = findOwner(ctx, a.client, a.cfg.CNI.Namespace, a.cfg.PodName)
+	}
+	deleted := false
+	if err == nil {
+		deleted, err = own.isDeleted(ctx)
+	}
 	if err != nil {
 		a.log.Warn("cannot tell whether the agent is being uninstalled; leaving meshlet-cni installed", "err", err)
 		return
@@ -129,25 +149,6 @@ func (a *Agent) uninstallIfDeleted(ic install.InstallConfig) {
 		return
 	}
 	a.log.Info("meshlet-cni uninstalled: the agent's DaemonSet is deleted")
-}
-
-func (a *Agent) daemonSetDeleted(ctx context.Context) (bool, error) {
-	pod, err := a.client.Pods(a.cfg.CNI.Namespace).Get(ctx, a.cfg.PodName, metav1.GetOptions{})
-	if err != nil {
-		return false, fmt.Errorf("get the agent's pod: %w", err)
-	}
-	owner := metav1.GetControllerOf(pod)
-	if owner == nil || owner.Kind != "DaemonSet" {
-		return false, fmt.Errorf("pod %s/%s is not run by a DaemonSet", pod.Namespace, pod.Name)
-	}
-	ds, err := a.client.DaemonSets(pod.Namespace).Get(ctx, owner.Name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		return true, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("get DaemonSet %s/%s: %w", pod.Namespace, owner.Name, err)
-	}
-	return ds.DeletionTimestamp != nil || ds.UID != owner.UID, nil
 }
 
 // askRepair asks for a repair pass soon; one pending request is enough.

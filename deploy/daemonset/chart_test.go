@@ -950,7 +950,7 @@ func TestRBAC(t *testing.T) {
 		`ClusterRole meshlet-agent: apiGroups [""] resources [services] verbs [list watch]`,
 		`ClusterRole meshlet-agent: apiGroups [""] resources [events] verbs [create patch]`,
 		`Role meshlet/meshlet-agent: apiGroups [""] resources [serviceaccounts/token] resourceNames [meshlet-cni] verbs [create]`,
-		`Role meshlet/meshlet-agent: apiGroups ["apps"] resources [daemonsets] resourceNames [meshlet-agent] verbs [get]`,
+		`Role meshlet/meshlet-agent: apiGroups ["apps"] resources [daemonsets] resourceNames [meshlet-agent] verbs [get list watch]`,
 		`ClusterRoleBinding meshlet-agent: ClusterRole meshlet-agent to ServiceAccount meshlet/meshlet-agent`,
 		`RoleBinding meshlet/meshlet-agent: Role meshlet-agent to ServiceAccount meshlet/meshlet-agent`,
 		`ClusterRole meshlet-cni: apiGroups [""] resources [pods] verbs [get]`,

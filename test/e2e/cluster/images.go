@@ -55,7 +55,11 @@ func (c *Cluster) imageSpecs() ([]imageSpec, error) {
 	}
 	return []imageSpec{
 		{ref: PauseImage, files: []imageFile{{path: "pause", src: c.bin("pause")}}, entrypoint: []string{"/pause"}},
-		{ref: StaticServerImage, files: []imageFile{{path: "http-echo", src: c.bin("http-echo")}}, entrypoint: []string{"/http-echo"}},
+		// http-echo as the entrypoint (the seed's args work as written),
+		// with busybox beside it: manifests with exec probes (sh -c 'test
+		// ! -f /tmp/unhealthy') run, and kubectl exec … touch works.
+		{ref: StaticServerImage, files: append(slices.Clone(shell), imageFile{path: "http-echo", src: c.bin("http-echo")}),
+			entrypoint: []string{"/http-echo"}},
 		{ref: StaticClientImage, files: append(slices.Clone(shell), imageFile{path: "usr/bin/curl", src: c.bin("curl")}), cmd: []string{"/bin/sh"}},
 		{ref: ConsulImage, files: append(slices.Clone(shell), imageFile{path: "bin/consul", src: c.bin("consul")}), cmd: []string{"/bin/consul"}},
 		{ref: MeshletImage, files: []imageFile{{path: "meshlet", src: c.bin("meshlet")},

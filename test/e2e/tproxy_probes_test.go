@@ -276,7 +276,7 @@ func TestProxyRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cl := consul(t)
-	kubectl(t, "apply", "-n", ns, "-f", lc.Root+"/examples/mesh/")
+	kubectl(t, "apply", "-n", ns, "-f", lc.Root+"/examples/mesh/static-server.yaml", "-f", lc.Root+"/examples/mesh/static-client.yaml")
 	outsider := createPod(t, cs, ns, "outsider", nil, corev1.Container{Name: "static-client", Image: cluster.StaticClientImage,
 		ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"}})
 	kubectl(t, "rollout", "status", "-n", ns, "deploy/static-server", "deploy/static-client", "--timeout=180s")

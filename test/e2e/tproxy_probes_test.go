@@ -276,6 +276,9 @@ func TestProxyRestart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cl := consul(t)
+	// The seed's client takes its 30 s grace period to stop: its
+	// registrations must not outlive the test.
+	leaveNoRegistrations(t, cs, cl, ns)
 	kubectl(t, "apply", "-n", ns, "-f", lc.Root+"/examples/mesh/static-server.yaml", "-f", lc.Root+"/examples/mesh/static-client.yaml")
 	outsider := createPod(t, cs, ns, "outsider", nil, corev1.Container{Name: "static-client", Image: cluster.StaticClientImage,
 		ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"}})

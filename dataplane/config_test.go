@@ -4,6 +4,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	capi "github.com/hashicorp/consul/api"
 )
@@ -75,5 +76,18 @@ func TestConfigFrom(t *testing.T) {
 				t.Fatalf("ConfigFrom =\n%+v, %v\nwant\n%+v", got, err, tc.want)
 			}
 		})
+	}
+}
+
+// TestRegistrationPoll: a new pod's registration is looked for every
+// 100 ms at first (each poll saved is the pod's start time), every second
+// after 10 s.
+func TestRegistrationPoll(t *testing.T) {
+	for _, tc := range []struct {
+		waited, want time.Duration
+	}{{0, 100 * time.Millisecond}, {9 * time.Second, 100 * time.Millisecond}, {10 * time.Second, time.Second}, {time.Hour, time.Second}} {
+		if got := registrationPoll(tc.waited); got != tc.want {
+			t.Errorf("registrationPoll(%v) = %v, want %v", tc.waited, got, tc.want)
+		}
 	}
 }

@@ -153,9 +153,20 @@ func waitRegistration(ctx context.Context, agent *capi.Agent, id string, log *sl
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("proxy %s not registered on the node's Consul agent: %w", id, ctx.Err())
-		case <-time.After(time.Second):
+		case <-time.After(registrationPoll(time.Since(start))):
 		}
 	}
+}
+
+// registrationPoll is how long to wait before asking again: 100 ms while
+// a new pod's registration is due (the agent makes it within about a
+// second of the pod getting its IP, and every poll saved is start time of
+// the pod: its app waits for this proxy), then 1 s.
+func registrationPoll(waited time.Duration) time.Duration {
+	if waited < 10*time.Second {
+		return 100 * time.Millisecond
+	}
+	return time.Second
 }
 
 // exposeServers serve each expose path alone on its port, in plain HTTP,

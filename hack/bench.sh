@@ -25,3 +25,5 @@ go test -run '^$' -bench 'Plugin|ADD' -benchtime "${BENCHTIME:-50x}" ./test/e2e/
 go test -run '^$' -bench 'Agent' -benchtime 3x ./test/e2e/ 2>&1 | grep -v 'level=INFO'
 # meshlet proxy against Consul's built-in proxy, same run, same path.
 go test -run '^$' -bench ProxyVsBuiltin -benchtime 500x ./dataplane/
+# A meshed pod's start against the same pod unmeshed, same node, same run.
+go test -run '^$' -bench PodStart -benchtime 20x ./test/e2e/ 2>&1 | grep -v 'level=INFO'

@@ -460,20 +460,7 @@ func TestAgentUninstallsOnDelete(t *testing.T) {
 	if err := cs.AppsV1().DaemonSets(cluster.MeshletNamespace).Delete(ctx, cluster.AgentName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	plugin := lc.CNIBinDir() + "/meshlet-cni"
-	kubeconfig := lc.AgentKubeconfigDir() + "/meshlet-cni.kubeconfig"
-	waitFor(t, ctx, "meshlet-cni removed from the node", func(context.Context) (bool, error) {
-		b, err := os.ReadFile(lc.ConflistFile())
-		if err != nil || install.HasEntry(b) {
-			return false, err
-		}
-		for _, f := range []string{plugin, kubeconfig} {
-			if _, err := os.Stat(f); !os.IsNotExist(err) {
-				return false, fmt.Errorf("%s still there (%v)", f, err)
-			}
-		}
-		return true, nil
-	})
+	waitPluginRemoved(t, ctx)
 	if err := lc.InstallMeshlet(ctx); err != nil {
 		t.Fatal(err)
 	}

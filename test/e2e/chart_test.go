@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/daemon/install"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 )
 
@@ -174,4 +175,51 @@ func TestChartUpgrade(t *testing.T) {
 			t.Errorf("pod %s created during the upgrade has no redirection: %v", name, err)
 		}
 	}
+}
+
+// TestChartUninstall: `helm uninstall` removes meshlet-cni from the node
+// (its conflist entry, binary and kubeconfig), although Helm deletes the
+// agent's RBAC right after its DaemonSet, while the agent's pods are still
+// stopping; then the chart installs again.
+func TestChartUninstall(t *testing.T) {
+	requireCluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	restored := false
+	t.Cleanup(func() {
+		if !restored {
+			_ = lc.InstallMeshlet(context.Background())
+		}
+	})
+	if _, err := lc.Helm(ctx, "uninstall", cluster.MeshletRelease, "--namespace", cluster.MeshletNamespace); err != nil {
+		t.Fatal(err)
+	}
+	waitPluginRemoved(t, ctx)
+	if err := lc.InstallMeshlet(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restored = true
+	if err := lc.WaitWebhook(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitPluginRemoved waits until meshlet-cni's conflist entry, binary and
+// kubeconfig are gone from the node.
+func waitPluginRemoved(t *testing.T, ctx context.Context) {
+	t.Helper()
+	plugin := lc.CNIBinDir() + "/meshlet-cni"
+	kubeconfig := lc.AgentKubeconfigDir() + "/meshlet-cni.kubeconfig"
+	waitFor(t, ctx, "meshlet-cni removed from the node", func(context.Context) (bool, error) {
+		b, err := os.ReadFile(lc.ConflistFile())
+		if err != nil || install.HasEntry(b) {
+			return false, err
+		}
+		for _, f := range []string{plugin, kubeconfig} {
+			if _, err := os.Stat(f); !os.IsNotExist(err) {
+				return false, fmt.Errorf("%s still there (%v)", f, err)
+			}
+		}
+		return true, nil
+	})
 }

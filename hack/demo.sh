@@ -30,8 +30,9 @@ until_exit() {
   run "$@"
 }
 
-# A second demo starts from a clean slate.
-kubectl delete --ignore-not-found -f examples/mesh/ >/dev/null
+# A second demo starts from a clean slate (waiting for the old pods: the
+# seed's client ignores SIGTERM, hence the short grace period).
+kubectl delete --ignore-not-found --grace-period=1 -f examples/mesh/ >/dev/null
 consul intention delete static-client static-server >/dev/null 2>&1 || true
 
 run helm list --namespace meshlet

@@ -115,9 +115,6 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 	if err := c.InstallMeshlet(ctx); err != nil {
 		return err
 	}
-	if err := c.writeCNIKubeconfig(ctx); err != nil {
-		return fmt.Errorf("meshlet-cni credentials for the tests: %w", err)
-	}
 	// CoreDNS starts while the webhook does; it goes through the chain
 	// the agent has just installed, like every later pod.
 	if err := c.createDNS(ctx); err != nil {

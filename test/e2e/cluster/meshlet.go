@@ -67,8 +67,9 @@ func (c *Cluster) helmEnv() []string {
 
 // InstallMeshlet installs (or upgrades to) the chart with MeshletValues
 // and waits until the agent is ready and containerd has loaded the
-// conflist the agent chained meshlet-cni into. The webhook starts beside
-// it; WaitWebhook waits for it.
+// conflist the agent chained meshlet-cni into, then mints the plugin
+// kubeconfig of the tests that run meshlet-cni themselves. The webhook
+// starts beside it; WaitWebhook waits for it.
 func (c *Cluster) InstallMeshlet(ctx context.Context) error {
 	values, err := json.Marshal(c.MeshletValues()) // JSON is YAML
 	if err != nil {
@@ -89,9 +90,17 @@ func (c *Cluster) InstallMeshlet(ctx context.Context) error {
 	if err := c.waitFor(ctx, "the agent to be ready", func(ctx context.Context) error { return AgentReady(ctx, cs) }); err != nil {
 		return err
 	}
-	return c.waitFor(ctx, "containerd to load meshlet-cni", func(ctx context.Context) error {
+	if err := c.waitFor(ctx, "containerd to load meshlet-cni", func(ctx context.Context) error {
 		return c.RuntimeUsesPlugin(ctx, "meshlet-cni")
-	})
+	}); err != nil {
+		return err
+	}
+	// Minted on every install: an uninstall deletes the meshlet-cni
+	// ServiceAccount, and with it the tests' token.
+	if err := c.writeCNIKubeconfig(ctx); err != nil {
+		return fmt.Errorf("meshlet-cni credentials for the tests: %w", err)
+	}
+	return nil
 }
 
 // WaitWebhook waits until the API server injects through the webhook.

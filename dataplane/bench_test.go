@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"sort"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -17,6 +16,8 @@ import (
 	capi "github.com/hashicorp/consul/api"
 
 	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/test/procstatus"
+	"github.com/meshlet/meshlet/test/repobin"
 )
 
 // bulkBytes is what one throughput connection carries from the server
@@ -153,26 +154,6 @@ func (p plane) bulk() (float64, error) {
 	return float64(n) / 1e6 / time.Since(t0).Seconds(), nil
 }
 
-// rssMiB is a process's resident memory.
-func rssMiB(b *testing.B, pid int) float64 { return procStatusMiB(b, pid, "VmRSS") }
-
-// procStatusMiB is a field of /proc/<pid>/status, in MiB.
-func procStatusMiB(b *testing.B, pid int, field string) float64 {
-	b.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, l := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			return float64(kb) / 1024
-		}
-	}
-	b.Fatalf("no %s for %d", field, pid)
-	return 0
-}
-
 func pct(d []time.Duration, p float64) float64 {
 	sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
 	return float64(d[int(p*float64(len(d)-1))].Microseconds()) / 1000
@@ -186,9 +167,9 @@ func pct(d []time.Duration, p float64) float64 {
 // RSS idle and with 100 connections open. Goals (issue 9): set-up latency
 // ≤ the built-in proxy's, throughput ≥ it, RSS ≤ 20 MiB idle.
 func BenchmarkProxyVsBuiltin(b *testing.B) {
-	proxyBin, ok1 := repoBin("meshlet-proxy")
-	meshletBin, ok2 := repoBin("meshlet")
-	consulBin, ok3 := repoBin("consul")
+	proxyBin, ok1 := repobin.Find("meshlet-proxy")
+	meshletBin, ok2 := repobin.Find("meshlet")
+	consulBin, ok3 := repobin.Find("consul")
 	if !ok1 || !ok2 || !ok3 {
 		b.Skip("needs meshlet-proxy, meshlet and consul in the repo's bin/: make build, make tools")
 	}
@@ -214,11 +195,11 @@ func BenchmarkProxyVsBuiltin(b *testing.B) {
 	time.Sleep(2 * time.Second)
 	var idle []float64
 	for _, p := range planes {
-		idle = append(idle, rssMiB(b, p.client))
+		idle = append(idle, procstatus.Must(b, p.client, "VmRSS"))
 	}
 	// What of meshlet's is its own (heap, stacks) rather than the
 	// binary's pages.
-	idleAnon := procStatusMiB(b, planes[0].client, "RssAnon")
+	idleAnon := procstatus.Must(b, planes[0].client, "RssAnon")
 	lat := make([][]time.Duration, len(planes))
 	b.ResetTimer()
 	for range b.N {
@@ -261,7 +242,7 @@ func BenchmarkProxyVsBuiltin(b *testing.B) {
 			conns = append(conns, c)
 		}
 		time.Sleep(time.Second)
-		open[i] = rssMiB(b, p.client)
+		open[i] = procstatus.Must(b, p.client, "VmRSS")
 		for _, c := range conns {
 			c.Close()
 		}

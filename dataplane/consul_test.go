@@ -24,20 +24,8 @@ import (
 	"github.com/meshlet/meshlet/annotations"
 	"github.com/meshlet/meshlet/daemon/agent"
 	podreg "github.com/meshlet/meshlet/daemon/register"
+	"github.com/meshlet/meshlet/test/repobin"
 )
-
-// repoBin is a tool make built into the repository's bin/ (or, failing
-// that, on $PATH): go test runs in the package's directory, so a plain
-// `go test ./dataplane/` finds them without make test's PATH.
-func repoBin(name string) (string, bool) {
-	if p, err := filepath.Abs(filepath.Join("..", "bin", name)); err == nil {
-		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
-			return p, true
-		}
-	}
-	p, err := exec.LookPath(name)
-	return p, err == nil
-}
 
 // freePort is a TCP port nothing listens on now.
 func freePort(t testing.TB) int {
@@ -65,7 +53,7 @@ func consulAgents(t testing.TB) *capi.Client {
 // HTTP port.
 func consulAgentsIn(t testing.TB, n ns.NetNS, bind string) (*capi.Client, int) {
 	t.Helper()
-	bin, ok := repoBin("consul")
+	bin, ok := repobin.Find("consul")
 	if !ok {
 		t.Skip("no consul in the repo's bin/ or on $PATH: make tools builds it")
 	}

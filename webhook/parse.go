@@ -23,21 +23,22 @@ func (e invalid) Error() string { return fmt.Sprintf("%s: %q: %s", e.key, e.valu
 
 // parsed is a pod's annotations, each parsed once and validated.
 type parsed struct {
-	service         string
-	port            int // the application's port; 0: none
-	upstreams       []annotations.Upstream
-	tproxy          bool
-	overwriteProbes bool
-	excludeInbound  []string
-	excludeOutbound []string
-	excludeCIDRs    []string
-	excludeUIDs     []string
-	extraArgs       []string
-	tags            []string
-	meta            map[string]string
-	resources       corev1.ResourceRequirements
-	metrics         *annotations.Metrics // nil: metrics off
-	unknown         []string             // consul.hashicorp.com/* keys meshlet does not implement
+	service            string
+	port               int // the application's port; 0: none
+	upstreams          []annotations.Upstream
+	upstreamsAsWritten []string // each upstream as the annotation wrote it, for messages
+	tproxy             bool
+	overwriteProbes    bool
+	excludeInbound     []string
+	excludeOutbound    []string
+	excludeCIDRs       []string
+	excludeUIDs        []string
+	extraArgs          []string
+	tags               []string
+	meta               map[string]string
+	resources          corev1.ResourceRequirements
+	metrics            *annotations.Metrics // nil: metrics off
+	unknown            []string             // consul.hashicorp.com/* keys meshlet does not implement
 }
 
 // known are the Consul annotations meshlet reads or writes; any other
@@ -87,7 +88,7 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 	p.port, err = parseServicePort(pod, ann)
 	check(err)
 	if v, ok := ann[annotations.Upstreams]; ok {
-		p.upstreams, err = parseUpstreams(v)
+		p.upstreams, p.upstreamsAsWritten, err = parseUpstreams(v)
 		check(err)
 	}
 	for _, b := range []struct {
@@ -127,7 +128,7 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 	check(parseResources(ann, &p.resources))
 	p.metrics, err = parseMetrics(ann, cfg.Metrics)
 	check(err)
-	check(checkUpstreamPorts(ann, p, cfg))
+	check(checkUpstreamPorts(p, cfg))
 	for _, k := range []string{annotations.TProxyStatus, annotations.RedirectConfig, annotations.RegistrationKey} {
 		// Only meshlet writes these, at injection. Kept from the pod
 		// template when transparent proxy is off, a redirect config would
@@ -149,7 +150,7 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 // sidecar itself listens on in the pod (the inbound port on all
 // addresses, the outbound one with transparent proxy, Envoy's admin port,
 // meshlet-proxy's metrics): the proxy could not start.
-func checkUpstreamPorts(ann map[string]string, p parsed, cfg Config) error {
+func checkUpstreamPorts(p parsed, cfg Config) error {
 	taken := map[int]string{iptables.DefaultProxyInboundPort: "the proxy's inbound port"}
 	if p.tproxy {
 		taken[iptables.DefaultProxyOutboundPort] = "the proxy's transparent outbound port"
@@ -164,10 +165,9 @@ func checkUpstreamPorts(ann map[string]string, p parsed, cfg Config) error {
 		taken[p.metrics.ScrapePort] = "the proxy's metrics port (prometheus-scrape-port)"
 	}
 	var errs []error
-	for _, e := range splitList(ann[annotations.Upstreams]) {
-		u, err := parseUpstream(e) // a bad one is reported by parseUpstreams
-		if what, ok := taken[u.LocalPort]; ok && err == nil {
-			errs = append(errs, invalid{annotations.Upstreams, e, fmt.Sprintf("local port %d is %s in the pod", u.LocalPort, what)})
+	for i, u := range p.upstreams {
+		if what, ok := taken[u.LocalPort]; ok {
+			errs = append(errs, invalid{annotations.Upstreams, p.upstreamsAsWritten[i], fmt.Sprintf("local port %d is %s in the pod", u.LocalPort, what)})
 		}
 	}
 	return errors.Join(errs...)
@@ -248,9 +248,8 @@ func namedPort(pod *corev1.Pod, name string) int {
 
 // parseUpstreams reads name[.namespace]:port[:datacenter] and
 // prepared_query:name:port elements, comma-separated.
-func parseUpstreams(v string) ([]annotations.Upstream, error) {
+func parseUpstreams(v string) (ups []annotations.Upstream, asWritten []string, err error) {
 	const key = annotations.Upstreams
-	var out []annotations.Upstream
 	var errs []error
 	ports := map[int]string{}
 	for _, e := range splitList(v) {
@@ -264,9 +263,9 @@ func parseUpstreams(v string) ([]annotations.Upstream, error) {
 			continue
 		}
 		ports[u.LocalPort] = e
-		out = append(out, u)
+		ups, asWritten = append(ups, u), append(asWritten, e)
 	}
-	return out, errors.Join(errs...)
+	return ups, asWritten, errors.Join(errs...)
 }
 
 func parseUpstream(e string) (annotations.Upstream, error) {

@@ -34,6 +34,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshlet/meshlet/test/golden"
+	"github.com/meshlet/meshlet/test/repobin"
 )
 
 // The release every test renders: named like the local cluster's objects
@@ -43,22 +44,9 @@ const (
 	namespace = "meshlet"
 )
 
-// repoBin is a tool make built into the repository's bin/ (or, failing
-// that, on $PATH): go test runs in the package's directory, so a plain
-// `go test ./deploy/daemonset/` finds them without make test's PATH.
-func repoBin(name string) (string, bool) {
-	if p, err := filepath.Abs(filepath.Join("..", "..", "bin", name)); err == nil {
-		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
-			return p, true
-		}
-	}
-	p, err := exec.LookPath(name)
-	return p, err == nil
-}
-
 func helmBin(t testing.TB) string {
 	t.Helper()
-	p, ok := repoBin("helm")
+	p, ok := repobin.Find("helm")
 	if !ok {
 		t.Skip("no helm in the repo's bin/ or on $PATH: make tools builds it")
 	}
@@ -862,7 +850,7 @@ func expand(t *testing.T, c corev1.Container) (env, args []string) {
 // quantities, addresses, the self-managed certificate's names). A flag the
 // chart invents, or one a binary renames, fails here.
 func TestBinariesAcceptRenderedArgs(t *testing.T) {
-	bin, ok := repoBin("meshlet")
+	bin, ok := repobin.Find("meshlet")
 	if !ok {
 		t.Skip("no meshlet in the repo's bin/ or on $PATH: make build builds it")
 	}

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +18,7 @@ import (
 	"github.com/meshlet/meshlet/annotations"
 	"github.com/meshlet/meshlet/daemon/register"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
+	"github.com/meshlet/meshlet/test/procstatus"
 )
 
 // Agent benchmarks: the real `meshlet agent` binary, on the host, against
@@ -360,8 +359,8 @@ func BenchmarkAgentRSS(b *testing.B) {
 			return err == nil && passing == n, fmt.Errorf("%d of %d checks passing, not: %v (%v)", passing, len(st), other, err)
 		})
 		time.Sleep(6 * time.Second) // a resync pass or more
-		rss, hwm = procMiB(b, pid, "VmRSS"), procMiB(b, pid, "VmHWM")
-		anon, file = procMiB(b, pid, "RssAnon"), procMiB(b, pid, "RssFile")
+		rss, hwm = procstatus.Must(b, pid, "VmRSS"), procstatus.Must(b, pid, "VmHWM")
+		anon, file = procstatus.Must(b, pid, "RssAnon"), procstatus.Must(b, pid, "RssFile")
 	}
 	// RSS is anonymous memory (heap, stacks) plus the binary's pages
 	// mapped from the page cache, which this VM's kernel maps in large
@@ -371,23 +370,4 @@ func BenchmarkAgentRSS(b *testing.B) {
 	b.ReportMetric(hwm, "peak-rss-MiB")
 	b.ReportMetric(anon, "anon-MiB")
 	b.ReportMetric(file, "file-MiB")
-}
-
-func procMiB(b *testing.B, pid int, field string) float64 {
-	b.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, l := range strings.Split(string(raw), "\n") {
-		if v, ok := strings.CutPrefix(l, field+":"); ok {
-			kb, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(v), " kB"))
-			if err != nil {
-				b.Fatal(err)
-			}
-			return float64(kb) / 1024
-		}
-	}
-	b.Fatalf("no %s in /proc/%d/status", field, pid)
-	return 0
 }

@@ -449,24 +449,7 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 func TestAgentUninstallsOnDelete(t *testing.T) {
 	requireCluster(t)
 	cs := clientset(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	restored := false
-	t.Cleanup(func() {
-		if !restored {
-			_ = lc.InstallMeshlet(context.Background())
-		}
+	uninstallRemovesPlugin(t, func(ctx context.Context) error {
+		return cs.AppsV1().DaemonSets(cluster.MeshletNamespace).Delete(ctx, cluster.AgentName, metav1.DeleteOptions{})
 	})
-	if err := cs.AppsV1().DaemonSets(cluster.MeshletNamespace).Delete(ctx, cluster.AgentName, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	waitPluginRemoved(t, ctx)
-	if err := lc.InstallMeshlet(ctx); err != nil {
-		t.Fatal(err)
-	}
-	restored = true
-	b, err := os.ReadFile(lc.ConflistFile())
-	if err != nil || !install.HasEntry(b) {
-		t.Fatalf("reinstalled agent did not chain meshlet-cni: %v", err)
-	}
 }

@@ -183,6 +183,17 @@ func TestChartUpgrade(t *testing.T) {
 // stopping; then the chart installs again.
 func TestChartUninstall(t *testing.T) {
 	requireCluster(t)
+	uninstallRemovesPlugin(t, func(ctx context.Context) error {
+		_, err := lc.Helm(ctx, "uninstall", cluster.MeshletRelease, "--namespace", cluster.MeshletNamespace)
+		return err
+	})
+}
+
+// uninstallRemovesPlugin uninstalls meshlet the given way, waits until
+// meshlet-cni is gone from the node, then installs the chart again and
+// checks the plugin is chained and the webhook injects.
+func uninstallRemovesPlugin(t *testing.T, uninstall func(context.Context) error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	restored := false
@@ -191,7 +202,7 @@ func TestChartUninstall(t *testing.T) {
 			_ = lc.InstallMeshlet(context.Background())
 		}
 	})
-	if _, err := lc.Helm(ctx, "uninstall", cluster.MeshletRelease, "--namespace", cluster.MeshletNamespace); err != nil {
+	if err := uninstall(ctx); err != nil {
 		t.Fatal(err)
 	}
 	waitPluginRemoved(t, ctx)
@@ -199,6 +210,10 @@ func TestChartUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	restored = true
+	b, err := os.ReadFile(lc.ConflistFile())
+	if err != nil || !install.HasEntry(b) {
+		t.Fatalf("reinstalled agent did not chain meshlet-cni: %v", err)
+	}
 	if err := lc.WaitWebhook(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,32 @@
+// Package repobin finds the tools `make tools` and `make build` put in the
+// repository's bin/, for tests that run them: go test runs in each
+// package's directory, so a plain `go test ./pkg/` finds them without
+// make test's PATH.
+package repobin
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+// Find is name in the bin/ of the module that holds the working
+// directory, or, failing that, on $PATH.
+func Find(name string) (string, bool) {
+	if dir, err := os.Getwd(); err == nil {
+		for ; ; dir = filepath.Dir(dir) {
+			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+				p := filepath.Join(dir, "bin", name)
+				if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+					return p, true
+				}
+				break
+			}
+			if filepath.Dir(dir) == dir {
+				break
+			}
+		}
+	}
+	p, err := exec.LookPath(name)
+	return p, err == nil
+}

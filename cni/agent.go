@@ -30,3 +30,21 @@ func askAgent(socket, namespace, name, uid string) (map[string]string, error) {
 	}
 	return resp.Annotations, nil
 }
+
+// noticeTimeout bounds the sandbox notice, which the agent takes without
+// waiting for anything: it is a shortcut, and must not slow an ADD whose
+// agent is stuck.
+const noticeTimeout = 100 * time.Millisecond
+
+// tellAgent sends the node agent the notice that the pod's sandbox is
+// redirected and has ips.
+func tellAgent(socket, namespace, name, uid string, ips []string) error {
+	resp, err := wire.Ask(socket, wire.Request{Namespace: namespace, Name: name, UID: uid, SandboxIPs: ips}, noticeTimeout)
+	if err != nil {
+		return fmt.Errorf("tell the agent: %w", err)
+	}
+	if !resp.Found {
+		return fmt.Errorf("tell the agent: %s", resp.Reason)
+	}
+	return nil
+}

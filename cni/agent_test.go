@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -171,7 +172,7 @@ func TestHostLookupOrder(t *testing.T) {
 				t.Errorf("agent asked %d times, API %d; want %d and %d", len(reqs), apiCalls.Load(), tc.wantAgent, tc.wantAPI)
 			}
 			for _, r := range reqs {
-				if r != (wire.Request{Version: wire.Version, Namespace: "ns", Name: tc.pod, UID: tc.uid}) {
+				if !reflect.DeepEqual(r, wire.Request{Version: wire.Version, Namespace: "ns", Name: tc.pod, UID: tc.uid}) {
 					t.Errorf("agent got %+v", r)
 				}
 			}
@@ -199,5 +200,44 @@ func TestCallLookupCarriesUID(t *testing.T) {
 	c.log = slog.New(slog.DiscardHandler)
 	if l := c.hostLookup(); l.uid != "0b5e-uid" || l.conf != c.conf || l.log != c.log {
 		t.Errorf("lookup %+v", l)
+	}
+}
+
+// TestSandboxUpNotice: the notice carries the pod and its IPs to the
+// agent's socket; a refusal or no agent is an error for the caller to
+// log; no socket configured sends nothing.
+func TestSandboxUpNotice(t *testing.T) {
+	for _, tc := range []struct {
+		mode, wantErr string
+	}{
+		{"hit-empty", ""},
+		{"unknown", "tell the agent: not in the agent's pod cache"},
+		{"absent", "tell the agent: connect to"},
+	} {
+		t.Run(tc.mode, func(t *testing.T) {
+			socket := filepath.Join(shortTempDir(t), "cni.sock")
+			agent := &fakeAgent{mode: tc.mode}
+			if tc.mode != "absent" {
+				agent.serve(t, socket)
+			}
+			l := hostLookup{conf: &NetConf{AgentSocket: socket}, log: slog.New(slog.DiscardHandler)}
+			err := l.sandboxUp("ns", "web", "u-web", []string{"10.244.0.5"})
+			if (tc.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("sandboxUp: %v, want %q", err, tc.wantErr)
+			}
+			agent.mu.Lock()
+			defer agent.mu.Unlock()
+			want := []wire.Request{{Version: wire.Version, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.5"}}}
+			if tc.mode == "absent" {
+				want = nil
+			}
+			if !reflect.DeepEqual(agent.requests, want) {
+				t.Fatalf("agent got %+v, want %+v", agent.requests, want)
+			}
+		})
+	}
+	l := hostLookup{conf: &NetConf{}, log: slog.New(slog.DiscardHandler)}
+	if err := l.sandboxUp("ns", "web", "u-web", []string{"10.244.0.5"}); err != nil {
+		t.Fatalf("no agent socket configured: %v, want nothing sent", err)
 	}
 }

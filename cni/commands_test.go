@@ -24,8 +24,13 @@ const (
 	podArgs   = "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc"
 	noPodArgs = "IgnoreUnknown=1"
 	prev4Only = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.5/24","interface":0}]}`
-	prev040   = `"prevResult":{"cniVersion":"0.4.0","interfaces":[{"name":"eth0"}],"ips":[{"version":"4","address":"10.0.0.5/24","interface":0}]}`
-	good      = `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001}`
+	// prevSandbox is a bridge plugin's result: the host's bridge and veth
+	// end, and the pod's eth0 in its netns holding the IPs.
+	prevSandbox = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"cni0"},{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/x"}],` +
+		`"ips":[{"address":"10.244.0.1/24","interface":0},{"address":"10.244.0.5/24","interface":2},{"address":"fd00::5/64","interface":2}]}`
+	uidArgs = podArgs + ";K8S_POD_UID=u-web"
+	prev040 = `"prevResult":{"cniVersion":"0.4.0","interfaces":[{"name":"eth0"}],"ips":[{"version":"4","address":"10.0.0.5/24","interface":0}]}`
+	good    = `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001}`
 )
 
 func conf(cniVersion, prevResult string) string {
@@ -70,8 +75,29 @@ func TestCommands(t *testing.T) {
 		wantLookups []string
 		wantCalls   []string // applierCall.String of each call
 		wantLive    []iptables.Family
+		wantNotices []string // fakeLookup.notices
 		wantLog     []logWant
 	}{
+		// ADD tells the agent the sandbox's IPs once the rules are in.
+		{name: "ADD tells the agent the sandbox's IPs", cmd: "ADD", args: uidArgs, stdin: conf("1.0.0", prevSandbox),
+			lookup: fakeLookup{ann: tproxy, from: "agent"}, wantLookups: []string{"ns/web"},
+			wantCalls: []string{"Apply plan [IPv4 IPv6]"}, wantLive: both,
+			wantNotices: []string{"ns/web u-web [10.244.0.5 fd00::5]"}},
+		{name: "ADD succeeds when the agent refuses the notice", cmd: "ADD", args: uidArgs, stdin: conf("1.0.0", prevSandbox),
+			lookup:    fakeLookup{ann: tproxy, from: "agent", noticeErr: errors.New("tell the agent: connect: no such file")},
+			wantCalls: []string{"Apply plan [IPv4 IPv6]"}, wantLive: both, wantLookups: []string{"ns/web"},
+			wantNotices: []string{"ns/web u-web [10.244.0.5 fd00::5]"},
+			wantLog:     []logWant{{"INFO", "did not take the sandbox notice", map[string]string{"err": "tell the agent: connect: no such file"}}}},
+		{name: "ADD without the pod's UID sends no notice", cmd: "ADD", stdin: conf("1.0.0", prevSandbox),
+			lookup: fakeLookup{ann: tproxy, from: "agent"}, wantLookups: []string{"ns/web"},
+			wantCalls: []string{"Apply plan [IPv4 IPv6]"}, wantLive: both},
+		{name: "ADD failing sends no notice", cmd: "ADD", args: uidArgs, stdin: conf("1.0.0", prevSandbox),
+			lookup: fakeLookup{ann: tproxy, from: "agent"}, wantLookups: []string{"ns/web"},
+			applier:   fakeApplier{applyErr: errors.New("iptables-nft-restore: exit status 4")},
+			wantCalls: []string{"Apply plan [IPv4 IPv6]"}, wantErr: []string{"exit status 4"}},
+		{name: "ADD of a pod without redirection sends no notice", cmd: "ADD", args: uidArgs, stdin: conf("1.0.0", prevSandbox),
+			lookup: fakeLookup{ann: plain, from: "agent"}, wantLookups: []string{"ns/web"}},
+
 		// ADD
 		{name: "ADD not a Kubernetes pod", cmd: "ADD", args: noPodArgs,
 			lookup:  fakeLookup{ann: tproxy, from: "runtime"},
@@ -208,7 +234,7 @@ func TestCommands(t *testing.T) {
 			c.log = slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})).With(c.logAttrs(tc.cmd)...)
 			before := c.log
 			lookup, applier := tc.lookup, tc.applier
-			lookup.calls, applier.calls = nil, nil
+			lookup.calls, lookup.notices, applier.calls = nil, nil, nil
 			applier.live = slices.Clone(tc.applier.live)
 
 			var res types.Result
@@ -228,6 +254,9 @@ func TestCommands(t *testing.T) {
 				if err == nil || !strings.Contains(err.Error(), want) {
 					t.Errorf("error %v, want it to contain %q", err, want)
 				}
+			}
+			if !slices.Equal(lookup.notices, tc.wantNotices) {
+				t.Errorf("sandbox notices %q, want %q", lookup.notices, tc.wantNotices)
 			}
 			if !slices.Equal(lookup.calls, tc.wantLookups) {
 				t.Errorf("lookups %q, want %q", lookup.calls, tc.wantLookups)

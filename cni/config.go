@@ -150,3 +150,23 @@ func families(prev types.Result) ([]iptables.Family, error) {
 	}
 	return out, nil
 }
+
+// sandboxIPs are the pod's addresses in prevResult: those on an interface
+// inside the sandbox, or on no interface named.
+func sandboxIPs(prev types.Result) ([]string, error) {
+	if prev == nil {
+		return nil, nil
+	}
+	res, err := current.NewResultFromResult(prev)
+	if err != nil {
+		return nil, fmt.Errorf("convert prevResult: %w", err)
+	}
+	var out []string
+	for _, ip := range res.IPs {
+		if ip.Interface != nil && *ip.Interface >= 0 && *ip.Interface < len(res.Interfaces) && res.Interfaces[*ip.Interface].Sandbox == "" {
+			continue // the host side of a veth, say
+		}
+		out = append(out, ip.Address.IP.String())
+	}
+	return out, nil
+}

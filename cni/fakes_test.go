@@ -14,6 +14,15 @@ type fakeLookup struct {
 	err   error
 	panic any
 	calls []string // "namespace/name"
+	// notices records each sandboxUp as "namespace/name uid [ips]";
+	// noticeErr is what sandboxUp returns.
+	notices   []string
+	noticeErr error
+}
+
+func (f *fakeLookup) sandboxUp(namespace, name, uid string, ips []string) error {
+	f.notices = append(f.notices, fmt.Sprintf("%s/%s %s %v", namespace, name, uid, ips))
+	return f.noticeErr
 }
 
 func (f *fakeLookup) annotations(namespace, name string) (map[string]string, string, error) {

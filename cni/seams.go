@@ -14,11 +14,16 @@ import (
 // tests pass fakes, so every decision is tested without root, a netns or
 // an API server (as Istio tests its plugin's doAddRun).
 
-// podLookup finds a pod's annotations.
+// podLookup finds a pod's annotations, and tells the node agent when a
+// pod's sandbox is redirected.
 type podLookup interface {
 	// annotations returns the pod's annotations and where they came from,
 	// "runtime", "agent" or "api", for the logs.
 	annotations(namespace, name string) (ann map[string]string, from string, err error)
+	// sandboxUp tells the node agent the redirected sandbox's IPs, so it
+	// can register the pod before kubelet reports them (wire.Request).
+	// Best effort: the agent learns the IP from kubelet anyway.
+	sandboxUp(namespace, name, uid string, ips []string) error
 }
 
 // ruleApplier is what the commands use of iptables.Applier.
@@ -72,6 +77,13 @@ func (l hostLookup) annotations(namespace, name string) (map[string]string, stri
 		return nil, "", fmt.Errorf("read annotations from the API server: %w", err)
 	}
 	return ann, "api", nil
+}
+
+func (l hostLookup) sandboxUp(namespace, name, uid string, ips []string) error {
+	if l.conf.AgentSocket == "" {
+		return nil
+	}
+	return tellAgent(l.conf.AgentSocket, namespace, name, uid, ips)
 }
 
 // hostApplier is iptables.Applier with the backend resolved on first use:

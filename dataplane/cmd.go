@@ -15,9 +15,14 @@ import (
 	"github.com/meshlet/meshlet/logs"
 )
 
-// Main is `meshlet proxy`: it serves until ctx ends.
+// Main is `meshlet proxy`: it serves until ctx ends. `meshlet proxy wait`
+// waits for a proxy to serve (WaitMain).
 func Main(ctx context.Context, args []string, stderr io.Writer) error {
-	var o Options
+	started := time.Now()
+	if len(args) > 0 && args[0] == "wait" {
+		return WaitMain(ctx, args[1:], stderr)
+	}
+	o := Options{Started: started}
 	var consul consulclient.Flags
 	var lf logs.Flags
 	fs := flag.NewFlagSet("meshlet proxy", flag.ContinueOnError)

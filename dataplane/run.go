@@ -27,19 +27,26 @@ type Options struct {
 	Registry *prometheus.Registry
 	// Ready, when set, is called once every listener is open.
 	Ready func(Config)
+	// Started is when the process started, for the start-up times the
+	// "proxy ready" log gives; zero: when Run was called.
+	Started time.Time
 }
 
 // Run serves the proxy registered as o.ProxyID until ctx ends. It waits
-// for the registration (the node agent makes it once the pod has an IP,
-// after this container starts), then for its certificate and the mesh's
-// services, and only then opens its listeners: the public listener
-// answering is the sidecar's startup probe.
+// for the registration (the node agent makes it once meshlet-cni or
+// kubelet tells it the pod's IP), then for its certificate and the mesh's
+// services, and only then opens its listeners, the public one last: its
+// answering is the sidecar's readiness (`meshlet proxy wait`, probes).
 func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) error {
 	log = log.With("proxy_id", o.ProxyID)
+	if o.Started.IsZero() {
+		o.Started = time.Now()
+	}
 	reg, err := waitRegistration(ctx, consul.Agent(), o.ProxyID, log)
 	if err != nil {
 		return err
 	}
+	registered := time.Since(o.Started)
 	cfg, err := ConfigFrom(reg)
 	if err != nil {
 		return err
@@ -69,6 +76,7 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 			}
 		}
 	}
+	loaded := time.Since(o.Started)
 	p := &Proxy{Config: cfg, Consul: consul, ID: id, Catalog: cat, Metrics: metrics, Log: log,
 		ServerTLS: id.ServerConfig()}
 	var closers []func()
@@ -85,9 +93,6 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 		closers = append(closers, func() { ln.Close() })
 		go p.serve(ln, dir, handle)
 		return nil
-	}
-	if err := listen(cfg.Public, dirInbound, p.inbound); err != nil {
-		return err
 	}
 	if cfg.Outbound != "" {
 		if err := listen(cfg.Outbound, dirOutbound, p.outbound); err != nil {
@@ -119,8 +124,18 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 		closers = append(closers, func() { _ = srv.Close() })
 		go func() { _ = srv.Serve(ln) }()
 	}
+	// The public listener last: its answering is the sign that the proxy
+	// serves (the startup probe, `meshlet proxy wait`), so every listener
+	// the app may use is bound by then.
+	if err := listen(cfg.Public, dirInbound, p.inbound); err != nil {
+		return err
+	}
 	log.Info("proxy ready", "service", cfg.Service.String(), "public", cfg.Public, "outbound", cfg.Outbound,
-		"upstreams", len(cfg.Upstreams), "expose_paths", len(cfg.Expose))
+		"upstreams", len(cfg.Upstreams), "expose_paths", len(cfg.Expose),
+		// Where a slow start went: the registration (the node agent), the
+		// certificate and catalog (the Consul agent), the listeners.
+		"registration_after", registered.Round(time.Millisecond), "loaded_after", loaded.Round(time.Millisecond),
+		"ready_after", time.Since(o.Started).Round(time.Millisecond))
 	if o.Ready != nil {
 		o.Ready(cfg)
 	}
@@ -134,7 +149,7 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 	return nil
 }
 
-// waitRegistration polls for the proxy's registration every second.
+// waitRegistration polls for the proxy's registration (registrationPoll).
 func waitRegistration(ctx context.Context, agent *capi.Agent, id string, log *slog.Logger) (*capi.AgentService, error) {
 	start := time.Now()
 	lastLog := start
@@ -159,8 +174,8 @@ func waitRegistration(ctx context.Context, agent *capi.Agent, id string, log *sl
 }
 
 // registrationPoll is how long to wait before asking again: 100 ms while
-// a new pod's registration is due (the agent makes it within about a
-// second of the pod getting its IP, and every poll saved is start time of
+// a new pod's registration is due (the agent makes it as soon as
+// meshlet-cni reports the sandbox, and every poll saved is start time of
 // the pod: its app waits for this proxy), then 1 s.
 func registrationPoll(waited time.Duration) time.Duration {
 	if waited < 10*time.Second {

@@ -80,7 +80,7 @@ func checkPod(pod *corev1.Pod) error {
 		if uid == iptables.DefaultProxyUID {
 			errs = append(errs, fmt.Errorf("container %q runs as UID %d, the sidecar proxy's UID: its traffic would bypass the proxy; run it as another user", c.Name, uid))
 		}
-		if c.Name == envoySidecarName || c.Name == consulSidecarName || c.Name == meshletSidecarName {
+		if isSidecarName(c.Name) {
 			errs = append(errs, fmt.Errorf("container name %q is the injected sidecar's; rename the container", c.Name))
 		}
 	}
@@ -108,6 +108,8 @@ func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.P
 		always := corev1.ContainerRestartPolicyAlways
 		sidecar.RestartPolicy = &always
 		pod.Spec.InitContainers = append([]corev1.Container{sidecar}, pod.Spec.InitContainers...)
+	} else if holdsApp(sidecar) {
+		pod.Spec.Containers = append([]corev1.Container{sidecar}, pod.Spec.Containers...)
 	} else {
 		pod.Spec.Containers = append(pod.Spec.Containers, sidecar)
 	}

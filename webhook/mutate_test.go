@@ -130,6 +130,8 @@ var goldenCases = []struct {
 	}), "shop", consulCfg()},
 	{"meshlet", app(on()), "shop", meshletCfg()},
 	{"meshlet-metrics", app(on(annotations.EnableMetrics, "true")), "shop", meshletCfg()},
+	// A plain-container sidecar that holds the app: first in the list.
+	{"meshlet-regular-container", app(on()), "shop", func() Config { c := meshletCfg(); c.NativeSidecar = false; return c }()},
 	{"envoy", app(on(annotations.EnvoyExtraArgs, "--log-level debug  --disable-hot-restart")), "shop", DefaultConfig()},
 	{"envoy-namespaces", app(on(annotations.Service, "web-api")), "shop", func() Config {
 		c := DefaultConfig()

@@ -32,19 +32,28 @@ func patch(orig, injected *corev1.Pod) ([]jsonpatch.Operation, error) {
 		}
 	}
 
-	// The sidecar goes first in initContainers or last in containers:
-	// skip it when pairing the app's containers with their originals.
+	// The sidecar goes first in initContainers, or first (holdsApp) or
+	// last in containers: skip it when pairing the app's containers with
+	// their originals. Its name is reserved (validate), so it is found by
+	// name.
 	native := len(injected.Spec.InitContainers) == len(orig.Spec.InitContainers)+1
 	initOut := injected.Spec.InitContainers
 	if native {
 		initOut = initOut[1:]
+	}
+	out := injected.Spec.Containers
+	first := !native && len(out) == len(orig.Spec.Containers)+1 && isSidecarName(out[0].Name)
+	if first {
+		out = out[1:]
+	} else if len(out) > len(orig.Spec.Containers) {
+		out = out[:len(orig.Spec.Containers)]
 	}
 	lists := []struct {
 		path      string
 		orig, out []corev1.Container
 	}{
 		{"/spec/initContainers", orig.Spec.InitContainers, initOut},
-		{"/spec/containers", orig.Spec.Containers, injected.Spec.Containers[:len(orig.Spec.Containers)]},
+		{"/spec/containers", orig.Spec.Containers, out},
 	}
 	for _, l := range lists {
 		if len(l.out) != len(l.orig) {
@@ -63,6 +72,8 @@ func patch(orig, injected *corev1.Pod) ([]jsonpatch.Operation, error) {
 		add("/spec/initContainers", injected.Spec.InitContainers[:1])
 	case native:
 		add("/spec/initContainers/0", injected.Spec.InitContainers[0])
+	case first:
+		add("/spec/containers/0", injected.Spec.Containers[0])
 	case len(injected.Spec.Containers) == len(orig.Spec.Containers)+1:
 		add("/spec/containers/-", injected.Spec.Containers[len(orig.Spec.Containers)])
 	default:

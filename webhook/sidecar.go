@@ -19,6 +19,12 @@ const (
 	meshletSidecarName = "meshlet-proxy"
 )
 
+// isSidecarName: the names are reserved, a pod's own container may not
+// take one (validate).
+func isSidecarName(name string) bool {
+	return name == envoySidecarName || name == consulSidecarName || name == meshletSidecarName
+}
+
 // The proxy's identity in Consul. Pod names of Deployment pods are not
 // known at admission, so the ID is built by kubelet from downward-API env;
 // the node agent derives the same from the pod. '_' cannot occur in a

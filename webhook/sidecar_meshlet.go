@@ -33,5 +33,21 @@ func meshletSidecar(c corev1.Container, reg annotations.Registration, cfg Config
 	}
 	c.Command = []string{meshletProxyCommand}
 	c.Args = []string{"-http-addr", fmt.Sprintf("$(%s):%d", envHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
+	// Kubelet starts the pod's next container once this hook returns, the
+	// moment the proxy serves; a startup probe would pass only at its next
+	// period, a second at worst, which is most of what a sidecar adds to
+	// a pod's start (docs/benchmarks.md). The hook takes the probe's place
+	// as the native sidecar's gate, and holds the app of a plain-container
+	// sidecar, which is put first for it (holdsApp).
+	c.StartupProbe = nil
+	c.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{
+		Exec: &corev1.ExecAction{Command: []string{meshletProxyCommand, "wait"}}}}
 	return c
+}
+
+// holdsApp says the sidecar's postStart hook waits for the proxy: as a
+// plain container it then goes first, and kubelet starts the app only
+// after it (Istio's holdApplicationUntilProxyStarts, without a setting).
+func holdsApp(c corev1.Container) bool {
+	return c.Lifecycle != nil && c.Lifecycle.PostStart != nil
 }

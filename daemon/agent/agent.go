@@ -85,6 +85,9 @@ func New(cfg Config, client kubeclient.Interface, consul *capi.Client, log *slog
 		Metrics: a.metrics, Log: a.log, ListNamespace: cfg.consulListNamespace(),
 		Requeue: func(key string) { a.queue.Add(key) },
 	}
+	if a.podc != nil {
+		a.podc.Sandboxes = a.sync
+	}
 	return a, nil
 }
 

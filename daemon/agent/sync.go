@@ -64,8 +64,9 @@ type Syncer struct {
 	// Requeue puts a pod key back on the work queue.
 	Requeue func(key string)
 
-	mu   sync.Mutex
-	held map[string]*held
+	mu        sync.Mutex
+	held      map[string]*held
+	sandboxes map[string]sandboxHint // by pod key (SandboxUp)
 }
 
 // Reconcile brings the Consul agent in line with the pod key names: a pod
@@ -90,6 +91,7 @@ func (s *Syncer) Reconcile(key string) error {
 	if err != nil {
 		return fmt.Errorf("pod %s: list Services: %w", key, err)
 	}
+	pod, addressFrom := s.withSandboxIP(pod)
 	regs, err := register.For(pod, services)
 	switch {
 	case errors.Is(err, register.ErrNotInjected):
@@ -123,7 +125,7 @@ func (s *Syncer) Reconcile(key string) error {
 		if err := s.register(regs); err != nil {
 			return fmt.Errorf("pod %s: %w", key, err)
 		}
-		s.Log.Info("registered", "pod", key, "service", regs.Service.Name, "id", regs.Service.ID, "address", regs.Service.Address, "check", status)
+		s.Log.Info("registered", "pod", key, "service", regs.Service.Name, "id", regs.Service.ID, "address", regs.Service.Address, "address_from", addressFrom, "check", status)
 	case cur.status != status:
 		if err := s.Consul.UpdateTTLOpts(regs.Service.Check.CheckID, output, status, q); err != nil {
 			s.Metrics.consulOp("update_ttl", err)

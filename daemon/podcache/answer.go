@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +21,7 @@ const (
 	resultUIDMismatch = "uid_mismatch" // the cache holds another pod of that name
 	resultTerminating = "terminating"  // no UID to tell it from its successor
 	resultBadRequest  = "bad_request"
+	resultNotice      = "sandbox_notice" // meshlet-cni's notice that a sandbox is up, taken
 )
 
 // handle answers one connection.
@@ -47,6 +49,12 @@ func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (wire.Response,
 	} else if req.Namespace == "" || req.Name == "" {
 		resp.Reason = "bad request: namespace and name are required"
 	}
+	if resp.Reason == "" && len(req.SandboxIPs) > 0 {
+		if resp.Reason = s.notice(req); resp.Reason == "" {
+			resp.Found = true
+			return resp, resultNotice
+		}
+	}
 	if resp.Reason != "" {
 		s.Log.Warn("pod cache: "+resp.Reason, "namespace", req.Namespace, "name", req.Name)
 		return resp, resultBadRequest
@@ -62,6 +70,33 @@ func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (wire.Response,
 	resp.Found, resp.Annotations = true, pod.Annotations
 	return resp, resultHit
 }
+
+// notice hands a sandbox notice to s.Sandboxes; it returns what was wrong
+// with it, "" when taken.
+func (s *Server) notice(req wire.Request) string {
+	if req.UID == "" {
+		return "bad request: a sandbox notice needs the pod's uid"
+	}
+	if len(req.SandboxIPs) > maxSandboxIPs {
+		return fmt.Sprintf("bad request: %d sandbox IPs, expected at most %d", len(req.SandboxIPs), maxSandboxIPs)
+	}
+	ips := make([]netip.Addr, len(req.SandboxIPs))
+	for i, raw := range req.SandboxIPs {
+		ip, err := netip.ParseAddr(raw)
+		if err != nil {
+			return fmt.Sprintf("bad request: sandbox IP %q: %v", raw, err)
+		}
+		ips[i] = ip
+	}
+	if s.Sandboxes == nil {
+		return "bad request: this agent takes no sandbox notices"
+	}
+	s.Sandboxes.SandboxUp(req.Namespace, req.Name, req.UID, ips)
+	return ""
+}
+
+// maxSandboxIPs bounds a notice: a pod has one IP per family.
+const maxSandboxIPs = 2
 
 // find looks the pod up, waiting up to s.Wait for the right one to reach
 // the cache: kubelet may start the sandbox before the agent's informer

@@ -18,7 +18,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshlet_podcache_requests_total",
-			Help: "meshlet-cni's pod lookups answered, by result: hit; miss (not in the cache, even after the wait); uid_mismatch (another pod of that name cached); terminating (the cached pod is terminating and the request has no UID); bad_request. All but hit send the plugin to the API server.",
+			Help: "meshlet-cni's pod lookups answered, by result: hit; miss (not in the cache, even after the wait); uid_mismatch (another pod of that name cached); terminating (the cached pod is terminating and the request has no UID); bad_request; sandbox_notice (meshlet-cni's notice that a pod's sandbox is up, taken). All but hit and sandbox_notice send the plugin to the API server.",
 		}, []string{"result"}),
 		// A hit takes microseconds; a miss, the whole wait (200 ms by
 		// default). The buckets resolve both, and a late pod in between.
@@ -28,7 +28,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: []float64{.0001, .0005, .001, .005, .01, .025, .05, .1, .2, .5, 1},
 		}),
 	}
-	for _, r := range []string{resultHit, resultMiss, resultUIDMismatch, resultTerminating, resultBadRequest} {
+	for _, r := range []string{resultHit, resultMiss, resultUIDMismatch, resultTerminating, resultBadRequest, resultNotice} {
 		m.requests.WithLabelValues(r) // present at 0, so rate() works from the start
 	}
 	reg.MustRegister(m.requests, m.duration)

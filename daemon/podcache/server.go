@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -45,6 +46,12 @@ type Lookup interface {
 	Pod(namespace, name string) (*corev1.Pod, bool)
 }
 
+// SandboxSink takes meshlet-cni's notices that an injected pod's sandbox
+// is up, with its IPs (wire.Request.SandboxIPs): the agent's syncer.
+type SandboxSink interface {
+	SandboxUp(namespace, name, uid string, ips []netip.Addr)
+}
+
 // Server serves the pod cache on a unix socket. Set the exported fields
 // before Listen or Serve.
 type Server struct {
@@ -55,6 +62,9 @@ type Server struct {
 	Log *slog.Logger
 	// Metrics, if not nil, counts the answers (NewMetrics).
 	Metrics *Metrics
+	// Sandboxes, if not nil, takes sandbox notices; without it they are
+	// answered as bad requests.
+	Sandboxes SandboxSink
 
 	socket string
 	lookup Lookup

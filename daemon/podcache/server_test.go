@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -143,6 +144,67 @@ func TestAnswers(t *testing.T) {
 }
 
 func equal(a, b map[string]string) bool { return fmt.Sprint(a) == fmt.Sprint(b) }
+
+// sink records the sandbox notices the server hands on.
+type sink struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (k *sink) SandboxUp(namespace, name, uid string, ips []netip.Addr) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.got = append(k.got, fmt.Sprintf("%s/%s %s %v", namespace, name, uid, ips))
+}
+
+// TestSandboxNotices: a well-formed notice is handed to the sink, pod
+// cached or not (it may be on its way), and answered found; a malformed
+// one is refused as a bad request and reaches no one.
+func TestSandboxNotices(t *testing.T) {
+	k := &sink{}
+	s, m := testServer(t, newInformer(pod("ns", "web", "u-web", injected)).lookup(), 0, func(s *Server) { s.Sandboxes = k })
+	bare, bm := testServer(t, newInformer().lookup(), 0)
+	tests := []struct {
+		name       string
+		srv        *Server
+		met        *Metrics
+		req        wire.Request
+		wantReason string
+		wantSink   string
+	}{
+		{"taken", s, m, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "", "ns/web u-web [10.244.0.7]"},
+		{"dual stack, pod not cached yet", s, m, wire.Request{Namespace: "ns", Name: "new", UID: "u-new", SandboxIPs: []string{"10.244.0.8", "fd00::8"}}, "", "ns/new u-new [10.244.0.8 fd00::8]"},
+		{"no uid", s, m, wire.Request{Namespace: "ns", Name: "web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: a sandbox notice needs the pod's uid", ""},
+		{"not an IP", s, m, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7/24"}}, `bad request: sandbox IP "10.244.0.7/24"`, ""},
+		{"three IPs", s, m, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}}, "bad request: 3 sandbox IPs, expected at most 2", ""},
+		{"no name", s, m, wire.Request{Namespace: "ns", UID: "u", SandboxIPs: []string{"10.244.0.7"}}, "bad request: namespace and name are required", ""},
+		{"an agent without a sink", bare, bm, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: this agent takes no sandbox notices", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			k.got = nil
+			result := resultNotice
+			if tc.wantReason != "" {
+				result = resultBadRequest
+			}
+			before := count(tc.met, result)
+			resp := ask(t, tc.srv.Socket(), tc.req)
+			if resp.Found != (tc.wantReason == "") || !strings.Contains(resp.Reason, tc.wantReason) || resp.Annotations != nil {
+				t.Errorf("answer %+v, want found %v, reason %q, no annotations", resp, tc.wantReason == "", tc.wantReason)
+			}
+			want := []string{}
+			if tc.wantSink != "" {
+				want = append(want, tc.wantSink)
+			}
+			if fmt.Sprint(k.got) != fmt.Sprint(want) {
+				t.Errorf("sink got %q, want %q", k.got, want)
+			}
+			if got := count(tc.met, result); got != before+1 {
+				t.Errorf("%s counted %d times, want %d", result, got, before+1)
+			}
+		})
+	}
+}
 
 // TestBadRequests: what a plugin of another version, or anything else
 // that is not a request, gets back; each connection is still answered.

@@ -32,7 +32,13 @@ const MaxRequest = 4 << 10
 // for ordinary text.
 const MaxResponse = 1 << 20
 
-// Request asks for the annotations of one pod.
+// Request asks for the annotations of one pod or, with SandboxIPs, tells
+// the agent that meshlet-cni has redirected the pod's new sandbox and
+// which IPs it has. The agent may then register the pod at once instead
+// of waiting for kubelet to report the IP (its next status sync, up to a
+// second later), so the pod's proxy finds its registration sooner. An
+// agent that predates the notice answers it as a question; the plugin
+// ignores the answer either way.
 type Request struct {
 	Version   int    `json:"v"`
 	Namespace string `json:"namespace"`
@@ -41,6 +47,9 @@ type Request struct {
 	// pod's: a pod of the same name that was deleted and created again
 	// is a different pod.
 	UID string `json:"uid,omitempty"`
+	// SandboxIPs makes the request a notice (above): the sandbox's IPs,
+	// as meshlet-cni's prevResult gives them. A notice needs UID.
+	SandboxIPs []string `json:"sandboxIPs,omitempty"`
 }
 
 // Response is the answer. Found false means "unknown" and says nothing

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"runtime"
 	"strconv"
@@ -190,7 +191,7 @@ func request(t *testing.T, c net.Conn, done <-chan struct{}) {
 		return
 	default:
 	}
-	if want := (Request{Version: Version, Namespace: sent.Namespace, Name: sent.Name, UID: sent.UID}); err != nil || req != want {
+	if want := (Request{Version: Version, Namespace: sent.Namespace, Name: sent.Name, UID: sent.UID}); err != nil || !reflect.DeepEqual(req, want) {
 		t.Errorf("peer: request %+v, %v; want %+v", req, err, want)
 	}
 }
@@ -383,7 +384,7 @@ func TestAsk(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			req := tc.req
-			if req == (Request{}) {
+			if reflect.DeepEqual(req, Request{}) {
 				req = sent
 			}
 			r := ask(t, tc.listen(t), req, tc.timeout, nil)

@@ -1,0 +1,70 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/meshlet/meshlet/iptables"
+)
+
+// The webhook runs `meshlet-proxy wait` as the sidecar's postStart hook:
+// kubelet starts the pod's next container only once the hook returns, so
+// the app starts with its proxy serving. A hook, unlike a startup probe,
+// ends the moment the proxy is ready rather than at the probe's next
+// period; docs/benchmarks.md has what that is worth to a pod's start.
+
+// waitPoll is how often wait dials: the proxy is usually ready a few
+// hundred milliseconds after it starts, and every poll missed is start
+// time of the pod.
+const waitPoll = 20 * time.Millisecond
+
+// WaitMain is `meshlet proxy wait`: it returns nil once the proxy's
+// public listener answers, an error naming the address at the timeout.
+// The public listener opens after every other listener of the proxy (Run),
+// so its answering means the app's outbound and upstream listeners are
+// bound too.
+func WaitMain(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("meshlet proxy wait", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("addr", fmt.Sprintf("127.0.0.1:%d", iptables.DefaultProxyInboundPort), "the proxy's public listener, as reached from inside the pod")
+	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long (kubelet then restarts the sidecar)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	switch {
+	case fs.NArg() > 0:
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	case *timeout <= 0:
+		return fmt.Errorf("-timeout %s: expected a duration > 0", *timeout)
+	}
+	if _, _, err := net.SplitHostPort(*addr); err != nil {
+		return fmt.Errorf("-addr %q: expected host:port: %w", *addr, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	return waitListening(ctx, *addr)
+}
+
+// waitListening dials addr until a connection succeeds or ctx ends.
+func waitListening(ctx context.Context, addr string) error {
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "tcp", addr)
+		if err == nil {
+			return c.Close()
+		}
+		select {
+		case <-ctx.Done():
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("the proxy's public listener %s did not answer in time: %w", addr, err)
+			}
+			return ctx.Err()
+		case <-time.After(waitPoll):
+		}
+	}
+}

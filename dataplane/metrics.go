@@ -30,6 +30,9 @@ const (
 	resBadTLS    = "tls_failed" // inbound: no valid client certificate
 	resNoHealthy = "no_healthy" // outbound: no healthy instance
 	resError     = "error"      // the other side unreachable, Consul failing
+	// inbound: closed before sending a byte. A port check, not a caller:
+	// kubelet's TCP probes and `meshlet-proxy wait` at every pod start.
+	resPortCheck = "port_check"
 )
 
 // NewMetrics registers the proxy's metrics with reg.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -112,7 +113,11 @@ func (p *Proxy) inbound(raw net.Conn) {
 	defer cancel()
 	conn := tls.Server(raw, p.ServerTLS)
 	if err := conn.HandshakeContext(ctx); err != nil {
-		p.result(log, dirInbound, resBadTLS, err)
+		res := resBadTLS
+		if errors.Is(err, io.EOF) {
+			res = resPortCheck
+		}
+		p.result(log, dirInbound, res, err)
 		raw.Close()
 		return
 	}
@@ -272,6 +277,8 @@ func (p *Proxy) result(log *slog.Logger, dir, res string, err error) {
 	switch res {
 	case resOK:
 		log.Debug("connection")
+	case resPortCheck:
+		log.Debug("connection closed before its handshake: a port check")
 	case resDenied:
 		log.Info("connection denied", "reason", err)
 	default:

@@ -243,4 +243,20 @@ func TestProxyThroughConsul(t *testing.T) {
 	if n := counter(t, serverReg, dirInbound, resBadTLS); n < 1 {
 		t.Errorf("server proxy counted %v tls_failed connections, want ≥ 1", n)
 	}
+
+	// A port check (kubelet's TCP probe, meshlet-proxy wait): connected
+	// and closed without a byte, counted apart from failed handshakes.
+	bad := counter(t, serverReg, dirInbound, resBadTLS)
+	if err := waitListening(context.Background(), net.JoinHostPort("127.0.0.1", strconv.Itoa(serverPublic))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the port check to be counted", func() error {
+		if n := counter(t, serverReg, dirInbound, resPortCheck); n != 1 {
+			return fmt.Errorf("%v port checks counted, want 1", n)
+		}
+		return nil
+	})
+	if n := counter(t, serverReg, dirInbound, resBadTLS); n != bad {
+		t.Errorf("a port check counted as a failed handshake (%v, was %v)", n, bad)
+	}
 }

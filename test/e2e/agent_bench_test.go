@@ -46,7 +46,7 @@ func benchAgent(b *testing.B) int {
 // namespace; cleanup deletes them and brings the agent back.
 func benchSetup(b *testing.B, ctx context.Context) (*kubernetes.Clientset, string) {
 	b.Helper()
-	requireCluster(b)
+	requireLocalNode(b, "runs the agent binary on the node's host and reads its RSS")
 	// Without client-side throttling (client-go's default is 5 requests a
 	// second), which would otherwise be most of what is measured.
 	rc, err := clientcmd.BuildConfigFromFlags("", lc.Kubeconfig())

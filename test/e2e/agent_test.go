@@ -25,6 +25,7 @@ import (
 	"github.com/meshlet/meshlet/daemon/repair"
 	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
+	"github.com/meshlet/meshlet/test/e2e/target"
 )
 
 // The node agent runs as a DaemonSet on the local cluster (cluster-up
@@ -37,7 +38,7 @@ import (
 func meshDeployment(t *testing.T, cs *kubernetes.Clientset, ns, name string, replicas int32) {
 	t.Helper()
 	labels := map[string]string{"app": name}
-	app := corev1.Container{Name: "app", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
+	app := corev1.Container{Name: "app", Image: suite.Images.StaticClient, ImagePullPolicy: pullPolicy(),
 		Command: []string{"sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"},
 		Ports:   []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}},
 		ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{
@@ -130,7 +131,7 @@ func waitCatalogFollows(t *testing.T, ctx context.Context, cs *kubernetes.Client
 
 func consul(t testing.TB) *capi.Client {
 	t.Helper()
-	cl, err := cluster.ConsulClient()
+	cl, err := target.ConsulClient(suite.ConsulAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,7 +221,7 @@ func stopAgent(t testing.TB, ctx context.Context, cs *kubernetes.Clientset) (res
 }
 
 func TestAgentRecovers(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "restarts the node's Consul client agent, a host process there")
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "agent-recover")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -311,7 +312,7 @@ func agentMetric(t *testing.T, series string) string {
 }
 
 func TestAgentRechainsConflist(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "rewrites the node's CNI conflist and reads the agent's metrics at the node's IP")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	before := agentMetric(t, `meshlet_agent_cni_events_total{kind="rechained"}`)
@@ -364,7 +365,7 @@ func podEvent(ctx context.Context, cs *kubernetes.Clientset, ns, pod, reason str
 }
 
 func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "rewrites the node's CNI conflist and reads pods' rules in their netns")
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "agent-repair")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -379,7 +380,7 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 	waitFor(t, ctx, "containerd to drop meshlet-cni", func(ctx context.Context) (bool, error) {
 		return lc.RuntimeUsesPlugin(ctx, "meshlet-cni") != nil, nil
 	})
-	bare := createPod(t, cs, ns, "bare", map[string]string{annotations.Inject: "true"}, shellContainer)
+	bare := createPod(t, cs, ns, "bare", map[string]string{annotations.Inject: "true"}, shellContainer())
 	meshDeployment(t, cs, ns, "web", 1)
 	// With an IP the sandbox is up and its network in use, though the
 	// native sidecar, waiting for the agent to register it, holds the pod
@@ -447,7 +448,7 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 // uninstall) removes meshlet-cni from the node; the agent's pods being
 // replaced (TestAgentRecovers stops and starts it) does not.
 func TestAgentUninstallsOnDelete(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "reads the node's CNI dirs and reinstalls meshlet with the local cluster's values")
 	cs := clientset(t)
 	uninstallRemovesPlugin(t, func(ctx context.Context) error {
 		return cs.AppsV1().DaemonSets(cluster.MeshletNamespace).Delete(ctx, cluster.AgentName, metav1.DeleteOptions{})

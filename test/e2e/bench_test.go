@@ -69,7 +69,7 @@ func percentile(d []time.Duration, q float64) float64 {
 // BenchmarkPluginADD: p50/p90 of one ADD, for an injected pod (annotations
 // from the runtime, or read from the API server) and a plain pod.
 func BenchmarkPluginADD(b *testing.B) {
-	requireCluster(b)
+	requireLocalNode(b, "runs meshlet-cni on the node's host")
 	cs := clientset(b)
 	nsName := testNamespace(b, cs, "bench")
 	createPodObject(b, cs, nsName, "injected", injectedAnnotations(redirectConfig))
@@ -120,7 +120,7 @@ const redirectConfigDNS = `{"ProxyUserID":"5995","ProxyInboundPort":20000,"Proxy
 // runtime, alternating in one netns; reports both medians and DEL/ADD.
 // Both families, as for a dual-stack pod.
 func BenchmarkADDandDEL(b *testing.B) {
-	requireCluster(b)
+	requireLocalNode(b, "runs meshlet-cni on the node's host")
 	a := applier(b)
 	plan := mustPlan(b, redirectConfig)
 	netns := netnstest.NewNS(b)
@@ -154,7 +154,7 @@ func BenchmarkADDandDEL(b *testing.B) {
 // run, and reports the ratio of their medians: with the annotations from
 // the runtime (containerd and CRI-O pass them) and read from the API server.
 func BenchmarkADDvsPerRuleExec(b *testing.B) {
-	requireCluster(b)
+	requireLocalNode(b, "runs meshlet-cni on the node's host")
 	cs := clientset(b)
 	nsName := testNamespace(b, cs, "bench")
 	createPodObject(b, cs, nsName, "injected", injectedAnnotations(redirectConfig))
@@ -201,7 +201,7 @@ func BenchmarkADDvsPerRuleExec(b *testing.B) {
 // BenchmarkConcurrentADD50: 50 ADDs at once into 50 network namespaces, as
 // a node does when a Deployment scales up; all must end with exact rules.
 func BenchmarkConcurrentADD50(b *testing.B) {
-	requireCluster(b)
+	requireLocalNode(b, "runs meshlet-cni on the node's host")
 	const pods = 50
 	a := applier(b)
 	plan := mustPlan(b, redirectConfig)

@@ -123,7 +123,7 @@ func neverMatchingWebhookConfig(t *testing.T, cs *kubernetes.Clientset, ns strin
 func startSelfManaged(t *testing.T, cfg certs.SelfManagedConfig, log *slog.Logger) *certs.SelfManaged {
 	t.Helper()
 	// The webhook's own client, against the real API server.
-	rc, err := kubeclient.Config(lc.Kubeconfig(), "meshlet-e2e")
+	rc, err := kubeclient.Config(suite.Kubeconfig, "meshlet-e2e")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,7 @@ import (
 // send passes the API server's validation and admission.
 func TestChartDryRun(t *testing.T) {
 	requireCluster(t)
-	files, err := filepath.Glob(filepath.Join(lc.Root, cluster.MeshletChart, "testdata", "values", "*.yaml"))
+	files, err := filepath.Glob(filepath.Join(root, cluster.MeshletChart, "testdata", "values", "*.yaml"))
 	if err != nil || len(files) < 10 {
 		t.Fatalf("value sets: %v, %v", files, err)
 	}
@@ -35,7 +35,7 @@ func TestChartDryRun(t *testing.T) {
 			// so the dry run is a fresh install's, not a merge with the
 			// live release.
 			ns := testNamespace(t, cs, "chart")
-			manifest, err := lc.Helm(ctx, "template", "dryrun", filepath.Join(lc.Root, cluster.MeshletChart),
+			manifest, err := helmTemplate(t, ctx, "dryrun", filepath.Join(root, cluster.MeshletChart),
 				"--namespace", ns, "--values", f)
 			if err != nil {
 				t.Fatal(err)
@@ -64,7 +64,7 @@ func TestChartDryRun(t *testing.T) {
 // redirection, the caBundle the webhook published survives Helm's merge,
 // and the plugin stays chained.
 func TestChartUpgrade(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "upgrades the release with the local cluster's values and reads pods' rules in their netns")
 	cs := clientset(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -182,7 +182,7 @@ func TestChartUpgrade(t *testing.T) {
 // agent's RBAC right after its DaemonSet, while the agent's pods are still
 // stopping; then the chart installs again.
 func TestChartUninstall(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "reads the node's CNI dirs and reinstalls meshlet with the local cluster's values")
 	uninstallRemovesPlugin(t, func(ctx context.Context) error {
 		_, err := lc.Helm(ctx, "uninstall", cluster.MeshletRelease, "--namespace", cluster.MeshletNamespace)
 		return err

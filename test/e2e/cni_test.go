@@ -76,7 +76,7 @@ func createPodSpec(t testing.TB, cs *kubernetes.Clientset, ns string, pod *corev
 
 // echoContainer runs http-echo answering text on port, as uid when not 0.
 func echoContainer(name, text string, port int, uid int64) corev1.Container {
-	c := corev1.Container{Name: name, Image: cluster.StaticServerImage, ImagePullPolicy: corev1.PullNever,
+	c := corev1.Container{Name: name, Image: suite.Images.StaticServer, ImagePullPolicy: pullPolicy(),
 		Args: []string{"-text=" + text, fmt.Sprintf("-listen=:%d", port)}}
 	if uid != 0 {
 		c.SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(uid)}
@@ -85,8 +85,10 @@ func echoContainer(name, text string, port int, uid int64) corev1.Container {
 }
 
 // shellContainer idles, for kubectl exec.
-var shellContainer = corev1.Container{Name: "client", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
-	Command: []string{"sleep", "3600"}}
+func shellContainer() corev1.Container {
+	return corev1.Container{Name: "client", Image: suite.Images.StaticClient, ImagePullPolicy: pullPolicy(),
+		Command: []string{"sleep", "3600"}}
+}
 
 // createPodObject creates a pod that no kubelet runs (its node does not
 // exist): the plugin only needs the object.
@@ -110,7 +112,7 @@ func runtimeConf(ns, name, netns string) *libcni.RuntimeConf {
 // meshlet-cni) through libcni, the way containerd calls it, against pod
 // objects in the real API server, with the plugin's get-pods-only identity.
 func TestPluginThroughLibcni(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "runs meshlet-cni through libcni in netns it makes there")
 	ctx := context.Background()
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "libcni")
@@ -332,7 +334,7 @@ func inNetns(t *testing.T, netns string, args ...string) {
 // TestPluginOnKubelet: with meshlet-cni chained into the node's conflist,
 // the real kubelet and containerd set pods up through it.
 func TestPluginOnKubelet(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "reads pods' rules in their netns")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cs := clientset(t)
@@ -395,7 +397,8 @@ func TestPluginOnKubelet(t *testing.T) {
 
 // TestRedirectionOnKubelet sends real traffic through a pod set up by the
 // real kubelet with meshlet-cni: stand-in listeners on the proxy's ports
-// (running as the proxy UID) show where connections land.
+// (running as the proxy UID) show where connections land. Only pods and
+// kubectl exec: it runs on any cluster meshlet-cni is chained on.
 func TestRedirectionOnKubelet(t *testing.T) {
 	requireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -404,8 +407,8 @@ func TestRedirectionOnKubelet(t *testing.T) {
 	ns := testNamespace(t, cs, "redirect")
 	createPod(t, cs, ns, "meshed", injectedAnnotations(`{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001}`),
 		echoContainer("app", "app", 8080, 0), echoContainer("inbound", "inbound-proxy", 20000, 5995),
-		echoContainer("outbound", "outbound-proxy", 15001, 5995), shellContainer)
-	createPod(t, cs, ns, "plain", nil, echoContainer("app", "plain-app", 8080, 0), shellContainer)
+		echoContainer("outbound", "outbound-proxy", 15001, 5995), shellContainer())
+	createPod(t, cs, ns, "plain", nil, echoContainer("app", "plain-app", 8080, 0), shellContainer())
 	meshed := waitPodRunning(t, ctx, cs, ns, "meshed")
 	plain := waitPodRunning(t, ctx, cs, ns, "plain")
 

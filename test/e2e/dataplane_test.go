@@ -19,7 +19,6 @@ import (
 
 	"github.com/meshlet/meshlet/annotations"
 	"github.com/meshlet/meshlet/daemon/register"
-	"github.com/meshlet/meshlet/test/e2e/cluster"
 	"github.com/meshlet/meshlet/webhook"
 )
 
@@ -37,7 +36,8 @@ const proxyCheck = `curl -s -m 2 http://$POD_IP:20000/; rc=$?; echo "proxy check
 // Connect client on the host, reaches the app through it with mTLS (the
 // two data planes interoperate).
 func TestWebhookMeshletDataPlane(t *testing.T) {
-	requireCluster(t)
+	requireDataPlane(t, webhook.DataPlaneMeshlet)
+	requireLocalNode(t, "Consul's proxy on the test's host dials the pod's IP")
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "dataplane")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -50,7 +50,7 @@ func TestWebhookMeshletDataPlane(t *testing.T) {
 			annotations.Inject: "true", annotations.Service: svc}},
 		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{
 			web,
-			{Name: "proxy-check", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
+			{Name: "proxy-check", Image: suite.Images.StaticClient, ImagePullPolicy: pullPolicy(),
 				Command: []string{"sh", "-c", proxyCheck},
 				Env: []corev1.EnvVar{{Name: "POD_IP", ValueFrom: &corev1.EnvVarSource{
 					FieldRef: &corev1.ObjectFieldSelector{FieldPath: "status.podIP"}}}}},
@@ -71,10 +71,7 @@ func TestWebhookMeshletDataPlane(t *testing.T) {
 		withIP = p
 		return err == nil && p.Status.PodIP != "", err
 	})
-	cl, err := cluster.ConsulClient()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := consul(t)
 	// The node agent registers the pod once it has an IP.
 	waitFor(t, ctx, "the agent's registration", func(context.Context) (bool, error) {
 		err := catalogMatches(cl, ns, svc, map[string]string{"web": withIP.Status.PodIP})
@@ -123,7 +120,7 @@ func TestWebhookMeshletDataPlane(t *testing.T) {
 	// A Connect client on the host, Consul's built-in proxy, dials the
 	// pod's sidecar with mTLS; the sidecar hands the connection to the app.
 	port := freeLoopbackPort(t)
-	startHostProcess(t, lc.Root+"/bin/consul", "connect", "proxy", "-http-addr", cluster.ConsulHTTPAddr(),
+	startHostProcess(t, tools.consul, "connect", "proxy", "-http-addr", suite.ConsulAddr,
 		"-service", "e2e-client", "-upstream", fmt.Sprintf("%s:%d", svc, port))
 	var body string
 	waitFor(t, ctx, "hello world through the mesh", func(ctx context.Context) (bool, error) {

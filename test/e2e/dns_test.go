@@ -20,7 +20,7 @@ import (
 // A name outside cluster.local is refused by CoreDNS itself, at once: it
 // forwards nothing, so no query for it leaves the machine.
 func TestDNS(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "checks the local cluster's own cluster DNS: its addresses, and REFUSED for names it does not serve")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cs := clientset(t)
@@ -39,7 +39,7 @@ func TestDNS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	createPod(t, cs, ns, "client", nil, shellContainer)
+	createPod(t, cs, ns, "client", nil, shellContainer())
 	waitPodRunning(t, ctx, cs, ns, "echo")
 	waitPodRunning(t, ctx, cs, ns, "client")
 	fqdn := "echo." + ns + ".svc." + cluster.ClusterZone

@@ -21,11 +21,8 @@ import (
 // webhook/envoy_test.go; this test makes a Consul upgrade that changes the
 // output fail here rather than go unnoticed.
 func TestEnvoyBootstrapFixtureIsConsuls(t *testing.T) {
-	requireCluster(t)
-	cl, err := cluster.ConsulClient()
-	if err != nil {
-		t.Fatal(err)
-	}
+	requireLocalNode(t, "the fixture was captured from the local cluster's Consul agent, at its address")
+	cl := consul(t)
 	// As docs/envoy-bootstrap.md "Regenerating the fixture" registers them.
 	for _, r := range []*capi.AgentServiceRegistration{
 		{ID: "default_web-abc", Name: "web", Port: 8080, Address: "10.244.0.50"},

@@ -18,10 +18,11 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/meshlet/meshlet/test/e2e/cluster"
+	"github.com/meshlet/meshlet/test/e2e/target"
 )
 
 // TestClusterSmoke: Deployments, Services, exec and Consul work on the
-// local cluster, the ground every other e2e test stands on.
+// cluster, the ground every other e2e test stands on.
 func TestClusterSmoke(t *testing.T) {
 	requireCluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -40,7 +41,7 @@ func TestClusterSmoke(t *testing.T) {
 				Spec: corev1.PodSpec{
 					TerminationGracePeriodSeconds: ptr.To[int64](1),
 					Containers: []corev1.Container{{
-						Name: "static-server", Image: cluster.StaticServerImage, ImagePullPolicy: corev1.PullNever,
+						Name: "static-server", Image: suite.Images.StaticServer, ImagePullPolicy: pullPolicy(),
 						Args:  []string{`-text="hello world"`, "-listen=:8080"},
 						Ports: []corev1.ContainerPort{{ContainerPort: 8080, Name: "http"}},
 					}},
@@ -60,7 +61,7 @@ func TestClusterSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	createPod(t, cs, ns, "static-client", nil, corev1.Container{
-		Name: "static-client", Image: cluster.StaticClientImage, ImagePullPolicy: corev1.PullNever,
+		Name: "static-client", Image: suite.Images.StaticClient, ImagePullPolicy: pullPolicy(),
 		Command: []string{"/bin/sh", "-c", "--"}, Args: []string{"while true; do sleep 30; done"},
 	})
 
@@ -91,11 +92,8 @@ func TestClusterSmoke(t *testing.T) {
 	})
 
 	// The Consul catalog holds the server and the node's client agent.
-	consul, err := cluster.ConsulClient()
-	if err != nil {
-		t.Fatal(err)
-	}
-	nodes, _, err := consul.Catalog().Nodes(nil)
+	cl := consul(t)
+	nodes, _, err := cl.Catalog().Nodes(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,14 +101,23 @@ func TestClusterSmoke(t *testing.T) {
 	for _, n := range nodes {
 		names = append(names, n.Node)
 	}
-	if len(names) != 2 || !slices.Contains(names, cluster.NodeName) || !slices.Contains(names, "consul-server") {
-		t.Errorf("consul catalog nodes %v, want the server and %s", names, cluster.NodeName)
+	if lc != nil {
+		if len(names) != 2 || !slices.Contains(names, cluster.NodeName) || !slices.Contains(names, "consul-server") {
+			t.Errorf("consul catalog nodes %v, want the server and %s", names, cluster.NodeName)
+		}
+		return
+	}
+	// Elsewhere the nodes are the cluster's own: the agent's node must be
+	// among them, with a server beside it.
+	self, err := cl.Agent().NodeName()
+	if err != nil || !slices.Contains(names, self) || len(names) < 2 {
+		t.Errorf("consul catalog nodes %v, want the agent's node %q (%v) and a server", names, self, err)
 	}
 }
 
 func clientset(t testing.TB) *kubernetes.Clientset {
 	t.Helper()
-	cs, err := lc.Clientset()
+	cs, err := target.Clientset(suite.Kubeconfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +168,7 @@ func waitPodRunning(t *testing.T, ctx context.Context, cs *kubernetes.Clientset,
 }
 
 func kubectlErr(args ...string) (string, error) {
-	cmd := exec.Command(lc.Root+"/bin/kubectl", append([]string{"--kubeconfig", lc.Kubeconfig()}, args...)...)
+	cmd := exec.Command(tools.kubectl, append([]string{"--kubeconfig", suite.Kubeconfig}, args...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

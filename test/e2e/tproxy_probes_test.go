@@ -20,7 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshlet/meshlet/annotations"
-	"github.com/meshlet/meshlet/test/e2e/cluster"
+	"github.com/meshlet/meshlet/webhook"
 )
 
 // probedManifest is a meshed app as users write it (only connect-inject)
@@ -56,7 +56,7 @@ spec:
       containers:
       - name: app
         image: %s
-        imagePullPolicy: Never
+        imagePullPolicy: %s
         command: [sh, -c, 'mkdir -p /tmp/www && echo ready > /tmp/www/ready && echo live > /tmp/www/live && exec httpd -f -p 8080 -h /tmp/www']
         ports: [{name: http, containerPort: 8080}]
         readinessProbe:
@@ -82,14 +82,14 @@ spec:
 // turns the pod NotReady and its Consul check critical, and back; a 404
 // on the liveness path gets the app restarted.
 func TestTransparentProxyProbes(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "GETs the pod's ports from the node, as kubelet does")
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "tproxy-probes")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	cl := consul(t)
 	t0 := time.Now()
-	kubectl(t, "apply", "-n", ns, "-f", writeManifest(t, fmt.Sprintf(probedManifest, cluster.StaticClientImage)))
+	kubectl(t, "apply", "-n", ns, "-f", writeManifest(t, fmt.Sprintf(probedManifest, suite.Images.StaticClient, pullPolicy())))
 
 	// What the webhook did, on the pod the API server stored.
 	var pod corev1.Pod
@@ -101,8 +101,8 @@ func TestTransparentProxyProbes(t *testing.T) {
 		pod = pods.Items[0]
 		return true, nil
 	})
-	if !injected(&pod) || len(pod.Spec.InitContainers) != 1 || pod.Spec.InitContainers[0].Name != "meshlet-proxy" {
-		t.Fatalf("pod %s not injected with meshlet-proxy: annotations %v, init containers %d", pod.Name, pod.Annotations, len(pod.Spec.InitContainers))
+	if !injected(&pod) || len(pod.Spec.InitContainers) != 1 || pod.Spec.InitContainers[0].Name != sidecarName() {
+		t.Fatalf("pod %s not injected with %s: annotations %v, init containers %d", pod.Name, sidecarName(), pod.Annotations, len(pod.Spec.InitContainers))
 	}
 	app := pod.Spec.Containers[0]
 	for _, p := range []struct {
@@ -219,8 +219,8 @@ func TestTransparentProxyProbes(t *testing.T) {
 	})
 	checkIs("the check passing after the app's restart", capi.HealthPassing, 1)
 	t.Logf("app restarted and Ready %s after /live turned 404", time.Since(t1).Round(time.Millisecond))
-	if got := containerStatus(t, cs, ns, name, "meshlet-proxy"); got.RestartCount != 0 {
-		t.Errorf("meshlet-proxy restarted %d times", got.RestartCount)
+	if got := containerStatus(t, cs, ns, name, sidecarName()); got.RestartCount != 0 {
+		t.Errorf("%s restarted %d times", sidecarName(), got.RestartCount)
 	}
 }
 
@@ -270,7 +270,8 @@ func containerStatus(t *testing.T, cs *kubernetes.Clientset, ns, pod, name strin
 // native sidecar and `curl http://static-server/` answers again within
 // 30 s; Consul still holds the same one registration.
 func TestProxyRestart(t *testing.T) {
-	requireCluster(t)
+	requireDataPlane(t, webhook.DataPlaneMeshlet)
+	requireLocalNode(t, "kills the proxy by its PID on the node")
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "proxy-restart")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -279,9 +280,9 @@ func TestProxyRestart(t *testing.T) {
 	// The seed's client takes its 30 s grace period to stop: its
 	// registrations must not outlive the test.
 	leaveNoRegistrations(t, cs, cl, ns)
-	kubectl(t, "apply", "-n", ns, "-f", lc.Root+"/examples/mesh/static-server.yaml", "-f", lc.Root+"/examples/mesh/static-client.yaml")
-	outsider := createPod(t, cs, ns, "outsider", nil, corev1.Container{Name: "static-client", Image: cluster.StaticClientImage,
-		ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"}})
+	kubectl(t, "apply", "-n", ns, "-f", meshManifest(t, "static-server.yaml"), "-f", meshManifest(t, "static-client.yaml"))
+	outsider := createPod(t, cs, ns, "outsider", nil, corev1.Container{Name: "static-client", Image: suite.Images.StaticClient,
+		ImagePullPolicy: pullPolicy(), Command: []string{"sleep", "3600"}})
 	kubectl(t, "rollout", "status", "-n", ns, "deploy/static-server", "deploy/static-client", "--timeout=180s")
 	waitPodRunning(t, ctx, cs, ns, outsider.Name)
 	const client = "deploy/static-client"
@@ -304,7 +305,7 @@ func TestProxyRestart(t *testing.T) {
 	// A connection through both proxies, held open after its first answer
 	// (nc's input stays open; nc exits when the connection is closed).
 	conn := &lineLog{}
-	startHostProcessTee(t, conn, lc.Root+"/bin/kubectl", "--kubeconfig", lc.Kubeconfig(), "exec", "-n", ns, client, "-c", "static-client",
+	startHostProcessTee(t, conn, tools.kubectl, "--kubeconfig", suite.Kubeconfig, "exec", "-n", ns, client, "-c", "static-client",
 		"--", "sh", "-c", `{ printf 'GET / HTTP/1.1\r\nHost: static-server\r\n\r\n'; sleep 120; } | { nc static-server 80; echo "nc exit $?"; }`)
 	waitFor(t, ctx, "the open connection's first answer", func(context.Context) (bool, error) {
 		return conn.find("hello world") != nil, nil
@@ -312,7 +313,7 @@ func TestProxyRestart(t *testing.T) {
 	// A pod outside the mesh calling the app's port in a loop: each
 	// attempt's curl exit code and body.
 	outside := &lineLog{}
-	startHostProcessTee(t, outside, lc.Root+"/bin/kubectl", "--kubeconfig", lc.Kubeconfig(), "exec", "-n", ns, "outsider", "-c", "static-client",
+	startHostProcessTee(t, outside, tools.kubectl, "--kubeconfig", suite.Kubeconfig, "exec", "-n", ns, "outsider", "-c", "static-client",
 		"--", "sh", "-c", `i=0; while [ $i -lt 3000 ] && [ ! -e /tmp/stop ]; do b=$(curl -s -m 1 http://`+serverIP+`:8080/); echo "rc=$? body=$b"; i=$((i+1)); done; echo loop done`)
 	waitFor(t, ctx, "the outsider's first attempt", func(context.Context) (bool, error) {
 		return outside.find("rc=") != nil, nil

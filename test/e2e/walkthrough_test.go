@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -24,12 +23,15 @@ import (
 	"github.com/meshlet/meshlet/annotations"
 	"github.com/meshlet/meshlet/daemon/register"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
+	"github.com/meshlet/meshlet/webhook"
 )
 
 // The seed's walkthrough (/work/shared/SPEC.md "Users and the walkthrough
 // that must work"), run as a user runs it: the seed's manifests from
 // examples/mesh/ (only the images differ), kubectl, the consul CLI, and
-// meshlet as the chart installed it.
+// meshlet as the chart installed it. TestSeedWalkthrough runs on any
+// cluster whose data plane has transparent proxy (meshlet, envoy): it
+// reaches Consul at suite.ConsulAddr and runs the suite's images.
 
 const helloWorld = `"hello world"` // http-echo -text="hello world" answers with the quotes
 
@@ -57,7 +59,9 @@ const helloWorld = `"hello world"` // http-echo -text="hello world" answers with
 //     no retry and backoffLimit 0: its one attempt succeeds and the Job
 //     completes (the native sidecar does not keep it running).
 func TestSeedWalkthrough(t *testing.T) {
-	requireCluster(t)
+	// Data plane consul has no transparent proxy: http://static-server/
+	// would not reach the mesh.
+	requireDataPlane(t, webhook.DataPlaneMeshlet, webhook.DataPlaneEnvoy)
 	cs := clientset(t)
 	cl := consul(t)
 	ns := testNamespace(t, cs, "seed")
@@ -73,7 +77,6 @@ func TestSeedWalkthrough(t *testing.T) {
 		}
 		t.Logf("%s: %s (at %s)", name, time.Since(t1).Round(time.Millisecond), time.Since(t0).Round(time.Millisecond))
 	}
-	mesh := filepath.Join(lc.Root, "examples", "mesh")
 	// kexec is `kubectl exec <target> -- <argv>` as the seed writes it: no
 	// -c, the webhook makes the app kubectl's default container.
 	kexec := func(target string, argv ...string) (string, error) {
@@ -98,15 +101,15 @@ func TestSeedWalkthrough(t *testing.T) {
 	var server *corev1.Pod
 
 	step("static-server injected and registered", func(t *testing.T) {
-		kubectl(t, "apply", "-n", ns, "-f", filepath.Join(mesh, "static-server.yaml"))
+		kubectl(t, "apply", "-n", ns, "-f", meshManifest(t, "static-server.yaml"))
 		kubectl(t, "rollout", "status", "-n", ns, "deploy/static-server", "--timeout=120s")
 		server = onlyPod(t, ctx, cs, ns, "app=static-server")
 		if got := server.Annotations[annotations.InjectStatus]; got != annotations.Injected {
 			t.Errorf("annotation %s = %q, want %q", annotations.InjectStatus, got, annotations.Injected)
 		}
 		ic := server.Spec.InitContainers
-		if len(ic) != 1 || ic[0].Name != "meshlet-proxy" || ic[0].RestartPolicy == nil || *ic[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
-			t.Errorf("init containers %v: want the sidecar meshlet-proxy, a native sidecar", containerNames(ic))
+		if len(ic) != 1 || ic[0].Name != sidecarName() || ic[0].RestartPolicy == nil || *ic[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
+			t.Errorf("init containers %v: want the sidecar %s, a native sidecar", containerNames(ic), sidecarName())
 		}
 		for _, c := range append(server.Status.InitContainerStatuses, server.Status.ContainerStatuses...) {
 			if !c.Ready || c.State.Running == nil {
@@ -130,34 +133,47 @@ func TestSeedWalkthrough(t *testing.T) {
 	})
 
 	step("static-client: hello world through Kubernetes DNS", func(t *testing.T) {
-		kubectl(t, "apply", "-n", ns, "-f", filepath.Join(mesh, "static-client.yaml"))
+		kubectl(t, "apply", "-n", ns, "-f", meshManifest(t, "static-client.yaml"))
 		kubectl(t, "rollout", "status", "-n", ns, "deploy/static-client", "--timeout=120s")
 		waitHello(t, "hello world through the mesh", "deploy/static-client", curlServer...)
 	})
 
 	step("intentions: deny, exit 52, delete, hello world, no pod touched", func(t *testing.T) {
 		before := podStates(t, ctx, cs, ns)
-		consulCLI := func(args ...string) {
+		intention := func(args ...string) {
 			t.Helper()
-			argv := append([]string{args[0], args[1], "-http-addr", cluster.ConsulHTTPAddr()}, args[2:]...)
-			out, err := exec.Command(lc.Root+"/bin/consul", argv...).CombinedOutput()
-			if err != nil {
+			if out, err := consulCLI(args...); err != nil {
 				t.Fatalf("consul %s: %v: %s", strings.Join(args, " "), err, out)
 			}
 		}
 		// Intentions outlive the namespace: never leave one behind.
-		t.Cleanup(func() {
-			_, _ = exec.Command(lc.Root+"/bin/consul", "intention", "delete", "-http-addr", cluster.ConsulHTTPAddr(),
-				"static-client", "static-server").CombinedOutput()
-		})
-		consulCLI("intention", "create", "-deny", "static-client", "static-server")
-		// The very next request, not eventually one.
-		out, err := kexec("deploy/static-client", curlServer...)
-		if err == nil || !strings.Contains(out, "command terminated with exit code 52") {
-			t.Errorf("the first request after the deny: %q (%v), want curl's exit code 52 (empty reply)", out, err)
+		t.Cleanup(func() { _, _ = consulCLI("intention", "delete", "static-client", "static-server") })
+		denied := func(out string, err error) bool {
+			return err != nil && strings.Contains(out, "command terminated with exit code 52")
 		}
-		consulCLI("intention", "delete", "static-client", "static-server")
-		hello(t, "the first request after the intention's deletion", "deploy/static-client", curlServer...)
+		intention("intention", "create", "-deny", "static-client", "static-server")
+		if suite.DataPlane == webhook.DataPlaneMeshlet {
+			// The very next request, not eventually one: meshlet's proxy
+			// asks the agent at each connection.
+			if out, err := kexec("deploy/static-client", curlServer...); !denied(out, err) {
+				t.Errorf("the first request after the deny: %q (%v), want curl's exit code 52 (empty reply)", out, err)
+			}
+		} else {
+			// Envoy learns of the intention from an xDS push that follows
+			// it; within seconds, with the same empty reply.
+			bounded, cancel := context.WithTimeout(ctx, 20*time.Second)
+			defer cancel()
+			waitFor(t, bounded, "curl's exit code 52 (empty reply) after the deny", func(context.Context) (bool, error) {
+				out, err := kexec("deploy/static-client", curlServer...)
+				return denied(out, err), fmt.Errorf("%q, %v", out, err)
+			})
+		}
+		intention("intention", "delete", "static-client", "static-server")
+		if suite.DataPlane == webhook.DataPlaneMeshlet {
+			hello(t, "the first request after the intention's deletion", "deploy/static-client", curlServer...)
+		} else {
+			waitHello(t, "hello world after the intention's deletion", "deploy/static-client", curlServer...)
+		}
 		if after := podStates(t, ctx, cs, ns); !equalMaps(before, after) {
 			t.Errorf("pods changed across the intention's creation and deletion:\nbefore %v\nafter  %v", before, after)
 		}
@@ -165,7 +181,7 @@ func TestSeedWalkthrough(t *testing.T) {
 
 	step("outside the mesh: no answer from the server's app port", func(t *testing.T) {
 		plain := createPod(t, cs, ns, "plain", nil, echoContainer("plain", "plain pod", 8080, 0))
-		outsider := createPod(t, cs, ns, "outsider", nil, corev1.Container{Name: "static-client", Image: cluster.StaticClientImage,
+		outsider := createPod(t, cs, ns, "outsider", nil, corev1.Container{Name: "static-client", Image: suite.Images.StaticClient,
 			Command: []string{"sleep", "3600"}})
 		plainIP := waitPodRunning(t, ctx, cs, ns, plain.Name).Status.PodIP
 		if injected(waitPodRunning(t, ctx, cs, ns, outsider.Name)) {
@@ -173,8 +189,12 @@ func TestSeedWalkthrough(t *testing.T) {
 		}
 		// Controls: from the outsider and from the node, a plain pod's
 		// :8080 answers, so a missing answer below is the server's doing.
+		// The node is this process only on the local cluster: elsewhere
+		// the test's host is not a node and cannot route pod IPs.
 		waitCurl(t, ctx, "the outsider reaching a plain pod", ns, "pod/outsider", "http://"+plainIP+":8080/", "plain pod")
-		if resp, err := nodeHTTP(plainIP + ":8080"); !strings.HasPrefix(resp, "HTTP/1.1 200") || !strings.Contains(resp, "plain pod") {
+		if lc == nil {
+			t.Log("not checked from the node: the test's host is not one of this cluster's nodes")
+		} else if resp, err := nodeHTTP(plainIP + ":8080"); !strings.HasPrefix(resp, "HTTP/1.1 200") || !strings.Contains(resp, "plain pod") {
 			t.Fatalf("from the node, the plain pod's :8080: %q (%v), want its answer", resp, err)
 		}
 		serverIP := server.Status.PodIP
@@ -182,17 +202,19 @@ func TestSeedWalkthrough(t *testing.T) {
 		if err == nil || !(strings.Contains(out, "exit code 52") || strings.Contains(out, "exit code 56")) {
 			t.Errorf("from a pod outside the mesh, the server pod's :8080: %q (%v), want no HTTP answer (curl exit 52 or 56)", out, err)
 		}
-		resp, err := nodeHTTP(serverIP + ":8080")
-		if strings.HasPrefix(resp, "HTTP/") || strings.Contains(resp, "hello world") {
-			t.Errorf("from the node, the server pod's :8080 answered %q: want no HTTP answer", resp)
+		if lc != nil {
+			resp, err := nodeHTTP(serverIP + ":8080")
+			if strings.HasPrefix(resp, "HTTP/") || strings.Contains(resp, "hello world") {
+				t.Errorf("from the node, the server pod's :8080 answered %q: want no HTTP answer", resp)
+			}
+			t.Logf("from the node, the server pod's :8080: %d bytes, %v", len(resp), err)
 		}
-		t.Logf("from the node, the server pod's :8080: %d bytes, %v", len(resp), err)
 		// Transparent proxy lets the client app reach what is not in the mesh.
 		waitCurl(t, ctx, "the client app reaching a pod outside the mesh", ns, "deploy/static-client", "http://"+plainIP+":8080/", "plain pod")
 	})
 
 	step("explicit upstream: localhost:1234", func(t *testing.T) {
-		kubectl(t, "apply", "-n", ns, "-f", filepath.Join(mesh, "static-client-upstream.yaml"))
+		kubectl(t, "apply", "-n", ns, "-f", meshManifest(t, "static-client-upstream.yaml"))
 		kubectl(t, "rollout", "status", "-n", ns, "deploy/static-client", "--timeout=120s")
 		// The replaced pod takes the seed's 30 s grace period to go (its
 		// shell ignores SIGTERM); exec into the new one by name.
@@ -294,7 +316,7 @@ func TestSeedWalkthrough(t *testing.T) {
 
 	step("a meshed Job: its one attempt succeeds at once and it completes", func(t *testing.T) {
 		t1 := time.Now()
-		kubectl(t, "apply", "-n", ns, "-f", writeManifest(t, fmt.Sprintf(upstreamJob, cluster.StaticClientImage)))
+		kubectl(t, "apply", "-n", ns, "-f", writeManifest(t, fmt.Sprintf(upstreamJob, suite.Images.StaticClient)))
 		var job *batchv1.Job
 		waitFor(t, ctx, "the Job to finish", func(ctx context.Context) (bool, error) {
 			j, err := cs.BatchV1().Jobs(ns).Get(ctx, "job-client", metav1.GetOptions{})
@@ -377,12 +399,9 @@ spec:
 // exec readiness probe on the app: ready unless /tmp/unhealthy exists.
 func serverWithReadinessProbe(t *testing.T) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(lc.Root, "examples", "mesh", "static-server.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := readMeshManifest(t, "static-server.yaml")
 	const at = "          ports:\n"
-	if strings.Count(string(b), at) != 1 {
+	if strings.Count(b, at) != 1 {
 		t.Fatalf("examples/mesh/static-server.yaml: want one %q", at)
 	}
 	probe := `          readinessProbe:
@@ -391,7 +410,7 @@ func serverWithReadinessProbe(t *testing.T) string {
             periodSeconds: 1
             failureThreshold: 1
 `
-	return writeManifest(t, strings.Replace(string(b), at, probe+at, 1))
+	return writeManifest(t, strings.Replace(b, at, probe+at, 1))
 }
 
 func jobCondition(j *batchv1.Job, c batchv1.JobConditionType) bool {
@@ -575,7 +594,7 @@ func waitCurl(t *testing.T, ctx context.Context, what, ns, pod, url, want string
 //   - an annotated pod in a namespace both allowed and denied (deny wins)
 //     or not allowed is not injected.
 func TestSeedChartValues(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "upgrades the release with the local cluster's values, restores them, and GETs a pod's IP from the node")
 	cs := clientset(t)
 	cl := consul(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

@@ -23,7 +23,7 @@ func pausePod(name string, ann map[string]string, mutate ...func(*corev1.Pod)) *
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
 		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1),
-			Containers: []corev1.Container{{Name: "app", Image: cluster.PauseImage, ImagePullPolicy: corev1.PullNever,
+			Containers: []corev1.Container{{Name: "app", Image: suite.Images.Pause, ImagePullPolicy: pullPolicy(),
 				Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
 	}
 	for _, m := range mutate {
@@ -55,7 +55,7 @@ func TestWebhookDecision(t *testing.T) {
 		// must apply every kind of operation the webhook sends.
 		{"env, init container, HTTP probe, upstreams", ns, pausePod("full", map[string]string{annotations.Inject: "true",
 			annotations.Upstreams: "db:5432", "team": "a/b~c"}, func(p *corev1.Pod) {
-			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: cluster.PauseImage, Env: []corev1.EnvVar{{Name: "A", Value: "1"}}}}
+			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: suite.Images.Pause, Env: []corev1.EnvVar{{Name: "A", Value: "1"}}}}
 			c := &p.Spec.Containers[0]
 			c.Env = []corev1.EnvVar{{Name: "B", Value: "2"}}
 			c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt32(8080)}}}
@@ -93,9 +93,9 @@ func TestWebhookDecision(t *testing.T) {
 				t.Fatalf("injected = %v, want %v (annotations %v)", injected(got), tc.injected, got.Annotations)
 			}
 			if tc.injected {
-				if len(got.Spec.InitContainers) == 0 || got.Spec.InitContainers[0].Name != "meshlet-proxy" ||
+				if len(got.Spec.InitContainers) == 0 || got.Spec.InitContainers[0].Name != sidecarName() ||
 					got.Spec.InitContainers[0].RestartPolicy == nil || *got.Spec.InitContainers[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
-					t.Fatalf("want meshlet's proxy as a native sidecar first in initContainers: %+v", got.Spec.InitContainers)
+					t.Fatalf("want the sidecar %s as a native sidecar first in initContainers: %+v", sidecarName(), got.Spec.InitContainers)
 				}
 				if got.Annotations[annotations.RedirectConfig] == "" || got.Annotations[annotations.RegistrationKey] == "" {
 					t.Fatalf("annotations for meshlet-cni and the agent missing: %v", got.Annotations)
@@ -137,8 +137,8 @@ spec:
   containers:
   - name: app
     image: %s
-    imagePullPolicy: Never
-`, name, ns, annotation, cluster.PauseImage))
+    imagePullPolicy: %s
+`, name, ns, annotation, suite.Images.Pause, pullPolicy()))
 }
 
 // TestWebhookKubectl: what a user sees. A bad annotation is refused with a
@@ -176,9 +176,9 @@ spec:
       containers:
       - name: web
         image: %[2]s
-        imagePullPolicy: Never
+        imagePullPolicy: %[3]s
         ports: [{containerPort: 8080}]
-`, ns, cluster.PauseImage))
+`, ns, suite.Images.Pause, pullPolicy()))
 	kubectl(t, "apply", "-f", dep)
 	// The warning reaches whoever creates the pods: the ReplicaSet
 	// controller records it in the API server's audit, kubectl only for
@@ -261,15 +261,15 @@ func TestWebhookDownFailsClosed(t *testing.T) {
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "webhook-down")
 	ctx := context.Background()
-	scaleWebhook(t, cs, 0)
+	replicas := scaleWebhook(t, cs, 0)
 	t.Cleanup(func() {
-		scaleWebhook(t, cs, 2)
+		scaleWebhook(t, cs, replicas)
 		waitFor(t, ctx, "the webhook to inject again", func(ctx context.Context) (bool, error) {
 			return cluster.WebhookInjects(ctx, cs) == nil, nil
 		})
 	})
 	waitFor(t, ctx, "the webhook's pods to be gone", func(ctx context.Context) (bool, error) {
-		pods, err := cs.CoreV1().Pods(cluster.MeshletNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + cluster.WebhookName})
+		pods, err := cs.CoreV1().Pods(suite.MeshletNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + cluster.WebhookName})
 		return err == nil && len(pods.Items) == 0, err
 	})
 	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
@@ -286,15 +286,19 @@ func TestWebhookDownFailsClosed(t *testing.T) {
 	}
 }
 
-func scaleWebhook(t *testing.T, cs kubernetes.Interface, n int32) {
+// scaleWebhook sets the webhook's replicas to n and returns how many it
+// had, for the cleanup to restore.
+func scaleWebhook(t *testing.T, cs kubernetes.Interface, n int32) int32 {
 	t.Helper()
 	ctx := context.Background()
-	s, err := cs.AppsV1().Deployments(cluster.MeshletNamespace).GetScale(ctx, cluster.WebhookName, metav1.GetOptions{})
+	s, err := cs.AppsV1().Deployments(suite.MeshletNamespace).GetScale(ctx, cluster.WebhookName, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	was := s.Spec.Replicas
 	s.Spec.Replicas = n
-	if _, err := cs.AppsV1().Deployments(cluster.MeshletNamespace).UpdateScale(ctx, cluster.WebhookName, s, metav1.UpdateOptions{}); err != nil {
+	if _, err := cs.AppsV1().Deployments(suite.MeshletNamespace).UpdateScale(ctx, cluster.WebhookName, s, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	return was
 }

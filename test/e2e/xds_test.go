@@ -41,7 +41,6 @@ import (
 
 	"github.com/meshlet/meshlet/annotations"
 	"github.com/meshlet/meshlet/iptables"
-	"github.com/meshlet/meshlet/test/e2e/cluster"
 	"github.com/meshlet/meshlet/webhook"
 )
 
@@ -68,15 +67,12 @@ import (
 // depends only on the registrations and the xDS client's node, so this is
 // what Envoy would receive.
 func TestXDSServesMeshletRegistrations(t *testing.T) {
-	requireCluster(t)
+	requireLocalNode(t, "dials the node's Consul gRPC port at the node's IP from the test's host")
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "xds")
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cl, err := cluster.ConsulClient()
-	if err != nil {
-		t.Fatal(err)
-	}
+	cl := consul(t)
 	// Consul service names are global to the datacenter: the namespace's
 	// random suffix keeps them apart from other tests'.
 	suffix := strings.TrimPrefix(ns, "xds-")
@@ -99,7 +95,7 @@ func TestXDSServesMeshletRegistrations(t *testing.T) {
 
 	app := echoContainer("app", "hello from "+server, 8080, 0)
 	app.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}
-	cli := shellContainer
+	cli := shellContainer()
 	submitted := map[string]*corev1.Pod{server: xdsPod(server, app), client: xdsPod(client, cli)}
 	for _, p := range submitted {
 		createPodSpec(t, cs, ns, p)

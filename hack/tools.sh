@@ -18,7 +18,7 @@ step() { # step NAME CMD...: run and time one step
 }
 
 apt_packages=(etcd-server containerd runc iptables
-  conntrack socat openssl iproute2 util-linux busybox-static nftables)
+  conntrack socat openssl iproute2 util-linux busybox-static nftables shellcheck)
 install_apt() {
   local missing=()
   for p in "${apt_packages[@]}"; do
@@ -69,6 +69,15 @@ all() {
   step "coredns" build_go test/tools/coredns "-s -w" github.com/coredns/coredns
   step "helm" build_go test/tools/helm "-s -w" helm.sh/helm/v3/cmd/helm
   step "staticcheck" build_go test/tools/staticcheck "-s -w" honnef.co/go/tools/cmd/staticcheck
+}
+
+# What test/e2e/kind/run.sh needs besides Docker and kubectl, on a machine
+# that may have none of the rest: the consul CLI (the suite's intentions),
+# helm (the charts) and kind. No apt: that machine need not be Debian.
+kind_prereqs() {
+  step "consul" build_go test/tools/consul "$consul_ldflags" github.com/hashicorp/consul
+  step "helm" build_go test/tools/helm "-s -w" helm.sh/helm/v3/cmd/helm
+  step "kind" build_go test/tools/kind "-s -w" sigs.k8s.io/kind
 }
 
 t0=$SECONDS

@@ -726,7 +726,7 @@ spec:
 // as many pods as replicas, each running the Deployment's current
 // arguments and ready, none terminating (an old replica must not answer
 // a review after the wait).
-func waitWebhookRollout(t *testing.T, ctx context.Context, cs *kubernetes.Clientset) {
+func waitWebhookRollout(t testing.TB, ctx context.Context, cs *kubernetes.Clientset) {
 	t.Helper()
 	waitFor(t, ctx, "the webhook's rollout", func(ctx context.Context) (bool, error) {
 		d, err := cs.AppsV1().Deployments(cluster.MeshletNamespace).Get(ctx, cluster.WebhookName, metav1.GetOptions{})

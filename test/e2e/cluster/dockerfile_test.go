@@ -59,11 +59,10 @@ func readDockerfile(t *testing.T, path string) dockerImage {
 	return img
 }
 
-// TestImageMatchesDockerfile: the meshlet image the local cluster builds
-// without Docker has the layout, entrypoint and user of the one users
-// build from deploy/image/Dockerfile, so the chart runs the same way on
-// both.
-func TestImageMatchesDockerfile(t *testing.T) {
+// localImageSpecs are the images the local cluster builds, and the
+// repository's root, for comparing them with Dockerfiles.
+func localImageSpecs(t *testing.T) (string, []imageSpec) {
+	t.Helper()
 	if _, err := os.Stat(busyboxPath); err != nil {
 		t.Skipf("the image specs need %s (Debian's busybox-static; make tools installs it)", busyboxPath)
 	}
@@ -71,11 +70,20 @@ func TestImageMatchesDockerfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := readDockerfile(t, filepath.Join(root, "deploy", "image", "Dockerfile"))
 	specs, err := New(root).imageSpecs()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return root, specs
+}
+
+// TestImageMatchesDockerfile: the meshlet image the local cluster builds
+// without Docker has the layout, entrypoint and user of the one users
+// build from deploy/image/Dockerfile, so the chart runs the same way on
+// both.
+func TestImageMatchesDockerfile(t *testing.T) {
+	root, specs := localImageSpecs(t)
+	want := readDockerfile(t, filepath.Join(root, "deploy", "image", "Dockerfile"))
 	for _, s := range specs {
 		if s.ref != MeshletImage {
 			continue

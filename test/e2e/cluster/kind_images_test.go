@@ -64,18 +64,8 @@ func readStages(t *testing.T, path string) map[string]*stage {
 // busybox (the busybox image as the base) exactly where the local image
 // has Debian's. So the suite's pods run alike on both.
 func TestKindImagesMatchLocal(t *testing.T) {
-	if _, err := os.Stat(busyboxPath); err != nil {
-		t.Skipf("the image specs need %s (Debian's busybox-static; make tools installs it)", busyboxPath)
-	}
-	root, err := filepath.Abs("../../..")
-	if err != nil {
-		t.Fatal(err)
-	}
+	root, specs := localImageSpecs(t)
 	stages := readStages(t, filepath.Join(root, "test", "e2e", "kind", "Dockerfile"))
-	specs, err := New(root).imageSpecs()
-	if err != nil {
-		t.Fatal(err)
-	}
 	for target, ref := range map[string]string{"static-server": StaticServerImage, "static-client": StaticClientImage, "pause": PauseImage} {
 		got := stages[target]
 		if got == nil {

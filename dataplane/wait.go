@@ -12,11 +12,10 @@ import (
 	"github.com/meshlet/meshlet/iptables"
 )
 
-// The webhook runs `meshlet-proxy wait` as the sidecar's postStart hook:
-// kubelet starts the pod's next container only once the hook returns, so
-// the app starts with its proxy serving. A hook, unlike a startup probe,
-// ends the moment the proxy is ready rather than at the probe's next
-// period; docs/benchmarks.md has what that is worth to a pod's start.
+// The webhook runs `meshlet-proxy wait` as the postStart hook of a sidecar
+// that is a regular container: kubelet starts the pod's next container
+// only once the hook returns, so the app starts with its proxy serving
+// (a native sidecar has its startup probe for that).
 
 // waitPoll is how often wait dials: the proxy is usually ready a few
 // hundred milliseconds after it starts, and every poll missed is start

@@ -33,17 +33,25 @@ func meshletSidecar(c corev1.Container, reg annotations.Registration, cfg Config
 	}
 	c.Command = []string{meshletProxyCommand}
 	c.Args = []string{"-http-addr", fmt.Sprintf("$(%s):%d", envHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
-	// Kubelet starts the pod's next container once this hook returns, the
-	// moment the proxy serves; a startup probe would pass only at its next
-	// period, a second at worst, which is most of what a sidecar adds to
-	// a pod's start (docs/benchmarks.md). The hook takes the probe's place
-	// as the native sidecar's gate, and holds the app of a plain-container
-	// sidecar, which is put first for it (holdsApp).
-	c.StartupProbe = nil
-	c.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{
-		Exec: &corev1.ExecAction{Command: []string{meshletProxyCommand, "wait"}}}}
+	if !cfg.NativeSidecar {
+		// A regular container has no startup probe to hold the app: this
+		// hook does, the sidecar going first (holdsApp). Kubelet starts
+		// the next container once it returns, in the same pass, the
+		// moment the proxy serves. Bounded: while the hook runs, kubelet
+		// reports nothing of the pod, not even its IP, which the node
+		// agent needs to register the pod when meshlet-cni's notice did
+		// not reach it (agent restarting); past the timeout kubelet
+		// restarts the sidecar, and the IP gets out. A native sidecar
+		// keeps its startup probe, which never holds kubelet up.
+		c.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{
+			Exec: &corev1.ExecAction{Command: []string{meshletProxyCommand, "wait", "-timeout", holdTimeout}}}}
+	}
 	return c
 }
+
+// holdTimeout bounds the regular container's hold (above): far above the
+// second or so a proxy takes when its registration is there.
+const holdTimeout = "15s"
 
 // holdsApp says the sidecar's postStart hook waits for the proxy: as a
 // plain container it then goes first, and kubelet starts the app only

@@ -126,47 +126,40 @@ func parseArgs(s string) (k8sArgs, error) {
 // families are the IP families the pod has addresses in; rules go into
 // each. A result without addresses still gets IPv4 rules: fail closed.
 func families(prev types.Result) ([]iptables.Family, error) {
+	fams, _, err := addresses(prev)
+	return fams, err
+}
+
+// addresses reads prevResult once for ADD: the families (above), and the
+// pod's own IPs, those on an interface inside the sandbox or on no
+// interface named, for the agent's sandbox notice.
+func addresses(prev types.Result) ([]iptables.Family, []string, error) {
 	if prev == nil {
-		return []iptables.Family{iptables.IPv4}, nil
+		return []iptables.Family{iptables.IPv4}, nil, nil
 	}
 	res, err := current.NewResultFromResult(prev)
 	if err != nil {
-		return nil, fmt.Errorf("convert prevResult: %w", err)
+		return nil, nil, fmt.Errorf("convert prevResult: %w", err)
 	}
 	var v4, v6 bool
+	var pod []string
 	for _, ip := range res.IPs {
 		if ip.Address.IP.To4() != nil {
 			v4 = true
 		} else {
 			v6 = true
 		}
-	}
-	var out []iptables.Family
-	if v4 || !v6 {
-		out = append(out, iptables.IPv4)
-	}
-	if v6 {
-		out = append(out, iptables.IPv6)
-	}
-	return out, nil
-}
-
-// sandboxIPs are the pod's addresses in prevResult: those on an interface
-// inside the sandbox, or on no interface named.
-func sandboxIPs(prev types.Result) ([]string, error) {
-	if prev == nil {
-		return nil, nil
-	}
-	res, err := current.NewResultFromResult(prev)
-	if err != nil {
-		return nil, fmt.Errorf("convert prevResult: %w", err)
-	}
-	var out []string
-	for _, ip := range res.IPs {
 		if ip.Interface != nil && *ip.Interface >= 0 && *ip.Interface < len(res.Interfaces) && res.Interfaces[*ip.Interface].Sandbox == "" {
 			continue // the host side of a veth, say
 		}
-		out = append(out, ip.Address.IP.String())
+		pod = append(pod, ip.Address.IP.String())
 	}
-	return out, nil
+	var fams []iptables.Family
+	if v4 || !v6 {
+		fams = append(fams, iptables.IPv4)
+	}
+	if v6 {
+		fams = append(fams, iptables.IPv6)
+	}
+	return fams, pod, nil
 }

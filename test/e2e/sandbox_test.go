@@ -30,13 +30,7 @@ func TestAgentRegistersFromSandboxNotice(t *testing.T) {
 	defer cancel()
 	pod := createPod(t, cs, ns, "web", map[string]string{annotations.Inject: "true", annotations.Service: "sandbox-web"},
 		echoContainer("app", "hello", 8080, 0))
-	waitFor(t, ctx, "the meshed pod Ready", func(ctx context.Context) (bool, error) {
-		p, err := cs.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
-		if err == nil {
-			pod = p
-		}
-		return err == nil && podReady(p), err
-	})
+	pod = waitPodState(t, ctx, cs, ns, pod.Name, "Ready", podReady)
 	logs, err := agentLogs(ctx, cs, pod.Spec.NodeName)
 	if err != nil {
 		t.Fatal(err)

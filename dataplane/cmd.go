@@ -30,6 +30,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&o.ProxyID, "proxy-id", os.Getenv("PROXY_ID"), "the proxy's service ID on the node's Consul agent (default $PROXY_ID, set by the webhook)")
 	fs.StringVar(&o.Metrics, "metrics-addr", "127.0.0.1:20200", "HTTP address of /metrics and /ready; empty: none")
 	fs.DurationVar(&o.Drain, "drain", 5*time.Second, "on SIGTERM, how long open connections may finish")
+	fs.DurationVar(&o.Linger, "linger", 0, "on SIGTERM, keep serving until the app has stopped (its port refuses, no connection open), at most this long; for a sidecar stopped together with the app")
 	consul.Register(fs, "for the proxy's certificate and authorizations")
 	lf.Register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -42,6 +43,8 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("-proxy-id is empty: give the proxy's service ID, or set $PROXY_ID")
 	case o.Drain < 0:
 		return fmt.Errorf("-drain %s: expected a duration ≥ 0", o.Drain)
+	case o.Linger < 0:
+		return fmt.Errorf("-linger %s: expected a duration ≥ 0", o.Linger)
 	}
 	if err := consul.Validate(); err != nil {
 		return err

@@ -23,6 +23,10 @@ type Options struct {
 	Metrics string
 	// Drain is how long open connections may finish after SIGTERM.
 	Drain time.Duration
+	// Linger, when > 0, keeps every listener open after SIGTERM while the
+	// app may still use them, at most this long (linger): for a sidecar
+	// that is a regular container, stopped together with the app.
+	Linger time.Duration
 	// Registry takes the proxy's metrics (a new one when nil).
 	Registry *prometheus.Registry
 	// Ready, when set, is called once every listener is open.
@@ -140,6 +144,11 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 		o.Ready(cfg)
 	}
 	<-ctx.Done()
+	if o.Linger > 0 {
+		start := time.Now()
+		why := linger(o.Linger, cfg.LocalApp, p.openCount)
+		log.Info("stopping", "lingered", time.Since(start).Round(time.Millisecond), "because", why)
+	}
 	// Stop accepting first, then let what is open finish.
 	for _, c := range closers {
 		c()

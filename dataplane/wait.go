@@ -23,7 +23,8 @@ import (
 const waitPoll = 20 * time.Millisecond
 
 // WaitMain is `meshlet proxy wait`: it returns nil once the proxy's
-// public listener answers, an error naming the address at the timeout.
+// public listener answers, an error naming the address at the timeout
+// (nil with -continue-on-timeout).
 // The public listener opens after every other listener of the proxy (Run),
 // so its answering means the app's outbound and upstream listeners are
 // bound too.
@@ -32,6 +33,7 @@ func WaitMain(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", fmt.Sprintf("127.0.0.1:%d", iptables.DefaultProxyInboundPort), "the proxy's public listener, as reached from inside the pod")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long (kubelet then restarts the sidecar)")
+	cont := fs.Bool("continue-on-timeout", false, "at the timeout, say so and exit 0: kubelet then starts the app rather than kill the sidecar, which may be about to serve")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -46,7 +48,12 @@ func WaitMain(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	return waitListening(ctx, *addr)
+	err := waitListening(ctx, *addr)
+	if err != nil && *cont && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		fmt.Fprintf(stderr, "meshlet proxy wait: %v; letting the app start without it\n", err)
+		return nil
+	}
+	return err
 }
 
 // waitListening dials addr until a connection succeeds or ctx ends.

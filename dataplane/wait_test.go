@@ -38,6 +38,11 @@ func TestWaitMain(t *testing.T) {
 	}
 
 	closed := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	var said bytes.Buffer
+	if err := Main(context.Background(), []string{"wait", "-addr", closed, "-timeout", "200ms", "-continue-on-timeout"}, &said); err != nil ||
+		!strings.Contains(said.String(), "did not answer in time") || !strings.Contains(said.String(), "letting the app start without it") {
+		t.Errorf("wait -continue-on-timeout: %v, said %q; want nil, saying it gave up", err, said.String())
+	}
 	for _, tc := range []struct {
 		args    []string
 		wantErr string

@@ -93,6 +93,7 @@ const defaultContainerKey = "kubectl.kubernetes.io/default-container"
 
 // inject1 adds the sidecar and the annotations to pod (a copy).
 func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.Pod, error) {
+	cfg.NativeSidecar = nativeFor(pod, cfg)
 	reg := annotations.Registration{Service: p.service, Port: p.port, DataPlane: cfg.DataPlane,
 		TransparentProxy: p.tproxy, Upstreams: p.upstreams, Tags: p.tags, Meta: p.meta, Metrics: p.metrics,
 		ConsulNamespace: consulNamespace(namespace, cfg.ConsulNamespaces)}
@@ -104,6 +105,16 @@ func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.P
 	if err != nil {
 		return nil, err
 	}
+	if pod.Annotations == nil {
+		pod.Annotations = map[string]string{}
+	}
+	pod.Annotations[annotations.InjectStatus] = annotations.Injected
+	// kubectl exec and logs then pick the app, not the sidecar, without
+	// saying "Defaulted container" each time; a pod's own choice stays.
+	// Named before the sidecar is added: it may go first.
+	if _, ok := pod.Annotations[defaultContainerKey]; !ok && len(pod.Spec.Containers) > 0 {
+		pod.Annotations[defaultContainerKey] = pod.Spec.Containers[0].Name
+	}
 	if cfg.NativeSidecar {
 		always := corev1.ContainerRestartPolicyAlways
 		sidecar.RestartPolicy = &always
@@ -112,15 +123,6 @@ func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.P
 		pod.Spec.Containers = append([]corev1.Container{sidecar}, pod.Spec.Containers...)
 	} else {
 		pod.Spec.Containers = append(pod.Spec.Containers, sidecar)
-	}
-	if pod.Annotations == nil {
-		pod.Annotations = map[string]string{}
-	}
-	pod.Annotations[annotations.InjectStatus] = annotations.Injected
-	// kubectl exec and logs then pick the app, not the sidecar, without
-	// saying "Defaulted container" each time; a pod's own choice stays.
-	if _, ok := pod.Annotations[defaultContainerKey]; !ok && len(pod.Spec.Containers) > 0 {
-		pod.Annotations[defaultContainerKey] = pod.Spec.Containers[0].Name
 	}
 	if p.tproxy {
 		pod.Annotations[annotations.TProxyStatus] = annotations.TProxyEnabled

@@ -132,6 +132,12 @@ var goldenCases = []struct {
 	{"meshlet-metrics", app(on(annotations.EnableMetrics, "true")), "shop", meshletCfg()},
 	// A plain-container sidecar that holds the app: first in the list.
 	{"meshlet-regular-container", app(on()), "shop", func() Config { c := meshletCfg(); c.NativeSidecar = false; return c }()},
+	// -native-sidecar true: native even where a regular container is faster.
+	{"meshlet-native", app(on()), "shop", func() Config { c := meshletCfg(); c.FastStart = false; return c }()},
+	// The regular container lingers after SIGTERM within the pod's grace.
+	{"meshlet-grace-period", app(on(), func(p *corev1.Pod) { p.Spec.TerminationGracePeriodSeconds = ptr.To(int64(5)) }), "shop", meshletCfg()},
+	// A Job's pod keeps the native sidecar, so that it can complete.
+	{"meshlet-job", app(on(), func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyOnFailure }), "shop", meshletCfg()},
 	{"envoy", app(on(annotations.EnvoyExtraArgs, "--log-level debug  --disable-hot-restart")), "shop", DefaultConfig()},
 	{"envoy-namespaces", app(on(annotations.Service, "web-api")), "shop", func() Config {
 		c := DefaultConfig()
@@ -392,5 +398,33 @@ func TestMutateDeniesWrittenAnnotations(t *testing.T) {
 				t.Errorf("%s with transparent-proxy %s: got %v, want a denial saying %q", key, tproxy, res.Denied, want)
 			}
 		}
+	}
+}
+
+// TestNativeFor: where the sidecar goes, by configuration and pod.
+func TestNativeFor(t *testing.T) {
+	withInit := func(p *corev1.Pod) { p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m"}} }
+	restart := func(r corev1.RestartPolicy) func(*corev1.Pod) { return func(p *corev1.Pod) { p.Spec.RestartPolicy = r } }
+	for _, tc := range []struct {
+		name string
+		pod  *corev1.Pod
+		cfg  Config
+		want bool
+	}{
+		{"meshlet, long-running: regular container", app(on()), meshletCfg(), false},
+		{"restartPolicy Always said", app(on(), restart(corev1.RestartPolicyAlways)), meshletCfg(), false},
+		{"Job (OnFailure)", app(on(), restart(corev1.RestartPolicyOnFailure)), meshletCfg(), true},
+		{"Job (Never)", app(on(), restart(corev1.RestartPolicyNever)), meshletCfg(), true},
+		{"own init containers", app(on(), withInit), meshletCfg(), true},
+		{"native forced", app(on()), func() Config { c := meshletCfg(); c.FastStart = false; return c }(), true},
+		{"no native sidecars", app(on(), restart(corev1.RestartPolicyNever)), func() Config { c := meshletCfg(); c.NativeSidecar = false; return c }(), false},
+		{"envoy has no hold", app(on()), DefaultConfig(), true},
+		{"consul has no hold", app(on()), consulCfg(), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := nativeFor(tc.pod, tc.cfg); got != tc.want {
+				t.Fatalf("nativeFor = %v, want %v", got, tc.want)
+			}
+		})
 	}
 }

@@ -106,7 +106,7 @@ func sidecarContainer(p parsed, reg annotations.Registration, pod *corev1.Pod, c
 		c.Command = []string{"/bin/sh", "-c", fmt.Sprintf(consulProxyScript, cfg.AgentHTTPPort)}
 		return c, nil
 	case DataPlaneMeshlet:
-		return meshletSidecar(c, reg, cfg), nil
+		return meshletSidecar(c, reg, pod, cfg), nil
 	}
 	return c, fmt.Errorf("data plane %q: expected %s, %s or %s", cfg.DataPlane, DataPlaneEnvoy, DataPlaneConsul, DataPlaneMeshlet)
 }

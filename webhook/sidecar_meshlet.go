@@ -24,7 +24,7 @@ const meshletProxyCommand = "/meshlet-proxy"
 // image. The proxy finds its registration by
 // $PROXY_ID and waits for the node agent to make it, so it needs no retry
 // loop around it; kubelet expands $(HOST_IP) from the env.
-func meshletSidecar(c corev1.Container, reg annotations.Registration, cfg Config) corev1.Container {
+func meshletSidecar(c corev1.Container, reg annotations.Registration, pod *corev1.Pod, cfg Config) corev1.Container {
 	c.Name, c.Image = meshletSidecarName, cfg.MeshletImage
 	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(meshletMetricsPort))
 	if m := reg.Metrics; m != nil {
@@ -40,11 +40,24 @@ func meshletSidecar(c corev1.Container, reg annotations.Registration, cfg Config
 		// moment the proxy serves. Bounded: while the hook runs, kubelet
 		// reports nothing of the pod, not even its IP, which the node
 		// agent needs to register the pod when meshlet-cni's notice did
-		// not reach it (agent restarting); past the timeout kubelet
-		// restarts the sidecar, and the IP gets out. A native sidecar
-		// keeps its startup probe, which never holds kubelet up.
+		// not reach it (agent restarting). Past the timeout the hook lets
+		// the app start and the pass end; the IP gets out, the agent
+		// registers the pod and the proxy, still running, serves a moment
+		// later. Failing the hook instead would have kubelet kill the
+		// sidecar and restart it only after its back-off (10 s). A native
+		// sidecar keeps its startup probe, which never holds kubelet up.
 		c.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{
-			Exec: &corev1.ExecAction{Command: []string{meshletProxyCommand, "wait", "-timeout", holdTimeout}}}}
+			Exec: &corev1.ExecAction{Command: []string{meshletProxyCommand, "wait", "-timeout", holdTimeout, "-continue-on-timeout"}}}}
+		// It also gets SIGTERM with the app, not after it as a native
+		// sidecar does: it keeps serving until the app is done, within
+		// the pod's grace period (kubelet kills it at its end anyway).
+		grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
+		if g := pod.Spec.TerminationGracePeriodSeconds; g != nil {
+			grace = *g
+		}
+		if grace > 0 {
+			c.Args = append(c.Args, "-linger", strconv.FormatInt(grace, 10)+"s")
+		}
 	}
 	return c
 }
@@ -58,4 +71,24 @@ const holdTimeout = "15s"
 // after it (Istio's holdApplicationUntilProxyStarts, without a setting).
 func holdsApp(c corev1.Container) bool {
 	return c.Lifecycle != nil && c.Lifecycle.PostStart != nil
+}
+
+// nativeFor says whether pod's sidecar is a native sidecar. With
+// FastStart, a pod that runs until deleted and has no init containers of
+// its own gets a regular container that holds the app instead, when the
+// data plane has the hold (meshlet): its app starts about a second sooner
+// (Config.FastStart). The others keep the native sidecar: a pod that runs
+// to completion (a Job's) would never end with a regular sidecar still
+// running, and the pod's own init containers, whose traffic meshlet-cni
+// already redirects, would find no proxy before the containers start.
+func nativeFor(pod *corev1.Pod, cfg Config) bool {
+	switch {
+	case !cfg.NativeSidecar:
+		return false
+	case !cfg.FastStart || cfg.DataPlane != DataPlaneMeshlet:
+		return true
+	case pod.Spec.RestartPolicy != "" && pod.Spec.RestartPolicy != corev1.RestartPolicyAlways:
+		return true
+	}
+	return len(pod.Spec.InitContainers) > 0
 }

@@ -267,6 +267,20 @@ func TestAgentRecovers(t *testing.T) {
 		if _, ok := after[gone]; ok {
 			t.Fatalf("deleted pod %s still registered", gone)
 		}
+		// The new pod's sidecar could not serve before the agent was back:
+		// a regular container's hold gave up and let the app start, and
+		// the proxy, left running, serves once registered. Not restarted.
+		for name := range after {
+			if _, old := before[name]; old {
+				continue
+			}
+			p := waitPodState(t, ctx, cs, ns, name, "Ready", podReady)
+			for _, st := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+				if st.Name == sidecarName() && st.RestartCount != 0 {
+					t.Errorf("pod %s: sidecar restarted %d times; want it kept running through the hold", name, st.RestartCount)
+				}
+			}
+		}
 	})
 }
 

@@ -71,6 +71,64 @@ var sidecarNames = map[string]string{
 // sidecarName is the name of the sidecar the cluster's webhook injects.
 func sidecarName() string { return sidecarNames[suite.DataPlane] }
 
+// Where the webhook puts the sidecar (webhook.nativeFor).
+const (
+	placedNative = "native sidecar, first in initContainers"
+	placedFirst  = "regular container, first in containers, holding the app"
+)
+
+// sidecarPlacement says where the sidecar is in p: placedNative,
+// placedFirst, or what was found instead.
+func sidecarPlacement(p *corev1.Pod) string {
+	ic, c := p.Spec.InitContainers, p.Spec.Containers
+	switch {
+	case len(ic) > 0 && ic[0].Name == sidecarName() && ic[0].RestartPolicy != nil && *ic[0].RestartPolicy == corev1.ContainerRestartPolicyAlways:
+		return placedNative
+	case len(c) > 1 && c[0].Name == sidecarName() && c[0].Lifecycle != nil && c[0].Lifecycle.PostStart != nil:
+		return placedFirst
+	}
+	return fmt.Sprintf("no %s sidecar where expected: init containers %v, containers %v", sidecarName(), containerNames(ic), containerNames(c))
+}
+
+// wantPlacement is where the chart's default, nativeSidecar auto, puts
+// the sidecar of p, injected or not: a regular container that holds the
+// app for a pod that runs until deleted and has no init containers of its
+// own, with the meshlet data plane (its app starts ~1 s sooner,
+// docs/benchmarks.md); a native sidecar otherwise.
+func wantPlacement(p *corev1.Pod) string {
+	own := 0
+	for _, c := range p.Spec.InitContainers {
+		if c.Name != sidecarName() {
+			own++
+		}
+	}
+	if suite.DataPlane == webhook.DataPlaneMeshlet && own == 0 &&
+		(p.Spec.RestartPolicy == "" || p.Spec.RestartPolicy == corev1.RestartPolicyAlways) {
+		return placedFirst
+	}
+	return placedNative
+}
+
+// checkPlacement fails t unless p's sidecar is where wantPlacement says.
+func checkPlacement(t *testing.T, p *corev1.Pod) {
+	t.Helper()
+	if got, want := sidecarPlacement(p), wantPlacement(p); got != want {
+		t.Fatalf("pod %s: sidecar placed as %q, want %q", p.Name, got, want)
+	}
+}
+
+// container is p's container (not init container) named name.
+func container(t *testing.T, p *corev1.Pod, name string) corev1.Container {
+	t.Helper()
+	for _, c := range p.Spec.Containers {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("pod %s has no container %s: %v", p.Name, name, containerNames(p.Spec.Containers))
+	return corev1.Container{}
+}
+
 // meshManifest is the path of examples/mesh/<name> with the suite's test
 // images in place of the local cluster's: the file itself when they are
 // the same (the local cluster, kind), or a copy.

@@ -22,15 +22,16 @@ import (
 // in Consul, meshlet-cni's rules) and the same pod unmeshed are created on
 // the same node, alternating which goes first; each is timed from the
 // create request to its Ready condition, then deleted. Goal (issue 10):
-// p50 ≤ +0.5 s over the unmeshed pod. Twice: with the sidecar as a native
-// sidecar (the default), and as a regular container (the chart's
-// connectInject.nativeSidecar=false), which kubelet starts in the same
-// pass as the app (docs/benchmarks.md says why that matters).
+// p50 ≤ +0.5 s over the unmeshed pod. Twice: as the chart's default puts
+// the sidecar of such a pod, a regular container that holds the app,
+// which kubelet starts in the same pass as the app; and as a native
+// sidecar (connectInject.nativeSidecar=true), after which kubelet starts
+// the app a relist later (docs/benchmarks.md says why that matters).
 func BenchmarkPodStart(b *testing.B) {
 	requireLocalNode(b, "it helm-upgrades the local release and times the meshlet data plane's sidecar")
 	cs := clientset(b)
 	ns := testNamespace(b, cs, "podstart")
-	b.Run("native-sidecar", func(b *testing.B) { benchPodStart(b, cs, ns, true) })
+	b.Run("default-regular-container", func(b *testing.B) { benchPodStart(b, cs, ns, false) })
 
 	ctx := context.Background()
 	b.Cleanup(func() {
@@ -42,11 +43,11 @@ func BenchmarkPodStart(b *testing.B) {
 	})
 	if _, err := lc.Helm(ctx, "upgrade", cluster.MeshletRelease, filepath.Join(lc.Root, cluster.MeshletChart),
 		"--namespace", cluster.MeshletNamespace, "--values", filepath.Join(lc.Dir, "meshlet-values.yaml"),
-		"--set", "connectInject.nativeSidecar=false"); err != nil {
+		"--set", "connectInject.nativeSidecar=true"); err != nil {
 		b.Fatal(err)
 	}
 	waitWebhookRollout(b, ctx, cs)
-	b.Run("regular-container", func(b *testing.B) { benchPodStart(b, cs, ns, false) })
+	b.Run("native-sidecar", func(b *testing.B) { benchPodStart(b, cs, ns, true) })
 }
 
 func benchPodStart(b *testing.B, cs *kubernetes.Clientset, ns string, native bool) {
@@ -108,11 +109,12 @@ func timePodStart(ctx context.Context, cs *kubernetes.Clientset, ns, name string
 		return 0, err
 	}
 	if mesh {
-		inInit := len(created.Spec.InitContainers) == 1 && created.Spec.InitContainers[0].Name == "meshlet-proxy"
-		first := len(created.Spec.Containers) == 2 && created.Spec.Containers[0].Name == "meshlet-proxy"
-		if (native && !inInit) || (!native && !first) {
-			return 0, fmt.Errorf("pod %s: sidecar not where native=%v puts it: init containers %d, containers %d", name, native,
-				len(created.Spec.InitContainers), len(created.Spec.Containers))
+		want := placedFirst
+		if native {
+			want = placedNative
+		}
+		if got := sidecarPlacement(created); got != want {
+			return 0, fmt.Errorf("pod %s: sidecar placed as %q, want %q", name, got, want)
 		}
 	}
 	var took time.Duration

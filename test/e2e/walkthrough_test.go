@@ -107,10 +107,7 @@ func TestSeedWalkthrough(t *testing.T) {
 		if got := server.Annotations[annotations.InjectStatus]; got != annotations.Injected {
 			t.Errorf("annotation %s = %q, want %q", annotations.InjectStatus, got, annotations.Injected)
 		}
-		ic := server.Spec.InitContainers
-		if len(ic) != 1 || ic[0].Name != sidecarName() || ic[0].RestartPolicy == nil || *ic[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
-			t.Errorf("init containers %v: want the sidecar %s, a native sidecar", containerNames(ic), sidecarName())
-		}
+		checkPlacement(t, server)
 		for _, c := range append(server.Status.InitContainerStatuses, server.Status.ContainerStatuses...) {
 			if !c.Ready || c.State.Running == nil {
 				t.Errorf("container %s not running and ready: %+v", c.Name, c.State)
@@ -250,9 +247,12 @@ func TestSeedWalkthrough(t *testing.T) {
 		for p := range pods {
 			pod = p
 		}
-		if p, err := cs.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{}); err != nil || p.Spec.Containers[0].ReadinessProbe == nil ||
-			p.Spec.Containers[0].ReadinessProbe.Exec == nil {
-			t.Fatalf("pod %s: no exec readiness probe (%v)", pod, err)
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := container(t, p, "static-server"); c.ReadinessProbe == nil || c.ReadinessProbe.Exec == nil {
+			t.Fatalf("pod %s: no exec readiness probe", pod)
 		}
 		waitPodState(t, ctx, cs, ns, pod, "Ready", podReady)
 		waitHello(t, "hello world from the probed server", "deploy/static-client", curlServer...)

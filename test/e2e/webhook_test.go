@@ -73,6 +73,8 @@ func TestWebhookDecision(t *testing.T) {
 			}
 			return nil
 		}},
+		// Runs to completion: a native sidecar, whatever the data plane.
+		{"restartPolicy Never", ns, pausePod("once", on, func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyNever }), true, nil},
 		{"not annotated (connectInject.default false)", ns, pausePod("plain", nil), false, nil},
 		{"opted out", ns, pausePod("opt-out", map[string]string{annotations.Inject: "false"}), false, nil},
 		{"host network", ns, pausePod("hostnet", on, func(p *corev1.Pod) { p.Spec.HostNetwork = true }), false, nil},
@@ -93,10 +95,7 @@ func TestWebhookDecision(t *testing.T) {
 				t.Fatalf("injected = %v, want %v (annotations %v)", injected(got), tc.injected, got.Annotations)
 			}
 			if tc.injected {
-				if len(got.Spec.InitContainers) == 0 || got.Spec.InitContainers[0].Name != sidecarName() ||
-					got.Spec.InitContainers[0].RestartPolicy == nil || *got.Spec.InitContainers[0].RestartPolicy != corev1.ContainerRestartPolicyAlways {
-					t.Fatalf("want the sidecar %s as a native sidecar first in initContainers: %+v", sidecarName(), got.Spec.InitContainers)
-				}
+				checkPlacement(t, got)
 				if got.Annotations[annotations.RedirectConfig] == "" || got.Annotations[annotations.RegistrationKey] == "" {
 					t.Fatalf("annotations for meshlet-cni and the agent missing: %v", got.Annotations)
 				}
@@ -105,8 +104,8 @@ func TestWebhookDecision(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-			} else if len(got.Spec.InitContainers) != 0 {
-				t.Fatalf("not injected, yet init containers %v", got.Spec.InitContainers)
+			} else if len(got.Spec.InitContainers) != 0 || len(got.Spec.Containers) != len(tc.pod.Spec.Containers) {
+				t.Fatalf("not injected, yet init containers %v, containers %v", containerNames(got.Spec.InitContainers), containerNames(got.Spec.Containers))
 			}
 		})
 	}
@@ -195,8 +194,8 @@ spec:
 			return false, err
 		}
 		for _, p := range pods.Items {
-			if !injected(&p) || len(p.Spec.InitContainers) != 1 {
-				return false, fmt.Errorf("pod %s not injected: %v", p.Name, p.Annotations)
+			if !injected(&p) || sidecarPlacement(&p) != wantPlacement(&p) {
+				return false, fmt.Errorf("pod %s not injected as expected (%s): %v", p.Name, sidecarPlacement(&p), p.Annotations)
 			}
 		}
 		return true, nil

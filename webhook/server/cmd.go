@@ -89,7 +89,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&c.EnvoyImage, "envoy-image", c.EnvoyImage, "Envoy image (imageEnvoy)")
 	fs.StringVar(&c.ConsulImage, "consul-image", c.ConsulImage, "image with the consul binary, for data plane consul")
 	fs.StringVar(&c.MeshletImage, "meshlet-image", c.MeshletImage, "meshlet's image (entrypoint: the meshlet binary), for data plane meshlet")
-	fs.StringVar(&o.native, "native-sidecar", "auto", "run the proxy as a native sidecar: auto (when the API server is 1.29 or newer), true or false")
+	fs.StringVar(&o.native, "native-sidecar", "auto", "run the proxy as a native sidecar: auto (when the API server is 1.29 or newer, except where a regular container starts the pod faster), true (always) or false (never)")
 	fs.BoolVar(&c.TransparentProxy, "enable-transparent-proxy", c.TransparentProxy, "transparent proxy unless a pod says otherwise (connectInject.transparentProxy.defaultEnabled)")
 	fs.BoolVar(&c.OverwriteProbes, "transparent-proxy-default-overwrite-probes", c.OverwriteProbes, "rewrite HTTP probes to expose paths (connectInject.transparentProxy.defaultOverwriteProbes)")
 	for i, r := range resourceFlags {
@@ -160,6 +160,8 @@ func (o *options) finish() error {
 		return fmt.Errorf("-native-sidecar %q: expected auto, true or false", o.native)
 	}
 	o.cfg.NativeSidecar = o.native == "true"
+	// auto picks per pod (webhook.Config.FastStart); true forces native.
+	o.cfg.FastStart = o.native == "auto"
 	switch files := o.certFile != "" || o.keyFile != ""; {
 	case files && o.selfManaged:
 		return errors.New("-tls-cert-file/-tls-key-file and -tls-self-managed exclude each other")

@@ -404,7 +404,9 @@ func TestMutateDeniesWrittenAnnotations(t *testing.T) {
 // TestNativeFor: where the sidecar goes, by configuration and pod.
 func TestNativeFor(t *testing.T) {
 	withInit := func(p *corev1.Pod) { p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m"}} }
-	restart := func(r corev1.RestartPolicy) func(*corev1.Pod) { return func(p *corev1.Pod) { p.Spec.RestartPolicy = r } }
+	restart := func(r corev1.RestartPolicy) func(*corev1.Pod) {
+		return func(p *corev1.Pod) { p.Spec.RestartPolicy = r }
+	}
 	for _, tc := range []struct {
 		name string
 		pod  *corev1.Pod

@@ -80,12 +80,13 @@ func TestConfigFrom(t *testing.T) {
 }
 
 // TestRegistrationPoll: a new pod's registration is looked for every
-// 100 ms at first (each poll saved is the pod's start time), every second
-// after 10 s.
+// 20 ms in the first second (each poll saved is the pod's start time),
+// every 100 ms until 10 s, every second after.
 func TestRegistrationPoll(t *testing.T) {
 	for _, tc := range []struct {
 		waited, want time.Duration
-	}{{0, 100 * time.Millisecond}, {9 * time.Second, 100 * time.Millisecond}, {10 * time.Second, time.Second}, {time.Hour, time.Second}} {
+	}{{0, 20 * time.Millisecond}, {999 * time.Millisecond, 20 * time.Millisecond}, {time.Second, 100 * time.Millisecond},
+		{9 * time.Second, 100 * time.Millisecond}, {10 * time.Second, time.Second}, {time.Hour, time.Second}} {
 		if got := registrationPoll(tc.waited); got != tc.want {
 			t.Errorf("registrationPoll(%v) = %v, want %v", tc.waited, got, tc.want)
 		}

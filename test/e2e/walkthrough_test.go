@@ -55,6 +55,9 @@ const helloWorld = `"hello world"` // http-echo -text="hello world" answers with
 //     the client's requests fail within seconds, passing it brings them back;
 //   - scale up, delete, force-delete, scale down: the Consul catalog holds
 //     the running pods' IPs, the node agent nothing else;
+//   - a meshed Deployment whose app curls, once, as it starts, its
+//     explicit upstream and http://static-server/: both answer (the
+//     sidecar, first and holding the app, serves before the app starts);
 //   - a meshed Job with an explicit upstream curls once at its start, with
 //     no retry and backoffLimit 0: its one attempt succeeds and the Job
 //     completes (the native sidecar does not keep it running).
@@ -314,6 +317,27 @@ func TestSeedWalkthrough(t *testing.T) {
 		waitHello(t, "hello world after the churn", "deploy/static-client", curlServer...)
 	})
 
+	step("a meshed app reaches its upstreams the moment it starts", func(t *testing.T) {
+		kubectl(t, "apply", "-n", ns, "-f", writeManifest(t, fmt.Sprintf(eagerClient, suite.Images.StaticClient)))
+		kubectl(t, "rollout", "status", "-n", ns, "deploy/eager-client", "--timeout=120s")
+		pod := onlyPod(t, ctx, cs, ns, "app=eager-client")
+		checkPlacement(t, pod)
+		var log string
+		waitFor(t, ctx, "the app's two curls in its log", func(context.Context) (bool, error) {
+			out, err := kubectlErr("logs", "-n", ns, pod.Name, "-c", "eager-client")
+			log = out
+			return err == nil && strings.Count(out, "\n") >= 2, nil
+		})
+		if want := helloWorld + "\n" + helloWorld + "\n"; log != want {
+			t.Fatalf("the app's curls at its start printed %q, want %q (upstream, then transparent)", log, want)
+		}
+		for _, c := range pod.Status.ContainerStatuses {
+			if c.RestartCount != 0 {
+				t.Errorf("container %s restarted %d times", c.Name, c.RestartCount)
+			}
+		}
+	})
+
 	step("a meshed Job: its one attempt succeeds at once and it completes", func(t *testing.T) {
 		t1 := time.Now()
 		kubectl(t, "apply", "-n", ns, "-f", writeManifest(t, fmt.Sprintf(upstreamJob, suite.Images.StaticClient)))
@@ -393,6 +417,50 @@ spec:
           image: %s
           command: ['curl', '-s', '-S', 'localhost:1234']
       serviceAccountName: job-client
+`
+
+// eagerClient is a meshed Deployment in the seed's style whose app, as it
+// starts, curls its explicit upstream and then static-server through the
+// transparent proxy, once each with no retry, and then idles: its log
+// shows whether the proxy served before the app started.
+const eagerClient = `apiVersion: v1
+kind: Service
+metadata:
+  name: eager-client
+spec:
+  selector:
+    app: eager-client
+  ports:
+    - port: 80
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: eager-client
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: eager-client
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: eager-client
+  template:
+    metadata:
+      labels:
+        app: eager-client
+      annotations:
+        'consul.hashicorp.com/connect-inject': 'true'
+        'consul.hashicorp.com/connect-service-upstreams': 'static-server:1234'
+    spec:
+      serviceAccountName: eager-client
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: eager-client
+          image: %s
+          command: ['sh', '-c', 'curl -s -S localhost:1234; echo; curl -s -S http://static-server/; echo; trap "exit 0" TERM; while true; do sleep 1; done']
 `
 
 // serverWithReadinessProbe is examples/mesh/static-server.yaml with an

@@ -460,7 +460,7 @@ spec:
       containers:
         - name: eager-client
           image: %s
-          command: ['sh', '-c', 'curl -s -S localhost:1234; echo; curl -s -S http://static-server/; echo; trap "exit 0" TERM; while true; do sleep 1; done']
+          command: ['sh', '-c', 'curl -s -S localhost:1234; curl -s -S http://static-server/; trap "exit 0" TERM; while true; do sleep 1; done']
 `
 
 // serverWithReadinessProbe is examples/mesh/static-server.yaml with an

@@ -57,6 +57,7 @@ func TestWebhookMeshletDataPlane(t *testing.T) {
 		}},
 	}
 	created := createPodSpec(t, cs, ns, pod)
+	checkPlacement(t, created)
 	reg, err := annotations.DecodeRegistration(created.Annotations[annotations.RegistrationKey])
 	if err != nil {
 		t.Fatalf("the webhook's registration annotation: %v", err)
@@ -91,7 +92,7 @@ func TestWebhookMeshletDataPlane(t *testing.T) {
 				return false, fmt.Errorf("container %s not ready: %+v", c.Name, c.State)
 			}
 		}
-		return len(p.Status.ContainerStatuses) == 2, nil
+		return len(p.Status.ContainerStatuses) == len(created.Spec.Containers), nil
 	})
 	for _, c := range running.Status.ContainerStatuses {
 		if c.RestartCount != 0 {

@@ -90,7 +90,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { certDone <- s.Certs.Run(certCtx) }()
 	served := make(chan error, 1)
 	go func() { served <- srv.ServeTLS(ln, "", "") }()
-	s.Log.Info("webhook serving", "addr", ln.Addr().String(), "data_plane", s.Handler.Config.DataPlane, "native_sidecar", s.Handler.Config.NativeSidecar)
+	s.Log.Info("webhook serving", "addr", ln.Addr().String(), "data_plane", s.Handler.Config.DataPlane, "native_sidecar", s.Handler.Config.NativeSidecar,
+		"fast_start", s.Handler.Config.FastStart)
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve %s: %w", ln.Addr(), err)

@@ -167,12 +167,8 @@ func pct(d []time.Duration, p float64) float64 {
 // RSS idle and with 100 connections open. Goals (issue 9): set-up latency
 // ≤ the built-in proxy's, throughput ≥ it, RSS ≤ 20 MiB idle.
 func BenchmarkProxyVsBuiltin(b *testing.B) {
-	proxyBin, ok1 := repobin.Find("meshlet-proxy")
-	meshletBin, ok2 := repobin.Find("meshlet")
-	consulBin, ok3 := repobin.Find("consul")
-	if !ok1 || !ok2 || !ok3 {
-		b.Skip("needs meshlet-proxy, meshlet and consul in the repo's bin/: make build, make tools")
-	}
+	proxyBin, meshletBin := repobin.Need(b, "meshlet-proxy", "make build"), repobin.Need(b, "meshlet", "make build")
+	consulBin := repobin.Need(b, "consul", "make tools")
 	cl, port := consulAgentsIn(b, nil, "127.0.0.1")
 	httpAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	meshletArgs := func(proxyID string) []string {

@@ -53,10 +53,7 @@ func consulAgents(t testing.TB) *capi.Client {
 // HTTP port.
 func consulAgentsIn(t testing.TB, n ns.NetNS, bind string) (*capi.Client, int) {
 	t.Helper()
-	bin, ok := repobin.Find("consul")
-	if !ok {
-		t.Skip("no consul in the repo's bin/ or on $PATH: make tools builds it")
-	}
+	bin := repobin.Need(t, "consul", "make tools")
 	dir := t.TempDir()
 	// Free ports of this netns serve in n too: a fresh netns uses none.
 	serf := freePort(t)

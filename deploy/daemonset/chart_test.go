@@ -31,6 +31,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/strategicpatch"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshlet/meshlet/test/golden"
@@ -44,21 +45,12 @@ const (
 	namespace = "meshlet"
 )
 
-func helmBin(t testing.TB) string {
-	t.Helper()
-	p, ok := repobin.Find("helm")
-	if !ok {
-		t.Skip("no helm in the repo's bin/ or on $PATH: make tools builds it")
-	}
-	return p
-}
-
 // helm runs bin/helm in the chart's directory; the error carries stderr.
 func helm(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, helmBin(t), args...)
+	cmd := exec.CommandContext(ctx, repobin.Need(t, "helm", "make tools"), args...)
 	// No repository or plugin configuration of the user's leaks in.
 	home := t.TempDir()
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home, "HELM_CONFIG_HOME="+home, "HELM_DATA_HOME="+home)
@@ -267,8 +259,8 @@ var defaultAgentArgs = []string{"agent",
 	"-log-level", "info", "-log-json=true"}
 
 // TestDefaultRendering pins the default rendering (golden file) and checks
-// what test/e2e/cluster builds by hand for the local cluster, object by
-// object: the reviewed shape the chart reproduces.
+// the agent, the webhook and its configuration, object by object, against
+// expectations written out here: the reviewed shape the chart renders.
 func TestDefaultRendering(t *testing.T) {
 	out := mustTemplate(t)
 	golden.Check(t, "default.golden.yaml", []byte(out))
@@ -313,8 +305,6 @@ func hostDir(name, path string) corev1.Volume {
 	return corev1.Volume{Name: name, VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: path, Type: &t}}}
 }
 
-func ptrTo[T any](v T) *T { return &v }
-
 func checkDefaultAgent(t *testing.T, ds *appsv1.DaemonSet) {
 	spec := ds.Spec.Template.Spec
 	sel, err := metav1.LabelSelectorAsSelector(ds.Spec.Selector)
@@ -336,7 +326,7 @@ func checkDefaultAgent(t *testing.T, ds *appsv1.DaemonSet) {
 		t.Errorf("tolerations:%s", diff(want, spec.Tolerations))
 	}
 	wantStrategy := appsv1.DaemonSetUpdateStrategy{Type: appsv1.RollingUpdateDaemonSetStrategyType,
-		RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxUnavailable: ptrTo(intOrString(1)), MaxSurge: ptrTo(intOrString(0))}}
+		RollingUpdate: &appsv1.RollingUpdateDaemonSet{MaxUnavailable: ptr.To(intstr.FromInt32(1)), MaxSurge: ptr.To(intstr.FromInt32(0))}}
 	if !reflect.DeepEqual(ds.Spec.UpdateStrategy, wantStrategy) {
 		t.Errorf("updateStrategy:%s", diff(wantStrategy, ds.Spec.UpdateStrategy))
 	}
@@ -356,7 +346,7 @@ func checkDefaultAgent(t *testing.T, ds *appsv1.DaemonSet) {
 		t.Errorf("securityContext %+v: want privileged, as root", sc)
 	}
 	probe := func(path string) *corev1.HTTPGetAction {
-		return &corev1.HTTPGetAction{Path: path, Port: intOrString(9402)}
+		return &corev1.HTTPGetAction{Path: path, Port: intstr.FromInt32(9402)}
 	}
 	if c.ReadinessProbe == nil || !reflect.DeepEqual(c.ReadinessProbe.HTTPGet, probe("/readyz")) ||
 		c.LivenessProbe == nil || !reflect.DeepEqual(c.LivenessProbe.HTTPGet, probe("/healthz")) {
@@ -403,11 +393,11 @@ func checkDefaultWebhook(t *testing.T, r rendering) {
 		t.Errorf("replicas %d", *d.Spec.Replicas)
 	}
 	wantStrategy := appsv1.DeploymentStrategy{Type: appsv1.RollingUpdateDeploymentStrategyType,
-		RollingUpdate: &appsv1.RollingUpdateDeployment{MaxUnavailable: ptrTo(intOrString(0)), MaxSurge: ptrTo(intOrString(1))}}
+		RollingUpdate: &appsv1.RollingUpdateDeployment{MaxUnavailable: ptr.To(intstr.FromInt32(0)), MaxSurge: ptr.To(intstr.FromInt32(1))}}
 	if !reflect.DeepEqual(d.Spec.Strategy, wantStrategy) {
 		t.Errorf("strategy:%s", diff(wantStrategy, d.Spec.Strategy))
 	}
-	if r.pdb.Spec.MaxUnavailable == nil || *r.pdb.Spec.MaxUnavailable != intOrString(1) || r.pdb.Spec.MinAvailable != nil {
+	if r.pdb.Spec.MaxUnavailable == nil || *r.pdb.Spec.MaxUnavailable != intstr.FromInt32(1) || r.pdb.Spec.MinAvailable != nil {
 		t.Errorf("PodDisruptionBudget %+v: want maxUnavailable 1", r.pdb.Spec)
 	}
 	if aff[0].PodAffinityTerm.TopologyKey != "kubernetes.io/hostname" || spec.Affinity.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
@@ -416,7 +406,7 @@ func checkDefaultWebhook(t *testing.T, r rendering) {
 	if spec.ServiceAccountName != "meshlet-webhook" {
 		t.Errorf("serviceAccountName %q", spec.ServiceAccountName)
 	}
-	wantPodSC := &corev1.PodSecurityContext{RunAsNonRoot: ptrTo(true), RunAsUser: ptrTo[int64](65532), RunAsGroup: ptrTo[int64](65532),
+	wantPodSC := &corev1.PodSecurityContext{RunAsNonRoot: ptr.To(true), RunAsUser: ptr.To[int64](65532), RunAsGroup: ptr.To[int64](65532),
 		SeccompProfile: &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault}}
 	if !reflect.DeepEqual(spec.SecurityContext, wantPodSC) {
 		t.Errorf("pod securityContext:%s", diff(wantPodSC, spec.SecurityContext))
@@ -428,7 +418,7 @@ func checkDefaultWebhook(t *testing.T, r rendering) {
 	if want := []corev1.EnvVar{fieldEnv("POD_NAMESPACE", "metadata.namespace")}; !reflect.DeepEqual(c.Env, want) {
 		t.Errorf("env:%s", diff(want, c.Env))
 	}
-	wantSC := &corev1.SecurityContext{AllowPrivilegeEscalation: ptrTo(false), ReadOnlyRootFilesystem: ptrTo(true),
+	wantSC := &corev1.SecurityContext{AllowPrivilegeEscalation: ptr.To(false), ReadOnlyRootFilesystem: ptr.To(true),
 		Capabilities: &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}}}
 	if !reflect.DeepEqual(c.SecurityContext, wantSC) {
 		t.Errorf("securityContext:%s", diff(wantSC, c.SecurityContext))
@@ -437,38 +427,38 @@ func checkDefaultWebhook(t *testing.T, r rendering) {
 		t.Errorf("ports:%s", diff(want, c.Ports))
 	}
 	probe := func(path string) *corev1.HTTPGetAction {
-		return &corev1.HTTPGetAction{Path: path, Port: intOrStringName("https"), Scheme: corev1.URISchemeHTTPS}
+		return &corev1.HTTPGetAction{Path: path, Port: intstr.FromString("https"), Scheme: corev1.URISchemeHTTPS}
 	}
 	if c.ReadinessProbe == nil || !reflect.DeepEqual(c.ReadinessProbe.HTTPGet, probe("/readyz")) ||
 		c.LivenessProbe == nil || !reflect.DeepEqual(c.LivenessProbe.HTTPGet, probe("/healthz")) {
 		t.Errorf("probes: readiness %+v, liveness %+v: want HTTPS /readyz and /healthz", c.ReadinessProbe, c.LivenessProbe)
 	}
-	wantPorts := []corev1.ServicePort{{Name: "https", Port: 443, TargetPort: intOrStringName("https")}}
+	wantPorts := []corev1.ServicePort{{Name: "https", Port: 443, TargetPort: intstr.FromString("https")}}
 	if !reflect.DeepEqual(r.service.Spec.Ports, wantPorts) {
 		t.Errorf("Service ports:%s", diff(wantPorts, r.service.Spec.Ports))
 	}
 }
 
-// wantWebhook is the webhook of test/e2e/cluster's WebhookConfiguration().
+// wantWebhook is the webhook the default values must render.
 func wantWebhook(svcNamespace, svcName string, notIn []string) admissionregv1.MutatingWebhook {
 	return admissionregv1.MutatingWebhook{
 		Name: "inject.meshlet.io",
 		ClientConfig: admissionregv1.WebhookClientConfig{Service: &admissionregv1.ServiceReference{
-			Namespace: svcNamespace, Name: svcName, Path: ptrTo("/mutate"), Port: ptrTo[int32](443)}},
+			Namespace: svcNamespace, Name: svcName, Path: ptr.To("/mutate"), Port: ptr.To[int32](443)}},
 		Rules: []admissionregv1.RuleWithOperations{{
 			Operations: []admissionregv1.OperationType{admissionregv1.Create},
 			Rule: admissionregv1.Rule{APIGroups: []string{""}, APIVersions: []string{"v1"},
-				Resources: []string{"pods"}, Scope: ptrTo(admissionregv1.NamespacedScope)},
+				Resources: []string{"pods"}, Scope: ptr.To(admissionregv1.NamespacedScope)},
 		}},
-		FailurePolicy: ptrTo(admissionregv1.Fail),
+		FailurePolicy: ptr.To(admissionregv1.Fail),
 		NamespaceSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
 			Key: corev1.LabelMetadataName, Operator: metav1.LabelSelectorOpNotIn, Values: notIn}}},
 		ObjectSelector: &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{
 			Key: "meshlet.io/webhook", Operator: metav1.LabelSelectorOpNotIn, Values: []string{"skip"}}}},
-		SideEffects:             ptrTo(admissionregv1.SideEffectClassNone),
+		SideEffects:             ptr.To(admissionregv1.SideEffectClassNone),
 		AdmissionReviewVersions: []string{"v1"},
-		TimeoutSeconds:          ptrTo[int32](10),
-		ReinvocationPolicy:      ptrTo(admissionregv1.NeverReinvocationPolicy),
+		TimeoutSeconds:          ptr.To[int32](10),
+		ReinvocationPolicy:      ptr.To(admissionregv1.NeverReinvocationPolicy),
 	}
 }
 
@@ -561,7 +551,7 @@ var valueSets = map[string]valueSet{
 				{Name: "consul-ca", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "consul-ca-cert",
 					Items: []corev1.KeyToPath{{Key: "tls.crt", Path: "ca.crt"}}}}},
 				{Name: "consul-token", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "meshlet-agent-acl-token",
-					DefaultMode: ptrTo[int32](0o400), Items: []corev1.KeyToPath{{Key: "token", Path: "token"}}}}},
+					DefaultMode: ptr.To[int32](0o400), Items: []corev1.KeyToPath{{Key: "token", Path: "token"}}}}},
 			}, []corev1.VolumeMount{{Name: "consul-ca", MountPath: "/consul/tls", ReadOnly: true},
 				{Name: "consul-token", MountPath: "/consul/acl", ReadOnly: true}})
 		},
@@ -657,7 +647,7 @@ var valueSets = map[string]valueSet{
 			if c.ImagePullPolicy != corev1.PullNever || c.Image != "localhost/meshlet/meshlet:dev" {
 				t.Errorf("image %q, pull policy %q", c.Image, c.ImagePullPolicy)
 			}
-			if c.ReadinessProbe.HTTPGet.Port != intOrString(19402) || c.Ports[0].ContainerPort != 19402 {
+			if c.ReadinessProbe.HTTPGet.Port != intstr.FromInt32(19402) || c.Ports[0].ContainerPort != 19402 {
 				t.Errorf("probe port %v, container port %d: want 19402", c.ReadinessProbe.HTTPGet.Port, c.Ports[0].ContainerPort)
 			}
 			if spec.PriorityClassName != "" || spec.Tolerations != nil || spec.NodeSelector["kubernetes.io/os"] != "linux" ||
@@ -850,10 +840,7 @@ func expand(t *testing.T, c corev1.Container) (env, args []string) {
 // quantities, addresses, the self-managed certificate's names). A flag the
 // chart invents, or one a binary renames, fails here.
 func TestBinariesAcceptRenderedArgs(t *testing.T) {
-	bin, ok := repobin.Find("meshlet")
-	if !ok {
-		t.Skip("no meshlet in the repo's bin/ or on $PATH: make build builds it")
-	}
+	bin := repobin.Need(t, "meshlet", "make build")
 	const kubeconfig = "/nonexistent/meshlet-chart-test/kubeconfig"
 	for _, name := range valueSetFiles(t) {
 		t.Run(name, func(t *testing.T) {
@@ -1054,7 +1041,7 @@ func TestUpgradeKeepsCABundle(t *testing.T) {
 		t.Fatal(err)
 	}
 	live.Webhooks[0].ClientConfig.CABundle = ca
-	live.Webhooks[0].MatchPolicy = ptrTo(admissionregv1.Equivalent) // an API server default
+	live.Webhooks[0].MatchPolicy = ptr.To(admissionregv1.Equivalent) // an API server default
 	liveJSON, err := runtime.Encode(scheme.Codecs.LegacyCodec(admissionregv1.SchemeGroupVersion), &live)
 	if err != nil {
 		t.Fatal(err)
@@ -1108,6 +1095,3 @@ func threeWayMerge(t *testing.T, original, modified, current []byte) admissionre
 	}
 	return out
 }
-
-func intOrString(i int32) intstr.IntOrString      { return intstr.FromInt32(i) }
-func intOrStringName(s string) intstr.IntOrString { return intstr.FromString(s) }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"testing"
 )
 
 // Find is name in the bin/ of the module that holds the working
@@ -29,4 +30,15 @@ func Find(name string) (string, bool) {
 	}
 	p, err := exec.LookPath(name)
 	return p, err == nil
+}
+
+// Need is Find's path of name, or skips tb saying which make target puts
+// it in bin/: the tools are a real prerequisite, which make test has.
+func Need(tb testing.TB, name, makeTarget string) string {
+	tb.Helper()
+	p, ok := Find(name)
+	if !ok {
+		tb.Skipf("no %s in the repo's bin/ or on $PATH: %s builds it", name, makeTarget)
+	}
+	return p
 }

@@ -50,11 +50,7 @@ func meshletDataPlane(t *testing.T) string { return readMeshletValues(t).Connect
 // helm runs the repository's bin/helm with throwaway state.
 func helm(t *testing.T, args ...string) string {
 	t.Helper()
-	p, ok := repobin.Find("helm")
-	if !ok {
-		t.Skip("no helm in the repo's bin/ or on $PATH: make tools builds it")
-	}
-	cmd := exec.Command(p, args...)
+	cmd := exec.Command(repobin.Need(t, "helm", "make tools"), args...)
 	home := t.TempDir()
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home, "HELM_CONFIG_HOME="+home, "HELM_DATA_HOME="+home)
 	var stderr bytes.Buffer

@@ -31,10 +31,7 @@ var stubs = map[string]string{
 // the stubs were asked.
 func runFlow(t *testing.T, env ...string) (int, []string) {
 	t.Helper()
-	realHelm, ok := repobin.Find("helm")
-	if !ok {
-		t.Skip("no helm in the repo's bin/ or on $PATH: make tools builds it")
-	}
+	realHelm := repobin.Need(t, "helm", "make tools")
 	root := t.TempDir()
 	stubDir := filepath.Join(root, "bin")
 	for _, d := range []string{"test/e2e/kind", "hack", "bin", "deploy"} {

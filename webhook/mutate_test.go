@@ -55,9 +55,12 @@ func consulCfg(mutate ...func(*Config)) Config {
 	return c
 }
 
-func meshletCfg() Config {
+func meshletCfg(mutate ...func(*Config)) Config {
 	c := DefaultConfig()
 	c.DataPlane, c.MeshletImage = DataPlaneMeshlet, "meshlet.local/meshlet:dev"
+	for _, m := range mutate {
+		m(&c)
+	}
 	return c
 }
 
@@ -131,9 +134,9 @@ var goldenCases = []struct {
 	{"meshlet", app(on()), "shop", meshletCfg()},
 	{"meshlet-metrics", app(on(annotations.EnableMetrics, "true")), "shop", meshletCfg()},
 	// A plain-container sidecar that holds the app: first in the list.
-	{"meshlet-regular-container", app(on()), "shop", func() Config { c := meshletCfg(); c.NativeSidecar = false; return c }()},
+	{"meshlet-regular-container", app(on()), "shop", meshletCfg(func(c *Config) { c.NativeSidecar = false })},
 	// -native-sidecar true: native even where a regular container is faster.
-	{"meshlet-native", app(on()), "shop", func() Config { c := meshletCfg(); c.FastStart = false; return c }()},
+	{"meshlet-native", app(on()), "shop", meshletCfg(func(c *Config) { c.FastStart = false })},
 	// The regular container lingers after SIGTERM within the pod's grace.
 	{"meshlet-grace-period", app(on(), func(p *corev1.Pod) { p.Spec.TerminationGracePeriodSeconds = ptr.To(int64(5)) }), "shop", meshletCfg()},
 	// A Job's pod keeps the native sidecar, so that it can complete.
@@ -418,8 +421,8 @@ func TestNativeFor(t *testing.T) {
 		{"Job (OnFailure)", app(on(), restart(corev1.RestartPolicyOnFailure)), meshletCfg(), true},
 		{"Job (Never)", app(on(), restart(corev1.RestartPolicyNever)), meshletCfg(), true},
 		{"own init containers", app(on(), withInit), meshletCfg(), true},
-		{"native forced", app(on()), func() Config { c := meshletCfg(); c.FastStart = false; return c }(), true},
-		{"no native sidecars", app(on(), restart(corev1.RestartPolicyNever)), func() Config { c := meshletCfg(); c.NativeSidecar = false; return c }(), false},
+		{"native forced", app(on()), meshletCfg(func(c *Config) { c.FastStart = false }), true},
+		{"no native sidecars", app(on(), restart(corev1.RestartPolicyNever)), meshletCfg(func(c *Config) { c.NativeSidecar = false }), false},
 		{"envoy has no hold", app(on()), DefaultConfig(), true},
 		{"consul has no hold", app(on()), consulCfg(), true},
 	} {

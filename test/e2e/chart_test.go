@@ -118,9 +118,7 @@ func TestChartUpgrade(t *testing.T) {
 			}
 		}
 	}()
-	values := filepath.Join(lc.Dir, "meshlet-values.yaml")
-	if _, err := lc.Helm(ctx, "upgrade", cluster.MeshletRelease, filepath.Join(lc.Root, cluster.MeshletChart),
-		"--namespace", cluster.MeshletNamespace, "--values", values, "--set", "global.logLevel=info"); err != nil {
+	if err := lc.UpgradeMeshlet(ctx, "global.logLevel=info"); err != nil {
 		t.Fatal(err)
 	}
 	// Pods created while the agent rolls: one every 300 ms until the new
@@ -145,11 +143,7 @@ func TestChartUpgrade(t *testing.T) {
 		}
 		time.Sleep(300 * time.Millisecond)
 	}
-	waitFor(t, ctx, "the webhook's rollout", func(ctx context.Context) (bool, error) {
-		d, err := cs.AppsV1().Deployments(cluster.MeshletNamespace).Get(ctx, cluster.WebhookName, metav1.GetOptions{})
-		return err == nil && d.Status.ObservedGeneration == d.Generation && d.Status.UpdatedReplicas == *d.Spec.Replicas &&
-			d.Status.ReadyReplicas == *d.Spec.Replicas && d.Status.Replicas == *d.Spec.Replicas, err
-	})
+	waitWebhookRollout(t, ctx, cs)
 	close(stop)
 	<-polled
 	t.Logf("webhook asked %d times during the upgrade, refused %d; %d pods created while the agent rolled", asked.Load(), refused.Load(), len(created))

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -14,7 +13,6 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/meshlet/meshlet/annotations"
-	"github.com/meshlet/meshlet/test/e2e/cluster"
 )
 
 // BenchmarkPodStart: the cost of the mesh to a pod's start. b.N times, a
@@ -41,9 +39,7 @@ func BenchmarkPodStart(b *testing.B) {
 		}
 		waitWebhookRollout(b, context.Background(), cs)
 	})
-	if _, err := lc.Helm(ctx, "upgrade", cluster.MeshletRelease, filepath.Join(lc.Root, cluster.MeshletChart),
-		"--namespace", cluster.MeshletNamespace, "--values", filepath.Join(lc.Dir, "meshlet-values.yaml"),
-		"--set", "connectInject.nativeSidecar=true"); err != nil {
+	if err := lc.UpgradeMeshlet(ctx, "connectInject.nativeSidecar=true"); err != nil {
 		b.Fatal(err)
 	}
 	waitWebhookRollout(b, ctx, cs)

@@ -702,14 +702,11 @@ func TestSeedChartValues(t *testing.T) {
 		t.Logf("the local cluster's values restored, the webhook rolled, in %s", time.Since(t1).Round(time.Millisecond))
 	})
 	t1 := time.Now()
-	values := filepath.Join(lc.Dir, "meshlet-values.yaml")
-	if _, err := lc.Helm(ctx, "upgrade", cluster.MeshletRelease, filepath.Join(lc.Root, cluster.MeshletChart),
-		"--namespace", cluster.MeshletNamespace, "--values", values,
-		"--set", "connectInject.default=true",
-		"--set", fmt.Sprintf("connectInject.k8sAllowNamespaces={%s,%s}", allowed, denied),
-		"--set", fmt.Sprintf("connectInject.k8sDenyNamespaces={%s}", denied),
-		"--set", "connectInject.metrics.defaultEnabled=true",
-		"--set", "connectInject.metrics.defaultPrometheusScrapePort=20202"); err != nil {
+	if err := lc.UpgradeMeshlet(ctx, "connectInject.default=true",
+		fmt.Sprintf("connectInject.k8sAllowNamespaces={%s,%s}", allowed, denied),
+		fmt.Sprintf("connectInject.k8sDenyNamespaces={%s}", denied),
+		"connectInject.metrics.defaultEnabled=true",
+		"connectInject.metrics.defaultPrometheusScrapePort=20202"); err != nil {
 		t.Fatal(err)
 	}
 	waitWebhookRollout(t, ctx, cs)

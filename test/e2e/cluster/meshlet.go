@@ -103,6 +103,21 @@ func (c *Cluster) InstallMeshlet(ctx context.Context) error {
 	return nil
 }
 
+// UpgradeMeshlet upgrades the release with InstallMeshlet's values and
+// each of sets as a --set; InstallMeshlet puts the local values back. It
+// does not wait for the rollout.
+func (c *Cluster) UpgradeMeshlet(ctx context.Context, sets ...string) error {
+	args := []string{"upgrade", MeshletRelease, filepath.Join(c.Root, MeshletChart),
+		"--namespace", MeshletNamespace, "--values", c.path("meshlet-values.yaml")}
+	for _, s := range sets {
+		args = append(args, "--set", s)
+	}
+	if _, err := c.Helm(ctx, args...); err != nil {
+		return fmt.Errorf("upgrade meshlet with %q: %w", sets, err)
+	}
+	return nil
+}
+
 // WaitWebhook waits until the API server injects through the webhook.
 func (c *Cluster) WaitWebhook(ctx context.Context) error {
 	cs, err := c.Clientset()

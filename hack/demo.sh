@@ -14,10 +14,7 @@ say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 run() { say "$*"; "$@" || true; }
 # until_ok retries a command quietly until it succeeds (a new pod's sidecar
 # and the catalog need a moment), then runs it once more for the reader.
-until_ok() {
-  for _ in $(seq 60); do "$@" >/dev/null 2>&1 && break; sleep 0.5; done
-  run "$@"
-}
+until_ok() { until_exit 0 "$@"; }
 # until_exit retries until a command exits with the given code, then runs
 # it once more for the reader.
 until_exit() {
@@ -41,7 +38,7 @@ run kubectl get pods --namespace meshlet
 run kubectl apply -f examples/mesh/static-server.yaml
 kubectl rollout status deploy/static-server --timeout=120s >/dev/null
 run kubectl get pods -l app=static-server \
-  -o 'custom-columns=POD:.metadata.name,STATUS:.metadata.annotations.consul\.hashicorp\.com/connect-inject-status,SIDECAR:.spec.initContainers[*].name,IP:.status.podIP'
+  -o 'custom-columns=POD:.metadata.name,STATUS:.metadata.annotations.consul\.hashicorp\.com/connect-inject-status,CONTAINERS:.spec.containers[*].name,IP:.status.podIP'
 until_ok consul catalog services
 
 run kubectl apply -f examples/mesh/static-client.yaml

@@ -17,9 +17,8 @@ import (
 // only once the hook returns, so the app starts with its proxy serving
 // (a native sidecar has its startup probe for that).
 
-// waitPoll is how often wait dials: the proxy is usually ready a few
-// hundred milliseconds after it starts, and every poll missed is start
-// time of the pod.
+// waitPoll is how often wait dials: every poll missed is start time of
+// the pod, and a dial on the pod's loopback costs next to nothing.
 const waitPoll = 20 * time.Millisecond
 
 // WaitMain is `meshlet proxy wait`: it returns nil once the proxy's

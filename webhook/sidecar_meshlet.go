@@ -62,8 +62,9 @@ func meshletSidecar(c corev1.Container, reg annotations.Registration, pod *corev
 	return c
 }
 
-// holdTimeout bounds the regular container's hold (above): far above the
-// second or so a proxy takes when its registration is there.
+// holdTimeout bounds the regular container's hold (above): the
+// registration is the proxy's one wait that can be long (the agent
+// missing the pod); past this the app starts and the proxy follows.
 const holdTimeout = "15s"
 
 // holdsApp says the sidecar's postStart hook waits for the proxy: as a

@@ -93,8 +93,8 @@ func sidecarPlacement(p *corev1.Pod) string {
 // wantPlacement is where the chart's default, nativeSidecar auto, puts
 // the sidecar of p, injected or not: a regular container that holds the
 // app for a pod that runs until deleted and has no init containers of its
-// own, with the meshlet data plane (its app starts ~1 s sooner,
-// docs/benchmarks.md); a native sidecar otherwise.
+// own, with the meshlet data plane (its app starts sooner,
+// docs/benchmarks.md#meshed-pod-start); a native sidecar otherwise.
 func wantPlacement(p *corev1.Pod) string {
 	own := 0
 	for _, c := range p.Spec.InitContainers {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/podcache/wire"
 )
 
@@ -131,25 +132,25 @@ func TestHostLookupOrder(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			apiCalls.Store(0)
-			conf := &NetConf{Kubeconfig: kubeconfig, lookupTimeout: 5 * time.Second}
+			conf := &NetConf{ConflistEntry: contract.ConflistEntry{Kubeconfig: kubeconfig}, lookupTimeout: 5 * time.Second}
 			if tc.runtime {
 				conf.RuntimeConfig.PodAnnotations = map[string]string{"from": "runtime"}
 			}
 			agent := &fakeAgent{mode: tc.agent}
 			if tc.agent != "" {
-				conf.AgentSocket = filepath.Join(shortTempDir(t), "cni.sock")
+				conf.NodeAgentSocket = filepath.Join(shortTempDir(t), "cni.sock")
 			}
 			switch tc.agent {
 			case "", "absent":
 			case "refused":
-				ln, err := net.Listen("unix", conf.AgentSocket)
+				ln, err := net.Listen("unix", conf.NodeAgentSocket)
 				if err != nil {
 					t.Fatal(err)
 				}
 				ln.(*net.UnixListener).SetUnlinkOnClose(false)
 				ln.Close()
 			default:
-				agent.serve(t, conf.AgentSocket)
+				agent.serve(t, conf.NodeAgentSocket)
 			}
 			var logs bytes.Buffer
 			l := hostLookup{conf: conf, uid: tc.uid, log: slog.New(slog.NewJSONHandler(&logs, nil))}
@@ -220,7 +221,7 @@ func TestSandboxUpNotice(t *testing.T) {
 			if tc.mode != "absent" {
 				agent.serve(t, socket)
 			}
-			l := hostLookup{conf: &NetConf{AgentSocket: socket}, log: slog.New(slog.DiscardHandler)}
+			l := hostLookup{conf: &NetConf{ConflistEntry: contract.ConflistEntry{NodeAgentSocket: socket}}, log: slog.New(slog.DiscardHandler)}
 			err := l.sandboxUp("ns", "web", "u-web", []string{"10.244.0.5"})
 			if (tc.wantErr == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.wantErr)) {
 				t.Fatalf("sandboxUp: %v, want %q", err, tc.wantErr)

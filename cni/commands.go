@@ -10,7 +10,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
-	"github.com/meshlet/meshlet/annotations"
 	"github.com/meshlet/meshlet/iptables"
 )
 
@@ -159,7 +158,7 @@ func (c *call) plan(pods podLookup) (p *iptables.Plan, from string, err error) {
 	if err != nil {
 		return nil, "", fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
 	}
-	if p, err = annotations.RedirectPlan(ann); err != nil {
+	if p, err = iptables.RedirectPlan(ann); err != nil {
 		return nil, from, fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
 	}
 	return p, from, nil

@@ -16,7 +16,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/iptables"
 )
 
@@ -39,9 +39,9 @@ func conf(cniVersion, prevResult string) string {
 
 var (
 	plain    = map[string]string{"app": "web"}
-	tproxy   = map[string]string{annotations.InjectStatus: "injected", annotations.TProxyStatus: "enabled", annotations.RedirectConfig: good}
-	noTProxy = map[string]string{annotations.InjectStatus: "injected"}
-	badCfg   = map[string]string{annotations.InjectStatus: "injected", annotations.TProxyStatus: "enabled", annotations.RedirectConfig: "{"}
+	tproxy   = map[string]string{contract.InjectStatus: "injected", contract.TProxyStatus: "enabled", contract.RedirectConfig: good}
+	noTProxy = map[string]string{contract.InjectStatus: "injected"}
+	badCfg   = map[string]string{contract.InjectStatus: "injected", contract.TProxyStatus: "enabled", contract.RedirectConfig: "{"}
 	both     = []iptables.Family{iptables.IPv4, iptables.IPv6}
 )
 
@@ -117,12 +117,12 @@ func TestCommands(t *testing.T) {
 		{name: "ADD injected, CNI 0.4.0", cmd: "ADD", stdin: conf("0.4.0", prev040), lookup: fakeLookup{ann: tproxy, from: "runtime"},
 			wantLookups: []string{"ns/web"}, wantCalls: []string{"Apply plan [IPv4]"}, wantLive: []iptables.Family{iptables.IPv4}},
 		{name: "ADD bad redirect config", cmd: "ADD", lookup: fakeLookup{ann: badCfg, from: "runtime"},
-			wantErr:     []string{"meshlet-cni: pod ns/web", annotations.RedirectConfig, "not valid JSON"},
+			wantErr:     []string{"meshlet-cni: pod ns/web", contract.RedirectConfig, "not valid JSON"},
 			wantLookups: []string{"ns/web"},
 			wantLog:     []logWant{{"ERROR", "ADD failed", map[string]string{"annotations_from": "runtime"}}}},
 		{name: "ADD transparent proxy on, redirect config missing", cmd: "ADD",
-			lookup:      fakeLookup{ann: map[string]string{annotations.InjectStatus: "injected", annotations.TProxyStatus: "enabled"}, from: "api"},
-			wantErr:     []string{"meshlet-cni: pod ns/web", annotations.RedirectConfig, "is missing"},
+			lookup:      fakeLookup{ann: map[string]string{contract.InjectStatus: "injected", contract.TProxyStatus: "enabled"}, from: "api"},
+			wantErr:     []string{"meshlet-cni: pod ns/web", contract.RedirectConfig, "is missing"},
 			wantLookups: []string{"ns/web"}},
 		{name: "ADD lookup fails", cmd: "ADD", lookup: fakeLookup{err: errors.New("read annotations from the API server: API server: 503 Service Unavailable")},
 			wantErr:     []string{"meshlet-cni: pod ns/web", "503 Service Unavailable"},
@@ -175,7 +175,7 @@ func TestCommands(t *testing.T) {
 			wantLookups: []string{"ns/web"}, wantCalls: []string{"Verify plan [IPv4 IPv6]"},
 			wantLog: []logWant{{"ERROR", "CHECK failed", map[string]string{"annotations_from": "api"}}}},
 		{name: "CHECK bad redirect config", cmd: "CHECK", lookup: fakeLookup{ann: badCfg, from: "runtime"},
-			wantErr:     []string{"meshlet-cni: pod ns/web", annotations.RedirectConfig, "not valid JSON"},
+			wantErr:     []string{"meshlet-cni: pod ns/web", contract.RedirectConfig, "not valid JSON"},
 			wantLookups: []string{"ns/web"}},
 		{name: "CHECK lookup fails", cmd: "CHECK", lookup: fakeLookup{err: errors.New("read annotations from the API server: pod not found")},
 			wantErr:     []string{"meshlet-cni: pod ns/web", "pod not found"},
@@ -268,7 +268,7 @@ func TestCommands(t *testing.T) {
 					t.Errorf("%s in netns %q, want %q", ac.op, ac.netns, netns)
 				}
 				if ac.plan != nil {
-					want, _ := annotations.RedirectPlan(lookup.ann)
+					want, _ := iptables.RedirectPlan(lookup.ann)
 					if !reflect.DeepEqual(ac.plan, want) {
 						t.Errorf("%s got plan %+v, want PlanForPod's %+v", ac.op, ac.plan, want)
 					}

@@ -15,32 +15,16 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/iptables"
 )
 
-// NetConf is meshlet-cni's entry in the node's conflist.
+// NetConf is meshlet-cni's entry in the node's conflist: the CNI spec's
+// keys, meshlet's own (contract.ConflistEntry, which the node agent's
+// installer writes) and what the runtime adds.
 type NetConf struct {
 	types.PluginConf
-	// Kubeconfig is the path of the kubeconfig the node agent installs
-	// for the plugin; its credentials need only get on pods.
-	Kubeconfig string `json:"kubeconfig"`
-	// LogLevel is debug, info (default), warn or error.
-	LogLevel string `json:"log_level,omitempty"`
-	// LogFile receives the plugin's structured logs; empty: stderr, which
-	// the runtime shows only when a call fails. It must be absolute. One
-	// that cannot be opened does not fail the call: see newLogger.
-	LogFile string `json:"log_file,omitempty"`
-	// IptablesMode is auto (default: the host's iptables backend), nft or
-	// legacy.
-	IptablesMode string `json:"iptables_mode,omitempty"`
-	// PodLookupTimeout bounds the pod GET with its retries (default 10s).
-	PodLookupTimeout string `json:"pod_lookup_timeout,omitempty"`
-	// LockDir holds the per-netns xtables locks of the legacy backend.
-	LockDir string `json:"lock_dir,omitempty"`
-	// AgentSocket is the node agent's pod cache (daemon/podcache), asked
-	// for the pod's annotations before the API server when the runtime
-	// passes none; empty: not asked. It must be absolute.
-	AgentSocket string `json:"agent_socket,omitempty"`
+	contract.ConflistEntry
 	// RuntimeConfig carries what the runtime passes for the capabilities
 	// the conflist entry declares: with "io.kubernetes.cri.pod-annotations"
 	// containerd and CRI-O hand over the pod's annotations (from kubelet's
@@ -51,10 +35,6 @@ type NetConf struct {
 
 	lookupTimeout time.Duration
 }
-
-// CapabilityPodAnnotations is the capability meshlet-cni's conflist entry
-// declares so that the runtime passes the pod's annotations.
-const CapabilityPodAnnotations = "io.kubernetes.cri.pod-annotations"
 
 const (
 	defaultLookupTimeout = 10 * time.Second
@@ -97,8 +77,8 @@ func parseConf(stdin []byte, requirePrev bool) (*NetConf, error) {
 	if conf.LogFile != "" && !filepath.IsAbs(conf.LogFile) {
 		return nil, fmt.Errorf("meshlet-cni: log_file %q: expected an absolute path", conf.LogFile)
 	}
-	if conf.AgentSocket != "" && !filepath.IsAbs(conf.AgentSocket) {
-		return nil, fmt.Errorf("meshlet-cni: agent_socket %q: expected an absolute path", conf.AgentSocket)
+	if conf.NodeAgentSocket != "" && !filepath.IsAbs(conf.NodeAgentSocket) {
+		return nil, fmt.Errorf("meshlet-cni: agent_socket %q: expected an absolute path", conf.NodeAgentSocket)
 	}
 	if conf.LockDir == "" {
 		conf.LockDir = defaultLockDir

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/meshlet/meshlet/contract"
 )
 
 // TestNewLogger: a log_file that cannot be opened falls back to stderr,
@@ -33,7 +35,7 @@ func TestNewLogger(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			var stderr bytes.Buffer
-			log, closeLog := newLogger(&NetConf{LogFile: tc.file, LogLevel: tc.level}, &stderr, "pod_name", "web")
+			log, closeLog := newLogger(&NetConf{ConflistEntry: contract.ConflistEntry{LogFile: tc.file, LogLevel: tc.level}}, &stderr, "pod_name", "web")
 			log.Info("hello")
 			closeLog()
 

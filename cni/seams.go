@@ -52,8 +52,8 @@ func (l hostLookup) annotations(namespace, name string) (map[string]string, stri
 	if ann := l.conf.RuntimeConfig.PodAnnotations; ann != nil {
 		return ann, "runtime", nil
 	}
-	if l.conf.AgentSocket != "" {
-		ann, err := askAgent(l.conf.AgentSocket, namespace, name, l.uid)
+	if l.conf.NodeAgentSocket != "" {
+		ann, err := askAgent(l.conf.NodeAgentSocket, namespace, name, l.uid)
 		if err == nil {
 			return ann, "agent", nil
 		}
@@ -64,7 +64,7 @@ func (l hostLookup) annotations(namespace, name string) (map[string]string, stri
 			level = slog.LevelInfo
 		}
 		l.log.Log(context.Background(), level, "pod cache of the node agent did not answer; asking the API server",
-			"agent_socket", l.conf.AgentSocket, "err", err)
+			"agent_socket", l.conf.NodeAgentSocket, "err", err)
 	}
 	api, err := loadKubeconfig(l.conf.Kubeconfig)
 	if err != nil {
@@ -80,10 +80,10 @@ func (l hostLookup) annotations(namespace, name string) (map[string]string, stri
 }
 
 func (l hostLookup) sandboxUp(namespace, name, uid string, ips []string) error {
-	if l.conf.AgentSocket == "" {
+	if l.conf.NodeAgentSocket == "" {
 		return nil
 	}
-	return tellAgent(l.conf.AgentSocket, namespace, name, uid, ips)
+	return tellAgent(l.conf.NodeAgentSocket, namespace, name, uid, ips)
 }
 
 // hostApplier is iptables.Applier with the backend resolved on first use:

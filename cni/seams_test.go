@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/meshlet/meshlet/contract"
 )
 
 // TestHostLookup: the runtime's copy when passed (the kubeconfig is not
@@ -27,8 +29,8 @@ func TestHostLookup(t *testing.T) {
 		}
 	})
 	kubeconfig := fakeAPIKubeconfig(t, srv)
-	api := &NetConf{Kubeconfig: kubeconfig, lookupTimeout: 5 * time.Second}
-	runtime := &NetConf{Kubeconfig: "/nonexistent", lookupTimeout: time.Second}
+	api := &NetConf{ConflistEntry: contract.ConflistEntry{Kubeconfig: kubeconfig}, lookupTimeout: 5 * time.Second}
+	runtime := &NetConf{ConflistEntry: contract.ConflistEntry{Kubeconfig: "/nonexistent"}, lookupTimeout: time.Second}
 	runtime.RuntimeConfig.PodAnnotations = map[string]string{"from": "runtime"}
 	tests := []struct {
 		name, pod string
@@ -39,7 +41,7 @@ func TestHostLookup(t *testing.T) {
 		{"runtime copy", "web", runtime, "runtime", ""},
 		{"API server", "web", api, "api", ""},
 		{"API server, no such pod", "gone", api, "", "read annotations from the API server: pod not found"},
-		{"no kubeconfig", "web", &NetConf{Kubeconfig: "/nonexistent", lookupTimeout: time.Second}, "", "read kubeconfig"},
+		{"no kubeconfig", "web", &NetConf{ConflistEntry: contract.ConflistEntry{Kubeconfig: "/nonexistent"}, lookupTimeout: time.Second}, "", "read kubeconfig"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -61,7 +63,7 @@ func TestHostLookup(t *testing.T) {
 // an ADD that applies nothing never detects it, and a bad mode surfaces
 // as that call's error.
 func TestHostApplierResolvesLazily(t *testing.T) {
-	h := newHostApplier(&NetConf{IptablesMode: "bogus", LockDir: "/run/x"})
+	h := newHostApplier(&NetConf{ConflistEntry: contract.ConflistEntry{IptablesMode: "bogus", LockDir: "/run/x"}})
 	if h.resolved != nil || h.Backend() != "" {
 		t.Fatalf("resolved before use: %+v", h.resolved)
 	}
@@ -71,7 +73,7 @@ func TestHostApplierResolvesLazily(t *testing.T) {
 	if _, err := h.Remove("/proc/self/ns/net", nil); err == nil || !strings.Contains(err.Error(), `iptables mode "bogus"`) {
 		t.Errorf("Remove: %v, want the mode error", err)
 	}
-	h = newHostApplier(&NetConf{IptablesMode: "legacy", LockDir: "/run/x"})
+	h = newHostApplier(&NetConf{ConflistEntry: contract.ConflistEntry{IptablesMode: "legacy", LockDir: "/run/x"}})
 	if a, err := h.applier(); err != nil || a.Mode != "legacy" || a.LockDir != "/run/x" || h.Backend() != "legacy" {
 		t.Errorf("legacy: %+v %v, backend %q", a, err, h.Backend())
 	}

@@ -9,10 +9,13 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/contract"
 )
 
 // Flags reach the node's Consul client agent. The defaults are the consul
@@ -27,8 +30,8 @@ type Flags struct {
 // fs; tokenFor says what the token is used for, in the help text.
 func (f *Flags) Register(fs *flag.FlagSet, tokenFor string) {
 	def := os.Getenv("CONSUL_HTTP_ADDR")
-	if def == "" && os.Getenv("HOST_IP") != "" {
-		def = net.JoinHostPort(os.Getenv("HOST_IP"), "8500")
+	if def == "" && os.Getenv(contract.EnvHostIP) != "" {
+		def = net.JoinHostPort(os.Getenv(contract.EnvHostIP), strconv.Itoa(contract.ConsulAgentHTTPPort))
 	}
 	fs.StringVar(&f.Addr, "http-addr", def, "the node's Consul client agent, [scheme://]host:port (default $CONSUL_HTTP_ADDR, else $HOST_IP:8500)")
 	fs.StringVar(&f.CAFile, "ca-file", os.Getenv("CONSUL_CACERT"), "CA of the Consul agent's HTTPS certificate")

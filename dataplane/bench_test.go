@@ -15,7 +15,7 @@ import (
 
 	capi "github.com/hashicorp/consul/api"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/test/procstatus"
 	"github.com/meshlet/meshlet/test/repobin"
 )
@@ -78,8 +78,8 @@ func startPlane(b *testing.B, cl *capi.Client, httpAddr, name string, argv func(
 	var pids []int
 	for _, r := range []struct {
 		name string
-		ups  []annotations.Upstream
-	}{{server, nil}, {client, []annotations.Upstream{{Name: server, LocalPort: up}}}} {
+		ups  []contract.Upstream
+	}{{server, nil}, {client, []contract.Upstream{{Name: server, LocalPort: up}}}} {
 		regs := register(b, cl, meshPod{name: r.name, ip: "127.0.0.1", app: app, public: freePort(b), upstreams: r.ups})
 		args := argv(regs.Proxy.ID, regs.Service.ID)
 		cmd := exec.Command(args[0], args[1:]...)

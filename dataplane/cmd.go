@@ -5,13 +5,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/meshlet/meshlet/consulclient"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/logs"
 )
 
@@ -27,8 +30,8 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	var lf logs.Flags
 	fs := flag.NewFlagSet("meshlet proxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.ProxyID, "proxy-id", os.Getenv("PROXY_ID"), "the proxy's service ID on the node's Consul agent (default $PROXY_ID, set by the webhook)")
-	fs.StringVar(&o.Metrics, "metrics-addr", "127.0.0.1:20200", "HTTP address of /metrics and /ready; empty: none")
+	fs.StringVar(&o.ProxyID, "proxy-id", os.Getenv(contract.EnvProxyID), "the proxy's service ID on the node's Consul agent (default $PROXY_ID, set by the webhook)")
+	fs.StringVar(&o.Metrics, "metrics-addr", net.JoinHostPort("127.0.0.1", strconv.Itoa(contract.ProxyMetricsPort)), "HTTP address of /metrics and /ready; empty: none")
 	fs.DurationVar(&o.Drain, "drain", 5*time.Second, "on SIGTERM, how long open connections may finish")
 	fs.DurationVar(&o.Linger, "linger", 0, "on SIGTERM, keep serving until the app has stopped (its port refuses, no connection open), at most this long; for a sidecar stopped together with the app")
 	consul.Register(fs, "for the proxy's certificate and authorizations")

@@ -21,7 +21,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/agent"
 	podreg "github.com/meshlet/meshlet/daemon/register"
 	"github.com/meshlet/meshlet/test/repobin"
@@ -195,7 +195,7 @@ type meshPod struct {
 	// ClusterIP and port 80, and names its service; "": no Service, the
 	// connect-service annotation names it.
 	vip       string
-	upstreams []annotations.Upstream // connect-service-upstreams
+	upstreams []contract.Upstream // connect-service-upstreams
 }
 
 // pod and services are what the node agent sees of p.
@@ -203,34 +203,34 @@ func (p meshPod) pod(tb testing.TB) (*corev1.Pod, []*corev1.Service) {
 	tb.Helper()
 	// What the user wrote; the webhook reads these and writes the typed
 	// registration, the only one of them register.For reads.
-	ann := map[string]string{annotations.Inject: "true"}
-	reg := annotations.Registration{Port: p.app, DataPlane: "meshlet", TransparentProxy: p.tproxy, Upstreams: p.upstreams}
+	ann := map[string]string{contract.Inject: "true"}
+	reg := contract.Registration{Port: p.app, DataPlane: "meshlet", TransparentProxy: p.tproxy, Upstreams: p.upstreams}
 	var ups []string
 	for _, u := range p.upstreams {
 		ups = append(ups, fmt.Sprintf("%s:%d", u.Name, u.LocalPort))
 	}
 	if len(ups) > 0 {
-		ann[annotations.Upstreams] = strings.Join(ups, ",")
+		ann[contract.Upstreams] = strings.Join(ups, ",")
 	}
 	var services []*corev1.Service
 	if p.vip == "" {
-		ann[annotations.Service], reg.Service = p.name, p.name
+		ann[contract.Service], reg.Service = p.name, p.name
 	} else {
 		services = append(services, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: "default"},
 			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": p.name}, ClusterIP: p.vip,
 				Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt(p.app)}}}})
 	}
-	ann[annotations.TransparentProxy] = strconv.FormatBool(p.tproxy)
+	ann[contract.TransparentProxy] = strconv.FormatBool(p.tproxy)
 	// What the webhook added.
-	ann[annotations.InjectStatus] = annotations.Injected
+	ann[contract.InjectStatus] = contract.Injected
 	if p.tproxy {
-		ann[annotations.TProxyStatus] = annotations.TProxyEnabled
+		ann[contract.TProxyStatus] = contract.TProxyEnabled
 	}
 	enc, err := reg.Encode()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	ann[annotations.RegistrationKey] = enc
+	ann[contract.RegistrationKey] = enc
 	c := corev1.Container{Name: p.name, Image: p.name}
 	if p.app != 0 {
 		c.Ports = []corev1.ContainerPort{{ContainerPort: int32(p.app)}}

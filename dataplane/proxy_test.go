@@ -17,7 +17,7 @@ import (
 	capi "github.com/hashicorp/consul/api"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // app serves "hello from <name>" over HTTP on a free loopback port.
@@ -132,7 +132,7 @@ func TestProxyThroughConsul(t *testing.T) {
 	serverPublic, upPort := freePort(t), freePort(t)
 	server := register(t, cl, meshPod{name: "static-server", ip: "127.0.0.1", app: app(t, "static-server"), public: serverPublic})
 	client := register(t, cl, meshPod{name: "static-client", ip: "127.0.0.1", app: app(t, "static-client"), public: freePort(t),
-		upstreams: []annotations.Upstream{{Name: "static-server", LocalPort: upPort}}})
+		upstreams: []contract.Upstream{{Name: "static-server", LocalPort: upPort}}})
 	serverReg := startProxy(t, cl, server.Proxy.ID)
 	clientReg := startProxy(t, cl, client.Proxy.ID)
 	ready := server.Service.Check.CheckID // the check the node agent keeps in step with the pod's Ready condition

@@ -9,7 +9,7 @@ import (
 	"net"
 	"time"
 
-	"github.com/meshlet/meshlet/iptables"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // The webhook runs `meshlet-proxy wait` as the postStart hook of a sidecar
@@ -30,7 +30,7 @@ const waitPoll = 20 * time.Millisecond
 func WaitMain(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := flag.NewFlagSet("meshlet proxy wait", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("addr", fmt.Sprintf("127.0.0.1:%d", iptables.DefaultProxyInboundPort), "the proxy's public listener, as reached from inside the pod")
+	addr := fs.String("addr", fmt.Sprintf("127.0.0.1:%d", contract.ProxyInboundPort), "the proxy's public listener, as reached from inside the pod")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long (kubelet then restarts the sidecar)")
 	cont := fs.Bool("continue-on-timeout", false, "at the timeout, say so and exit 0: kubelet then starts the app rather than kill the sidecar, which may be about to serve")
 	if err := fs.Parse(args); err != nil {

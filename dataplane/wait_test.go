@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // TestWaitMain: `meshlet proxy wait` returns once the address answers,
@@ -68,7 +68,7 @@ func TestPublicListenerLast(t *testing.T) {
 	cl := consulAgents(t)
 	public, upPort := freePort(t), freePort(t)
 	regs := register(t, cl, meshPod{name: "order", ip: "127.0.0.1", public: public,
-		upstreams: []annotations.Upstream{{Name: "static-server", LocalPort: upPort}}})
+		upstreams: []contract.Upstream{{Name: "static-server", LocalPort: upPort}}})
 	for _, port := range []int{public, upPort} {
 		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {

@@ -13,13 +13,6 @@ import (
 	"strings"
 )
 
-// Defaults of the injected sidecar (the same as consul-k8s').
-const (
-	DefaultProxyUID          = 5995
-	DefaultProxyInboundPort  = 20000
-	DefaultProxyOutboundPort = 15001
-)
-
 // Config is the redirect config: the contract between the webhook (which
 // writes it), the CNI plugin (which applies it) and the node agent. Its JSON
 // keys are consul-k8s' (Go field names), values as consul-k8s writes them.

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // The annotation reference, docs/annotations.md, is held to the code by
@@ -139,7 +139,7 @@ func spans(cell string) []string {
 func annotationNames(cell string) []string {
 	var out []string
 	for _, s := range spans(cell) {
-		if strings.HasPrefix(s, annotations.Prefix) || strings.HasPrefix(s, meshletPrefix) {
+		if strings.HasPrefix(s, contract.Prefix) || strings.HasPrefix(s, meshletPrefix) {
 			out = append(out, s)
 		}
 	}
@@ -203,7 +203,7 @@ func readRows(t *testing.T, tables []docTable) []docAnnotation {
 // keyValue resolves a documented value of the annotation row name to the
 // annotation it sets and its value.
 func keyValue(name, v string) (key, value string, ok bool) {
-	if strings.HasPrefix(v, annotations.Prefix) || strings.HasPrefix(v, meshletPrefix) {
+	if strings.HasPrefix(v, contract.Prefix) || strings.HasPrefix(v, meshletPrefix) {
 		key, value, ok = strings.Cut(v, ": ")
 		template, _, _ := strings.Cut(name, "<")
 		return key, value, ok && (key == name || strings.Contains(name, "<") && strings.HasPrefix(key, template))
@@ -215,7 +215,7 @@ func keyValue(name, v string) (key, value string, ok bool) {
 // that opts in and carries key: value.
 func mutateWith(key, value string) Result {
 	ann := on(key, value)
-	if key == annotations.Inject {
+	if key == contract.Inject {
 		ann = map[string]string{key: value}
 	}
 	return Mutate(app(ann), "shop", DefaultConfig())
@@ -277,7 +277,7 @@ func TestAnnotationsDocNotImplemented(t *testing.T) {
 			}
 			for _, name := range names {
 				n++
-				if known[name] || strings.HasPrefix(name, annotations.ServiceMetaPrefix) {
+				if known[name] || strings.HasPrefix(name, contract.ServiceMetaPrefix) {
 					t.Errorf("line %d: %s is implemented: document it with the annotations the webhook reads", r.line, name)
 					continue
 				}
@@ -301,8 +301,8 @@ func TestAnnotationsDocNotImplemented(t *testing.T) {
 // undocumented; and every documented one exists.
 func TestAnnotationsDocCoversEveryAnnotation(t *testing.T) {
 	_, tables := readAnnotationsDoc(t)
-	written := map[string]bool{annotations.InjectStatus: true, annotations.TProxyStatus: true,
-		annotations.RedirectConfig: true, annotations.RegistrationKey: true}
+	written := map[string]bool{contract.InjectStatus: true, contract.TProxyStatus: true,
+		contract.RedirectConfig: true, contract.RegistrationKey: true}
 
 	inCode := map[string]bool{}
 	for name := range known {
@@ -311,7 +311,7 @@ func TestAnnotationsDocCoversEveryAnnotation(t *testing.T) {
 	for _, name := range annotationConstants(t) {
 		inCode[name] = true
 	}
-	if !inCode[annotations.Inject] || !inCode[annotations.RegistrationKey] || !inCode[annotations.ServiceMetaPrefix] {
+	if !inCode[contract.Inject] || !inCode[contract.RegistrationKey] || !inCode[contract.ServiceMetaPrefix] {
 		t.Fatalf("the annotations package's constants were not all found: %v", inCode)
 	}
 
@@ -356,13 +356,13 @@ func TestAnnotationsDocCoversEveryAnnotation(t *testing.T) {
 	}
 }
 
-// annotationConstants are the annotation names among the annotations
+// annotationConstants are the annotation names among the contract
 // package's exported string constants (consul.hashicorp.com/… and
 // meshlet.io/…, but not the bare prefix), evaluated from its source.
 func annotationConstants(t *testing.T) []string {
 	t.Helper()
 	fset := token.NewFileSet()
-	files, err := filepath.Glob("../annotations/*.go")
+	files, err := filepath.Glob("../contract/*.go")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -424,7 +424,7 @@ func annotationConstants(t *testing.T) []string {
 	var names []string
 	for _, c := range exported {
 		v, ok := eval(exprs[c], 0)
-		if ok && v != annotations.Prefix && (strings.HasPrefix(v, annotations.Prefix) || strings.HasPrefix(v, meshletPrefix)) {
+		if ok && v != contract.Prefix && (strings.HasPrefix(v, contract.Prefix) || strings.HasPrefix(v, meshletPrefix)) {
 			names = append(names, v)
 		}
 	}

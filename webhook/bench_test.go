@@ -3,13 +3,13 @@ package webhook
 import (
 	"testing"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // BenchmarkMutate: one pod through the webhook's mutation, in process, for
 // each data plane (go test -run '^$' -bench Mutate -benchmem ./webhook/).
 func BenchmarkMutate(b *testing.B) {
-	pod := app(on(annotations.Upstreams, "db:5432", annotations.ServiceTags, "v1"))
+	pod := app(on(contract.Upstreams, "db:5432", contract.ServiceTags, "v1"))
 	for _, c := range []struct {
 		name string
 		cfg  Config

@@ -6,6 +6,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+
+	"github.com/meshlet/meshlet/contract"
 )
 
 // Data planes the sidecar can run.
@@ -98,7 +100,7 @@ func DefaultConfig() Config {
 		Metrics: MetricsDefaults{DefaultEnableMerging: false, DefaultMergedMetricsPort: 20100,
 			DefaultPrometheusScrapePort: 20200, DefaultPrometheusScrapePath: "/metrics"},
 		ConsulNamespaces: ConsulNamespaces{DestinationNamespace: "default"},
-		AgentHTTPPort:    8500,
+		AgentHTTPPort:    contract.ConsulAgentHTTPPort,
 		AgentGRPCPort:    8502,
 	}
 }

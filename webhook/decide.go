@@ -5,7 +5,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // neverInjected are namespaces meshlet never touches, whatever the
@@ -17,7 +17,7 @@ var neverInjected = []string{"kube-system", "kube-public"}
 // denied rather than guessed about.
 func decide(pod *corev1.Pod, namespace string, cfg Config) (inject bool, why string, err error) {
 	switch {
-	case pod.Annotations[annotations.InjectStatus] != "":
+	case pod.Annotations[contract.InjectStatus] != "":
 		return false, "already injected", nil
 	case pod.Spec.HostNetwork:
 		return false, "host network", nil
@@ -33,9 +33,9 @@ func decide(pod *corev1.Pod, namespace string, cfg Config) (inject bool, why str
 	case err != nil:
 		return false, "", err
 	case v == nil && !cfg.DefaultInject:
-		return false, "no " + annotations.Inject + " annotation and injection is opt-in", nil
+		return false, "no " + contract.Inject + " annotation and injection is opt-in", nil
 	case v != nil && !*v:
-		return false, annotations.Inject + " is false", nil
+		return false, contract.Inject + " is false", nil
 	}
 	return true, "", nil
 }

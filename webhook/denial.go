@@ -5,7 +5,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // DeniedBy lists the annotations a denial names, sorted and without
@@ -21,8 +21,8 @@ func DeniedBy(err error) []string {
 		case nil:
 		case invalid:
 			k := x.key
-			if strings.HasPrefix(k, annotations.ServiceMetaPrefix) {
-				k = annotations.ServiceMetaPrefix + "*"
+			if strings.HasPrefix(k, contract.ServiceMetaPrefix) {
+				k = contract.ServiceMetaPrefix + "*"
 			}
 			keys = append(keys, k)
 		case interface{ Unwrap() []error }:

@@ -4,19 +4,20 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
+	"github.com/meshlet/meshlet/iptables"
 )
 
 // fuzzKeys are the annotations the fuzzer writes, one at a time.
 var fuzzKeys = []string{
-	annotations.Inject, annotations.Service, annotations.ServicePort, annotations.Upstreams,
-	annotations.TransparentProxy, annotations.OverwriteProbes, annotations.ExcludeInboundPorts,
-	annotations.ExcludeOutboundPorts, annotations.ExcludeOutboundCIDRs, annotations.ExcludeUIDs,
-	annotations.EnvoyExtraArgs, annotations.ServiceTags, annotations.ServiceMetaPrefix + "k",
-	annotations.SidecarCPULimit, annotations.SidecarCPURequest, annotations.SidecarMemoryLimit,
-	annotations.SidecarMemoryRequest, annotations.EnableMetrics, annotations.EnableMetricsMerging,
-	annotations.MergedMetricsPort, annotations.PrometheusScrapePort, annotations.PrometheusScrapePath,
-	annotations.ServiceMetricsPort, annotations.ServiceMetricsPath,
+	contract.Inject, contract.Service, contract.ServicePort, contract.Upstreams,
+	contract.TransparentProxy, contract.OverwriteProbes, contract.ExcludeInboundPorts,
+	contract.ExcludeOutboundPorts, contract.ExcludeOutboundCIDRs, contract.ExcludeUIDs,
+	contract.EnvoyExtraArgs, contract.ServiceTags, contract.ServiceMetaPrefix + "k",
+	contract.SidecarCPULimit, contract.SidecarCPURequest, contract.SidecarMemoryLimit,
+	contract.SidecarMemoryRequest, contract.EnableMetrics, contract.EnableMetricsMerging,
+	contract.MergedMetricsPort, contract.PrometheusScrapePort, contract.PrometheusScrapePath,
+	contract.ServiceMetricsPort, contract.ServiceMetricsPath,
 }
 
 // FuzzAnnotation: whatever one annotation says, the webhook does not
@@ -39,7 +40,7 @@ func FuzzAnnotation(f *testing.F) {
 		}
 		key := fuzzKeys[i%len(fuzzKeys)]
 		ann := on(key, v)
-		if key == annotations.Inject {
+		if key == contract.Inject {
 			ann = map[string]string{key: v}
 		}
 		pod := app(ann)
@@ -53,16 +54,16 @@ func FuzzAnnotation(f *testing.F) {
 				t.Fatalf("%s=%q: denied with a patch", key, v)
 			}
 		case res.Patch == nil:
-			if key != annotations.Inject {
+			if key != contract.Inject {
 				t.Fatalf("%s=%q: an opted-in pod was neither injected nor denied (%s)", key, v, res.Skipped)
 			}
 		default:
 			samePodAfterPatch(t, pod, "shop", consulCfg(func(c *Config) { c.Metrics.DefaultEnabled = false }))
 			injected := applyPatch(t, pod, res)
-			if _, err := annotations.RedirectPlan(injected.Annotations); err != nil {
+			if _, err := iptables.RedirectPlan(injected.Annotations); err != nil {
 				t.Fatalf("%s=%q: admitted with a redirect config meshlet-cni refuses: %v", key, v, err)
 			}
-			if _, err := annotations.DecodeRegistration(injected.Annotations[annotations.RegistrationKey]); err != nil {
+			if _, err := contract.DecodeRegistration(injected.Annotations[contract.RegistrationKey]); err != nil {
 				t.Fatalf("%s=%q: admitted with a registration the agent refuses: %v", key, v, err)
 			}
 		}

@@ -10,7 +10,7 @@ import (
 	"gomodules.xyz/jsonpatch/v2"
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/iptables"
 )
 
@@ -77,7 +77,7 @@ func checkPod(pod *corev1.Pod) error {
 		if c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil {
 			uid = *c.SecurityContext.RunAsUser
 		}
-		if uid == iptables.DefaultProxyUID {
+		if uid == contract.ProxyUID {
 			errs = append(errs, fmt.Errorf("container %q runs as UID %d, the sidecar proxy's UID: its traffic would bypass the proxy; run it as another user", c.Name, uid))
 		}
 		if isSidecarName(c.Name) {
@@ -94,7 +94,7 @@ const defaultContainerKey = "kubectl.kubernetes.io/default-container"
 // inject1 adds the sidecar and the annotations to pod (a copy).
 func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.Pod, error) {
 	cfg.NativeSidecar = nativeFor(pod, cfg)
-	reg := annotations.Registration{Service: p.service, Port: p.port, DataPlane: cfg.DataPlane,
+	reg := contract.Registration{Service: p.service, Port: p.port, DataPlane: cfg.DataPlane,
 		TransparentProxy: p.tproxy, Upstreams: p.upstreams, Tags: p.tags, Meta: p.meta, Metrics: p.metrics,
 		ConsulNamespace: consulNamespace(namespace, cfg.ConsulNamespaces)}
 	if p.tproxy && p.overwriteProbes {
@@ -108,7 +108,7 @@ func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.P
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
 	}
-	pod.Annotations[annotations.InjectStatus] = annotations.Injected
+	pod.Annotations[contract.InjectStatus] = contract.Injected
 	// kubectl exec and logs then pick the app, not the sidecar, without
 	// saying "Defaulted container" each time; a pod's own choice stays.
 	// Named before the sidecar is added: it may go first.
@@ -125,7 +125,7 @@ func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.P
 		pod.Spec.Containers = append(pod.Spec.Containers, sidecar)
 	}
 	if p.tproxy {
-		pod.Annotations[annotations.TProxyStatus] = annotations.TProxyEnabled
+		pod.Annotations[contract.TProxyStatus] = contract.TProxyEnabled
 		c := redirectConfig(p, reg)
 		// meshlet-cni validates the config the same way at ADD: a config it
 		// would refuse must be refused here, not leave the pod stuck later.
@@ -136,7 +136,7 @@ func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.P
 		if err != nil {
 			return nil, err
 		}
-		pod.Annotations[annotations.RedirectConfig] = string(rc)
+		pod.Annotations[contract.RedirectConfig] = string(rc)
 	}
 	if m := p.metrics; m != nil {
 		pod.Annotations["prometheus.io/scrape"] = "true"
@@ -147,18 +147,18 @@ func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.P
 	if err != nil {
 		return nil, err
 	}
-	pod.Annotations[annotations.RegistrationKey] = enc
+	pod.Annotations[contract.RegistrationKey] = enc
 	return pod, nil
 }
 
 // redirectConfig is what meshlet-cni applies: the user's exclusions, plus
 // the ports kubelet and Prometheus must reach directly (exposed probes,
 // metrics), which would otherwise land on the proxy's mTLS listener.
-func redirectConfig(p parsed, reg annotations.Registration) iptables.Config {
+func redirectConfig(p parsed, reg contract.Registration) iptables.Config {
 	c := iptables.Config{
-		ProxyUserID:          strconv.Itoa(iptables.DefaultProxyUID),
-		ProxyInboundPort:     iptables.DefaultProxyInboundPort,
-		ProxyOutboundPort:    iptables.DefaultProxyOutboundPort,
+		ProxyUserID:          strconv.Itoa(contract.ProxyUID),
+		ProxyInboundPort:     contract.ProxyInboundPort,
+		ProxyOutboundPort:    contract.ProxyOutboundPort,
 		ExcludeInboundPorts:  append([]string{}, p.excludeInbound...),
 		ExcludeOutboundPorts: p.excludeOutbound,
 		ExcludeOutboundCIDRs: p.excludeCIDRs,
@@ -187,7 +187,7 @@ func consulNamespace(k8sNamespace string, c ConsulNamespaces) string {
 
 // addUpstreamEnv gives every container and init container
 // <NAME>_CONNECT_SERVICE_HOST and _PORT for each upstream.
-func addUpstreamEnv(pod *corev1.Pod, ups []annotations.Upstream) {
+func addUpstreamEnv(pod *corev1.Pod, ups []contract.Upstream) {
 	if len(ups) == 0 {
 		return
 	}

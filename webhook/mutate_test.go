@@ -14,7 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 
 	"github.com/meshlet/meshlet/test/golden"
 )
@@ -39,7 +39,7 @@ func app(ann map[string]string, mutate ...func(*corev1.Pod)) *corev1.Pod {
 }
 
 func on(extra ...string) map[string]string {
-	m := map[string]string{annotations.Inject: "true"}
+	m := map[string]string{contract.Inject: "true"}
 	for i := 0; i+1 < len(extra); i += 2 {
 		m[extra[i]] = extra[i+1]
 	}
@@ -72,26 +72,26 @@ var goldenCases = []struct {
 }{
 	{"plain-not-annotated", app(nil), "shop", consulCfg()},
 	{"opt-in", app(on()), "shop", consulCfg()},
-	{"tproxy-off", app(on(annotations.TransparentProxy, "false")), "shop", consulCfg()},
+	{"tproxy-off", app(on(contract.TransparentProxy, "false")), "shop", consulCfg()},
 	{"every-annotation", app(on(
-		annotations.Service, "web-api",
-		annotations.ServicePort, "http",
-		annotations.Upstreams, " db:5432 , cache.infra:6379:dc2,prepared_query:geo-db:7000,",
-		annotations.ExcludeInboundPorts, "9090, 9091",
-		annotations.ExcludeOutboundPorts, "443",
-		annotations.ExcludeOutboundCIDRs, "10.96.0.1/32,fd00::/64",
-		annotations.ExcludeUIDs, "1001",
-		annotations.ServiceTags, "v1, canary",
-		annotations.ServiceMetaPrefix+"team", "payments",
-		annotations.SidecarCPULimit, "500m",
-		annotations.SidecarCPURequest, "50m",
-		annotations.SidecarMemoryLimit, "256Mi",
-		annotations.SidecarMemoryRequest, "64Mi",
-		annotations.EnableMetrics, "true",
-		annotations.EnableMetricsMerging, "true",
-		annotations.PrometheusScrapePort, "20201",
-		annotations.ServiceMetricsPort, "8080",
-		annotations.ServiceMetricsPath, "/stats",
+		contract.Service, "web-api",
+		contract.ServicePort, "http",
+		contract.Upstreams, " db:5432 , cache.infra:6379:dc2,prepared_query:geo-db:7000,",
+		contract.ExcludeInboundPorts, "9090, 9091",
+		contract.ExcludeOutboundPorts, "443",
+		contract.ExcludeOutboundCIDRs, "10.96.0.1/32,fd00::/64",
+		contract.ExcludeUIDs, "1001",
+		contract.ServiceTags, "v1, canary",
+		contract.ServiceMetaPrefix+"team", "payments",
+		contract.SidecarCPULimit, "500m",
+		contract.SidecarCPURequest, "50m",
+		contract.SidecarMemoryLimit, "256Mi",
+		contract.SidecarMemoryRequest, "64Mi",
+		contract.EnableMetrics, "true",
+		contract.EnableMetricsMerging, "true",
+		contract.PrometheusScrapePort, "20201",
+		contract.ServiceMetricsPort, "8080",
+		contract.ServiceMetricsPath, "/stats",
 		"consul.hashicorp.com/connect-service-protocol", "http",
 	)), "shop", consulCfg()},
 	{"probes", app(on(), func(p *corev1.Pod) {
@@ -103,10 +103,10 @@ var goldenCases = []struct {
 			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/w", Port: intstr.FromInt(9000), Scheme: corev1.URISchemeHTTPS}}},
 			LivenessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(9000)}}}})
 	}), "shop", consulCfg()},
-	{"probes-not-overwritten", app(on(annotations.OverwriteProbes, "false"), func(p *corev1.Pod) {
+	{"probes-not-overwritten", app(on(contract.OverwriteProbes, "false"), func(p *corev1.Pod) {
 		p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt(8080)}}}
 	}), "shop", consulCfg()},
-	{"job-with-init-container", app(on(annotations.Upstreams, "db:5432"), func(p *corev1.Pod) {
+	{"job-with-init-container", app(on(contract.Upstreams, "db:5432"), func(p *corev1.Pod) {
 		p.Spec.RestartPolicy = corev1.RestartPolicyNever
 		p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m"}}
 	}), "shop", consulCfg()},
@@ -115,12 +115,12 @@ var goldenCases = []struct {
 		c.ConsulNamespaces = ConsulNamespaces{Enabled: true, MirroringK8S: true, MirroringK8SPrefix: "k8s-"}
 	})},
 	{"default-inject", app(nil), "shop", consulCfg(func(c *Config) { c.DefaultInject = true })},
-	{"false-wins", app(map[string]string{annotations.Inject: "false"}), "shop", consulCfg(func(c *Config) { c.DefaultInject = true })},
+	{"false-wins", app(map[string]string{contract.Inject: "false"}), "shop", consulCfg(func(c *Config) { c.DefaultInject = true })},
 	{"kube-system", app(on()), "kube-system", consulCfg()},
 	{"denied-namespace", app(on()), "shop", consulCfg(func(c *Config) { c.DenyNamespaces = []string{"shop"} })},
 	{"not-allowed-namespace", app(on()), "shop", consulCfg(func(c *Config) { c.AllowNamespaces = []string{"other"} })},
 	{"host-network", app(on(), func(p *corev1.Pod) { p.Spec.HostNetwork = true }), "shop", consulCfg()},
-	{"existing-env-probes-init", app(on(annotations.Upstreams, "db:5432,cache:6379"), func(p *corev1.Pod) {
+	{"existing-env-probes-init", app(on(contract.Upstreams, "db:5432,cache:6379"), func(p *corev1.Pod) {
 		p.Annotations["team"] = "a/b~c"
 		p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m", Env: []corev1.EnvVar{{Name: "A", Value: "1"}}}, {Name: "seed", Image: "s"}}
 		c := &p.Spec.Containers[0]
@@ -132,7 +132,7 @@ var goldenCases = []struct {
 			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(9000)}}}})
 	}), "shop", consulCfg()},
 	{"meshlet", app(on()), "shop", meshletCfg()},
-	{"meshlet-metrics", app(on(annotations.EnableMetrics, "true")), "shop", meshletCfg()},
+	{"meshlet-metrics", app(on(contract.EnableMetrics, "true")), "shop", meshletCfg()},
 	// A plain-container sidecar that holds the app: first in the list.
 	{"meshlet-regular-container", app(on()), "shop", meshletCfg(func(c *Config) { c.NativeSidecar = false })},
 	// -native-sidecar true: native even where a regular container is faster.
@@ -141,8 +141,8 @@ var goldenCases = []struct {
 	{"meshlet-grace-period", app(on(), func(p *corev1.Pod) { p.Spec.TerminationGracePeriodSeconds = ptr.To(int64(5)) }), "shop", meshletCfg()},
 	// A Job's pod keeps the native sidecar, so that it can complete.
 	{"meshlet-job", app(on(), func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyOnFailure }), "shop", meshletCfg()},
-	{"envoy", app(on(annotations.EnvoyExtraArgs, "--log-level debug  --disable-hot-restart")), "shop", DefaultConfig()},
-	{"envoy-namespaces", app(on(annotations.Service, "web-api")), "shop", func() Config {
+	{"envoy", app(on(contract.EnvoyExtraArgs, "--log-level debug  --disable-hot-restart")), "shop", DefaultConfig()},
+	{"envoy-namespaces", app(on(contract.Service, "web-api")), "shop", func() Config {
 		c := DefaultConfig()
 		c.ConsulNamespaces = ConsulNamespaces{Enabled: true, DestinationNamespace: "apps"}
 		return c
@@ -266,42 +266,42 @@ func TestMutateDenies(t *testing.T) {
 		pod  *corev1.Pod
 		want []string
 	}{
-		{"upstream port", app(on(annotations.Upstreams, "db:abc")),
+		{"upstream port", app(on(contract.Upstreams, "db:abc")),
 			[]string{`consul.hashicorp.com/connect-service-upstreams: "db:abc": port must be a number 1-65535`}},
-		{"upstream grammar", app(on(annotations.Upstreams, "db")),
+		{"upstream grammar", app(on(contract.Upstreams, "db")),
 			[]string{`"db": expected name[.namespace]:port[:datacenter] or prepared_query:name:port`}},
-		{"prepared query grammar", app(on(annotations.Upstreams, "prepared_query:q")),
+		{"prepared query grammar", app(on(contract.Upstreams, "prepared_query:q")),
 			[]string{`"prepared_query:q": expected prepared_query:name:port`}},
-		{"two upstreams on one port", app(on(annotations.Upstreams, "a:1234, b:1234")),
+		{"two upstreams on one port", app(on(contract.Upstreams, "a:1234, b:1234")),
 			[]string{`"b:1234": local port 1234 is already taken by "a:1234"`}},
-		{"bad upstream datacenter", app(on(annotations.Upstreams, "a:1:dc.1")), []string{"the datacenter must be a name"}},
-		{"service port name", app(on(annotations.ServicePort, "grpc")),
+		{"bad upstream datacenter", app(on(contract.Upstreams, "a:1:dc.1")), []string{"the datacenter must be a name"}},
+		{"service port name", app(on(contract.ServicePort, "grpc")),
 			[]string{`consul.hashicorp.com/connect-service-port: "grpc": expected a port number 1-65535 or the name of a port`}},
-		{"service name", app(on(annotations.Service, "web.api")), []string{`consul.hashicorp.com/connect-service: "web.api"`}},
-		{"bool", app(on(annotations.TransparentProxy, "yes")),
+		{"service name", app(on(contract.Service, "web.api")), []string{`consul.hashicorp.com/connect-service: "web.api"`}},
+		{"bool", app(on(contract.TransparentProxy, "yes")),
 			[]string{`consul.hashicorp.com/transparent-proxy: "yes": expected "true" or "false"`}},
-		{"inject bool", app(map[string]string{annotations.Inject: "enabled"}),
+		{"inject bool", app(map[string]string{contract.Inject: "enabled"}),
 			[]string{`consul.hashicorp.com/connect-inject: "enabled": expected "true" or "false"`}},
 		{"ports, CIDRs, UIDs, all reported", app(on(
-			annotations.ExcludeInboundPorts, "80,http",
-			annotations.ExcludeOutboundPorts, "0",
-			annotations.ExcludeOutboundCIDRs, "10.0.0.0/33",
-			annotations.ExcludeUIDs, "root")), []string{
+			contract.ExcludeInboundPorts, "80,http",
+			contract.ExcludeOutboundPorts, "0",
+			contract.ExcludeOutboundCIDRs, "10.0.0.0/33",
+			contract.ExcludeUIDs, "root")), []string{
 			`consul.hashicorp.com/transparent-proxy-exclude-inbound-ports: "http": expected a port 1-65535 or a range`,
 			`consul.hashicorp.com/transparent-proxy-exclude-outbound-ports: "0"`,
 			`consul.hashicorp.com/transparent-proxy-exclude-outbound-cidrs: "10.0.0.0/33": expected an IPv4 or IPv6 CIDR`,
 			`consul.hashicorp.com/transparent-proxy-exclude-uids: "root": expected a numeric UID`}},
-		{"quantity", app(on(annotations.SidecarMemoryLimit, "lots")),
+		{"quantity", app(on(contract.SidecarMemoryLimit, "lots")),
 			[]string{`consul.hashicorp.com/sidecar-proxy-memory-limit: "lots": expected a resource quantity`}},
-		{"limit below request", app(on(annotations.SidecarCPULimit, "10m", annotations.SidecarCPURequest, "20m")),
+		{"limit below request", app(on(contract.SidecarCPULimit, "10m", contract.SidecarCPURequest, "20m")),
 			[]string{"sidecar cpu limit 10m is below its request 20m"}},
-		{"metrics port", app(on(annotations.PrometheusScrapePort, "x")),
+		{"metrics port", app(on(contract.PrometheusScrapePort, "x")),
 			[]string{`consul.hashicorp.com/prometheus-scrape-port: "x": expected a port number`}},
-		{"metrics path", app(on(annotations.PrometheusScrapePath, "metrics")),
+		{"metrics path", app(on(contract.PrometheusScrapePath, "metrics")),
 			[]string{`consul.hashicorp.com/prometheus-scrape-path: "metrics": expected an HTTP path`}},
-		{"extra args quoting", app(on(annotations.EnvoyExtraArgs, `--log-level "debug"`)),
+		{"extra args quoting", app(on(contract.EnvoyExtraArgs, `--log-level "debug"`)),
 			[]string{"consul.hashicorp.com/envoy-extra-args", "without quotes"}},
-		{"empty meta key", app(on(annotations.ServiceMetaPrefix, "x")), []string{"expected a meta key after"}},
+		{"empty meta key", app(on(contract.ServiceMetaPrefix, "x")), []string{"expected a meta key after"}},
 		{"app as the proxy UID (pod)", app(on(), func(p *corev1.Pod) { p.Spec.SecurityContext.RunAsUser = ptr.To(int64(5995)) }),
 			[]string{`container "web" runs as UID 5995, the sidecar proxy's UID`}},
 		{"app as the proxy UID (container)", app(on(), func(p *corev1.Pod) {
@@ -331,10 +331,10 @@ func TestDeniedBy(t *testing.T) {
 		pod  *corev1.Pod
 		want []string
 	}{
-		{"one annotation", app(on(annotations.Upstreams, "db:abc")), []string{annotations.Upstreams}},
-		{"two annotations, one twice", app(on(annotations.Upstreams, "db:abc,x:y", annotations.ExcludeUIDs, "me")),
-			[]string{annotations.Upstreams, annotations.ExcludeUIDs}},
-		{"meta keys fold into one label", app(on(annotations.ServiceMetaPrefix, "x")), []string{annotations.ServiceMetaPrefix + "*"}},
+		{"one annotation", app(on(contract.Upstreams, "db:abc")), []string{contract.Upstreams}},
+		{"two annotations, one twice", app(on(contract.Upstreams, "db:abc,x:y", contract.ExcludeUIDs, "me")),
+			[]string{contract.Upstreams, contract.ExcludeUIDs}},
+		{"meta keys fold into one label", app(on(contract.ServiceMetaPrefix, "x")), []string{contract.ServiceMetaPrefix + "*"}},
 		{"not an annotation", app(on(), func(p *corev1.Pod) { p.Spec.SecurityContext.RunAsUser = ptr.To(int64(5995)) }), []string{"other"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -363,17 +363,17 @@ func TestMutateUpstreamOnProxyPort(t *testing.T) {
 		ann  []string
 		want string // "" admitted
 	}{
-		{"inbound port", consulCfg(), []string{annotations.Upstreams, "db:20000"},
+		{"inbound port", consulCfg(), []string{contract.Upstreams, "db:20000"},
 			`"db:20000": local port 20000 is the proxy's inbound port in the pod`},
-		{"outbound port, transparent", consulCfg(), []string{annotations.Upstreams, "db:15001"},
+		{"outbound port, transparent", consulCfg(), []string{contract.Upstreams, "db:15001"},
 			`"db:15001": local port 15001 is the proxy's transparent outbound port in the pod`},
-		{"outbound port, not transparent", consulCfg(), []string{annotations.Upstreams, "db:15001", annotations.TransparentProxy, "false"}, ""},
-		{"Envoy's admin port", envoy, []string{annotations.Upstreams, "db:19000"}, `local port 19000 is Envoy's admin port`},
-		{"19000 without Envoy", consulCfg(), []string{annotations.Upstreams, "db:19000"}, ""},
-		{"meshlet's metrics port", meshletCfg(), []string{annotations.Upstreams, "db:20200"}, `local port 20200 is the proxy's metrics port`},
-		{"the scrape port", consulCfg(), []string{annotations.Upstreams, "db:9102", annotations.EnableMetrics, "true", annotations.PrometheusScrapePort, "9102"},
+		{"outbound port, not transparent", consulCfg(), []string{contract.Upstreams, "db:15001", contract.TransparentProxy, "false"}, ""},
+		{"Envoy's admin port", envoy, []string{contract.Upstreams, "db:19000"}, `local port 19000 is Envoy's admin port`},
+		{"19000 without Envoy", consulCfg(), []string{contract.Upstreams, "db:19000"}, ""},
+		{"meshlet's metrics port", meshletCfg(), []string{contract.Upstreams, "db:20200"}, `local port 20200 is the proxy's metrics port`},
+		{"the scrape port", consulCfg(), []string{contract.Upstreams, "db:9102", contract.EnableMetrics, "true", contract.PrometheusScrapePort, "9102"},
 			`local port 9102 is the proxy's metrics port (prometheus-scrape-port)`},
-		{"the second of two", consulCfg(), []string{annotations.Upstreams, "a:1234, b:20000"}, `"b:20000": local port 20000`},
+		{"the second of two", consulCfg(), []string{contract.Upstreams, "a:1234, b:20000"}, `"b:20000": local port 20000`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			res := Mutate(app(on(tc.ann...)), "shop", tc.cfg)
@@ -393,9 +393,9 @@ func TestMutateUpstreamOnProxyPort(t *testing.T) {
 // TestMutateDeniesWrittenAnnotations: the annotations only meshlet writes
 // cannot come from the pod template, with transparent proxy on or off.
 func TestMutateDeniesWrittenAnnotations(t *testing.T) {
-	for _, key := range []string{annotations.TProxyStatus, annotations.RedirectConfig, annotations.RegistrationKey} {
+	for _, key := range []string{contract.TProxyStatus, contract.RedirectConfig, contract.RegistrationKey} {
 		for _, tproxy := range []string{"true", "false"} {
-			res := Mutate(app(on(key, "{}", annotations.TransparentProxy, tproxy)), "shop", consulCfg())
+			res := Mutate(app(on(key, "{}", contract.TransparentProxy, tproxy)), "shop", consulCfg())
 			want := key + `: "{}": written by meshlet at injection; remove it from the pod template`
 			if res.Denied == nil || !strings.Contains(res.Denied.Error(), want) {
 				t.Errorf("%s with transparent-proxy %s: got %v, want a denial saying %q", key, tproxy, res.Denied, want)

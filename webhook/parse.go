@@ -11,7 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/iptables"
 )
 
@@ -25,7 +25,7 @@ func (e invalid) Error() string { return fmt.Sprintf("%s: %q: %s", e.key, e.valu
 type parsed struct {
 	service            string
 	port               int // the application's port; 0: none
-	upstreams          []annotations.Upstream
+	upstreams          []contract.Upstream
 	upstreamsAsWritten []string // each upstream as the annotation wrote it, for messages
 	tproxy             bool
 	overwriteProbes    bool
@@ -37,35 +37,35 @@ type parsed struct {
 	tags               []string
 	meta               map[string]string
 	resources          corev1.ResourceRequirements
-	metrics            *annotations.Metrics // nil: metrics off
-	unknown            []string             // consul.hashicorp.com/* keys meshlet does not implement
+	metrics            *contract.Metrics // nil: metrics off
+	unknown            []string          // consul.hashicorp.com/* keys meshlet does not implement
 }
 
 // known are the Consul annotations meshlet reads or writes; any other
 // consul.hashicorp.com/* key draws a warning.
 var known = map[string]bool{
-	annotations.Inject: true, annotations.Service: true, annotations.ServicePort: true,
-	annotations.Upstreams: true, annotations.TransparentProxy: true, annotations.OverwriteProbes: true,
-	annotations.ExcludeInboundPorts: true, annotations.ExcludeOutboundPorts: true,
-	annotations.ExcludeOutboundCIDRs: true, annotations.ExcludeUIDs: true,
-	annotations.EnvoyExtraArgs: true, annotations.ServiceTags: true,
-	annotations.SidecarCPULimit: true, annotations.SidecarCPURequest: true,
-	annotations.SidecarMemoryLimit: true, annotations.SidecarMemoryRequest: true,
-	annotations.EnableMetrics: true, annotations.EnableMetricsMerging: true,
-	annotations.MergedMetricsPort: true, annotations.PrometheusScrapePort: true,
-	annotations.PrometheusScrapePath: true, annotations.ServiceMetricsPort: true,
-	annotations.ServiceMetricsPath: true,
-	annotations.InjectStatus:       true, annotations.TProxyStatus: true, annotations.RedirectConfig: true,
+	contract.Inject: true, contract.Service: true, contract.ServicePort: true,
+	contract.Upstreams: true, contract.TransparentProxy: true, contract.OverwriteProbes: true,
+	contract.ExcludeInboundPorts: true, contract.ExcludeOutboundPorts: true,
+	contract.ExcludeOutboundCIDRs: true, contract.ExcludeUIDs: true,
+	contract.EnvoyExtraArgs: true, contract.ServiceTags: true,
+	contract.SidecarCPULimit: true, contract.SidecarCPURequest: true,
+	contract.SidecarMemoryLimit: true, contract.SidecarMemoryRequest: true,
+	contract.EnableMetrics: true, contract.EnableMetricsMerging: true,
+	contract.MergedMetricsPort: true, contract.PrometheusScrapePort: true,
+	contract.PrometheusScrapePath: true, contract.ServiceMetricsPort: true,
+	contract.ServiceMetricsPath: true,
+	contract.InjectStatus:       true, contract.TProxyStatus: true, contract.RedirectConfig: true,
 }
 
 // parseInject reads connect-inject alone: the decision needs it before
 // anything else is parsed.
 func parseInject(ann map[string]string) (*bool, error) {
-	v, ok := ann[annotations.Inject]
+	v, ok := ann[contract.Inject]
 	if !ok {
 		return nil, nil
 	}
-	b, err := parseBool(annotations.Inject, v)
+	b, err := parseBool(contract.Inject, v)
 	return &b, err
 }
 
@@ -81,20 +81,20 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 		}
 	}
 	var err error
-	if v, ok := ann[annotations.Service]; ok {
-		p.service, err = parseServiceName(annotations.Service, v)
+	if v, ok := ann[contract.Service]; ok {
+		p.service, err = parseServiceName(contract.Service, v)
 		check(err)
 	}
 	p.port, err = parseServicePort(pod, ann)
 	check(err)
-	if v, ok := ann[annotations.Upstreams]; ok {
+	if v, ok := ann[contract.Upstreams]; ok {
 		p.upstreams, p.upstreamsAsWritten, err = parseUpstreams(v)
 		check(err)
 	}
 	for _, b := range []struct {
 		key string
 		dst *bool
-	}{{annotations.TransparentProxy, &p.tproxy}, {annotations.OverwriteProbes, &p.overwriteProbes}} {
+	}{{contract.TransparentProxy, &p.tproxy}, {contract.OverwriteProbes, &p.overwriteProbes}} {
 		if v, ok := ann[b.key]; ok {
 			*b.dst, err = parseBool(b.key, v)
 			check(err)
@@ -105,10 +105,10 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 		dst   *[]string
 		parse func(key, v string) error
 	}{
-		{annotations.ExcludeInboundPorts, &p.excludeInbound, checkPortOrRange},
-		{annotations.ExcludeOutboundPorts, &p.excludeOutbound, checkPortOrRange},
-		{annotations.ExcludeOutboundCIDRs, &p.excludeCIDRs, checkCIDR},
-		{annotations.ExcludeUIDs, &p.excludeUIDs, checkUID},
+		{contract.ExcludeInboundPorts, &p.excludeInbound, checkPortOrRange},
+		{contract.ExcludeOutboundPorts, &p.excludeOutbound, checkPortOrRange},
+		{contract.ExcludeOutboundCIDRs, &p.excludeCIDRs, checkCIDR},
+		{contract.ExcludeUIDs, &p.excludeUIDs, checkUID},
 	} {
 		for _, e := range splitList(ann[l.key]) {
 			if err := l.parse(l.key, e); err != nil {
@@ -118,18 +118,18 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 			*l.dst = append(*l.dst, e)
 		}
 	}
-	if v, ok := ann[annotations.EnvoyExtraArgs]; ok {
+	if v, ok := ann[contract.EnvoyExtraArgs]; ok {
 		p.extraArgs, err = parseExtraArgs(v)
 		check(err)
 	}
-	p.tags = splitList(ann[annotations.ServiceTags])
+	p.tags = splitList(ann[contract.ServiceTags])
 	p.meta, err = parseMeta(ann)
 	check(err)
 	check(parseResources(ann, &p.resources))
 	p.metrics, err = parseMetrics(ann, cfg.Metrics)
 	check(err)
 	check(checkUpstreamPorts(p, cfg))
-	for _, k := range []string{annotations.TProxyStatus, annotations.RedirectConfig, annotations.RegistrationKey} {
+	for _, k := range []string{contract.TProxyStatus, contract.RedirectConfig, contract.RegistrationKey} {
 		// Only meshlet writes these, at injection. Kept from the pod
 		// template when transparent proxy is off, a redirect config would
 		// reach meshlet-cni without the checks above.
@@ -138,7 +138,7 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 		}
 	}
 	for k := range ann {
-		if strings.HasPrefix(k, annotations.Prefix) && !known[k] && !strings.HasPrefix(k, annotations.ServiceMetaPrefix) {
+		if strings.HasPrefix(k, contract.Prefix) && !known[k] && !strings.HasPrefix(k, contract.ServiceMetaPrefix) {
 			p.unknown = append(p.unknown, k)
 		}
 	}
@@ -151,15 +151,15 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 // addresses, the outbound one with transparent proxy, Envoy's admin port,
 // meshlet-proxy's metrics): the proxy could not start.
 func checkUpstreamPorts(p parsed, cfg Config) error {
-	taken := map[int]string{iptables.DefaultProxyInboundPort: "the proxy's inbound port"}
+	taken := map[int]string{contract.ProxyInboundPort: "the proxy's inbound port"}
 	if p.tproxy {
-		taken[iptables.DefaultProxyOutboundPort] = "the proxy's transparent outbound port"
+		taken[contract.ProxyOutboundPort] = "the proxy's transparent outbound port"
 	}
 	switch {
 	case cfg.DataPlane == DataPlaneEnvoy:
 		taken[envoyAdminPort] = "Envoy's admin port"
 	case cfg.DataPlane == DataPlaneMeshlet && p.metrics == nil:
-		taken[meshletMetricsPort] = "the proxy's metrics port"
+		taken[contract.ProxyMetricsPort] = "the proxy's metrics port"
 	}
 	if p.metrics != nil {
 		taken[p.metrics.ScrapePort] = "the proxy's metrics port (prometheus-scrape-port)"
@@ -167,7 +167,7 @@ func checkUpstreamPorts(p parsed, cfg Config) error {
 	var errs []error
 	for i, u := range p.upstreams {
 		if what, ok := taken[u.LocalPort]; ok {
-			errs = append(errs, invalid{annotations.Upstreams, p.upstreamsAsWritten[i], fmt.Sprintf("local port %d is %s in the pod", u.LocalPort, what)})
+			errs = append(errs, invalid{contract.Upstreams, p.upstreamsAsWritten[i], fmt.Sprintf("local port %d is %s in the pod", u.LocalPort, what)})
 		}
 	}
 	return errors.Join(errs...)
@@ -216,7 +216,7 @@ func parsePort(s string) (int, bool) {
 // parseServicePort resolves connect-service-port, a number or the name of
 // a container port, defaulting to the first container port of the pod.
 func parseServicePort(pod *corev1.Pod, ann map[string]string) (int, error) {
-	v, ok := ann[annotations.ServicePort]
+	v, ok := ann[contract.ServicePort]
 	if !ok {
 		for _, c := range pod.Spec.Containers {
 			if len(c.Ports) > 0 {
@@ -232,7 +232,7 @@ func parseServicePort(pod *corev1.Pod, ann map[string]string) (int, error) {
 	if n := namedPort(pod, v); n != 0 {
 		return n, nil
 	}
-	return 0, invalid{annotations.ServicePort, v, "expected a port number 1-65535 or the name of a port of one of the pod's containers"}
+	return 0, invalid{contract.ServicePort, v, "expected a port number 1-65535 or the name of a port of one of the pod's containers"}
 }
 
 func namedPort(pod *corev1.Pod, name string) int {
@@ -248,8 +248,8 @@ func namedPort(pod *corev1.Pod, name string) int {
 
 // parseUpstreams reads name[.namespace]:port[:datacenter] and
 // prepared_query:name:port elements, comma-separated.
-func parseUpstreams(v string) (ups []annotations.Upstream, asWritten []string, err error) {
-	const key = annotations.Upstreams
+func parseUpstreams(v string) (ups []contract.Upstream, asWritten []string, err error) {
+	const key = contract.Upstreams
 	var errs []error
 	ports := map[int]string{}
 	for _, e := range splitList(v) {
@@ -268,13 +268,13 @@ func parseUpstreams(v string) (ups []annotations.Upstream, asWritten []string, e
 	return ups, asWritten, errors.Join(errs...)
 }
 
-func parseUpstream(e string) (annotations.Upstream, error) {
-	const key = annotations.Upstreams
+func parseUpstream(e string) (contract.Upstream, error) {
+	const key = contract.Upstreams
 	parts := strings.Split(e, ":")
 	for i := range parts {
 		parts[i] = strings.TrimSpace(parts[i])
 	}
-	var u annotations.Upstream
+	var u contract.Upstream
 	portAt := 1
 	switch {
 	case parts[0] == "prepared_query":
@@ -336,7 +336,7 @@ func checkUID(key, e string) error {
 // passed on literally: Envoy would see the quotes.
 func parseExtraArgs(v string) ([]string, error) {
 	if strings.ContainsAny(v, `"'\`) {
-		return nil, invalid{annotations.EnvoyExtraArgs, v, "expected arguments separated by spaces, without quotes or backslashes"}
+		return nil, invalid{contract.EnvoyExtraArgs, v, "expected arguments separated by spaces, without quotes or backslashes"}
 	}
 	return strings.Fields(v), nil
 }
@@ -345,12 +345,12 @@ func parseMeta(ann map[string]string) (map[string]string, error) {
 	var meta map[string]string
 	var errs []error
 	for k, v := range ann {
-		key, ok := strings.CutPrefix(k, annotations.ServiceMetaPrefix)
+		key, ok := strings.CutPrefix(k, contract.ServiceMetaPrefix)
 		if !ok {
 			continue
 		}
 		if key == "" {
-			errs = append(errs, invalid{k, v, "expected a meta key after " + annotations.ServiceMetaPrefix})
+			errs = append(errs, invalid{k, v, "expected a meta key after " + contract.ServiceMetaPrefix})
 			continue
 		}
 		if meta == nil {
@@ -370,10 +370,10 @@ func parseResources(ann map[string]string, r *corev1.ResourceRequirements) error
 		list *corev1.ResourceList
 		name corev1.ResourceName
 	}{
-		{annotations.SidecarCPULimit, &r.Limits, corev1.ResourceCPU},
-		{annotations.SidecarCPURequest, &r.Requests, corev1.ResourceCPU},
-		{annotations.SidecarMemoryLimit, &r.Limits, corev1.ResourceMemory},
-		{annotations.SidecarMemoryRequest, &r.Requests, corev1.ResourceMemory},
+		{contract.SidecarCPULimit, &r.Limits, corev1.ResourceCPU},
+		{contract.SidecarCPURequest, &r.Requests, corev1.ResourceCPU},
+		{contract.SidecarMemoryLimit, &r.Limits, corev1.ResourceMemory},
+		{contract.SidecarMemoryRequest, &r.Requests, corev1.ResourceMemory},
 	} {
 		v, ok := ann[q.key]
 		if !ok {
@@ -394,31 +394,31 @@ func parseResources(ann map[string]string, r *corev1.ResourceRequirements) error
 		req, hasReq := r.Requests[name]
 		if hasLim && hasReq && lim.Cmp(req) < 0 {
 			errs = append(errs, fmt.Errorf("sidecar %s limit %s is below its request %s (annotations %s, %s)",
-				name, lim.String(), req.String(), annotations.Prefix+"sidecar-proxy-"+string(name)+"-limit",
-				annotations.Prefix+"sidecar-proxy-"+string(name)+"-request"))
+				name, lim.String(), req.String(), contract.Prefix+"sidecar-proxy-"+string(name)+"-limit",
+				contract.Prefix+"sidecar-proxy-"+string(name)+"-request"))
 		}
 	}
 	return errors.Join(errs...)
 }
 
 // parseMetrics returns nil when metrics are off.
-func parseMetrics(ann map[string]string, d MetricsDefaults) (*annotations.Metrics, error) {
+func parseMetrics(ann map[string]string, d MetricsDefaults) (*contract.Metrics, error) {
 	var errs []error
 	enabled := d.DefaultEnabled
-	if v, ok := ann[annotations.EnableMetrics]; ok {
-		b, err := parseBool(annotations.EnableMetrics, v)
+	if v, ok := ann[contract.EnableMetrics]; ok {
+		b, err := parseBool(contract.EnableMetrics, v)
 		errs, enabled = append(errs, err), b
 	}
-	m := &annotations.Metrics{Merging: d.DefaultEnableMerging, MergedPort: d.DefaultMergedMetricsPort,
+	m := &contract.Metrics{Merging: d.DefaultEnableMerging, MergedPort: d.DefaultMergedMetricsPort,
 		ScrapePort: d.DefaultPrometheusScrapePort, ScrapePath: d.DefaultPrometheusScrapePath}
-	if v, ok := ann[annotations.EnableMetricsMerging]; ok {
-		b, err := parseBool(annotations.EnableMetricsMerging, v)
+	if v, ok := ann[contract.EnableMetricsMerging]; ok {
+		b, err := parseBool(contract.EnableMetricsMerging, v)
 		errs, m.Merging = append(errs, err), b
 	}
 	for _, p := range []struct {
 		key string
 		dst *int
-	}{{annotations.MergedMetricsPort, &m.MergedPort}, {annotations.PrometheusScrapePort, &m.ScrapePort}, {annotations.ServiceMetricsPort, &m.ServiceMetricsPort}} {
+	}{{contract.MergedMetricsPort, &m.MergedPort}, {contract.PrometheusScrapePort, &m.ScrapePort}, {contract.ServiceMetricsPort, &m.ServiceMetricsPort}} {
 		if v, ok := ann[p.key]; ok {
 			n, good := parsePort(v)
 			if !good {
@@ -430,7 +430,7 @@ func parseMetrics(ann map[string]string, d MetricsDefaults) (*annotations.Metric
 	for _, p := range []struct {
 		key string
 		dst *string
-	}{{annotations.PrometheusScrapePath, &m.ScrapePath}, {annotations.ServiceMetricsPath, &m.ServiceMetricsPath}} {
+	}{{contract.PrometheusScrapePath, &m.ScrapePath}, {contract.ServiceMetricsPath, &m.ServiceMetricsPath}} {
 		if v, ok := ann[p.key]; ok {
 			if v = strings.TrimSpace(v); !strings.HasPrefix(v, "/") || strings.ContainsAny(v, " \t?#") {
 				errs = append(errs, invalid{p.key, v, "expected an HTTP path starting with '/'"})

@@ -4,7 +4,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // Expose listener ports for rewritten probes, by probe kind, plus the
@@ -22,8 +22,8 @@ const (
 // listener and the pod would never become ready. exec probes run inside the
 // container and tcpSocket probes still connect, so they stay; so do HTTPS
 // probes and probes to another host, which an expose path cannot carry.
-func overwriteProbes(pod *corev1.Pod) []annotations.ExposePath {
-	var out []annotations.ExposePath
+func overwriteProbes(pod *corev1.Pod) []contract.ExposePath {
+	var out []contract.ExposePath
 	for i := range pod.Spec.Containers {
 		c := &pod.Spec.Containers[i]
 		for _, pr := range []struct {
@@ -45,7 +45,7 @@ func overwriteProbes(pod *corev1.Pod) []annotations.ExposePath {
 				continue // a named port that does not exist: kubelet reports it
 			}
 			listener := pr.base + i
-			out = append(out, annotations.ExposePath{ListenerPort: listener, Path: g.Path, LocalPathPort: local})
+			out = append(out, contract.ExposePath{ListenerPort: listener, Path: g.Path, LocalPathPort: local})
 			g.Port = intstr.FromInt(listener)
 		}
 	}

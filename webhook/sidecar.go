@@ -7,8 +7,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
-	"github.com/meshlet/meshlet/annotations"
-	"github.com/meshlet/meshlet/iptables"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // The sidecar's container names: consul-k8s' Envoy container name, so
@@ -31,11 +30,8 @@ func isSidecarName(name string) bool {
 // Kubernetes name, so <namespace>_<pod> is unique on a node across
 // namespaces (see docs/webhook.md).
 const (
-	envServiceID = "SERVICE_ID"
-	envProxyID   = "PROXY_ID"
-	envHostIP    = "HOST_IP"
-	proxyIDRef   = "$(" + envProxyID + ")"
-	hostIPRef    = "$(" + envHostIP + ")"
+	proxyIDRef = "$(" + contract.EnvProxyID + ")"
+	hostIPRef  = "$(" + contract.EnvHostIP + ")"
 )
 
 // sidecarEnv is the downward-API environment every sidecar gets;
@@ -48,9 +44,9 @@ func sidecarEnv() []corev1.EnvVar {
 		field("POD_NAME", "metadata.name"),
 		field("POD_NAMESPACE", "metadata.namespace"),
 		field("POD_UID", "metadata.uid"),
-		field(envHostIP, "status.hostIP"),
-		{Name: envServiceID, Value: fmt.Sprintf(annotations.ServiceIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
-		{Name: envProxyID, Value: fmt.Sprintf(annotations.ProxyIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
+		field(contract.EnvHostIP, "status.hostIP"),
+		{Name: contract.EnvServiceID, Value: fmt.Sprintf(contract.ServiceIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
+		{Name: contract.EnvProxyID, Value: fmt.Sprintf(contract.ProxyIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
 	}
 }
 
@@ -72,13 +68,13 @@ done`
 // sidecarContainer is the proxy container for the configured data plane:
 // non-root as the proxy UID, read-only root, no capabilities, so that the
 // pod still passes Pod Security "restricted".
-func sidecarContainer(p parsed, reg annotations.Registration, pod *corev1.Pod, cfg Config) (corev1.Container, error) {
+func sidecarContainer(p parsed, reg contract.Registration, pod *corev1.Pod, cfg Config) (corev1.Container, error) {
 	c := corev1.Container{
 		Env:       sidecarEnv(),
 		Resources: p.resources,
 		SecurityContext: &corev1.SecurityContext{
-			RunAsUser:                ptr.To(int64(iptables.DefaultProxyUID)),
-			RunAsGroup:               ptr.To(int64(iptables.DefaultProxyUID)),
+			RunAsUser:                ptr.To(int64(contract.ProxyUID)),
+			RunAsGroup:               ptr.To(int64(contract.ProxyUID)),
 			RunAsNonRoot:             ptr.To(true),
 			ReadOnlyRootFilesystem:   ptr.To(true),
 			AllowPrivilegeEscalation: ptr.To(false),
@@ -89,7 +85,7 @@ func sidecarContainer(p parsed, reg annotations.Registration, pod *corev1.Pod, c
 	// The proxy's public listener answers once the proxy has its
 	// configuration; kubelet reaches it on the pod IP.
 	ready := &corev1.Probe{
-		ProbeHandler:     corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(iptables.DefaultProxyInboundPort)}},
+		ProbeHandler:     corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(contract.ProxyInboundPort)}},
 		PeriodSeconds:    1,
 		FailureThreshold: 300,
 	}

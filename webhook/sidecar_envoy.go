@@ -6,13 +6,13 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/utils/lru"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // envoySidecar runs Envoy with its bootstrap inline (--config-yaml), so no
 // init container writes a file for it: kubelet expands $(PROXY_ID) and
 // $(HOST_IP) in the argument from the container's env.
-func envoySidecar(c corev1.Container, p parsed, reg annotations.Registration, pod *corev1.Pod, cfg Config) (corev1.Container, error) {
+func envoySidecar(c corev1.Container, p parsed, reg contract.Registration, pod *corev1.Pod, cfg Config) (corev1.Container, error) {
 	b := EnvoyBootstrap{
 		ProxyID:       proxyIDRef,
 		ServiceName:   statsServiceName(p, pod),

@@ -7,13 +7,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
-
-// meshletMetricsPort is where `meshlet proxy` serves its counters when
-// the pod has no metrics setup: on the pod's loopback, for kubectl exec
-// and port-forward, never scraped.
-const meshletMetricsPort = 20200
 
 // meshletProxyCommand is the proxy's own binary in meshlet's image: the
 // `meshlet proxy` code without the agent's and the webhook's, so that
@@ -24,15 +19,15 @@ const meshletProxyCommand = "/meshlet-proxy"
 // image. The proxy finds its registration by
 // $PROXY_ID and waits for the node agent to make it, so it needs no retry
 // loop around it; kubelet expands $(HOST_IP) from the env.
-func meshletSidecar(c corev1.Container, reg annotations.Registration, pod *corev1.Pod, cfg Config) corev1.Container {
+func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.Pod, cfg Config) corev1.Container {
 	c.Name, c.Image = meshletSidecarName, cfg.MeshletImage
-	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(meshletMetricsPort))
+	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(contract.ProxyMetricsPort))
 	if m := reg.Metrics; m != nil {
 		// Where the pod's prometheus.io annotations send the scraper.
 		metrics = ":" + strconv.Itoa(m.ScrapePort)
 	}
 	c.Command = []string{meshletProxyCommand}
-	c.Args = []string{"-http-addr", fmt.Sprintf("$(%s):%d", envHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
+	c.Args = []string{"-http-addr", fmt.Sprintf("$(%s):%d", contract.EnvHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
 	if !cfg.NativeSidecar {
 		// A regular container has no startup probe to hold the app: this
 		// hook does, the sidecar going first (holdsApp). Kubelet starts

@@ -18,7 +18,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/podcache"
 	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/netnstest"
@@ -41,11 +41,11 @@ func BenchmarkADDFromAgent(b *testing.B) {
 	bin := buildPlugin(b, "../..", filepath.Join(dir, "meshlet-cni"))
 	redirect := `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001,"ExcludeInboundPorts":["21000"],"ExcludeOutboundPorts":["443"],"ExcludeOutboundCIDRs":["10.96.0.1/32"],"ExcludeUIDs":["1000"]}`
 	ann := map[string]string{
-		annotations.InjectStatus:   "injected",
-		annotations.TProxyStatus:   annotations.TProxyEnabled,
-		annotations.RedirectConfig: redirect,
+		contract.InjectStatus:   "injected",
+		contract.TProxyStatus:   contract.TProxyEnabled,
+		contract.RedirectConfig: redirect,
 	}
-	plan, err := annotations.RedirectPlan(ann)
+	plan, err := iptables.RedirectPlan(ann)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/meshlet/meshlet/consulclient"
-	"github.com/meshlet/meshlet/daemon/podcache"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/kubeclient"
 	"github.com/meshlet/meshlet/logs"
 )
@@ -57,7 +57,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.DurationVar(&n.TokenTTL, "cni-token-ttl", 24*time.Hour, "life of meshlet-cni's tokens; renewed at 80%")
 	fs.StringVar(&n.APIServer, "cni-api-server", "", "the API server's URL as meshlet-cni on the host reaches it (default: the agent's in-cluster address)")
 	fs.BoolVar(&n.UninstallOnDelete, "cni-uninstall", true, "remove meshlet-cni when the agent's DaemonSet is deleted (never on a rolling update)")
-	fs.StringVar(&c.Socket, "cni-agent-socket", podcache.DefaultSocket, "unix socket serving pods' annotations to meshlet-cni from the agent's cache; same path on the host; empty: none")
+	fs.StringVar(&c.Socket, "cni-agent-socket", contract.NodeAgentSocket, "unix socket serving pods' annotations to meshlet-cni from the agent's cache; same path on the host; empty: none")
 	fs.StringVar(&c.IptablesMode, "iptables-mode", "auto", "the host's iptables backend: auto (read from the host's iptables symlinks under -host-root), nft or legacy")
 	fs.StringVar(&c.HostRoot, "host-root", "/proc/1/root", "the host's root file system (with hostPID, /proc/1/root)")
 	fs.StringVar(&c.Repair.Mode, "repair-mode", "auto", "injected pods found running without redirection: auto (delete those with a controller, repair bare ones in place), repair, delete or off (report only)")

@@ -20,7 +20,7 @@ func (a *Agent) runInstaller(ctx context.Context) error {
 	creds := cniCreds{client: a.client, namespace: c.Namespace, serviceAccount: c.ServiceAccount,
 		server: c.APIServer, caData: c.CAData, ttl: c.TokenTTL}
 	ic := install.InstallConfig{ConfDir: c.ConfDir, BinDir: c.BinDir, Binary: c.Binary, KubeconfigPath: c.KubeconfigPath,
-		LogFile: c.LogFile, LogLevel: c.LogLevel, AgentSocket: a.cfg.Socket, IptablesMode: a.iptMode}
+		LogFile: c.LogFile, LogLevel: c.LogLevel, NodeAgentSocket: a.cfg.Socket, IptablesMode: a.iptMode}
 	node := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: types.UID(a.cfg.NodeName)}
 
 	// Followed from now, so that SIGTERM finds the answer already known

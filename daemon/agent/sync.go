@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/register"
 )
 
@@ -34,7 +34,7 @@ type consulAgent interface {
 
 // managedFilter selects the registrations the agent owns on its Consul
 // agent.
-var managedFilter = fmt.Sprintf("Meta[%q] == %q", register.MetaManagedBy, register.ManagedBy)
+var managedFilter = fmt.Sprintf("Meta[%q] == %q", contract.MetaManagedBy, contract.ManagedBy)
 
 // held is what the agent registered for one pod.
 type held struct {
@@ -272,7 +272,7 @@ func (s *Syncer) Resync() error {
 		return fmt.Errorf("list the Consul agent's services: %w", err)
 	}
 	for id, svc := range have {
-		ns, name, uid := svc.Meta[register.MetaNamespace], svc.Meta[register.MetaPodName], types.UID(svc.Meta[register.MetaPodUID])
+		ns, name, uid := svc.Meta[contract.MetaNamespace], svc.Meta[contract.MetaPodName], types.UID(svc.Meta[contract.MetaPodUID])
 		if s.backed(id, ns, name, uid) {
 			continue
 		}
@@ -317,7 +317,7 @@ func (s *Syncer) backed(id, ns, name string, uid types.UID) bool {
 	if err != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return false
 	}
-	if _, ok := pod.Annotations[annotations.RegistrationKey]; !ok {
+	if _, ok := pod.Annotations[contract.RegistrationKey]; !ok {
 		return false
 	}
 	if pod.UID == uid {

@@ -18,7 +18,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/register"
 )
 
@@ -73,7 +73,7 @@ func (f *fakeConsul) ServicesWithFilterOpts(filter string, _ *capi.QueryOptions)
 	}
 	out := map[string]*capi.AgentService{}
 	for id, r := range f.services {
-		if r.Meta[register.MetaManagedBy] == register.ManagedBy {
+		if r.Meta[contract.MetaManagedBy] == contract.ManagedBy {
 			out[id] = &capi.AgentService{ID: id, Service: r.Name, Meta: r.Meta}
 		}
 	}
@@ -114,7 +114,7 @@ func newFixture(t *testing.T) *fixture {
 }
 
 func injected(name, uid string, ready bool) *corev1.Pod {
-	enc, err := annotations.Registration{Port: 8080, DataPlane: "consul", TransparentProxy: true}.Encode()
+	enc, err := contract.Registration{Port: 8080, DataPlane: "consul", TransparentProxy: true}.Encode()
 	if err != nil {
 		panic(err)
 	}
@@ -124,7 +124,7 @@ func injected(name, uid string, ready bool) *corev1.Pod {
 	}
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop", UID: typesUID(uid), Labels: map[string]string{"app": "web"},
-			Annotations: map[string]string{annotations.RegistrationKey: enc}},
+			Annotations: map[string]string{contract.RegistrationKey: enc}},
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.0.7",
 			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: st}}},
 	}
@@ -154,7 +154,7 @@ func wantCalls(t *testing.T, f *fixture, want ...string) {
 const (
 	svcID   = "shop_web-1"
 	proxyID = "shop_web-1-sidecar-proxy"
-	checkID = svcID + register.HealthCheckSuffix
+	checkID = svcID + contract.HealthCheckSuffix
 )
 
 func TestReconcileLifecycle(t *testing.T) {
@@ -219,7 +219,7 @@ func TestReconcileSkipsAndProblems(t *testing.T) {
 	wantCalls(t, f)
 
 	plain := injected("plain", "u2", true)
-	delete(plain.Annotations, annotations.RegistrationKey)
+	delete(plain.Annotations, contract.RegistrationKey)
 	f.put(t, plain)
 	f.reconcile(t, "shop/plain")
 	wantCalls(t, f)
@@ -277,12 +277,12 @@ func TestResync(t *testing.T) {
 	f.reconcile(t, "shop/web-1")
 	// Left by pods deleted while the agent was down, or replaced.
 	for _, o := range []struct{ pod, uid string }{{"gone", "u9"}, {"web-1", "old-uid"}} {
-		id := annotations.ServiceID("shop", o.pod) + "-" + o.uid
+		id := contract.ServiceID("shop", o.pod) + "-" + o.uid
 		f.consul.services[id] = &capi.AgentServiceRegistration{ID: id, Meta: map[string]string{
-			register.MetaManagedBy: register.ManagedBy, register.MetaNamespace: "shop", register.MetaPodName: o.pod, register.MetaPodUID: o.uid}}
+			contract.MetaManagedBy: contract.ManagedBy, contract.MetaNamespace: "shop", contract.MetaPodName: o.pod, contract.MetaPodUID: o.uid}}
 	}
 	// Someone else's registration.
-	f.consul.services["db"] = &capi.AgentServiceRegistration{ID: "db", Meta: map[string]string{register.MetaPodName: "gone"}}
+	f.consul.services["db"] = &capi.AgentServiceRegistration{ID: "db", Meta: map[string]string{contract.MetaPodName: "gone"}}
 	f.consul.takeCalls()
 
 	if err := f.s.Resync(); err != nil {

@@ -5,17 +5,14 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/meshlet/meshlet/cni"
+	"github.com/meshlet/meshlet/contract"
 )
-
-// PluginType is meshlet-cni's "type" in a conflist.
-const PluginType = "meshlet-cni"
 
 // Chain returns the config raw (a conflist, or a single-plugin .conf or
 // .json when isConflist is false) as a conflist whose last plugin is
 // entry, meshlet-cni's configuration. entry's "type" is set to
 // meshlet-cni and its capabilities always include
-// cni.CapabilityPodAnnotations.
+// contract.CapabilityPodAnnotations.
 //
 // A single-plugin config becomes a conflist with its cniVersion and name,
 // and the rest of it as the only plugin before meshlet-cni. Any
@@ -76,7 +73,7 @@ func splitPlugins(plugins []json.RawMessage) (others []json.RawMessage, mine []i
 		if err != nil {
 			return nil, nil, err
 		}
-		if t == PluginType {
+		if t == contract.PluginType {
 			mine = append(mine, i)
 		} else {
 			others = append(others, p)
@@ -92,7 +89,7 @@ func HasEntry(raw []byte) bool {
 		return false
 	}
 	for i, p := range plugins {
-		if t, _ := pluginType(p, i); t == PluginType {
+		if t, _ := pluginType(p, i); t == contract.PluginType {
 			return true
 		}
 	}
@@ -197,8 +194,8 @@ func normalizeEntry(entry map[string]any) (json.RawMessage, error) {
 	if !ok {
 		return nil, fmt.Errorf("meshlet-cni entry is not a JSON object")
 	}
-	if t, ok := m["type"]; ok && t != PluginType {
-		return nil, fmt.Errorf("meshlet-cni entry has type %v, expected %q", t, PluginType)
+	if t, ok := m["type"]; ok && t != contract.PluginType {
+		return nil, fmt.Errorf("meshlet-cni entry has type %v, expected %q", t, contract.PluginType)
 	}
 	delete(m, "type")
 	caps, ok := m["capabilities"].(map[string]any)
@@ -208,12 +205,12 @@ func normalizeEntry(entry map[string]any) (json.RawMessage, error) {
 	if caps == nil {
 		caps = map[string]any{}
 	}
-	caps[cni.CapabilityPodAnnotations] = true
+	caps[contract.CapabilityPodAnnotations] = true
 	m["capabilities"] = caps
 	rest, err := json.Marshal(m) // never "{}": capabilities is there
 	if err != nil {
 		return nil, err
 	}
 	// "type" first, as people write it; the rest sorted.
-	return append([]byte(`{"type":"`+PluginType+`",`), rest[1:]...), nil
+	return append([]byte(`{"type":"`+contract.PluginType+`",`), rest[1:]...), nil
 }

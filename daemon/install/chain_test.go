@@ -5,20 +5,22 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/libcni"
 
 	"github.com/meshlet/meshlet/cni"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/test/golden"
 )
 
 var testConfig = InstallConfig{
-	KubeconfigPath: "/var/lib/meshlet/cni/kubeconfig",
-	LogFile:        "/var/log/meshlet-cni.log",
-	LogLevel:       "info",
-	AgentSocket:    "/var/run/meshlet/cni.sock",
+	KubeconfigPath:  "/var/lib/meshlet/cni/kubeconfig",
+	LogFile:         "/var/log/meshlet-cni.log",
+	LogLevel:        "info",
+	NodeAgentSocket: "/var/run/meshlet/cni.sock",
 }
 
 // TestChain chains each testdata/before config, compares the result with
@@ -58,11 +60,11 @@ func TestChain(t *testing.T) {
 			if err := json.Unmarshal(last.Bytes, &conf); err != nil {
 				t.Fatal(err)
 			}
-			if conf.Type != PluginType || conf.Kubeconfig != testConfig.KubeconfigPath || conf.AgentSocket != testConfig.AgentSocket || !conf.Capabilities[cni.CapabilityPodAnnotations] {
+			if conf.Type != contract.PluginType || conf.Kubeconfig != testConfig.KubeconfigPath || conf.NodeAgentSocket != testConfig.NodeAgentSocket || !conf.Capabilities[contract.CapabilityPodAnnotations] {
 				t.Errorf("last plugin: %s", last.Bytes)
 			}
 			for _, p := range list.Plugins[:len(list.Plugins)-1] {
-				if p.Network.Type == PluginType {
+				if p.Network.Type == contract.PluginType {
 					t.Errorf("a second meshlet-cni entry: %s", p.Bytes)
 				}
 			}
@@ -105,7 +107,7 @@ func othersOf(t *testing.T, raw []byte, conflist bool) string {
 	}
 	var b bytes.Buffer
 	for i, p := range plugins {
-		if typ, _ := pluginType(p, i); typ != PluginType {
+		if typ, _ := pluginType(p, i); typ != contract.PluginType {
 			if err := json.Compact(&b, p); err != nil {
 				t.Fatal(err)
 			}
@@ -182,5 +184,45 @@ func TestUnchainErrors(t *testing.T) {
 	in := []byte(`{"name":"n",  "plugins":[{"type":"a"}]}`)
 	if out, changed, err := Unchain(in); err != nil || changed || !bytes.Equal(out, in) {
 		t.Errorf("Unchain without entry: changed %v, err %v", changed, err)
+	}
+}
+
+// TestEntryReadsBackAsTheContract: every key the installer writes is what
+// the plugin reads into contract.ConflistEntry, and every key of the
+// contract is written or deliberately left to the plugin's default.
+func TestEntryReadsBackAsTheContract(t *testing.T) {
+	c := InstallConfig{
+		KubeconfigPath:  "/var/lib/meshlet/cni/kubeconfig",
+		LogFile:         "/var/log/meshlet-cni.log",
+		LogLevel:        "debug",
+		NodeAgentSocket: "/var/run/meshlet/cni.sock",
+		IptablesMode:    "legacy",
+	}
+	b, err := json.Marshal(c.Entry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf cni.NetConf
+	if err := json.Unmarshal(b, &conf); err != nil {
+		t.Fatal(err)
+	}
+	want := contract.ConflistEntry{
+		Kubeconfig: c.KubeconfigPath, LogFile: c.LogFile, LogLevel: c.LogLevel,
+		NodeAgentSocket: c.NodeAgentSocket, IptablesMode: c.IptablesMode,
+	}
+	if conf.ConflistEntry != want {
+		t.Errorf("the plugin reads %+v from %s, want %+v", conf.ConflistEntry, b, want)
+	}
+	if conf.Type != contract.PluginType || !conf.Capabilities[contract.CapabilityPodAnnotations] {
+		t.Errorf("type %q, capabilities %v", conf.Type, conf.Capabilities)
+	}
+	pluginDefaults := map[string]bool{"PodLookupTimeout": true, "LockDir": true}
+	v := reflect.ValueOf(conf.ConflistEntry)
+	for i := range v.NumField() {
+		name := v.Type().Field(i).Name
+		if v.Field(i).IsZero() != pluginDefaults[name] {
+			t.Errorf("contract.ConflistEntry.%s: written %v, left to the plugin's default %v: say which in Entry and here",
+				name, !v.Field(i).IsZero(), pluginDefaults[name])
+		}
 	}
 }

@@ -2,6 +2,7 @@ package install
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/cni"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // InstallConfig says where meshlet-cni goes on the node.
@@ -31,10 +33,10 @@ type InstallConfig struct {
 	// LogFile and LogLevel are the entry's log_file and log_level
 	// (empty: the plugin's defaults).
 	LogFile, LogLevel string
-	// AgentSocket is the entry's agent_socket: the agent's pod cache
-	// (podcache.DefaultSocket), which the plugin asks before the API
+	// NodeAgentSocket is the entry's agent_socket: the node agent's socket
+	// (contract.NodeAgentSocket), which the plugin asks before the API
 	// server when the runtime passes no annotations. Empty: not asked.
-	AgentSocket string
+	NodeAgentSocket string
 	// IptablesMode is the entry's iptables_mode (empty: auto, the host's
 	// iptables backend). The agent sets the mode it resolved, so that the
 	// plugin and the agent's repair check the same backend.
@@ -47,29 +49,37 @@ type InstallConfig struct {
 	FightThreshold int
 }
 
-// Entry is meshlet-cni's conflist entry for c.
+// conflistEntry is meshlet-cni's whole entry: the CNI spec's keys beside
+// meshlet's own.
+type conflistEntry struct {
+	Type         string          `json:"type"`
+	Capabilities map[string]bool `json:"capabilities"`
+	contract.ConflistEntry
+}
+
+// Entry is meshlet-cni's conflist entry for c. The plugin's lookup timeout
+// and lock dir are left to its defaults.
 func (c InstallConfig) Entry() map[string]any {
-	e := map[string]any{
-		"type":         PluginType,
-		"kubeconfig":   c.KubeconfigPath,
-		"capabilities": map[string]bool{cni.CapabilityPodAnnotations: true},
+	b, err := json.Marshal(conflistEntry{
+		Type:         contract.PluginType,
+		Capabilities: map[string]bool{contract.CapabilityPodAnnotations: true},
+		ConflistEntry: contract.ConflistEntry{
+			Kubeconfig: c.KubeconfigPath, LogFile: c.LogFile, LogLevel: c.LogLevel,
+			NodeAgentSocket: c.NodeAgentSocket, IptablesMode: c.IptablesMode,
+		},
+	})
+	var e map[string]any
+	if err == nil {
+		err = json.Unmarshal(b, &e)
 	}
-	if c.LogFile != "" {
-		e["log_file"] = c.LogFile
-	}
-	if c.LogLevel != "" {
-		e["log_level"] = c.LogLevel
-	}
-	if c.AgentSocket != "" {
-		e["agent_socket"] = c.AgentSocket
-	}
-	if c.IptablesMode != "" {
-		e["iptables_mode"] = c.IptablesMode
+	if err != nil {
+		// Strings and a map of bools always marshal.
+		panic(fmt.Sprintf("meshlet-cni conflist entry: %v", err))
 	}
 	return e
 }
 
-func (c InstallConfig) binaryPath() string { return filepath.Join(c.BinDir, PluginType) }
+func (c InstallConfig) binaryPath() string { return filepath.Join(c.BinDir, contract.PluginType) }
 
 func (c InstallConfig) check() error {
 	for _, d := range []struct{ name, path string }{
@@ -80,8 +90,8 @@ func (c InstallConfig) check() error {
 		}
 	}
 	// The plugin refuses a relative agent_socket, and so every ADD.
-	if c.AgentSocket != "" && !filepath.IsAbs(c.AgentSocket) {
-		return fmt.Errorf("install: AgentSocket %q is not an absolute path", c.AgentSocket)
+	if c.NodeAgentSocket != "" && !filepath.IsAbs(c.NodeAgentSocket) {
+		return fmt.Errorf("install: NodeAgentSocket %q is not an absolute path", c.NodeAgentSocket)
 	}
 	if rel, err := filepath.Rel(c.ConfDir, c.KubeconfigPath); err == nil && !strings.HasPrefix(rel, "..") {
 		return fmt.Errorf("install: KubeconfigPath %s is inside the CNI conf dir %s", c.KubeconfigPath, c.ConfDir)

@@ -169,8 +169,8 @@ func TestInstallRefuses(t *testing.T) {
 	})
 	t.Run("relative agent socket", func(t *testing.T) {
 		c := testNode(t, "10.conflist", bridgeList)
-		c.AgentSocket = "cni.sock"
-		if _, err := Install(c); err == nil || !strings.Contains(err.Error(), `AgentSocket "cni.sock" is not an absolute path`) {
+		c.NodeAgentSocket = "cni.sock"
+		if _, err := Install(c); err == nil || !strings.Contains(err.Error(), `NodeAgentSocket "cni.sock" is not an absolute path`) {
 			t.Errorf("err = %v", err)
 		}
 	})

@@ -19,12 +19,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-)
 
-// DefaultSocket is where the agent serves and meshlet-cni's conflist
-// entry points (agent_socket). The agent's DaemonSet mounts its directory
-// from the host: the plugin runs in the host's mount namespace.
-const DefaultSocket = "/var/run/meshlet/cni.sock"
+	"github.com/meshlet/meshlet/contract"
+)
 
 // DefaultWait bounds the wait for a pod the informer has not delivered
 // yet. It stays under meshlet-cni's 250 ms budget for the whole exchange,
@@ -76,11 +73,11 @@ type Server struct {
 	waiters map[string]map[chan struct{}]struct{} // by "namespace/name"
 }
 
-// New serves lookup on socket (empty: DefaultSocket), waiting DefaultWait
+// New serves lookup on socket (empty: contract.NodeAgentSocket), waiting DefaultWait
 // for late pods.
 func New(socket string, lookup Lookup) *Server {
 	if socket == "" {
-		socket = DefaultSocket
+		socket = contract.NodeAgentSocket
 	}
 	return &Server{Wait: DefaultWait, Log: slog.New(slog.DiscardHandler), socket: socket, lookup: lookup,
 		poll: pollInterval, waiters: map[string]map[chan struct{}]struct{}{}}

@@ -14,24 +14,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/meshlet/meshlet/annotations"
-	"github.com/meshlet/meshlet/iptables"
+	"github.com/meshlet/meshlet/contract"
 )
 
-// Meta keys every registration carries, consul-k8s' names; ManagedBy marks
-// what the agent's resync may remove.
-const (
-	MetaNamespace = "k8s-namespace"
-	MetaPodName   = "pod-name"
-	MetaPodUID    = "pod-uid"
-	MetaManagedBy = "managed-by"
-	ManagedBy     = "meshlet"
-	// HealthCheckSuffix names the service's readiness check,
-	// <service ID>/kubernetes-health-check. Its TTL is never left to
-	// expire: the agent sets it from the pod's Ready condition.
-	HealthCheckSuffix = "/kubernetes-health-check"
-	healthCheckTTL    = "100000h"
-)
+// healthCheckTTL is never reached: the node agent sets the check from the
+// pod's Ready condition (contract.HealthCheckSuffix).
+const healthCheckTTL = "100000h"
 
 // ErrNotInjected: the pod carries no registration annotation.
 var ErrNotInjected = errors.New("pod is not injected")
@@ -48,13 +36,13 @@ type Registrations struct {
 // Kubernetes Services of the pod's namespace; those whose selector matches
 // the pod name the service when the connect-service annotation does not.
 func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
-	raw, ok := pod.Annotations[annotations.RegistrationKey]
+	raw, ok := pod.Annotations[contract.RegistrationKey]
 	if !ok {
 		return Registrations{}, ErrNotInjected
 	}
-	reg, err := annotations.DecodeRegistration(raw)
+	reg, err := contract.DecodeRegistration(raw)
 	if err != nil {
-		return Registrations{}, fmt.Errorf("annotation %s: %w", annotations.RegistrationKey, err)
+		return Registrations{}, fmt.Errorf("annotation %s: %w", contract.RegistrationKey, err)
 	}
 	if pod.Status.PodIP == "" {
 		return Registrations{}, ErrNoIP
@@ -64,7 +52,7 @@ func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
 	if name == "" {
 		switch len(selecting) {
 		case 0:
-			return Registrations{}, fmt.Errorf("no Kubernetes Service selects the pod and it has no %s annotation: give it one or the other", annotations.Service)
+			return Registrations{}, fmt.Errorf("no Kubernetes Service selects the pod and it has no %s annotation: give it one or the other", contract.Service)
 		case 1:
 			name = selecting[0].Name
 		default:
@@ -72,15 +60,15 @@ func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
 			for i, s := range selecting {
 				names[i] = s.Name
 			}
-			return Registrations{}, fmt.Errorf("the Services %s all select the pod: pick one with the %s annotation", strings.Join(names, ", "), annotations.Service)
+			return Registrations{}, fmt.Errorf("the Services %s all select the pod: pick one with the %s annotation", strings.Join(names, ", "), contract.Service)
 		}
 	}
-	svcID := annotations.ServiceID(pod.Namespace, pod.Name)
+	svcID := contract.ServiceID(pod.Namespace, pod.Name)
 	meta := map[string]string{}
 	for k, v := range reg.Meta {
 		meta[k] = v
 	}
-	meta[MetaNamespace], meta[MetaPodName], meta[MetaPodUID], meta[MetaManagedBy] = pod.Namespace, pod.Name, string(pod.UID), ManagedBy
+	meta[contract.MetaNamespace], meta[contract.MetaPodName], meta[contract.MetaPodUID], meta[contract.MetaManagedBy] = pod.Namespace, pod.Name, string(pod.UID), contract.ManagedBy
 
 	status := capi.HealthCritical
 	if podReady(pod) {
@@ -89,12 +77,12 @@ func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
 	service := &capi.AgentServiceRegistration{
 		ID: svcID, Name: name, Address: pod.Status.PodIP, Port: reg.Port,
 		Tags: reg.Tags, Meta: meta, Namespace: reg.ConsulNamespace,
-		Check: &capi.AgentServiceCheck{CheckID: svcID + HealthCheckSuffix, Name: "Kubernetes Health Check",
+		Check: &capi.AgentServiceCheck{CheckID: svcID + contract.HealthCheckSuffix, Name: "Kubernetes Health Check",
 			TTL: healthCheckTTL, Status: status, Notes: "The pod's Ready condition, set by meshlet's node agent."},
 	}
 	proxy := &capi.AgentServiceRegistration{
-		Kind: capi.ServiceKindConnectProxy, ID: annotations.ProxyID(pod.Namespace, pod.Name),
-		Name: name + "-sidecar-proxy", Address: pod.Status.PodIP, Port: iptables.DefaultProxyInboundPort,
+		Kind: capi.ServiceKindConnectProxy, ID: contract.ProxyID(pod.Namespace, pod.Name),
+		Name: name + "-sidecar-proxy", Address: pod.Status.PodIP, Port: contract.ProxyInboundPort,
 		Tags: reg.Tags, Meta: meta, Namespace: reg.ConsulNamespace,
 		Proxy: &capi.AgentServiceConnectProxyConfig{
 			DestinationServiceName: name, DestinationServiceID: svcID,
@@ -103,12 +91,12 @@ func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
 		},
 		// The proxy is as healthy as its app: an unready pod leaves its
 		// upstreams' endpoints.
-		Checks: capi.AgentServiceChecks{{CheckID: annotations.ProxyID(pod.Namespace, pod.Name) + "/alias",
+		Checks: capi.AgentServiceChecks{{CheckID: contract.ProxyID(pod.Namespace, pod.Name) + "/alias",
 			Name: "Destination alias", AliasService: svcID}},
 	}
 	if reg.TransparentProxy {
 		proxy.Proxy.Mode = capi.ProxyModeTransparent
-		proxy.Proxy.TransparentProxy = &capi.TransparentProxyConfig{OutboundListenerPort: iptables.DefaultProxyOutboundPort}
+		proxy.Proxy.TransparentProxy = &capi.TransparentProxyConfig{OutboundListenerPort: contract.ProxyOutboundPort}
 		if v := virtual(name, selecting); v != nil {
 			proxy.TaggedAddresses = map[string]capi.ServiceAddress{"virtual": *v}
 		}
@@ -158,7 +146,7 @@ func virtual(name string, selecting []*corev1.Service) *capi.ServiceAddress {
 	return &capi.ServiceAddress{Address: pick.Spec.ClusterIP, Port: int(pick.Spec.Ports[0].Port)}
 }
 
-func upstreams(ups []annotations.Upstream) []capi.Upstream {
+func upstreams(ups []contract.Upstream) []capi.Upstream {
 	var out []capi.Upstream
 	for _, u := range ups {
 		c := capi.Upstream{DestinationType: capi.UpstreamDestTypeService, DestinationName: u.Name,

@@ -10,23 +10,23 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/test/golden"
 )
 
-func pod(reg *annotations.Registration, mutate ...func(*corev1.Pod)) *corev1.Pod {
+func pod(reg *contract.Registration, mutate ...func(*corev1.Pod)) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "web-5d9f8c7b6-x2x7q", Namespace: "shop", UID: "1f0c",
 			Labels: map[string]string{"app": "web"}, Annotations: map[string]string{}},
 		Status: corev1.PodStatus{PodIP: "10.244.0.7", Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
 	}
 	if reg != nil {
-		reg.Version = annotations.RegistrationVersion
+		reg.Version = contract.RegistrationVersion
 		enc, err := reg.Encode()
 		if err != nil {
 			panic(err)
 		}
-		p.Annotations[annotations.RegistrationKey] = enc
+		p.Annotations[contract.RegistrationKey] = enc
 	}
 	for _, m := range mutate {
 		m(p)
@@ -47,21 +47,21 @@ func TestForGolden(t *testing.T) {
 		pod      *corev1.Pod
 		services []*corev1.Service
 	}{
-		{"service-from-kubernetes-service", pod(&annotations.Registration{Port: 8080, DataPlane: "envoy", TransparentProxy: true}),
+		{"service-from-kubernetes-service", pod(&contract.Registration{Port: 8080, DataPlane: "envoy", TransparentProxy: true}),
 			[]*corev1.Service{web, service("other", "10.96.0.21", map[string]string{"app": "other"})}},
-		{"everything", pod(&annotations.Registration{Service: "web-api", Port: 8080, DataPlane: "envoy", TransparentProxy: true,
-			Upstreams: []annotations.Upstream{{Name: "db", LocalPort: 5432}, {Name: "cache", Namespace: "infra", Datacenter: "dc2", LocalPort: 6379},
+		{"everything", pod(&contract.Registration{Service: "web-api", Port: 8080, DataPlane: "envoy", TransparentProxy: true,
+			Upstreams: []contract.Upstream{{Name: "db", LocalPort: 5432}, {Name: "cache", Namespace: "infra", Datacenter: "dc2", LocalPort: 6379},
 				{Name: "geo", PreparedQuery: true, LocalPort: 7000}},
 			Tags: []string{"v1"}, Meta: map[string]string{"team": "payments"},
-			ExposePaths:     []annotations.ExposePath{{ListenerPort: 20400, Path: "/ready", LocalPathPort: 8080}},
-			Metrics:         &annotations.Metrics{ScrapePort: 20200, ScrapePath: "/metrics"},
+			ExposePaths:     []contract.ExposePath{{ListenerPort: 20400, Path: "/ready", LocalPathPort: 8080}},
+			Metrics:         &contract.Metrics{ScrapePort: 20200, ScrapePath: "/metrics"},
 			ConsulNamespace: "apps"}), []*corev1.Service{web}},
-		{"not-ready-no-tproxy", pod(&annotations.Registration{Service: "web", Port: 8080, DataPlane: "consul"}, func(p *corev1.Pod) {
+		{"not-ready-no-tproxy", pod(&contract.Registration{Service: "web", Port: 8080, DataPlane: "consul"}, func(p *corev1.Pod) {
 			p.Status.Conditions[0].Status = corev1.ConditionFalse
 		}), nil},
-		{"virtual-from-same-name-service", pod(&annotations.Registration{Service: "web", Port: 8080, TransparentProxy: true}),
+		{"virtual-from-same-name-service", pod(&contract.Registration{Service: "web", Port: 8080, TransparentProxy: true}),
 			[]*corev1.Service{service("all", "10.96.0.30", map[string]string{"app": "web"}), web}},
-		{"headless-no-virtual", pod(&annotations.Registration{Port: 8080, TransparentProxy: true}),
+		{"headless-no-virtual", pod(&contract.Registration{Port: 8080, TransparentProxy: true}),
 			[]*corev1.Service{service("web", corev1.ClusterIPNone, map[string]string{"app": "web"})}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -87,12 +87,12 @@ func TestForErrors(t *testing.T) {
 		want     string
 	}{
 		{"not injected", pod(nil), nil, ErrNotInjected, ""},
-		{"no IP", pod(&annotations.Registration{Port: 80}, func(p *corev1.Pod) { p.Status.PodIP = "" }), []*corev1.Service{web}, ErrNoIP, ""},
-		{"no Service", pod(&annotations.Registration{Port: 80}), nil, nil, "no Kubernetes Service selects the pod"},
-		{"Service without selector", pod(&annotations.Registration{Port: 80}), []*corev1.Service{service("web", "10.96.0.20", nil)}, nil, "no Kubernetes Service selects"},
-		{"two Services", pod(&annotations.Registration{Port: 80}),
+		{"no IP", pod(&contract.Registration{Port: 80}, func(p *corev1.Pod) { p.Status.PodIP = "" }), []*corev1.Service{web}, ErrNoIP, ""},
+		{"no Service", pod(&contract.Registration{Port: 80}), nil, nil, "no Kubernetes Service selects the pod"},
+		{"Service without selector", pod(&contract.Registration{Port: 80}), []*corev1.Service{service("web", "10.96.0.20", nil)}, nil, "no Kubernetes Service selects"},
+		{"two Services", pod(&contract.Registration{Port: 80}),
 			[]*corev1.Service{web, service("all", "10.96.0.30", map[string]string{"app": "web"})}, nil, "the Services all, web all select the pod"},
-		{"other version", pod(nil, func(p *corev1.Pod) { p.Annotations[annotations.RegistrationKey] = `{"version":2}` }), nil, nil, annotations.RegistrationKey},
+		{"other version", pod(nil, func(p *corev1.Pod) { p.Annotations[contract.RegistrationKey] = `{"version":2}` }), nil, nil, contract.RegistrationKey},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := For(tc.pod, tc.services)

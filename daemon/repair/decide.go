@@ -8,7 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/iptables"
 )
 
@@ -138,10 +138,10 @@ func skipReason(pod *corev1.Pod) string {
 		// An IP means the sandbox's CNI ADD, meshlet-cni's part included,
 		// has finished: a check cannot race with it.
 		return "no pod IP yet: its CNI ADD may still be running"
-	case pod.Annotations[annotations.InjectStatus] == "":
+	case pod.Annotations[contract.InjectStatus] == "":
 		return "not injected"
 	}
-	if p, err := annotations.RedirectPlan(pod.Annotations); p == nil && err == nil {
+	if p, err := iptables.RedirectPlan(pod.Annotations); p == nil && err == nil {
 		return "transparent proxy is off for the pod"
 	}
 	return ""

@@ -8,7 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/iptables"
 )
 
@@ -22,9 +22,9 @@ func injectedPod(mutate ...func(*corev1.Pod)) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "61ed4823-b4d5-4f3e-8201-356b440af00d",
 			Annotations: map[string]string{
-				annotations.InjectStatus:   annotations.Injected,
-				annotations.TProxyStatus:   annotations.TProxyEnabled,
-				annotations.RedirectConfig: redirectJSON,
+				contract.InjectStatus:   contract.Injected,
+				contract.TProxyStatus:   contract.TProxyEnabled,
+				contract.RedirectConfig: redirectJSON,
 			}},
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.0.7",
 			PodIPs: []corev1.PodIP{{IP: "10.244.0.7"}}},
@@ -63,10 +63,10 @@ func TestDecide(t *testing.T) {
 		deleting  = injectedPod(controlled("ReplicaSet"), func(p *corev1.Pod) { p.DeletionTimestamp = &metav1.Time{} })
 		notInject = injectedPod(controlled("ReplicaSet"), func(p *corev1.Pod) { p.Annotations = nil })
 		tproxyOff = injectedPod(controlled("ReplicaSet"), func(p *corev1.Pod) {
-			delete(p.Annotations, annotations.TProxyStatus)
-			delete(p.Annotations, annotations.RedirectConfig)
+			delete(p.Annotations, contract.TProxyStatus)
+			delete(p.Annotations, contract.RedirectConfig)
 		})
-		configOnly = injectedPod(controlled("ReplicaSet"), func(p *corev1.Pod) { delete(p.Annotations, annotations.TProxyStatus) })
+		configOnly = injectedPod(controlled("ReplicaSet"), func(p *corev1.Pod) { delete(p.Annotations, contract.TProxyStatus) })
 	)
 	for _, tc := range []struct {
 		name string

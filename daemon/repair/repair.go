@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/meshlet/meshlet/annotations"
 	"github.com/meshlet/meshlet/iptables"
 )
 
@@ -77,7 +76,7 @@ func (r *Repairer) Inspect(pod *corev1.Pod, ix *Index) (Finding, error) {
 		f.Decision = Decision{ActionNone, why}
 		return f, nil
 	}
-	plan, err := annotations.RedirectPlan(pod.Annotations)
+	plan, err := iptables.RedirectPlan(pod.Annotations)
 	if err != nil {
 		f.Verdict, f.Problem = Invalid, err
 		f.Decision = Decide(pod, f.Verdict, r.Mode)

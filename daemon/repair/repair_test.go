@@ -10,7 +10,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/iptables"
 )
 
@@ -56,7 +56,7 @@ func saveText(rs iptables.Ruleset) string {
 
 func planOf(t *testing.T, pod *corev1.Pod) *iptables.Plan {
 	t.Helper()
-	p, err := annotations.RedirectPlan(pod.Annotations)
+	p, err := iptables.RedirectPlan(pod.Annotations)
 	if err != nil || p == nil {
 		t.Fatalf("plan: %v, %v", p, err)
 	}
@@ -111,8 +111,8 @@ func TestInspect(t *testing.T) {
 		{"iptables-save not installed", pod, nil, map[string]error{v4: notFound}, Unchecked, false, ActionNone, "not found", "", 2},
 		{"static pod: found by its manifest hash, reported", injectedPod(controlled("Node"), func(p *corev1.Pod) { p.Annotations[mirrorAnnotation] = static }),
 			map[string]string{v4: empty, v6: empty}, nil, Unprotected, true, ActionReport, "", "missing chain", 4},
-		{"invalid config: reported, nothing read", injectedPod(func(p *corev1.Pod) { p.Annotations[annotations.RedirectConfig] = `{"ProxyUserID":"x"}` }),
-			nil, nil, Invalid, false, ActionReport, "", annotations.RedirectConfig, 0},
+		{"invalid config: reported, nothing read", injectedPod(func(p *corev1.Pod) { p.Annotations[contract.RedirectConfig] = `{"ProxyUserID":"x"}` }),
+			nil, nil, Invalid, false, ActionReport, "", contract.RedirectConfig, 0},
 		{"no process", injectedPod(func(p *corev1.Pod) { p.UID = "eeeeeeee-0000-4000-8000-000000000005" }), nil, nil,
 			Unchecked, false, ActionNone, "no process of the pod", "", 0},
 		{"finished: nothing read", injectedPod(func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded }), nil, nil,

@@ -15,8 +15,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
-	"github.com/meshlet/meshlet/annotations"
-	"github.com/meshlet/meshlet/daemon/register"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 	"github.com/meshlet/meshlet/test/procstatus"
 )
@@ -76,7 +75,7 @@ func benchPods(b *testing.B, ctx context.Context, cs *kubernetes.Clientset, ns s
 	parallel(b, n, func(i int) error {
 		p := &corev1.Pod{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("bench-%03d", i), Annotations: map[string]string{
-				annotations.Inject: "true", annotations.Service: "bench"}},
+				contract.Inject: "true", contract.Service: "bench"}},
 			Spec: corev1.PodSpec{NodeName: benchNode, TerminationGracePeriodSeconds: ptr.To[int64](0),
 				Containers: []corev1.Container{{Name: "app", Image: cluster.StaticServerImage,
 					Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
@@ -210,7 +209,7 @@ func agentSyncLatency(b *testing.B, pace time.Duration) {
 		cs, err := cl.Agent().ChecksWithFilter(`ServiceName == "bench"`)
 		out := map[string]bool{}
 		for id, c := range cs {
-			out[strings.TrimSuffix(id, register.HealthCheckSuffix)] = c.Status == capi.HealthPassing
+			out[strings.TrimSuffix(id, contract.HealthCheckSuffix)] = c.Status == capi.HealthPassing
 		}
 		return out, err
 	}
@@ -226,7 +225,7 @@ func agentSyncLatency(b *testing.B, pace time.Duration) {
 	b.ResetTimer()
 	for round := range b.N {
 		paced(b, n, pace, func(i int) error {
-			ready.start(annotations.ServiceID(ns, pods[i].Name))
+			ready.start(contract.ServiceID(ns, pods[i].Name))
 			var err error
 			pods[i], err = setReady(ctx, cs, pods[i], true)
 			return err
@@ -253,7 +252,7 @@ func agentSyncLatency(b *testing.B, pace time.Duration) {
 		svcs, err := cl.Agent().ServicesWithFilter(`Service == "bench"`)
 		out := map[string]bool{}
 		for _, p := range pods {
-			id := annotations.ServiceID(ns, p.Name)
+			id := contract.ServiceID(ns, p.Name)
 			_, present := svcs[id]
 			out[id] = !present
 		}
@@ -262,7 +261,7 @@ func agentSyncLatency(b *testing.B, pace time.Duration) {
 	gone := &consulWatch{since: map[string]time.Time{}, took: map[string]time.Duration{}}
 	go gone.poll(ctx, services)
 	paced(b, n, pace, func(i int) error {
-		gone.start(annotations.ServiceID(ns, pods[i].Name))
+		gone.start(contract.ServiceID(ns, pods[i].Name))
 		return cs.CoreV1().Pods(ns).Delete(ctx, pods[i].Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)})
 	})
 	deleted := gone.wait(b, ctx, n, "every pod deregistered")

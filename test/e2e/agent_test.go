@@ -19,9 +19,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/install"
-	"github.com/meshlet/meshlet/daemon/register"
 	"github.com/meshlet/meshlet/daemon/repair"
 	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
@@ -47,7 +46,7 @@ func meshDeployment(t *testing.T, cs *kubernetes.Clientset, ns, name string, rep
 		ObjectMeta: metav1.ObjectMeta{Name: name},
 		Spec: appsv1.DeploymentSpec{Replicas: ptr.To(replicas), Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{annotations.Inject: "true"}},
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{contract.Inject: "true"}},
 				Spec:       corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{app}},
 			}},
 	}
@@ -96,12 +95,12 @@ func catalogMatches(cl *capi.Client, ns, name string, want map[string]string) er
 		}
 		got := map[string]string{}
 		for _, e := range entries {
-			pod := e.ServiceMeta[register.MetaPodName]
-			id := annotations.ServiceID(ns, pod)
+			pod := e.ServiceMeta[contract.MetaPodName]
+			id := contract.ServiceID(ns, pod)
 			if svc != name {
-				id = annotations.ProxyID(ns, pod)
+				id = contract.ProxyID(ns, pod)
 			}
-			if e.ServiceID != id || e.ServiceMeta[register.MetaNamespace] != ns || e.ServiceMeta[register.MetaManagedBy] != register.ManagedBy {
+			if e.ServiceID != id || e.ServiceMeta[contract.MetaNamespace] != ns || e.ServiceMeta[contract.MetaManagedBy] != contract.ManagedBy {
 				return fmt.Errorf("%s instance %s: meta %v does not match its ID", svc, e.ServiceID, e.ServiceMeta)
 			}
 			got[pod] = e.ServiceAddress
@@ -140,7 +139,7 @@ func consul(t testing.TB) *capi.Client {
 
 // checkStatus is the agent's readiness check of the pod's service.
 func checkStatus(cl *capi.Client, ns, pod string) (string, error) {
-	checks, err := cl.Agent().ChecksWithFilter(fmt.Sprintf("CheckID == %q", annotations.ServiceID(ns, pod)+register.HealthCheckSuffix))
+	checks, err := cl.Agent().ChecksWithFilter(fmt.Sprintf("CheckID == %q", contract.ServiceID(ns, pod)+contract.HealthCheckSuffix))
 	if err != nil {
 		return "", err
 	}
@@ -290,14 +289,14 @@ func TestAgentEventForUnnamedService(t *testing.T) {
 	ns := testNamespace(t, cs, "agent-event")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	createPod(t, cs, ns, "lonely", map[string]string{annotations.Inject: "true"}, echoContainer("app", "hi", 8080, 0))
+	createPod(t, cs, ns, "lonely", map[string]string{contract.Inject: "true"}, echoContainer("app", "hi", 8080, 0))
 	waitFor(t, ctx, "an Event naming the problem", func(ctx context.Context) (bool, error) {
 		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=lonely,reason=MeshletRegistrationFailed"})
 		if err != nil || len(evs.Items) == 0 {
 			return false, err
 		}
 		msg := evs.Items[0].Message
-		if !strings.Contains(msg, "no Kubernetes Service selects the pod") || !strings.Contains(msg, annotations.Service) {
+		if !strings.Contains(msg, "no Kubernetes Service selects the pod") || !strings.Contains(msg, contract.Service) {
 			return false, fmt.Errorf("event message %q does not say what to fix", msg)
 		}
 		return true, nil
@@ -363,7 +362,7 @@ func redirected(t *testing.T, ctx context.Context, pod *corev1.Pod) error {
 	if err != nil {
 		return err
 	}
-	plan, err := annotations.RedirectPlan(pod.Annotations)
+	plan, err := iptables.RedirectPlan(pod.Annotations)
 	if err != nil || plan == nil {
 		t.Fatalf("pod %s: redirect plan %v, %v", pod.Name, plan, err)
 	}
@@ -394,7 +393,7 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 	waitFor(t, ctx, "containerd to drop meshlet-cni", func(ctx context.Context) (bool, error) {
 		return lc.RuntimeUsesPlugin(ctx, "meshlet-cni") != nil, nil
 	})
-	bare := createPod(t, cs, ns, "bare", map[string]string{annotations.Inject: "true"}, shellContainer())
+	bare := createPod(t, cs, ns, "bare", map[string]string{contract.Inject: "true"}, shellContainer())
 	meshDeployment(t, cs, ns, "web", 1)
 	// With an IP the sandbox is up and its network in use, though the
 	// native sidecar, waiting for the agent to register it, holds the pod

@@ -14,7 +14,7 @@ import (
 
 	"github.com/containernetworking/plugins/pkg/ns"
 
-	"github.com/meshlet/meshlet/cni"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/netnstest"
 	"github.com/meshlet/meshlet/test/perrule"
@@ -46,7 +46,7 @@ func (p pluginInvocation) run(cmd string) error {
 	}
 	conf["log_level"] = "error"
 	if p.annotations != nil {
-		conf["runtimeConfig"] = map[string]any{cni.CapabilityPodAnnotations: p.annotations}
+		conf["runtimeConfig"] = map[string]any{contract.CapabilityPodAnnotations: p.annotations}
 	}
 	stdin, _ := json.Marshal(conf)
 	c := exec.Command(filepath.Join(lc.CNIBinDir(), "meshlet-cni"))

@@ -12,7 +12,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/install"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 )
@@ -128,7 +128,7 @@ func TestChartUpgrade(t *testing.T) {
 	for i := 0; ; i++ {
 		name := fmt.Sprintf("during-%d", i)
 		// Named for Consul by annotation: no Service selects it.
-		createPodSpec(t, cs, ns, pausePod(name, map[string]string{annotations.Inject: "true", annotations.Service: "upgrade-probe"}))
+		createPodSpec(t, cs, ns, pausePod(name, map[string]string{contract.Inject: "true", contract.Service: "upgrade-probe"}))
 		created = append(created, name)
 		now := agentPods()
 		rolled := len(now) == 1

@@ -18,8 +18,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/meshlet/meshlet/annotations"
-	"github.com/meshlet/meshlet/cni"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 	"github.com/meshlet/meshlet/test/netnstest"
@@ -30,15 +29,15 @@ const redirectConfig = `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOut
 
 func injectedAnnotations(cfg string) map[string]string {
 	return map[string]string{
-		annotations.InjectStatus:   "injected",
-		annotations.TProxyStatus:   annotations.TProxyEnabled,
-		annotations.RedirectConfig: cfg,
+		contract.InjectStatus:   "injected",
+		contract.TProxyStatus:   contract.TProxyEnabled,
+		contract.RedirectConfig: cfg,
 	}
 }
 
 func mustPlan(t testing.TB, cfg string) *iptables.Plan {
 	t.Helper()
-	p, err := annotations.RedirectPlan(injectedAnnotations(cfg))
+	p, err := iptables.RedirectPlan(injectedAnnotations(cfg))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +202,7 @@ func TestPluginThroughLibcni(t *testing.T) {
 		if err == nil {
 			t.Fatal("ADD succeeded")
 		}
-		for _, want := range []string{ns + "/broken", annotations.RedirectConfig, `ExcludeInboundPorts[0]: "80a"`} {
+		for _, want := range []string{ns + "/broken", contract.RedirectConfig, `ExcludeInboundPorts[0]: "80a"`} {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error %q does not name %q", err, want)
 			}
@@ -229,7 +228,7 @@ func TestPluginThroughLibcni(t *testing.T) {
 		netns := netnstest.NewNS(t)
 		// This pod does not exist in the API: only the runtime knows it.
 		rt := runtimeConf(ns, "runtime-only", netns.Path())
-		rt.CapabilityArgs = map[string]any{cni.CapabilityPodAnnotations: injectedAnnotations(redirectConfig)}
+		rt.CapabilityArgs = map[string]any{contract.CapabilityPodAnnotations: injectedAnnotations(redirectConfig)}
 		if _, err := cniConfig.AddNetworkList(ctx, list, rt); err != nil {
 			t.Fatal(err)
 		}
@@ -381,7 +380,7 @@ func TestPluginOnKubelet(t *testing.T) {
 		}
 		return false, nil
 	})
-	for _, want := range []string{"meshlet-cni", ns + "/broken", annotations.RedirectConfig, `ExcludeUIDs[0]: "root"`} {
+	for _, want := range []string{"meshlet-cni", ns + "/broken", contract.RedirectConfig, `ExcludeUIDs[0]: "root"`} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("event %q does not name %q", msg, want)
 		}

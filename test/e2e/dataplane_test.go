@@ -17,8 +17,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
-	"github.com/meshlet/meshlet/annotations"
-	"github.com/meshlet/meshlet/daemon/register"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/webhook"
 )
 
@@ -47,7 +46,7 @@ func TestWebhookMeshletDataPlane(t *testing.T) {
 	web.Ports = []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Annotations: map[string]string{
-			annotations.Inject: "true", annotations.Service: svc}},
+			contract.Inject: "true", contract.Service: svc}},
 		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{
 			web,
 			{Name: "proxy-check", Image: suite.Images.StaticClient, ImagePullPolicy: pullPolicy(),
@@ -58,7 +57,7 @@ func TestWebhookMeshletDataPlane(t *testing.T) {
 	}
 	created := createPodSpec(t, cs, ns, pod)
 	checkPlacement(t, created)
-	reg, err := annotations.DecodeRegistration(created.Annotations[annotations.RegistrationKey])
+	reg, err := contract.DecodeRegistration(created.Annotations[contract.RegistrationKey])
 	if err != nil {
 		t.Fatalf("the webhook's registration annotation: %v", err)
 	}
@@ -78,7 +77,7 @@ func TestWebhookMeshletDataPlane(t *testing.T) {
 		err := catalogMatches(cl, ns, svc, map[string]string{"web": withIP.Status.PodIP})
 		return err == nil, err
 	})
-	checkID := annotations.ServiceID(ns, "web") + register.HealthCheckSuffix
+	checkID := contract.ServiceID(ns, "web") + contract.HealthCheckSuffix
 
 	var running *corev1.Pod
 	waitFor(t, ctx, "every container ready", func(ctx context.Context) (bool, error) {

@@ -12,7 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // BenchmarkPodStart: the cost of the mesh to a pod's start. b.N times, a
@@ -85,7 +85,7 @@ func timePodStart(ctx context.Context, cs *kubernetes.Clientset, ns, name string
 	ann := map[string]string{}
 	if mesh {
 		// Named by annotation: no Service to create and delete each time.
-		ann = map[string]string{annotations.Inject: "true", annotations.Service: "podstart"}
+		ann = map[string]string{contract.Inject: "true", contract.Service: "podstart"}
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},

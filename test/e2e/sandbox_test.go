@@ -13,7 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 )
 
@@ -28,7 +28,7 @@ func TestAgentRegistersFromSandboxNotice(t *testing.T) {
 	ns := testNamespace(t, cs, "sandbox-notice")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	pod := createPod(t, cs, ns, "web", map[string]string{annotations.Inject: "true", annotations.Service: "sandbox-web"},
+	pod := createPod(t, cs, ns, "web", map[string]string{contract.Inject: "true", contract.Service: "sandbox-web"},
 		echoContainer("app", "hello", 8080, 0))
 	pod = waitPodState(t, ctx, cs, ns, pod.Name, "Ready", podReady)
 	logs, err := agentLogs(ctx, cs, pod.Spec.NodeName)

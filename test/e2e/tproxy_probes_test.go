@@ -19,7 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/webhook"
 )
 
@@ -119,11 +119,11 @@ func TestTransparentProxyProbes(t *testing.T) {
 	if s := app.StartupProbe; s.HTTPGet != nil || s.Exec == nil || !slices.Equal(s.Exec.Command, []string{"sh", "-c", "test ! -f /tmp/unhealthy"}) {
 		t.Errorf("exec startup probe changed: %+v", s.ProbeHandler)
 	}
-	reg, err := annotations.DecodeRegistration(pod.Annotations[annotations.RegistrationKey])
+	reg, err := contract.DecodeRegistration(pod.Annotations[contract.RegistrationKey])
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []annotations.ExposePath{{ListenerPort: 20300, Path: "/live", LocalPathPort: 8080}, {ListenerPort: 20400, Path: "/ready", LocalPathPort: 8080}}
+	want := []contract.ExposePath{{ListenerPort: 20300, Path: "/live", LocalPathPort: 8080}, {ListenerPort: 20400, Path: "/ready", LocalPathPort: 8080}}
 	if !slices.Equal(reg.ExposePaths, want) {
 		t.Errorf("registration's expose paths %+v, want %+v", reg.ExposePaths, want)
 	}
@@ -138,9 +138,9 @@ func TestTransparentProxyProbes(t *testing.T) {
 	if err != nil || len(entries) != 1 || entries[0].ServiceProxy == nil {
 		t.Fatalf("the proxy's registration: %v, %d entries", err, len(entries))
 	}
-	var exposed []annotations.ExposePath
+	var exposed []contract.ExposePath
 	for _, e := range entries[0].ServiceProxy.Expose.Paths {
-		exposed = append(exposed, annotations.ExposePath{ListenerPort: e.ListenerPort, Path: e.Path, LocalPathPort: e.LocalPathPort})
+		exposed = append(exposed, contract.ExposePath{ListenerPort: e.ListenerPort, Path: e.Path, LocalPathPort: e.LocalPathPort})
 	}
 	if !slices.Equal(exposed, want) {
 		t.Fatalf("the proxy's registered expose paths %+v, want %+v", exposed, want)

@@ -20,8 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/meshlet/meshlet/annotations"
-	"github.com/meshlet/meshlet/daemon/register"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 	"github.com/meshlet/meshlet/webhook"
 )
@@ -107,8 +106,8 @@ func TestSeedWalkthrough(t *testing.T) {
 		kubectl(t, "apply", "-n", ns, "-f", meshManifest(t, "static-server.yaml"))
 		kubectl(t, "rollout", "status", "-n", ns, "deploy/static-server", "--timeout=120s")
 		server = onlyPod(t, ctx, cs, ns, "app=static-server")
-		if got := server.Annotations[annotations.InjectStatus]; got != annotations.Injected {
-			t.Errorf("annotation %s = %q, want %q", annotations.InjectStatus, got, annotations.Injected)
+		if got := server.Annotations[contract.InjectStatus]; got != contract.Injected {
+			t.Errorf("annotation %s = %q, want %q", contract.InjectStatus, got, contract.Injected)
 		}
 		checkPlacement(t, server)
 		for _, c := range append(server.Status.InitContainerStatuses, server.Status.ContainerStatuses...) {
@@ -225,7 +224,7 @@ func TestSeedWalkthrough(t *testing.T) {
 				return false, err
 			}
 			for _, p := range pods.Items {
-				if p.DeletionTimestamp == nil && p.Annotations[annotations.Upstreams] == "static-server:1234" && podReady(&p) {
+				if p.DeletionTimestamp == nil && p.Annotations[contract.Upstreams] == "static-server:1234" && podReady(&p) {
 					client = "pod/" + p.Name
 					return true, nil
 				}
@@ -566,7 +565,7 @@ func nodeHTTP(addr string) (string, error) {
 // agentRegistrations are the IDs of the services the node's Consul agent
 // holds for the namespace's pods.
 func agentRegistrations(cl *capi.Client, ns string) ([]string, error) {
-	svcs, err := cl.Agent().ServicesWithFilter(fmt.Sprintf("Meta[%q] == %q", register.MetaNamespace, ns))
+	svcs, err := cl.Agent().ServicesWithFilter(fmt.Sprintf("Meta[%q] == %q", contract.MetaNamespace, ns))
 	if err != nil {
 		return nil, err
 	}
@@ -592,7 +591,7 @@ func waitAgentHoldsPods(t *testing.T, ctx context.Context, cs *kubernetes.Client
 		var want []string
 		for _, p := range pods.Items {
 			if injected(&p) && p.Status.PodIP != "" && p.Status.Phase != corev1.PodSucceeded && p.Status.Phase != corev1.PodFailed {
-				want = append(want, annotations.ServiceID(ns, p.Name), annotations.ProxyID(ns, p.Name))
+				want = append(want, contract.ServiceID(ns, p.Name), contract.ProxyID(ns, p.Name))
 			}
 		}
 		slices.Sort(want)
@@ -686,8 +685,8 @@ func TestSeedChartValues(t *testing.T) {
 	}
 	// Before the upgrade (metrics.defaultEnabled false): the pod's
 	// annotation turns metrics on.
-	if got := admit(other, pausePod("app", map[string]string{annotations.Inject: "true", annotations.EnableMetrics: "true",
-		annotations.PrometheusScrapePort: "20201"})); !injected(got) || metrics(got) != "true 20201 /metrics" {
+	if got := admit(other, pausePod("app", map[string]string{contract.Inject: "true", contract.EnableMetrics: "true",
+		contract.PrometheusScrapePort: "20201"})); !injected(got) || metrics(got) != "true 20201 /metrics" {
 		t.Errorf("metrics on by annotation, with the chart's default values: injected %v, prometheus.io scrape/port/path %q; want true 20201 /metrics",
 			injected(got), metrics(got))
 	}
@@ -720,10 +719,10 @@ func TestSeedChartValues(t *testing.T) {
 		metrics  string
 	}{
 		{"unannotated, connectInject.default true", allowed, nil, true, "true 20202 /metrics"},
-		{"opted out", allowed, map[string]string{annotations.Inject: "false"}, false, "  "},
-		{"metrics off by annotation", allowed, map[string]string{annotations.EnableMetrics: "false"}, true, "  "},
-		{"annotated, in a denied namespace (also allowed)", denied, map[string]string{annotations.Inject: "true"}, false, "  "},
-		{"annotated, in a namespace not allowed", other, map[string]string{annotations.Inject: "true"}, false, "  "},
+		{"opted out", allowed, map[string]string{contract.Inject: "false"}, false, "  "},
+		{"metrics off by annotation", allowed, map[string]string{contract.EnableMetrics: "false"}, true, "  "},
+		{"annotated, in a denied namespace (also allowed)", denied, map[string]string{contract.Inject: "true"}, false, "  "},
+		{"annotated, in a namespace not allowed", other, map[string]string{contract.Inject: "true"}, false, "  "},
 	} {
 		got := admit(c.ns, pausePod("app", c.ann))
 		if injected(got) != c.injected || metrics(got) != c.metrics {
@@ -771,7 +770,7 @@ spec:
 	kubectl(t, "apply", "-n", allowed, "-f", writeManifest(t, strings.Replace(string(b), annotation, "        {}\n", 1)))
 	kubectl(t, "rollout", "status", "-n", allowed, "deploy/static-server", "--timeout=120s")
 	server := onlyPod(t, ctx, cs, allowed, "app=static-server")
-	if _, set := server.Annotations[annotations.Inject]; set || !injected(server) || metrics(server) != "true 20202 /metrics" {
+	if _, set := server.Annotations[contract.Inject]; set || !injected(server) || metrics(server) != "true 20202 /metrics" {
 		t.Fatalf("the unannotated seed server: annotations %v; want injected by default, with prometheus.io scrape/port/path true 20202 /metrics", server.Annotations)
 	}
 	waitFor(t, ctx, "the unannotated server registered", func(context.Context) (bool, error) {

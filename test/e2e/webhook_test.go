@@ -14,7 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 )
 
@@ -33,7 +33,7 @@ func pausePod(name string, ann map[string]string, mutate ...func(*corev1.Pod)) *
 }
 
 func injected(p *corev1.Pod) bool {
-	return p.Annotations[annotations.InjectStatus] == annotations.Injected
+	return p.Annotations[contract.InjectStatus] == contract.Injected
 }
 
 // TestWebhookDecision: pods created through the real API server, with the
@@ -42,7 +42,7 @@ func TestWebhookDecision(t *testing.T) {
 	requireCluster(t)
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "webhook")
-	on := map[string]string{annotations.Inject: "true"}
+	on := map[string]string{contract.Inject: "true"}
 	for _, tc := range []struct {
 		name     string
 		ns       string
@@ -53,8 +53,8 @@ func TestWebhookDecision(t *testing.T) {
 		{"annotated", ns, pausePod("annotated", on), true, nil},
 		// The patch adds to lists the pod already has: the API server
 		// must apply every kind of operation the webhook sends.
-		{"env, init container, HTTP probe, upstreams", ns, pausePod("full", map[string]string{annotations.Inject: "true",
-			annotations.Upstreams: "db:5432", "team": "a/b~c"}, func(p *corev1.Pod) {
+		{"env, init container, HTTP probe, upstreams", ns, pausePod("full", map[string]string{contract.Inject: "true",
+			contract.Upstreams: "db:5432", "team": "a/b~c"}, func(p *corev1.Pod) {
 			p.Spec.InitContainers = []corev1.Container{{Name: "init", Image: suite.Images.Pause, Env: []corev1.EnvVar{{Name: "A", Value: "1"}}}}
 			c := &p.Spec.Containers[0]
 			c.Env = []corev1.EnvVar{{Name: "B", Value: "2"}}
@@ -76,7 +76,7 @@ func TestWebhookDecision(t *testing.T) {
 		// Runs to completion: a native sidecar, whatever the data plane.
 		{"restartPolicy Never", ns, pausePod("once", on, func(p *corev1.Pod) { p.Spec.RestartPolicy = corev1.RestartPolicyNever }), true, nil},
 		{"not annotated (connectInject.default false)", ns, pausePod("plain", nil), false, nil},
-		{"opted out", ns, pausePod("opt-out", map[string]string{annotations.Inject: "false"}), false, nil},
+		{"opted out", ns, pausePod("opt-out", map[string]string{contract.Inject: "false"}), false, nil},
 		{"host network", ns, pausePod("hostnet", on, func(p *corev1.Pod) { p.Spec.HostNetwork = true }), false, nil},
 		{"labelled to skip the webhook", ns, pausePod("skip", on, func(p *corev1.Pod) { p.Labels = map[string]string{"meshlet.io/webhook": "skip"} }), false, nil},
 		{"kube-system", "kube-system", pausePod("annotated", on), false, nil},
@@ -96,7 +96,7 @@ func TestWebhookDecision(t *testing.T) {
 			}
 			if tc.injected {
 				checkPlacement(t, got)
-				if got.Annotations[annotations.RedirectConfig] == "" || got.Annotations[annotations.RegistrationKey] == "" {
+				if got.Annotations[contract.RedirectConfig] == "" || got.Annotations[contract.RegistrationKey] == "" {
 					t.Fatalf("annotations for meshlet-cni and the agent missing: %v", got.Annotations)
 				}
 				if tc.check != nil {
@@ -218,7 +218,7 @@ func TestWebhookPodSecurity(t *testing.T) {
 			ns := testNamespace(t, cs, "webhook-pss-"+level)
 			labelNamespace(t, cs, ns, map[string]string{"pod-security.kubernetes.io/enforce": level})
 			got, err := cs.CoreV1().Pods(ns).Create(context.Background(),
-				pausePod("app", map[string]string{annotations.Inject: "true"}, restrictedApp), metav1.CreateOptions{})
+				pausePod("app", map[string]string{contract.Inject: "true"}, restrictedApp), metav1.CreateOptions{})
 			if err != nil {
 				t.Fatalf("Pod Security %q refused an injected pod: %v", level, err)
 			}
@@ -226,7 +226,7 @@ func TestWebhookPodSecurity(t *testing.T) {
 				t.Fatal("not injected")
 			}
 			// The check can fail: a privileged app is refused at this level.
-			_, err = cs.CoreV1().Pods(ns).Create(context.Background(), pausePod("privileged", map[string]string{annotations.Inject: "true"},
+			_, err = cs.CoreV1().Pods(ns).Create(context.Background(), pausePod("privileged", map[string]string{contract.Inject: "true"},
 				func(p *corev1.Pod) {
 					p.Spec.Containers[0].SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
 				}),
@@ -272,7 +272,7 @@ func TestWebhookDownFailsClosed(t *testing.T) {
 		return err == nil && len(pods.Items) == 0, err
 	})
 	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
-	_, err := cs.CoreV1().Pods(ns).Create(ctx, pausePod("app", map[string]string{annotations.Inject: "true"}), dry)
+	_, err := cs.CoreV1().Pods(ns).Create(ctx, pausePod("app", map[string]string{contract.Inject: "true"}), dry)
 	if err == nil || !strings.Contains(err.Error(), "inject.meshlet.io") {
 		t.Fatalf("webhook down: creating an annotated pod returned %v, want a refusal naming the webhook", err)
 	}

@@ -39,8 +39,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
-	"github.com/meshlet/meshlet/annotations"
-	"github.com/meshlet/meshlet/iptables"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/webhook"
 )
 
@@ -144,9 +143,9 @@ func TestXDSServesMeshletRegistrations(t *testing.T) {
 	checkPublicListener(t, out, cliPod)
 
 	ol := out.listenerNamed("outbound_listener:")
-	if a := ol.GetAddress().GetSocketAddress(); a.GetAddress() != "127.0.0.1" || a.GetPortValue() != iptables.DefaultProxyOutboundPort {
+	if a := ol.GetAddress().GetSocketAddress(); a.GetAddress() != "127.0.0.1" || a.GetPortValue() != contract.ProxyOutboundPort {
 		t.Errorf("outbound_listener on %s:%d: want 127.0.0.1:%d, where meshlet-cni redirects outbound traffic",
-			a.GetAddress(), a.GetPortValue(), iptables.DefaultProxyOutboundPort)
+			a.GetAddress(), a.GetPortValue(), contract.ProxyOutboundPort)
 	}
 	if !hasOriginalDst(ol) {
 		t.Errorf("outbound_listener has no original_dst listener filter: redirected connections would not keep their destination")
@@ -178,7 +177,7 @@ func TestXDSServesMeshletRegistrations(t *testing.T) {
 			t.Errorf("cluster %s does not verify the server's identity %s: %v", target, id, utls.GetCommonTlsContext().GetValidationContext().GetMatchTypedSubjectAltNames())
 		}
 	}
-	want := []string{net.JoinHostPort(srvPod.Status.PodIP, strconv.Itoa(iptables.DefaultProxyInboundPort))}
+	want := []string{net.JoinHostPort(srvPod.Status.PodIP, strconv.Itoa(contract.ProxyInboundPort))}
 	cla := out.endpoints[edsName(up)]
 	if got := clusterEndpoints(cla); !slices.Equal(got, want) {
 		t.Errorf("cluster %s endpoints (EDS) %v: want the server pod's IP and inbound port %v", target, got, want)
@@ -232,7 +231,7 @@ func waitPodState(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, n
 func xdsPod(name string, app corev1.Container) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}, Annotations: map[string]string{
-			annotations.Inject: "true", annotations.TransparentProxy: "true"}},
+			contract.Inject: "true", contract.TransparentProxy: "true"}},
 		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{app}},
 	}
 }
@@ -269,11 +268,11 @@ func envoyBootstrapFor(t *testing.T, submitted, live *corev1.Pod, cfg webhook.Co
 	}
 	injected := applyPatch(t, pod, res)
 
-	envoyReg, err := annotations.DecodeRegistration(injected.Annotations[annotations.RegistrationKey])
+	envoyReg, err := contract.DecodeRegistration(injected.Annotations[contract.RegistrationKey])
 	if err != nil {
 		t.Fatal(err)
 	}
-	liveReg, err := annotations.DecodeRegistration(live.Annotations[annotations.RegistrationKey])
+	liveReg, err := contract.DecodeRegistration(live.Annotations[contract.RegistrationKey])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +386,7 @@ func podField(t *testing.T, pod *corev1.Pod, path string) string {
 func checkBootstrapNode(t *testing.T, cl *capi.Client, bs *bootstrapv3.Bootstrap, pod *corev1.Pod, service string) {
 	t.Helper()
 	n := bs.GetNode()
-	if want := annotations.ProxyID(pod.Namespace, pod.Name); n.GetId() != want {
+	if want := contract.ProxyID(pod.Namespace, pod.Name); n.GetId() != want {
 		t.Errorf("bootstrap node.id %q: want %q", n.GetId(), want)
 	}
 	svc, _, err := cl.Agent().Service(n.GetId(), nil)
@@ -644,9 +643,9 @@ func checkPublicListener(t *testing.T, x *xdsConfig, pod *corev1.Pod) {
 		t.Fatalf("no public_listener for %s", pod.Name)
 	}
 	a := l.GetAddress().GetSocketAddress()
-	if a.GetAddress() != pod.Status.PodIP || a.GetPortValue() != iptables.DefaultProxyInboundPort {
+	if a.GetAddress() != pod.Status.PodIP || a.GetPortValue() != contract.ProxyInboundPort {
 		t.Errorf("%s's public_listener on %s:%d: want the pod IP and inbound port %s:%d",
-			pod.Name, a.GetAddress(), a.GetPortValue(), pod.Status.PodIP, iptables.DefaultProxyInboundPort)
+			pod.Name, a.GetAddress(), a.GetPortValue(), pod.Status.PodIP, contract.ProxyInboundPort)
 	}
 	if len(l.GetFilterChains()) != 1 {
 		t.Fatalf("%s's public_listener has %d filter chains: want 1", pod.Name, len(l.GetFilterChains()))

@@ -24,7 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/webhook"
 )
 
@@ -86,7 +86,7 @@ func admittedPod(ann map[string]string) *corev1.Pod {
 
 // benchAnnotations are BenchmarkMutate's: injected, one upstream, tags.
 func benchAnnotations() map[string]string {
-	return map[string]string{annotations.Inject: "true", annotations.Upstreams: "db:5432", annotations.ServiceTags: "v1"}
+	return map[string]string{contract.Inject: "true", contract.Upstreams: "db:5432", contract.ServiceTags: "v1"}
 }
 
 func envoyConfig() webhook.Config {
@@ -215,7 +215,7 @@ func BenchmarkReview(b *testing.B) {
 	distinct := make([][]byte, 2048)
 	for i := range distinct {
 		ann := benchAnnotations()
-		ann[annotations.Service] = fmt.Sprintf("web-%04d", i)
+		ann[contract.Service] = fmt.Sprintf("web-%04d", i)
 		distinct[i] = reviewBody(b, podKind, admissionv1.Create, admittedPod(ann))
 	}
 	for _, c := range []struct {

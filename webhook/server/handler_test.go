@@ -20,7 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/webhook"
 )
 
@@ -86,7 +86,7 @@ func post(t *testing.T, h http.Handler, body []byte) (*http.Response, admissionv
 }
 
 func TestHandler(t *testing.T) {
-	inject := map[string]string{annotations.Inject: "true"}
+	inject := map[string]string{contract.Inject: "true"}
 	for _, tc := range []struct {
 		name       string
 		body       []byte
@@ -103,11 +103,11 @@ func TestHandler(t *testing.T) {
 		{name: "not annotated", body: reviewBody(t, podKind, admissionv1.Create, testPod(nil)),
 			status: 200, allowed: true, result: resultSkipped},
 		{name: "bad upstream denied with 400 naming it",
-			body:   reviewBody(t, podKind, admissionv1.Create, testPod(map[string]string{annotations.Inject: "true", annotations.Upstreams: "db:abc"})),
+			body:   reviewBody(t, podKind, admissionv1.Create, testPod(map[string]string{contract.Inject: "true", contract.Upstreams: "db:abc"})),
 			status: 200, message: `consul.hashicorp.com/connect-service-upstreams: "db:abc": port must be a number 1-65535`,
-			result: resultDenied, denialKeys: []string{annotations.Upstreams}},
+			result: resultDenied, denialKeys: []string{contract.Upstreams}},
 		{name: "unknown annotation warned, still injected",
-			body:   reviewBody(t, podKind, admissionv1.Create, testPod(map[string]string{annotations.Inject: "true", "consul.hashicorp.com/sidecar-proxy-lifecycle": "x"})),
+			body:   reviewBody(t, podKind, admissionv1.Create, testPod(map[string]string{contract.Inject: "true", "consul.hashicorp.com/sidecar-proxy-lifecycle": "x"})),
 			status: 200, allowed: true, patched: true, warning: "consul.hashicorp.com/sidecar-proxy-lifecycle", result: resultInjected},
 		{name: "update passes untouched", body: reviewBody(t, podKind, admissionv1.Update, testPod(inject)),
 			status: 200, allowed: true, result: resultSkipped},
@@ -187,7 +187,7 @@ func checkInjected(t *testing.T, body, patch []byte) {
 	if err := json.Unmarshal(out, &pod); err != nil {
 		t.Fatal(err)
 	}
-	if pod.Annotations[annotations.InjectStatus] != annotations.Injected || len(pod.Spec.InitContainers) != 1 ||
+	if pod.Annotations[contract.InjectStatus] != contract.Injected || len(pod.Spec.InitContainers) != 1 ||
 		pod.Spec.InitContainers[0].Name != "consul-sidecar" {
 		t.Fatalf("patched pod: annotations %v, init containers %d", pod.Annotations, len(pod.Spec.InitContainers))
 	}
@@ -204,7 +204,7 @@ func TestHandlerRefusesGET(t *testing.T) {
 
 func TestHandlerBoundsTheBody(t *testing.T) {
 	h, _ := newTestHandler()
-	big := testPod(map[string]string{annotations.Inject: "true", "x": strings.Repeat("a", maxReviewBytes)})
+	big := testPod(map[string]string{contract.Inject: "true", "x": strings.Repeat("a", maxReviewBytes)})
 	resp, _ := post(t, h, reviewBody(t, podKind, admissionv1.Create, big))
 	if resp.StatusCode != http.StatusBadRequest {
 		t.Fatalf("a %d-byte review: HTTP %d, want 400", maxReviewBytes, resp.StatusCode)

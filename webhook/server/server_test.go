@@ -22,7 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // staticCert is a CertSource with one self-signed certificate for
@@ -131,7 +131,7 @@ func TestServerHTTPS(t *testing.T) {
 	}
 	certs.ready.Store(true)
 
-	body := reviewBody(t, podKind, admissionv1.Create, testPod(map[string]string{annotations.Inject: "true"}))
+	body := reviewBody(t, podKind, admissionv1.Create, testPod(map[string]string{contract.Inject: "true"}))
 	resp, err := c.Post(base+PathMutate, "application/json", bytes.NewReader(body))
 	if err != nil {
 		t.Fatal(err)

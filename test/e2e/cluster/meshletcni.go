@@ -12,9 +12,9 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"k8s.io/utils/ptr"
 
-	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
+	"github.com/meshlet/meshlet/contract"
 
-	"github.com/meshlet/meshlet/cni"
+	runtime "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // The plugin's identity, which the chart creates: a ServiceAccount that
@@ -35,7 +35,7 @@ func (c *Cluster) MeshletCNIConf() map[string]any {
 	return map[string]any{
 		"type": "meshlet-cni", "kubeconfig": c.MeshletCNIKubeconfig(),
 		"log_file": c.path("logs", "meshlet-cni.log"), "log_level": "debug",
-		"capabilities": map[string]bool{cni.CapabilityPodAnnotations: true},
+		"capabilities": map[string]bool{contract.CapabilityPodAnnotations: true},
 	}
 }
 

@@ -8,7 +8,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/meshlet/meshlet/annotations"
+	"github.com/meshlet/meshlet/contract"
 )
 
 // The webhook as the local cluster runs it: the chart's two replicas of
@@ -24,7 +24,7 @@ const (
 // namespace and checks the API server returns it injected.
 func WebhookInjects(ctx context.Context, cs kubernetes.Interface) error {
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: "webhook-probe-", Annotations: map[string]string{annotations.Inject: "true"}},
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "webhook-probe-", Annotations: map[string]string{contract.Inject: "true"}},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Image: StaticServerImage,
 			Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
 	}
@@ -32,7 +32,7 @@ func WebhookInjects(ctx context.Context, cs kubernetes.Interface) error {
 	if err != nil {
 		return err
 	}
-	if got.Annotations[annotations.InjectStatus] != annotations.Injected {
+	if got.Annotations[contract.InjectStatus] != contract.Injected {
 		return errors.New("the API server admitted an annotated pod without injecting it")
 	}
 	return nil

@@ -1,4 +1,4 @@
-package annotations
+package contract
 
 import (
 	"bytes"
@@ -22,8 +22,8 @@ type Registration struct {
 	Service string `json:"service,omitempty"`
 	// Port is the port the application serves on; 0: none (a client).
 	Port int `json:"port,omitempty"`
-	// DataPlane is the sidecar: "envoy" or "consul" (Consul's built-in
-	// proxy).
+	// DataPlane is the sidecar: "envoy", "consul" (Consul's built-in
+	// proxy) or "meshlet" (meshlet's L4 proxy).
 	DataPlane        string            `json:"dataPlane"`
 	TransparentProxy bool              `json:"transparentProxy"`
 	Upstreams        []Upstream        `json:"upstreams,omitempty"`

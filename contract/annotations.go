@@ -1,10 +1,4 @@
-// Package annotations is the contract between meshlet's parts: the names
-// of the pod annotations users write (consul-k8s' names, so existing
-// manifests work unchanged), the ones meshlet writes, and the typed,
-// versioned registration the webhook writes for the node agent, so that
-// the agent never parses user input again. The webhook, meshlet-cni and the
-// node agent all import it; the rules library (iptables) knows none of it.
-package annotations
+package contract
 
 const prefix = "consul.hashicorp.com/"
 

@@ -1,0 +1,34 @@
+package contract
+
+// The injected sidecar, whatever its data plane: consul-k8s' numbers, so
+// that its redirect config and its registrations read the same.
+const (
+	// ProxyUID is the sidecar's UID and GID; the pod's rules let its
+	// traffic out unredirected, so no other container may run as it.
+	ProxyUID = 5995
+	// ProxyInboundPort is the sidecar's public (mTLS) listener, where the
+	// rules send the pod's inbound TCP and where Consul sends other
+	// proxies.
+	ProxyInboundPort = 20000
+	// ProxyOutboundPort is the transparent outbound listener, where the
+	// rules send the pod's outbound TCP.
+	ProxyOutboundPort = 15001
+	// ProxyMetricsPort is where meshlet's proxy serves /metrics and /ready
+	// on the pod's loopback when the pod has no metrics set-up.
+	ProxyMetricsPort = 20200
+)
+
+// The sidecar's environment, from the downward API: kubelet expands
+// EnvServiceID and EnvProxyID from the pod's namespace and name (a
+// Deployment's pod has no name at admission), so they equal ServiceID and
+// ProxyID. EnvHostIP is the node's address, where its Consul agent
+// listens.
+const (
+	EnvServiceID = "SERVICE_ID"
+	EnvProxyID   = "PROXY_ID"
+	EnvHostIP    = "HOST_IP"
+)
+
+// ConsulAgentHTTPPort is the Consul client agent's HTTP port on the node's
+// address, as the official Consul chart exposes it.
+const ConsulAgentHTTPPort = 8500

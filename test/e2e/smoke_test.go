@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/coreos/go-iptables/iptables"
+
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 	"github.com/meshlet/meshlet/test/e2e/target"
 )
@@ -77,6 +79,11 @@ func TestClusterSmoke(t *testing.T) {
 	}
 	if len(pods.Items) != 2 {
 		t.Fatalf("%d static-server pods, want 2", len(pods.Items))
+	}
+	if lc != nil {
+		// As a Docker engine leaves the host: pod-to-pod and
+		// pod-to-Service traffic crosses the host's FORWARD chain.
+		forwardPolicyDrop(t)
 	}
 	for _, p := range pods.Items {
 		out := kubectl(t, "exec", "-n", ns, "static-client", "--", "curl", "-sS", "-m", "5", fmt.Sprintf("http://%s:8080/", p.Status.PodIP))
@@ -180,4 +187,38 @@ func kubectl(t *testing.T, args ...string) string {
 		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return out
+}
+
+// forwardPolicyDrop sets the host's filter FORWARD policy to DROP in both
+// IP families for the rest of the test, as a Docker engine sets it when it
+// starts, and puts back the policy it found.
+func forwardPolicyDrop(t *testing.T) {
+	t.Helper()
+	for _, fam := range []iptables.Protocol{iptables.ProtocolIPv4, iptables.ProtocolIPv6} {
+		ipt, err := iptables.NewWithProtocol(fam)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rules, err := ipt.List("filter", "FORWARD")
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := ""
+		if len(rules) > 0 {
+			if f := strings.Fields(rules[0]); len(f) == 3 && f[0] == "-P" {
+				before = f[2]
+			}
+		}
+		if before == "" {
+			t.Fatalf("FORWARD's policy not found in %q", rules)
+		}
+		if err := ipt.ChangePolicy("filter", "FORWARD", "DROP"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if err := ipt.ChangePolicy("filter", "FORWARD", before); err != nil {
+				t.Errorf("restore FORWARD policy %s: %v", before, err)
+			}
+		})
+	}
 }

@@ -17,9 +17,10 @@ import (
 
 var natFilterMangle = []string{"filter", "nat", "mangle"}
 
-// Chains in these families belong to the cluster's components; any that the
-// host did not have before boot are removed after the run.
-var ownedChainPrefixes = []string{"KUBE-", "CNI-"}
+// Chains in these families belong to the cluster's components or the
+// harness; any that the host did not have before boot are removed after
+// the run, with every jump into them.
+var ownedChainPrefixes = []string{"KUBE-", "CNI-", forwardChain}
 
 // Baseline is the host's packet-filter state before a cluster started.
 type Baseline struct {

@@ -113,7 +113,7 @@ func (c *Cluster) setupHost() error {
 			return fmt.Errorf("sysctl %s: %w", k, err)
 		}
 	}
-	return nil
+	return acceptBridgeForwarding()
 }
 
 // restoreHost undoes setupHost and whatever the components changed.

@@ -7,7 +7,7 @@
 // built-in API groups when the process starts. In the meshlet binary that
 // was a third of its size and about 9 MiB of resident memory in every
 // process, the node agent's included, which runs on every node against a
-// 40 MiB budget (docs/benchmarks.md). TestBinaryLinksNoClientset keeps it
+// 40 MiB budget (docs/benchmarks.md). TestBinariesLinkNothingHeavy (cmd/meshlet) keeps it
 // out.
 package kubeclient
 

@@ -25,7 +25,7 @@ import (
 	"github.com/meshlet/meshlet/webhook"
 )
 
-// The seed's walkthrough (/work/shared/SPEC.md "Users and the walkthrough
+// The seed's walkthrough (the product SPEC's "Users and the walkthrough
 // that must work"), run as a user runs it: the seed's manifests from
 // examples/mesh/ (only the images differ), kubectl, the consul CLI, and
 // meshlet as the chart installed it. TestSeedWalkthrough runs on any

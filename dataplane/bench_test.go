@@ -166,6 +166,10 @@ func pct(d []time.Duration, p float64) float64 {
 // alternating; then five bulk connections each, alternating; then each client proxy's
 // RSS idle and with 100 connections open. Goals (issue 9): set-up latency
 // ≤ the built-in proxy's, throughput ≥ it, RSS ≤ 20 MiB idle.
+//
+// With $MESHLET_PROXY_BASELINE naming another build of meshlet-proxy (an
+// earlier commit's), it runs as a fourth plane and the run reports the
+// current build's idle RSS against it.
 func BenchmarkProxyVsBuiltin(b *testing.B) {
 	proxyBin, meshletBin := repobin.Need(b, "meshlet-proxy", "make build"), repobin.Need(b, "meshlet", "make build")
 	consulBin := repobin.Need(b, "consul", "make tools")
@@ -187,6 +191,11 @@ func BenchmarkProxyVsBuiltin(b *testing.B) {
 		startPlane(b, cl, httpAddr, "meshlet-subcommand", func(proxyID, _ string) []string {
 			return append([]string{meshletBin, "proxy"}, meshletArgs(proxyID)...)
 		}),
+	}
+	if base := os.Getenv("MESHLET_PROXY_BASELINE"); base != "" {
+		planes = append(planes, startPlane(b, cl, httpAddr, "meshlet-baseline", func(proxyID, _ string) []string {
+			return append([]string{base}, meshletArgs(proxyID)...)
+		}))
 	}
 	time.Sleep(2 * time.Second)
 	var idle []float64
@@ -253,4 +262,8 @@ func BenchmarkProxyVsBuiltin(b *testing.B) {
 	b.ReportMetric(idleAnon, "meshlet-rss-idle-anon-MiB")
 	b.ReportMetric(pct(lat[0], 0.5)/pct(lat[1], 0.5), "setup-p50-ratio")
 	b.ReportMetric(tput[0]/tput[1], "throughput-ratio")
+	if len(planes) > 3 {
+		b.ReportMetric(idle[0]/idle[3], "rss-idle-vs-baseline-ratio")
+		b.ReportMetric(procstatus.Must(b, planes[3].client, "RssAnon"), "meshlet-baseline-rss-idle-anon-MiB")
+	}
 }

@@ -13,10 +13,11 @@ import (
 // patch is the JSON patch from the pod as submitted to the injected one,
 // built from what injectInto changes: annotations added, env appended,
 // HTTP probe ports moved, the sidecar inserted where pl put it. Diffing
-// the two pods' serialized forms instead cost 72 % of a review's
-// allocations (two encodes, two decodes into generic maps; BenchmarkReview),
-// and the garbage set the tail latency. Touching only these paths also
-// leaves alone any field this build's API types do not know.
+// the two pods' serialized forms instead made most of a review's
+// allocations (two encodes, two decodes into generic maps; BenchmarkReview
+// and docs/benchmarks.md#webhook-review have the figures), and the garbage
+// set the tail latency. Touching only these paths also leaves alone any
+// field this build's API types do not know.
 // TestPatchReproducesInjection applies the patch to every golden and
 // fuzzed pod and compares.
 func patch(orig, injected *corev1.Pod, pl placement) ([]jsonpatch.Operation, error) {

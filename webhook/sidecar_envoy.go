@@ -7,13 +7,14 @@ import (
 	"k8s.io/utils/lru"
 
 	"github.com/meshlet/meshlet/contract"
+	"github.com/meshlet/meshlet/webhook/envoybootstrap"
 )
 
 // envoySidecar runs Envoy with its bootstrap inline (--config-yaml), so no
 // init container writes a file for it: kubelet expands $(PROXY_ID) and
 // $(HOST_IP) in the argument from the container's env.
 func envoySidecar(c corev1.Container, p parsed, reg contract.Registration, pod *corev1.Pod, cfg Config) (corev1.Container, error) {
-	b := EnvoyBootstrap{
+	b := envoybootstrap.Config{
 		ProxyID:       proxyIDRef,
 		ServiceName:   statsServiceName(p, pod),
 		AgentHost:     hostIPRef,
@@ -38,7 +39,7 @@ func envoySidecar(c corev1.Container, p parsed, reg contract.Registration, pod *
 // cannot grow it without limit.
 var bootstraps = lru.New(1024)
 
-func bootstrapYAML(b EnvoyBootstrap) (string, error) {
+func bootstrapYAML(b envoybootstrap.Config) (string, error) {
 	if y, ok := bootstraps.Get(b); ok {
 		return y.(string), nil
 	}

@@ -34,8 +34,9 @@ func envoySidecar(c corev1.Container, p parsed, reg contract.Registration, pod *
 }
 
 // bootstraps holds rendered bootstraps by their inputs: a service's pods
-// share one, and rendering it (proto, validation, JSON, YAML) is most of an
-// envoy review's cost (BenchmarkMutate). Bounded, so that many services
+// share one, and rendering it (checks, document, YAML with its quoting) is
+// most of an envoy review's cost (BenchmarkMutate, and the distinct-pods
+// row in docs/benchmarks.md#webhook-review). Bounded, so that many services
 // cannot grow it without limit.
 var bootstraps = lru.New(1024)
 

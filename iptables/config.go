@@ -109,7 +109,7 @@ func (c Config) Validate() (*Plan, error) {
 	}
 	ports := func(field string, in []string) []PortRange {
 		var out []PortRange
-		for i, v := range splitList(in) {
+		for i, v := range SplitList(in...) {
 			if r, ok := ParsePortRange(v); ok {
 				out = append(out, r)
 			} else {
@@ -120,14 +120,14 @@ func (c Config) Validate() (*Plan, error) {
 	}
 	p.ExcludeInboundPorts = ports("ExcludeInboundPorts", c.ExcludeInboundPorts)
 	p.ExcludeOutboundPorts = ports("ExcludeOutboundPorts", c.ExcludeOutboundPorts)
-	for i, v := range splitList(c.ExcludeUIDs) {
+	for i, v := range SplitList(c.ExcludeUIDs...) {
 		if r, ok := ParseIDRange(v); ok {
 			p.ExcludeUIDs = append(p.ExcludeUIDs, r)
 		} else {
 			bad(fmt.Sprintf("ExcludeUIDs[%d]", i), v, "a numeric UID or a range low-high")
 		}
 	}
-	for i, v := range splitList(c.ExcludeOutboundCIDRs) {
+	for i, v := range SplitList(c.ExcludeOutboundCIDRs...) {
 		pfx, ok := ParseCIDR(v)
 		switch {
 		case !ok:
@@ -161,9 +161,12 @@ func (c Config) Validate() (*Plan, error) {
 	return p, nil
 }
 
-// splitList trims every element and also splits elements that hold a
-// comma-separated list ("8080, 9090"), as annotations are often written.
-func splitList(in []string) []string {
+// SplitList trims every element and also splits elements that hold a
+// comma-separated list ("8080, 9090"), as annotations are often written;
+// empty elements are dropped, so a trailing comma is harmless. The webhook
+// splits the annotations with it, so that it validates the elements the
+// plugin applies.
+func SplitList(in ...string) []string {
 	var out []string
 	for _, v := range in {
 		for _, part := range strings.Split(v, ",") {

@@ -136,3 +136,23 @@ func TestParseConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestSplitList: elements are trimmed, comma lists inside elements split,
+// empty ones dropped; one string splits as a list of one.
+func TestSplitList(t *testing.T) {
+	for _, tc := range []struct {
+		in   []string
+		want []string
+	}{
+		{nil, nil},
+		{[]string{""}, nil},
+		{[]string{" , ,"}, nil},
+		{[]string{"8080"}, []string{"8080"}},
+		{[]string{" db:5432 , cache:6379,"}, []string{"db:5432", "cache:6379"}},
+		{[]string{"80", " 443 ", "9090, 9091"}, []string{"80", "443", "9090", "9091"}},
+	} {
+		if got := SplitList(tc.in...); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("SplitList(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/meshlet/meshlet/contract"
+	"github.com/meshlet/meshlet/webhook/envoybootstrap"
 )
 
 // BenchmarkMutate: one pod through the webhook's mutation, in process, for
@@ -28,10 +29,10 @@ func BenchmarkMutate(b *testing.B) {
 // TestBootstrapCache: a cached bootstrap is the one YAML renders for the
 // same inputs, and other inputs get their own.
 func TestBootstrapCache(t *testing.T) {
-	base := EnvoyBootstrap{ProxyID: proxyIDRef, ServiceName: "web", AgentHost: hostIPRef, AgentGRPCPort: 8502, AdminBind: "127.0.0.1", AdminPort: 19000}
+	base := envoybootstrap.Config{ProxyID: proxyIDRef, ServiceName: "web", AgentHost: hostIPRef, AgentGRPCPort: 8502, AdminBind: "127.0.0.1", AdminPort: 19000}
 	other := base
 	other.ServiceName, other.Namespace = "api", "apps"
-	for _, b := range []EnvoyBootstrap{base, other, base, other} {
+	for _, b := range []envoybootstrap.Config{base, other, base, other} {
 		want, err := b.YAML()
 		if err != nil {
 			t.Fatal(err)

@@ -43,10 +43,10 @@ type Config struct {
 	// FastStart, with NativeSidecar, makes the sidecar of a pod that runs
 	// until deleted (restartPolicy Always) and has no init containers of
 	// its own a regular container that holds the app, when the data plane
-	// has a hold (meshlet): kubelet starts an app one PLEG relist (~1 s)
-	// after a native sidecar, but right after a regular container's hook
+	// has a hold (meshlet): kubelet starts an app one PLEG relist after a
+	// native sidecar, but right after a regular container's hook
 	// (docs/benchmarks.md#meshed-pod-start). Jobs and pods with init
-	// containers keep the native sidecar (nativeFor).
+	// containers keep the native sidecar (placeSidecar).
 	FastStart bool
 	// TransparentProxy is the default of the transparent-proxy annotation
 	// (connectInject.transparentProxy.defaultEnabled).

@@ -54,11 +54,12 @@ func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod)
 	if err := checkPod(pod); err != nil {
 		return Result{Denied: err}, nil
 	}
-	injected, err := inject1(pod.DeepCopy(), namespace, p, cfg)
+	pl := placeSidecar(pod, cfg)
+	injected, err := injectInto(pod.DeepCopy(), namespace, p, pl, cfg)
 	if err != nil {
 		return Result{Denied: err}, nil
 	}
-	res.Patch, err = patch(pod, injected)
+	res.Patch, err = patch(pod, injected, pl)
 	if err != nil {
 		return Result{Denied: fmt.Errorf("compute the patch: %w", err)}, nil
 	}
@@ -91,9 +92,10 @@ func checkPod(pod *corev1.Pod) error {
 // container.
 const defaultContainerKey = "kubectl.kubernetes.io/default-container"
 
-// inject1 adds the sidecar and the annotations to pod (a copy).
-func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.Pod, error) {
-	cfg.NativeSidecar = nativeFor(pod, cfg)
+// injectInto injects pod, a copy it may change: the upstreams' env, the
+// HTTP probes moved to expose listeners, the sidecar at pl, and the
+// annotations the CNI plugin and the node agent read.
+func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg Config) (*corev1.Pod, error) {
 	reg := contract.Registration{Service: p.service, Port: p.port, DataPlane: cfg.DataPlane,
 		TransparentProxy: p.tproxy, Upstreams: p.upstreams, Tags: p.tags, Meta: p.meta, Metrics: p.metrics,
 		ConsulNamespace: consulNamespace(namespace, cfg.ConsulNamespaces)}
@@ -101,7 +103,7 @@ func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.P
 		reg.ExposePaths = overwriteProbes(pod)
 	}
 	addUpstreamEnv(pod, p.upstreams)
-	sidecar, err := sidecarContainer(p, reg, pod, cfg)
+	sidecar, err := sidecarContainer(p, reg, pod, pl, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -115,14 +117,17 @@ func inject1(pod *corev1.Pod, namespace string, p parsed, cfg Config) (*corev1.P
 	if _, ok := pod.Annotations[defaultContainerKey]; !ok && len(pod.Spec.Containers) > 0 {
 		pod.Annotations[defaultContainerKey] = pod.Spec.Containers[0].Name
 	}
-	if cfg.NativeSidecar {
+	switch pl {
+	case placedNative:
 		always := corev1.ContainerRestartPolicyAlways
 		sidecar.RestartPolicy = &always
 		pod.Spec.InitContainers = append([]corev1.Container{sidecar}, pod.Spec.InitContainers...)
-	} else if holdsApp(sidecar) {
+	case placedFirst:
 		pod.Spec.Containers = append([]corev1.Container{sidecar}, pod.Spec.Containers...)
-	} else {
+	case placedLast:
 		pod.Spec.Containers = append(pod.Spec.Containers, sidecar)
+	default:
+		return nil, fmt.Errorf("no place for the sidecar: %v", pl)
 	}
 	if p.tproxy {
 		pod.Annotations[contract.TProxyStatus] = contract.TProxyEnabled

@@ -403,33 +403,3 @@ func TestMutateDeniesWrittenAnnotations(t *testing.T) {
 		}
 	}
 }
-
-// TestNativeFor: where the sidecar goes, by configuration and pod.
-func TestNativeFor(t *testing.T) {
-	withInit := func(p *corev1.Pod) { p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m"}} }
-	restart := func(r corev1.RestartPolicy) func(*corev1.Pod) {
-		return func(p *corev1.Pod) { p.Spec.RestartPolicy = r }
-	}
-	for _, tc := range []struct {
-		name string
-		pod  *corev1.Pod
-		cfg  Config
-		want bool
-	}{
-		{"meshlet, long-running: regular container", app(on()), meshletCfg(), false},
-		{"restartPolicy Always said", app(on(), restart(corev1.RestartPolicyAlways)), meshletCfg(), false},
-		{"Job (OnFailure)", app(on(), restart(corev1.RestartPolicyOnFailure)), meshletCfg(), true},
-		{"Job (Never)", app(on(), restart(corev1.RestartPolicyNever)), meshletCfg(), true},
-		{"own init containers", app(on(), withInit), meshletCfg(), true},
-		{"native forced", app(on()), meshletCfg(func(c *Config) { c.FastStart = false }), true},
-		{"no native sidecars", app(on(), restart(corev1.RestartPolicyNever)), meshletCfg(func(c *Config) { c.NativeSidecar = false }), false},
-		{"envoy has no hold", app(on()), DefaultConfig(), true},
-		{"consul has no hold", app(on()), consulCfg(), true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := nativeFor(tc.pod, tc.cfg); got != tc.want {
-				t.Fatalf("nativeFor = %v, want %v", got, tc.want)
-			}
-		})
-	}
-}

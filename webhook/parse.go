@@ -110,7 +110,7 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 		{contract.ExcludeOutboundCIDRs, &p.excludeCIDRs, checkCIDR},
 		{contract.ExcludeUIDs, &p.excludeUIDs, checkUID},
 	} {
-		for _, e := range splitList(ann[l.key]) {
+		for _, e := range iptables.SplitList(ann[l.key]) {
 			if err := l.parse(l.key, e); err != nil {
 				check(err)
 				continue
@@ -122,7 +122,7 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 		p.extraArgs, err = parseExtraArgs(v)
 		check(err)
 	}
-	p.tags = splitList(ann[contract.ServiceTags])
+	p.tags = iptables.SplitList(ann[contract.ServiceTags])
 	p.meta, err = parseMeta(ann)
 	check(err)
 	check(parseResources(ann, &p.resources))
@@ -180,18 +180,6 @@ func parseBool(key, v string) (bool, error) {
 		return false, invalid{key, v, `expected "true" or "false"`}
 	}
 	return b, nil
-}
-
-// splitList splits a comma list, trims each element and drops empty ones
-// (a trailing comma is harmless).
-func splitList(v string) []string {
-	var out []string
-	for _, e := range strings.Split(v, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			out = append(out, e)
-		}
-	}
-	return out
 }
 
 // nameRE is a Consul service, namespace or datacenter name as meshlet
@@ -252,7 +240,7 @@ func parseUpstreams(v string) (ups []contract.Upstream, asWritten []string, err 
 	const key = contract.Upstreams
 	var errs []error
 	ports := map[int]string{}
-	for _, e := range splitList(v) {
+	for _, e := range iptables.SplitList(v) {
 		u, err := parseUpstream(e)
 		if err != nil {
 			errs = append(errs, err)

@@ -11,14 +11,16 @@ import (
 )
 
 // patch is the JSON patch from the pod as submitted to the injected one,
-// built from what inject1 changes: annotations added, env appended, HTTP
-// probe ports moved, the sidecar inserted. Diffing the two pods'
-// serialized forms instead cost 72 % of a review's allocations (two
-// encodes, two decodes into generic maps; BenchmarkReview), and the garbage
+// built from what injectInto changes: annotations added, env appended,
+// HTTP probe ports moved, the sidecar inserted where pl put it. Diffing
+// the two pods' serialized forms instead made most of a review's
+// allocations (two encodes, two decodes into generic maps; BenchmarkReview
+// and docs/benchmarks.md#webhook-review have the figures), and the garbage
 // set the tail latency. Touching only these paths also leaves alone any
-// field this build's API types do not know. TestPatchReproducesInjection
-// applies the patch to every golden and fuzzed pod and compares.
-func patch(orig, injected *corev1.Pod) ([]jsonpatch.Operation, error) {
+// field this build's API types do not know.
+// TestPatchReproducesInjection applies the patch to every golden and
+// fuzzed pod and compares.
+func patch(orig, injected *corev1.Pod, pl placement) ([]jsonpatch.Operation, error) {
 	var ops []jsonpatch.Operation
 	add := func(path string, v any) { ops = append(ops, jsonpatch.NewOperation("add", path, v)) }
 
@@ -32,21 +34,18 @@ func patch(orig, injected *corev1.Pod) ([]jsonpatch.Operation, error) {
 		}
 	}
 
-	// The sidecar goes first in initContainers, or first (holdsApp) or
-	// last in containers: skip it when pairing the app's containers with
-	// their originals. Its name is reserved (validate), so it is found by
-	// name.
-	native := len(injected.Spec.InitContainers) == len(orig.Spec.InitContainers)+1
-	initOut := injected.Spec.InitContainers
-	if native {
+	// Set the sidecar aside where pl put it, to pair the app's containers
+	// with their originals.
+	initOut, out := injected.Spec.InitContainers, injected.Spec.Containers
+	switch {
+	case pl == placedNative && len(initOut) > 0:
 		initOut = initOut[1:]
-	}
-	out := injected.Spec.Containers
-	first := !native && len(out) == len(orig.Spec.Containers)+1 && isSidecarName(out[0].Name)
-	if first {
+	case pl == placedFirst && len(out) > 0:
 		out = out[1:]
-	} else if len(out) > len(orig.Spec.Containers) {
-		out = out[:len(orig.Spec.Containers)]
+	case pl == placedLast && len(out) > 0:
+		out = out[:len(out)-1]
+	default:
+		return nil, fmt.Errorf("patch: no sidecar (%v) was added", pl)
 	}
 	lists := []struct {
 		path      string
@@ -68,21 +67,19 @@ func patch(orig, injected *corev1.Pod) ([]jsonpatch.Operation, error) {
 	}
 
 	switch {
-	case native && len(orig.Spec.InitContainers) == 0:
+	case pl == placedNative && len(orig.Spec.InitContainers) == 0:
 		add("/spec/initContainers", injected.Spec.InitContainers[:1])
-	case native:
+	case pl == placedNative:
 		add("/spec/initContainers/0", injected.Spec.InitContainers[0])
-	case first:
+	case pl == placedFirst:
 		add("/spec/containers/0", injected.Spec.Containers[0])
-	case len(injected.Spec.Containers) == len(orig.Spec.Containers)+1:
-		add("/spec/containers/-", injected.Spec.Containers[len(orig.Spec.Containers)])
 	default:
-		return nil, fmt.Errorf("patch: no sidecar was added")
+		add("/spec/containers/-", injected.Spec.Containers[len(injected.Spec.Containers)-1])
 	}
 	return ops, nil
 }
 
-// containerOps appends the env inject1 added to one container and moves
+// containerOps appends the env injectInto added to one container and moves
 // its HTTP probes' ports.
 func containerOps(base string, orig, out *corev1.Container, add func(string, any)) error {
 	switch n := len(orig.Env); {

@@ -65,10 +65,10 @@ while :; do
   sleep 1
 done`
 
-// sidecarContainer is the proxy container for the configured data plane:
-// non-root as the proxy UID, read-only root, no capabilities, so that the
-// pod still passes Pod Security "restricted".
-func sidecarContainer(p parsed, reg contract.Registration, pod *corev1.Pod, cfg Config) (corev1.Container, error) {
+// sidecarContainer is the proxy container for the configured data plane,
+// as placed at pl: non-root as the proxy UID, read-only root, no
+// capabilities, so that the pod still passes Pod Security "restricted".
+func sidecarContainer(p parsed, reg contract.Registration, pod *corev1.Pod, pl placement, cfg Config) (corev1.Container, error) {
 	c := corev1.Container{
 		Env:       sidecarEnv(),
 		Resources: p.resources,
@@ -89,7 +89,7 @@ func sidecarContainer(p parsed, reg contract.Registration, pod *corev1.Pod, cfg 
 		PeriodSeconds:    1,
 		FailureThreshold: 300,
 	}
-	if cfg.NativeSidecar {
+	if pl == placedNative {
 		c.StartupProbe = ready
 	} else {
 		c.ReadinessProbe = &corev1.Probe{ProbeHandler: ready.ProbeHandler, PeriodSeconds: 2}
@@ -102,7 +102,7 @@ func sidecarContainer(p parsed, reg contract.Registration, pod *corev1.Pod, cfg 
 		c.Command = []string{"/bin/sh", "-c", fmt.Sprintf(consulProxyScript, cfg.AgentHTTPPort)}
 		return c, nil
 	case DataPlaneMeshlet:
-		return meshletSidecar(c, reg, pod, cfg), nil
+		return meshletSidecar(c, reg, pod, pl, cfg), nil
 	}
 	return c, fmt.Errorf("data plane %q: expected %s, %s or %s", cfg.DataPlane, DataPlaneEnvoy, DataPlaneConsul, DataPlaneMeshlet)
 }

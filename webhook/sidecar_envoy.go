@@ -7,13 +7,14 @@ import (
 	"k8s.io/utils/lru"
 
 	"github.com/meshlet/meshlet/contract"
+	"github.com/meshlet/meshlet/webhook/envoybootstrap"
 )
 
 // envoySidecar runs Envoy with its bootstrap inline (--config-yaml), so no
 // init container writes a file for it: kubelet expands $(PROXY_ID) and
 // $(HOST_IP) in the argument from the container's env.
 func envoySidecar(c corev1.Container, p parsed, reg contract.Registration, pod *corev1.Pod, cfg Config) (corev1.Container, error) {
-	b := EnvoyBootstrap{
+	b := envoybootstrap.Config{
 		ProxyID:       proxyIDRef,
 		ServiceName:   statsServiceName(p, pod),
 		AgentHost:     hostIPRef,
@@ -33,12 +34,13 @@ func envoySidecar(c corev1.Container, p parsed, reg contract.Registration, pod *
 }
 
 // bootstraps holds rendered bootstraps by their inputs: a service's pods
-// share one, and rendering it (proto, validation, JSON, YAML) is most of an
-// envoy review's cost (BenchmarkMutate). Bounded, so that many services
+// share one, and rendering it (checks, document, YAML with its quoting) is
+// most of an envoy review's cost (BenchmarkMutate, and the distinct-pods
+// row in docs/benchmarks.md#webhook-review). Bounded, so that many services
 // cannot grow it without limit.
 var bootstraps = lru.New(1024)
 
-func bootstrapYAML(b EnvoyBootstrap) (string, error) {
+func bootstrapYAML(b envoybootstrap.Config) (string, error) {
 	if y, ok := bootstraps.Get(b); ok {
 		return y.(string), nil
 	}

@@ -19,7 +19,7 @@ const meshletProxyCommand = "/meshlet-proxy"
 // image. The proxy finds its registration by
 // $PROXY_ID and waits for the node agent to make it, so it needs no retry
 // loop around it; kubelet expands $(HOST_IP) from the env.
-func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.Pod, cfg Config) corev1.Container {
+func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.Pod, pl placement, cfg Config) corev1.Container {
 	c.Name, c.Image = meshletSidecarName, cfg.MeshletImage
 	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(contract.ProxyMetricsPort))
 	if m := reg.Metrics; m != nil {
@@ -28,11 +28,11 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 	}
 	c.Command = []string{meshletProxyCommand}
 	c.Args = []string{"-http-addr", fmt.Sprintf("$(%s):%d", contract.EnvHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
-	if !cfg.NativeSidecar {
+	if pl == placedFirst {
 		// A regular container has no startup probe to hold the app: this
-		// hook does, the sidecar going first (holdsApp). Kubelet starts
-		// the next container once it returns, in the same pass, the
-		// moment the proxy serves. Bounded: while the hook runs, kubelet
+		// hook does, the sidecar going first. Kubelet starts the next
+		// container once it returns, in the same pass, the moment the
+		// proxy serves. Bounded: while the hook runs, kubelet
 		// reports nothing of the pod, not even its IP, which the node
 		// agent needs to register the pod when meshlet-cni's notice did
 		// not reach it (agent restarting). Past the timeout the hook lets
@@ -61,30 +61,3 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 // registration is the proxy's one wait that can be long (the agent
 // missing the pod); past this the app starts and the proxy follows.
 const holdTimeout = "15s"
-
-// holdsApp says the sidecar's postStart hook waits for the proxy: as a
-// plain container it then goes first, and kubelet starts the app only
-// after it (Istio's holdApplicationUntilProxyStarts, without a setting).
-func holdsApp(c corev1.Container) bool {
-	return c.Lifecycle != nil && c.Lifecycle.PostStart != nil
-}
-
-// nativeFor says whether pod's sidecar is a native sidecar. With
-// FastStart, a pod that runs until deleted and has no init containers of
-// its own gets a regular container that holds the app instead, when the
-// data plane has the hold (meshlet): its app starts about a second sooner
-// (Config.FastStart). The others keep the native sidecar: a pod that runs
-// to completion (a Job's) would never end with a regular sidecar still
-// running, and the pod's own init containers, whose traffic meshlet-cni
-// already redirects, would find no proxy before the containers start.
-func nativeFor(pod *corev1.Pod, cfg Config) bool {
-	switch {
-	case !cfg.NativeSidecar:
-		return false
-	case !cfg.FastStart || cfg.DataPlane != DataPlaneMeshlet:
-		return true
-	case pod.Spec.RestartPolicy != "" && pod.Spec.RestartPolicy != corev1.RestartPolicyAlways:
-		return true
-	}
-	return len(pod.Spec.InitContainers) > 0
-}

@@ -16,7 +16,7 @@ var heavy = []struct {
 	{"k8s.io/client-go/informers", "client-go's informer factory registers every API group; use kubeclient"},
 	{"k8s.io/client-go/discovery", "client-go's discovery registers every API group; use kubeclient"},
 	{"github.com/envoyproxy/go-control-plane", "go-control-plane registers every Envoy proto; " +
-		"webhook/envoy.go writes the bootstrap without it, its tests use it"},
+		"webhook/envoybootstrap writes the bootstrap without it, its tests use it"},
 	{"github.com/cncf/xds", "comes with go-control-plane"},
 }
 

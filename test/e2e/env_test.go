@@ -71,7 +71,7 @@ var sidecarNames = map[string]string{
 // sidecarName is the name of the sidecar the cluster's webhook injects.
 func sidecarName() string { return sidecarNames[suite.DataPlane] }
 
-// Where the webhook puts the sidecar (webhook.nativeFor).
+// Where the webhook puts the sidecar (placeSidecar in webhook/placement.go).
 const (
 	placedNative = "native sidecar, first in initContainers"
 	placedFirst  = "regular container, first in containers, holding the app"

@@ -13,13 +13,14 @@ import (
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 )
 
-// TestEnvoyBootstrapFixtureIsConsuls keeps webhook/testdata's copy of
-// `consul connect envoy -bootstrap` honest: the consul binary the repo
-// builds, asked on the local cluster's client agent for the proxy the
-// fixture was captured for, must print the same bootstrap. The webhook's
-// own bootstrap is checked field by field against the fixture in
-// webhook/envoy_test.go; this test makes a Consul upgrade that changes the
-// output fail here rather than go unnoticed.
+// TestEnvoyBootstrapFixtureIsConsuls keeps webhook/envoybootstrap's copy
+// of `consul connect envoy -bootstrap` (testdata/consul-bootstrap.json)
+// honest: the consul binary the repo builds, asked on the local cluster's
+// client agent for the proxy the fixture was captured for, must print the
+// same bootstrap. The webhook's own bootstrap is checked field by field
+// against the fixture in webhook/envoybootstrap/consul_test.go; this test
+// makes a Consul upgrade that changes the output fail here rather than go
+// unnoticed.
 func TestEnvoyBootstrapFixtureIsConsuls(t *testing.T) {
 	requireLocalNode(t, "the fixture was captured from the local cluster's Consul agent, at its address")
 	cl := consul(t)
@@ -42,7 +43,7 @@ func TestEnvoyBootstrapFixtureIsConsuls(t *testing.T) {
 	if err != nil {
 		t.Fatalf("consul connect envoy -bootstrap: %v", err)
 	}
-	fixture, err := os.ReadFile(filepath.Join(lc.Root, "webhook", "testdata", "envoy-consul-bootstrap.json"))
+	fixture, err := os.ReadFile(filepath.Join(lc.Root, "webhook", "envoybootstrap", "testdata", "consul-bootstrap.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +55,7 @@ func TestEnvoyBootstrapFixtureIsConsuls(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !reflect.DeepEqual(live, want) {
-		t.Fatalf("consul connect envoy -bootstrap no longer prints webhook/testdata/envoy-consul-bootstrap.json; "+
-			"recapture it (docs/envoy-bootstrap.md) and run go test ./webhook/ -run Envoy. Consul printed:\n%s", out)
+		t.Fatalf("consul connect envoy -bootstrap no longer prints webhook/envoybootstrap/testdata/consul-bootstrap.json; "+
+			"recapture it (docs/envoy-bootstrap.md) and run go test ./webhook/envoybootstrap/. Consul printed:\n%s", out)
 	}
 }

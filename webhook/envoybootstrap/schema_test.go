@@ -1,4 +1,4 @@
-package webhook
+package envoybootstrap
 
 import (
 	"bytes"
@@ -12,14 +12,14 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
-// The bootstrap is written without go-control-plane (envoy.go says why);
+// The bootstrap is written without go-control-plane (document.go says why);
 // these tests hold it to Envoy's schema. Importing the two extension
-// packages registers the types its Any fields name, so that envoyParse
-// can resolve them.
+// packages registers the types its Any fields name, so that parse can
+// resolve them.
 
-// envoyValidate runs Envoy's validation rules on the bootstrap and on the
+// validate runs Envoy's validation rules on the bootstrap and on the
 // messages inside its Any fields, which ValidateAll does not look into.
-func envoyValidate(t testing.TB, bs *bootstrapv3.Bootstrap) {
+func validate(t testing.TB, bs *bootstrapv3.Bootstrap) {
 	t.Helper()
 	if err := bs.ValidateAll(); err != nil {
 		t.Fatalf("ValidateAll: %v", err)
@@ -47,11 +47,11 @@ func envoyValidate(t testing.TB, bs *bootstrapv3.Bootstrap) {
 	}
 }
 
-// envoyProtoRender renders a parsed bootstrap the way go-control-plane
+// protoRender renders a parsed bootstrap the way go-control-plane
 // would: protojson with the proto field names, re-emitted as YAML in
-// envoyRender's style. Equal text means the hand-written structs have
+// render's style. Equal text means the hand-written structs have
 // Envoy's field names, nesting, order and value encodings.
-func envoyProtoRender(t testing.TB, bs *bootstrapv3.Bootstrap) string {
+func protoRender(t testing.TB, bs *bootstrapv3.Bootstrap) string {
 	t.Helper()
 	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(bs)
 	if err != nil {
@@ -61,7 +61,7 @@ func envoyProtoRender(t testing.TB, bs *bootstrapv3.Bootstrap) string {
 	if err := yaml.Unmarshal(js, &doc); err != nil {
 		t.Fatal(err)
 	}
-	envoyYAMLStyle(&doc)
+	yamlStyle(&doc)
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
@@ -74,27 +74,27 @@ func envoyProtoRender(t testing.TB, bs *bootstrapv3.Bootstrap) string {
 	return buf.String()
 }
 
-// TestEnvoyBootstrapIsEnvoysSchema: each golden case parses strictly,
-// validates (Any contents included), and is exactly what protojson
-// renders for the parsed message.
-func TestEnvoyBootstrapIsEnvoysSchema(t *testing.T) {
-	for _, tc := range envoyGoldenCases {
+// TestIsEnvoysSchema: each golden case parses strictly, validates (Any
+// contents included), and is exactly what protojson renders for the parsed
+// message.
+func TestIsEnvoysSchema(t *testing.T) {
+	for _, tc := range goldenCases {
 		t.Run(tc.name, func(t *testing.T) {
-			y := envoyYAML(t, tc.in())
-			bs := envoyParse(t, y)
-			envoyValidate(t, bs)
-			if got := envoyProtoRender(t, bs); got != y {
+			y := yamlOf(t, tc.in())
+			bs := parse(t, y)
+			validate(t, bs)
+			if got := protoRender(t, bs); got != y {
 				t.Errorf("protojson renders the parsed bootstrap differently:\n--- ours\n%s\n--- protojson\n%s", y, got)
 			}
 		})
 	}
 }
 
-// TestEnvoyBootstrapSchemaCheckBites: the render comparison notices a
-// field out of Envoy's order and a value in the wrong encoding, which a
-// lenient parse would accept.
-func TestEnvoyBootstrapSchemaCheckBites(t *testing.T) {
-	good := envoyYAML(t, envoyInPod())
+// TestSchemaCheckBites: the render comparison notices a field out of Envoy's
+// order and a value in the wrong encoding, which a lenient parse would
+// accept.
+func TestSchemaCheckBites(t *testing.T) {
+	good := yamlOf(t, inPod())
 	for _, tc := range []struct{ name, old, new string }{
 		{"order", "  cluster: web\n  metadata:", "  metadata:"},
 		{"duration", "connect_timeout: 1s", "connect_timeout: 1.000s"},
@@ -107,41 +107,41 @@ func TestEnvoyBootstrapSchemaCheckBites(t *testing.T) {
 			if broken == good {
 				t.Fatalf("bootstrap has no %q to change", tc.old)
 			}
-			bs := envoyParse(t, broken)
-			envoyValidate(t, bs)
-			if envoyProtoRender(t, bs) == broken {
+			bs := parse(t, broken)
+			validate(t, bs)
+			if protoRender(t, bs) == broken {
 				t.Error("the comparison did not notice")
 			}
 		})
 	}
 }
 
-// FuzzEnvoyBootstrap: whatever check() lets through is a bootstrap Envoy
-// accepts (strict parse, validation rules) that carries the values it was
-// given. The webhook no longer runs Envoy's validation at admission, so
-// this is what stands for it.
-func FuzzEnvoyBootstrap(f *testing.F) {
+// FuzzYAML: whatever check() lets through is a bootstrap Envoy accepts
+// (strict parse, validation rules) that carries the values it was given. The
+// webhook no longer runs Envoy's validation at admission, so this is what
+// stands for it.
+func FuzzYAML(f *testing.F) {
 	f.Add("default_web-abc-sidecar-proxy", "web", "10.244.0.1", "127.0.0.1", "", "", "dc1", "", 8502, 19000)
 	f.Add("$(PROXY_ID)", "web", "$(HOST_IP)", "::1", "team-a", "part-1", "", "$(CONSUL_ACL_TOKEN)", 1, 65535)
 	f.Add("p", "1e3", "fd00::1", "0.0.0.0", "yes", "~", "null", "tok\u00e9n", 8502, 19000)
 	f.Fuzz(func(t *testing.T, proxyID, service, agentHost, adminBind, ns, partition, dc, token string, grpcPort, adminPort int) {
-		b := EnvoyBootstrap{ProxyID: proxyID, ServiceName: service, AgentHost: agentHost, AgentGRPCPort: grpcPort,
+		b := Config{ProxyID: proxyID, ServiceName: service, AgentHost: agentHost, AgentGRPCPort: grpcPort,
 			AdminBind: adminBind, AdminPort: adminPort, Namespace: ns, Partition: partition, Datacenter: dc, Token: token}
 		y, err := b.YAML()
 		if err != nil {
 			return
 		}
-		bs := envoyParse(t, y)
-		envoyValidate(t, bs)
-		if got := envoyProtoRender(t, bs); got != y {
+		bs := parse(t, y)
+		validate(t, bs)
+		if got := protoRender(t, bs); got != y {
 			t.Fatalf("protojson renders the parsed bootstrap differently:\n--- ours\n%s\n--- protojson\n%s", y, got)
 		}
 		n := bs.GetNode()
 		if n.GetId() != proxyID || n.GetCluster() != service {
 			t.Fatalf("node %q/%q, want %q/%q", n.GetId(), n.GetCluster(), proxyID, service)
 		}
-		if md := n.GetMetadata().GetFields(); md["namespace"].GetStringValue() != envoyOrDefault(ns) ||
-			md["partition"].GetStringValue() != envoyOrDefault(partition) {
+		if md := n.GetMetadata().GetFields(); md["namespace"].GetStringValue() != orDefault(ns) ||
+			md["partition"].GetStringValue() != orDefault(partition) {
 			t.Fatalf("node metadata %v, want namespace %q partition %q", md, ns, partition)
 		}
 		meta := bs.GetDynamicResources().GetAdsConfig().GetGrpcServices()[0].GetInitialMetadata()[0]
@@ -155,21 +155,21 @@ func FuzzEnvoyBootstrap(f *testing.F) {
 	})
 }
 
-// TestEnvoyBootstrapQuotesWhatEnvoyMisreads: values Envoy's YAML loader
-// would read as a boolean, a number or null when plain are quoted; other
-// names stay plain, as in Consul's output.
-func TestEnvoyBootstrapQuotesWhatEnvoyMisreads(t *testing.T) {
+// TestQuotesWhatEnvoyMisreads: values Envoy's YAML loader would read as a
+// boolean, a number or null when plain are quoted; other names stay plain,
+// as in Consul's output.
+func TestQuotesWhatEnvoyMisreads(t *testing.T) {
 	for _, v := range []string{"yes", "On", "N", "OFF", "true", "1e3", "0x10", "12", "-1.5", ".inf", "-.Inf", ".NaN", "~", "Null"} {
-		b := envoyInPod()
+		b := inPod()
 		b.Datacenter = v
-		if want := "fixed_value: \"" + v + "\"\n"; !strings.Contains(envoyYAML(t, b), want) {
+		if want := "fixed_value: \"" + v + "\"\n"; !strings.Contains(yamlOf(t, b), want) {
 			t.Errorf("datacenter %q: bootstrap lacks %s", v, want)
 		}
 	}
 	for _, v := range []string{"dc1", "yess", "onward", "1.2.3", "web-01"} {
-		b := envoyInPod()
+		b := inPod()
 		b.Datacenter = v
-		if want := "fixed_value: " + v + "\n"; !strings.Contains(envoyYAML(t, b), want) {
+		if want := "fixed_value: " + v + "\n"; !strings.Contains(yamlOf(t, b), want) {
 			t.Errorf("datacenter %q: bootstrap lacks %s", v, want)
 		}
 	}

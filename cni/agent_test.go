@@ -16,8 +16,8 @@ import (
 
 	"github.com/containernetworking/cni/pkg/skel"
 
+	"github.com/meshlet/meshlet/cni/nodeagent"
 	"github.com/meshlet/meshlet/contract"
-	"github.com/meshlet/meshlet/daemon/podcache/wire"
 )
 
 // fakeAgent is the node agent's pod cache as the plugin sees it: a unix
@@ -25,7 +25,7 @@ import (
 type fakeAgent struct {
 	mode     string // hit, hit-empty, unknown, hang, garbage, version2
 	mu       sync.Mutex
-	requests []wire.Request
+	requests []nodeagent.Request
 }
 
 func (a *fakeAgent) serve(t *testing.T, socket string) {
@@ -43,15 +43,15 @@ func (a *fakeAgent) serve(t *testing.T, socket string) {
 			}
 			go func() {
 				defer c.Close()
-				var req wire.Request
-				if err := wire.Read(c, wire.MaxRequest, &req); err != nil {
+				var req nodeagent.Request
+				if err := nodeagent.Read(c, nodeagent.MaxRequest, &req); err != nil {
 					t.Errorf("fake agent: %v", err)
 					return
 				}
 				a.mu.Lock()
 				a.requests = append(a.requests, req)
 				a.mu.Unlock()
-				resp := wire.Response{Version: wire.Version}
+				resp := nodeagent.Response{Version: nodeagent.Version}
 				switch a.mode {
 				case "hit":
 					resp.Found, resp.Annotations = true, map[string]string{"from": "agent"}
@@ -68,7 +68,7 @@ func (a *fakeAgent) serve(t *testing.T, socket string) {
 				case "version2":
 					resp.Version, resp.Found, resp.Annotations = 2, true, map[string]string{"from": "agent"}
 				}
-				_ = wire.Write(c, resp)
+				_ = nodeagent.Write(c, resp)
 			}()
 		}
 	}()
@@ -173,7 +173,7 @@ func TestHostLookupOrder(t *testing.T) {
 				t.Errorf("agent asked %d times, API %d; want %d and %d", len(reqs), apiCalls.Load(), tc.wantAgent, tc.wantAPI)
 			}
 			for _, r := range reqs {
-				if !reflect.DeepEqual(r, wire.Request{Version: wire.Version, Namespace: "ns", Name: tc.pod, UID: tc.uid}) {
+				if !reflect.DeepEqual(r, nodeagent.Request{Version: nodeagent.Version, Namespace: "ns", Name: tc.pod, UID: tc.uid}) {
 					t.Errorf("agent got %+v", r)
 				}
 			}
@@ -228,7 +228,7 @@ func TestSandboxUpNotice(t *testing.T) {
 			}
 			agent.mu.Lock()
 			defer agent.mu.Unlock()
-			want := []wire.Request{{Version: wire.Version, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.5"}}}
+			want := []nodeagent.Request{{Version: nodeagent.Version, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.5"}}}
 			if tc.mode == "absent" {
 				want = nil
 			}

@@ -11,7 +11,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/meshlet/meshlet/daemon/podcache/wire"
+	"github.com/meshlet/meshlet/cni/nodeagent"
 )
 
 // Answers, as counted by Metrics.
@@ -34,18 +34,18 @@ func (s *Server) handle(ctx context.Context, conn *net.UnixConn) {
 	resp, result := s.answer(ctx, conn)
 	s.Metrics.answered(result, time.Since(start))
 	_ = conn.SetWriteDeadline(time.Now().Add(ioTimeout))
-	if err := wire.Write(conn, resp); err != nil {
+	if err := nodeagent.Write(conn, resp); err != nil {
 		s.Log.Warn("pod cache: write answer", "err", err, "result", result)
 	}
 }
 
-func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (wire.Response, string) {
-	resp := wire.Response{Version: wire.Version}
-	var req wire.Request
-	if err := wire.Read(conn, wire.MaxRequest, &req); err != nil {
+func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (nodeagent.Response, string) {
+	resp := nodeagent.Response{Version: nodeagent.Version}
+	var req nodeagent.Request
+	if err := nodeagent.Read(conn, nodeagent.MaxRequest, &req); err != nil {
 		resp.Reason = fmt.Sprintf("bad request: %v", err)
-	} else if req.Version != wire.Version {
-		resp.Reason = fmt.Sprintf("bad request: protocol version %d, this agent speaks %d", req.Version, wire.Version)
+	} else if req.Version != nodeagent.Version {
+		resp.Reason = fmt.Sprintf("bad request: protocol version %d, this agent speaks %d", req.Version, nodeagent.Version)
 	} else if req.Namespace == "" || req.Name == "" {
 		resp.Reason = "bad request: namespace and name are required"
 	}
@@ -73,7 +73,7 @@ func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (wire.Response,
 
 // notice hands a sandbox notice to s.Sandboxes; it returns what was wrong
 // with it, "" when taken.
-func (s *Server) notice(req wire.Request) string {
+func (s *Server) notice(req nodeagent.Request) string {
 	if req.UID == "" {
 		return "bad request: a sandbox notice needs the pod's uid"
 	}
@@ -101,7 +101,7 @@ const maxSandboxIPs = 2
 // find looks the pod up, waiting up to s.Wait for the right one to reach
 // the cache: kubelet may start the sandbox before the agent's informer
 // has the pod. Without Notify the lookup is polled.
-func (s *Server) find(ctx context.Context, req wire.Request) (*corev1.Pod, string, string) {
+func (s *Server) find(ctx context.Context, req nodeagent.Request) (*corev1.Pod, string, string) {
 	key := req.Namespace + "/" + req.Name
 	expired := time.After(s.Wait)
 	for {
@@ -129,7 +129,7 @@ func (s *Server) find(ctx context.Context, req wire.Request) (*corev1.Pod, strin
 }
 
 // check is one lookup: the pod, or nil and why not.
-func (s *Server) check(req wire.Request) (*corev1.Pod, string, string) {
+func (s *Server) check(req nodeagent.Request) (*corev1.Pod, string, string) {
 	pod, ok := s.lookup.Pod(req.Namespace, req.Name)
 	switch {
 	case !ok || pod == nil:

@@ -2,7 +2,7 @@
 // from the node agent's pod informer, on a unix socket, so that on
 // runtimes which do not pass the pod's annotations the plugin does not pay
 // a TLS handshake and an API request per ADD. The protocol is in
-// daemon/podcache/wire; docs/agent.md says how the agent wires it.
+// cni/nodeagent; docs/agent.md says how the agent wires it.
 package podcache
 
 import (
@@ -44,7 +44,7 @@ type Lookup interface {
 }
 
 // SandboxSink takes meshlet-cni's notices that an injected pod's sandbox
-// is up, with its IPs (wire.Request.SandboxIPs): the agent's syncer.
+// is up, with its IPs (nodeagent.Request.SandboxIPs): the agent's syncer.
 type SandboxSink interface {
 	SandboxUp(namespace, name, uid string, ips []netip.Addr)
 }

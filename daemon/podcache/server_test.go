@@ -21,7 +21,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/meshlet/meshlet/daemon/podcache/wire"
+	"github.com/meshlet/meshlet/cni/nodeagent"
 )
 
 // informer stands in for the agent's pod informer: an indexer the server
@@ -85,9 +85,9 @@ func shortTempDir(t testing.TB) string {
 	return d
 }
 
-func ask(t *testing.T, socket string, req wire.Request) wire.Response {
+func ask(t *testing.T, socket string, req nodeagent.Request) nodeagent.Response {
 	t.Helper()
-	resp, err := wire.Ask(socket, req, 5*time.Second)
+	resp, err := nodeagent.Ask(socket, req, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,27 +107,27 @@ func TestAnswers(t *testing.T) {
 	s, m := testServer(t, inf.lookup(), 50*time.Millisecond)
 	tests := []struct {
 		name       string
-		req        wire.Request
+		req        nodeagent.Request
 		wantFound  bool
 		wantAnn    map[string]string
 		wantReason string
 		wantResult string
 	}{
-		{"hit", wire.Request{Namespace: "ns", Name: "web"}, true, injected, "", resultHit},
-		{"hit with UID", wire.Request{Namespace: "ns", Name: "web", UID: "u-web"}, true, injected, "", resultHit},
-		{"hit, no annotations", wire.Request{Namespace: "ns", Name: "plain"}, true, nil, "", resultHit},
-		{"miss", wire.Request{Namespace: "ns", Name: "nope"}, false, nil, "not in the agent's pod cache", resultMiss},
-		{"other namespace", wire.Request{Namespace: "other", Name: "web"}, false, nil, "not in the agent's pod cache", resultMiss},
-		{"UID mismatch: an old pod of the name", wire.Request{Namespace: "ns", Name: "web", UID: "u-new"}, false, nil, "another pod of that name (uid u-web, asked for u-new)", resultUIDMismatch},
-		{"terminating, no UID", wire.Request{Namespace: "ns", Name: "leaving"}, false, nil, "terminating", resultTerminating},
-		{"terminating, its UID", wire.Request{Namespace: "ns", Name: "leaving", UID: "u-old"}, true, injected, "", resultHit},
-		{"no name", wire.Request{Namespace: "ns"}, false, nil, "bad request: namespace and name are required", resultBadRequest},
+		{"hit", nodeagent.Request{Namespace: "ns", Name: "web"}, true, injected, "", resultHit},
+		{"hit with UID", nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-web"}, true, injected, "", resultHit},
+		{"hit, no annotations", nodeagent.Request{Namespace: "ns", Name: "plain"}, true, nil, "", resultHit},
+		{"miss", nodeagent.Request{Namespace: "ns", Name: "nope"}, false, nil, "not in the agent's pod cache", resultMiss},
+		{"other namespace", nodeagent.Request{Namespace: "other", Name: "web"}, false, nil, "not in the agent's pod cache", resultMiss},
+		{"UID mismatch: an old pod of the name", nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-new"}, false, nil, "another pod of that name (uid u-web, asked for u-new)", resultUIDMismatch},
+		{"terminating, no UID", nodeagent.Request{Namespace: "ns", Name: "leaving"}, false, nil, "terminating", resultTerminating},
+		{"terminating, its UID", nodeagent.Request{Namespace: "ns", Name: "leaving", UID: "u-old"}, true, injected, "", resultHit},
+		{"no name", nodeagent.Request{Namespace: "ns"}, false, nil, "bad request: namespace and name are required", resultBadRequest},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := count(m, tc.wantResult)
 			resp := ask(t, s.Socket(), tc.req)
-			if resp.Found != tc.wantFound || !equal(resp.Annotations, tc.wantAnn) || !strings.Contains(resp.Reason, tc.wantReason) || resp.Version != wire.Version {
+			if resp.Found != tc.wantFound || !equal(resp.Annotations, tc.wantAnn) || !strings.Contains(resp.Reason, tc.wantReason) || resp.Version != nodeagent.Version {
 				t.Errorf("answer %+v, want found %v, annotations %v, reason %q", resp, tc.wantFound, tc.wantAnn, tc.wantReason)
 			}
 			if tc.wantFound && resp.Reason != "" {
@@ -168,17 +168,17 @@ func TestSandboxNotices(t *testing.T) {
 		name       string
 		srv        *Server
 		met        *Metrics
-		req        wire.Request
+		req        nodeagent.Request
 		wantReason string
 		wantSink   string
 	}{
-		{"taken", s, m, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "", "ns/web u-web [10.244.0.7]"},
-		{"dual stack, pod not cached yet", s, m, wire.Request{Namespace: "ns", Name: "new", UID: "u-new", SandboxIPs: []string{"10.244.0.8", "fd00::8"}}, "", "ns/new u-new [10.244.0.8 fd00::8]"},
-		{"no uid", s, m, wire.Request{Namespace: "ns", Name: "web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: a sandbox notice needs the pod's uid", ""},
-		{"not an IP", s, m, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7/24"}}, `bad request: sandbox IP "10.244.0.7/24"`, ""},
-		{"three IPs", s, m, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}}, "bad request: 3 sandbox IPs, expected at most 2", ""},
-		{"no name", s, m, wire.Request{Namespace: "ns", UID: "u", SandboxIPs: []string{"10.244.0.7"}}, "bad request: namespace and name are required", ""},
-		{"an agent without a sink", bare, bm, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: this agent takes no sandbox notices", ""},
+		{"taken", s, m, nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "", "ns/web u-web [10.244.0.7]"},
+		{"dual stack, pod not cached yet", s, m, nodeagent.Request{Namespace: "ns", Name: "new", UID: "u-new", SandboxIPs: []string{"10.244.0.8", "fd00::8"}}, "", "ns/new u-new [10.244.0.8 fd00::8]"},
+		{"no uid", s, m, nodeagent.Request{Namespace: "ns", Name: "web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: a sandbox notice needs the pod's uid", ""},
+		{"not an IP", s, m, nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7/24"}}, `bad request: sandbox IP "10.244.0.7/24"`, ""},
+		{"three IPs", s, m, nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}}, "bad request: 3 sandbox IPs, expected at most 2", ""},
+		{"no name", s, m, nodeagent.Request{Namespace: "ns", UID: "u", SandboxIPs: []string{"10.244.0.7"}}, "bad request: namespace and name are required", ""},
+		{"an agent without a sink", bare, bm, nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: this agent takes no sandbox notices", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -217,8 +217,8 @@ func TestBadRequests(t *testing.T) {
 		{"garbage", "GET / HTTP/1.1\r\n\r\n", "bad request: decode"},
 		{"another version", `{"v":2,"namespace":"ns","name":"web"}` + "\n", "bad request: protocol version 2, this agent speaks 1"},
 		{"no version", `{"namespace":"ns","name":"web"}` + "\n", "bad request: protocol version 0"},
-		{"oversized", `{"v":1,"namespace":"` + strings.Repeat("n", wire.MaxRequest) + `","name":"web"}` + "\n", "bad request: line too long: more than 4096 bytes"},
-		{"oversized, no newline", strings.Repeat("x", 10*wire.MaxRequest), "line too long"},
+		{"oversized", `{"v":1,"namespace":"` + strings.Repeat("n", nodeagent.MaxRequest) + `","name":"web"}` + "\n", "bad request: line too long: more than 4096 bytes"},
+		{"oversized, no newline", strings.Repeat("x", 10*nodeagent.MaxRequest), "line too long"},
 		{"closed before a line", "", "bad request: EOF"},
 	}
 	for _, tc := range tests {
@@ -234,8 +234,8 @@ func TestBadRequests(t *testing.T) {
 				t.Fatal(err)
 			}
 			_ = c.(*net.UnixConn).CloseWrite()
-			var resp wire.Response
-			if err := wire.Read(c, wire.MaxResponse, &resp); err != nil {
+			var resp nodeagent.Response
+			if err := nodeagent.Read(c, nodeagent.MaxResponse, &resp); err != nil {
 				t.Fatal(err)
 			}
 			if resp.Found || !strings.Contains(resp.Reason, tc.wantReason) {
@@ -259,8 +259,8 @@ func TestSilentClient(t *testing.T) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	start := time.Now()
-	var resp wire.Response
-	if err := wire.Read(c, wire.MaxResponse, &resp); err != nil {
+	var resp nodeagent.Response
+	if err := nodeagent.Read(c, nodeagent.MaxResponse, &resp); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(start); took < ioTimeout/2 || took > ioTimeout+2*time.Second || !strings.Contains(resp.Reason, "i/o timeout") {
@@ -308,7 +308,7 @@ func TestLatePod(t *testing.T) {
 				}
 			}()
 			start := time.Now()
-			resp := ask(t, s.Socket(), wire.Request{Namespace: "ns", Name: "web", UID: "u-new"})
+			resp := ask(t, s.Socket(), nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-new"})
 			answered := time.Now()
 			if !resp.Found || !equal(resp.Annotations, injected) {
 				t.Fatalf("answer %+v", resp)
@@ -352,7 +352,7 @@ func TestWaitBounded(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	resp := ask(t, s.Socket(), wire.Request{Namespace: "ns", Name: "web"})
+	resp := ask(t, s.Socket(), nodeagent.Request{Namespace: "ns", Name: "web"})
 	took := time.Since(start)
 	if resp.Found || took < wait || took > wait+500*time.Millisecond {
 		t.Errorf("after %v: %+v; want unknown after about %v", took, resp, wait)
@@ -375,7 +375,7 @@ func TestConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := wire.Ask(s.Socket(), wire.Request{Namespace: "ns", Name: fmt.Sprintf("p%d", i), UID: fmt.Sprintf("u%d", i)}, 5*time.Second)
+			resp, err := nodeagent.Ask(s.Socket(), nodeagent.Request{Namespace: "ns", Name: fmt.Sprintf("p%d", i), UID: fmt.Sprintf("u%d", i)}, 5*time.Second)
 			if err != nil || !resp.Found || resp.Annotations["i"] != fmt.Sprint(i) {
 				t.Errorf("p%d: %+v, %v", i, resp, err)
 			}
@@ -418,7 +418,7 @@ func TestSocketFiles(t *testing.T) {
 		ln.Close() // the crash: the file stays, no one listens
 		s := New(socket, newInformer(pod("ns", "web", "u", injected)).lookup())
 		serve(t, s)
-		if resp := ask(t, socket, wire.Request{Namespace: "ns", Name: "web"}); !resp.Found {
+		if resp := ask(t, socket, nodeagent.Request{Namespace: "ns", Name: "web"}); !resp.Found {
 			t.Errorf("answer %+v", resp)
 		}
 	})
@@ -476,8 +476,8 @@ func TestShutdown(t *testing.T) {
 			done := make(chan error, 1)
 			go func() { done <- s.Serve(ctx) }()
 			waitFor(t, s.Socket())
-			answer := make(chan wire.Response, 1)
-			go func() { answer <- ask(t, s.Socket(), wire.Request{Namespace: "ns", Name: "web"}) }()
+			answer := make(chan nodeagent.Response, 1)
+			go func() { answer <- ask(t, s.Socket(), nodeagent.Request{Namespace: "ns", Name: "web"}) }()
 			time.Sleep(50 * time.Millisecond) // the request is waiting
 			var other net.Listener
 			if replaced {

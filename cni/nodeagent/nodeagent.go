@@ -1,9 +1,11 @@
-// Package wire is the protocol between meshlet-cni and the node agent's
+// Package nodeagent is the protocol between meshlet-cni and the node agent's
 // pod cache (daemon/podcache): on a unix socket, one request and one
-// response per connection, each a line of JSON. It imports nothing
+// response per connection, each a line of JSON. It lives beside the
+// plugin, its client, and the node agent's server imports it from here,
+// so the plugin imports nothing of the node agent. It imports nothing
 // meshlet-cni does not link already, so the plugin pays no start-up time
-// for it (client-go and Prometheus stay in the agent).
-package wire
+// for it (client-go and Prometheus stay in the node agent).
+package nodeagent
 
 import (
 	"bufio"

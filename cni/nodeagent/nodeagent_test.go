@@ -1,4 +1,4 @@
-package wire
+package nodeagent
 
 import (
 	"errors"
@@ -115,7 +115,7 @@ func ask(t *testing.T, socket string, req Request, timeout time.Duration, tids c
 // at most: t.TempDir's, named after the test, may be longer).
 func tempDir(t *testing.T) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "wire")
+	dir, err := os.MkdirTemp("", "nodeagent")
 	if err != nil {
 		t.Fatal(err)
 	}

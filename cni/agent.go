@@ -21,7 +21,7 @@ var errAgentUnknown = errors.New("pod unknown to the agent")
 // annotations. The protocol (cni/nodeagent) needs only what the
 // plugin links already: no client-go, no second TLS client.
 func askAgent(socket, namespace, name, uid string) (map[string]string, error) {
-	resp, err := nodeagent.Ask(socket, nodeagent.Request{Namespace: namespace, Name: name, UID: uid}, agentTimeout)
+	resp, err := nodeagent.Ask(socket, nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: namespace, Name: name, UID: uid}, agentTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("ask the agent: %w", err)
 	}
@@ -39,7 +39,7 @@ const noticeTimeout = 100 * time.Millisecond
 // tellAgent sends the node agent the notice that the pod's sandbox is
 // redirected and has ips.
 func tellAgent(socket, namespace, name, uid string, ips []string) error {
-	resp, err := nodeagent.Ask(socket, nodeagent.Request{Namespace: namespace, Name: name, UID: uid, SandboxIPs: ips}, noticeTimeout)
+	resp, err := nodeagent.Ask(socket, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: namespace, Name: name, UID: uid, SandboxIPs: ips}, noticeTimeout)
 	if err != nil {
 		return fmt.Errorf("tell the agent: %w", err)
 	}

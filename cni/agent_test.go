@@ -173,7 +173,7 @@ func TestHostLookupOrder(t *testing.T) {
 				t.Errorf("agent asked %d times, API %d; want %d and %d", len(reqs), apiCalls.Load(), tc.wantAgent, tc.wantAPI)
 			}
 			for _, r := range reqs {
-				if !reflect.DeepEqual(r, nodeagent.Request{Version: nodeagent.Version, Namespace: "ns", Name: tc.pod, UID: tc.uid}) {
+				if !reflect.DeepEqual(r, nodeagent.Request{Version: nodeagent.Version, Kind: nodeagent.KindLookup, Namespace: "ns", Name: tc.pod, UID: tc.uid}) {
 					t.Errorf("agent got %+v", r)
 				}
 			}
@@ -228,7 +228,7 @@ func TestSandboxUpNotice(t *testing.T) {
 			}
 			agent.mu.Lock()
 			defer agent.mu.Unlock()
-			want := []nodeagent.Request{{Version: nodeagent.Version, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.5"}}}
+			want := []nodeagent.Request{{Version: nodeagent.Version, Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.5"}}}
 			if tc.mode == "absent" {
 				want = nil
 			}

@@ -21,7 +21,7 @@ type podLookup interface {
 	// "runtime", "agent" or "api", for the logs.
 	annotations(namespace, name string) (ann map[string]string, from string, err error)
 	// sandboxUp tells the node agent the redirected sandbox's IPs, so it
-	// can register the pod before kubelet reports them (nodeagent.Request).
+	// can register the pod before kubelet reports them (nodeagent.KindSandbox).
 	// Best effort: the agent learns the IP from kubelet anyway.
 	sandboxUp(namespace, name, uid string, ips []string) error
 }

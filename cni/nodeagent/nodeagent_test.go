@@ -74,7 +74,7 @@ const (
 )
 
 // sent is the request every ask here sends; Ask sets the version.
-var sent = Request{Version: 7, Namespace: "ns", Name: "web", UID: "u"}
+var sent = Request{Version: 7, Kind: KindLookup, Namespace: "ns", Name: "web", UID: "u"}
 
 // asked is what an Ask returned, and how long it took.
 type asked struct {
@@ -191,7 +191,7 @@ func request(t *testing.T, c net.Conn, done <-chan struct{}) {
 		return
 	default:
 	}
-	if want := (Request{Version: Version, Namespace: sent.Namespace, Name: sent.Name, UID: sent.UID}); err != nil || !reflect.DeepEqual(req, want) {
+	if want := (Request{Version: Version, Kind: sent.Kind, Namespace: sent.Namespace, Name: sent.Name, UID: sent.UID}); err != nil || !reflect.DeepEqual(req, want) {
 		t.Errorf("peer: request %+v, %v; want %+v", req, err, want)
 	}
 }

@@ -3,6 +3,7 @@ package podcache
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -41,22 +42,16 @@ func (s *Server) handle(ctx context.Context, conn *net.UnixConn) {
 
 func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (nodeagent.Response, string) {
 	resp := nodeagent.Response{Version: nodeagent.Version}
-	var req nodeagent.Request
-	if err := nodeagent.Read(conn, nodeagent.MaxRequest, &req); err != nil {
-		resp.Reason = fmt.Sprintf("bad request: %v", err)
-	} else if req.Version != nodeagent.Version {
-		resp.Reason = fmt.Sprintf("bad request: protocol version %d, this agent speaks %d", req.Version, nodeagent.Version)
-	} else if req.Namespace == "" || req.Name == "" {
-		resp.Reason = "bad request: namespace and name are required"
-	}
-	if resp.Reason == "" && len(req.SandboxIPs) > 0 {
-		if resp.Reason = s.notice(req); resp.Reason == "" {
+	req, bad := readRequest(conn)
+	if bad == "" && req.Kind == nodeagent.KindSandbox {
+		if bad = s.notice(req); bad == "" {
 			resp.Found = true
 			return resp, resultNotice
 		}
 	}
-	if resp.Reason != "" {
-		s.Log.Warn("pod cache: "+resp.Reason, "namespace", req.Namespace, "name", req.Name)
+	if bad != "" {
+		resp.Reason = bad
+		s.Log.Warn("pod cache: "+bad, "namespace", req.Namespace, "name", req.Name, "kind", req.Kind)
 		return resp, resultBadRequest
 	}
 	pod, result, why := s.find(ctx, req)
@@ -69,6 +64,28 @@ func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (nodeagent.Resp
 	// informer's object.
 	resp.Found, resp.Annotations = true, pod.Annotations
 	return resp, resultHit
+}
+
+// readRequest reads the request on conn; the string says what is wrong
+// with it, "" if nothing. A request without a kind, from a meshlet-cni
+// that predates the field, gets the kind it meant: during a rollout the
+// node agent and the plugin it installs may be of different versions.
+func readRequest(conn io.Reader) (nodeagent.Request, string) {
+	var req nodeagent.Request
+	if err := nodeagent.Read(conn, nodeagent.MaxRequest, &req); err != nil {
+		return req, fmt.Sprintf("bad request: %v", err)
+	}
+	if req.Version != nodeagent.Version {
+		return req, fmt.Sprintf("bad request: protocol version %d, this agent speaks %d", req.Version, nodeagent.Version)
+	}
+	if req.Namespace == "" || req.Name == "" {
+		return req, "bad request: namespace and name are required"
+	}
+	req = req.WithInferredKind()
+	if err := req.CheckKind(); err != nil {
+		return req, fmt.Sprintf("bad request: %v", err)
+	}
+	return req, ""
 }
 
 // notice hands a sandbox notice to s.Sandboxes; it returns what was wrong

@@ -16,7 +16,7 @@ func BenchmarkAsk(b *testing.B) {
 		"consul.hashicorp.com/redirect-traffic-config":  `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001,"ExcludeInboundPorts":["21000"],"ExcludeOutboundPorts":["443"],"ExcludeOutboundCIDRs":["10.96.0.1/32"],"ExcludeUIDs":["1000"]}`,
 	}))
 	s, _ := testServer(b, inf.lookup(), DefaultWait)
-	req := nodeagent.Request{Namespace: "ns", Name: "web", UID: "u"}
+	req := nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web", UID: "u"}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		resp, err := nodeagent.Ask(s.Socket(), req, time.Second)

@@ -44,7 +44,7 @@ type Lookup interface {
 }
 
 // SandboxSink takes meshlet-cni's notices that an injected pod's sandbox
-// is up, with its IPs (nodeagent.Request.SandboxIPs): the agent's syncer.
+// is up, with its IPs (nodeagent.KindSandbox): the agent's syncer.
 type SandboxSink interface {
 	SandboxUp(namespace, name, uid string, ips []netip.Addr)
 }

@@ -113,15 +113,15 @@ func TestAnswers(t *testing.T) {
 		wantReason string
 		wantResult string
 	}{
-		{"hit", nodeagent.Request{Namespace: "ns", Name: "web"}, true, injected, "", resultHit},
-		{"hit with UID", nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-web"}, true, injected, "", resultHit},
-		{"hit, no annotations", nodeagent.Request{Namespace: "ns", Name: "plain"}, true, nil, "", resultHit},
-		{"miss", nodeagent.Request{Namespace: "ns", Name: "nope"}, false, nil, "not in the agent's pod cache", resultMiss},
-		{"other namespace", nodeagent.Request{Namespace: "other", Name: "web"}, false, nil, "not in the agent's pod cache", resultMiss},
-		{"UID mismatch: an old pod of the name", nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-new"}, false, nil, "another pod of that name (uid u-web, asked for u-new)", resultUIDMismatch},
-		{"terminating, no UID", nodeagent.Request{Namespace: "ns", Name: "leaving"}, false, nil, "terminating", resultTerminating},
-		{"terminating, its UID", nodeagent.Request{Namespace: "ns", Name: "leaving", UID: "u-old"}, true, injected, "", resultHit},
-		{"no name", nodeagent.Request{Namespace: "ns"}, false, nil, "bad request: namespace and name are required", resultBadRequest},
+		{"hit", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web"}, true, injected, "", resultHit},
+		{"hit with UID", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web", UID: "u-web"}, true, injected, "", resultHit},
+		{"hit, no annotations", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "plain"}, true, nil, "", resultHit},
+		{"miss", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "nope"}, false, nil, "not in the agent's pod cache", resultMiss},
+		{"other namespace", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "other", Name: "web"}, false, nil, "not in the agent's pod cache", resultMiss},
+		{"UID mismatch: an old pod of the name", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web", UID: "u-new"}, false, nil, "another pod of that name (uid u-web, asked for u-new)", resultUIDMismatch},
+		{"terminating, no UID", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "leaving"}, false, nil, "terminating", resultTerminating},
+		{"terminating, its UID", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "leaving", UID: "u-old"}, true, injected, "", resultHit},
+		{"no name", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns"}, false, nil, "bad request: namespace and name are required", resultBadRequest},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -172,13 +172,13 @@ func TestSandboxNotices(t *testing.T) {
 		wantReason string
 		wantSink   string
 	}{
-		{"taken", s, m, nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "", "ns/web u-web [10.244.0.7]"},
-		{"dual stack, pod not cached yet", s, m, nodeagent.Request{Namespace: "ns", Name: "new", UID: "u-new", SandboxIPs: []string{"10.244.0.8", "fd00::8"}}, "", "ns/new u-new [10.244.0.8 fd00::8]"},
-		{"no uid", s, m, nodeagent.Request{Namespace: "ns", Name: "web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: a sandbox notice needs the pod's uid", ""},
-		{"not an IP", s, m, nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7/24"}}, `bad request: sandbox IP "10.244.0.7/24"`, ""},
-		{"three IPs", s, m, nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}}, "bad request: 3 sandbox IPs, expected at most 2", ""},
-		{"no name", s, m, nodeagent.Request{Namespace: "ns", UID: "u", SandboxIPs: []string{"10.244.0.7"}}, "bad request: namespace and name are required", ""},
-		{"an agent without a sink", bare, bm, nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: this agent takes no sandbox notices", ""},
+		{"taken", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "", "ns/web u-web [10.244.0.7]"},
+		{"dual stack, pod not cached yet", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "new", UID: "u-new", SandboxIPs: []string{"10.244.0.8", "fd00::8"}}, "", "ns/new u-new [10.244.0.8 fd00::8]"},
+		{"no uid", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: a sandbox notice needs the pod's uid", ""},
+		{"not an IP", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7/24"}}, `bad request: sandbox IP "10.244.0.7/24"`, ""},
+		{"three IPs", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}}, "bad request: 3 sandbox IPs, expected at most 2", ""},
+		{"no name", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", UID: "u", SandboxIPs: []string{"10.244.0.7"}}, "bad request: namespace and name are required", ""},
+		{"an agent without a sink", bare, bm, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: this agent takes no sandbox notices", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -220,29 +220,80 @@ func TestBadRequests(t *testing.T) {
 		{"oversized", `{"v":1,"namespace":"` + strings.Repeat("n", nodeagent.MaxRequest) + `","name":"web"}` + "\n", "bad request: line too long: more than 4096 bytes"},
 		{"oversized, no newline", strings.Repeat("x", 10*nodeagent.MaxRequest), "line too long"},
 		{"closed before a line", "", "bad request: EOF"},
+		{"unknown kind", `{"v":1,"kind":"poke","namespace":"ns","name":"web"}` + "\n", `bad request: "kind" is "poke", expected "lookup" or "sandbox"`},
+		{"lookup with sandbox IPs", `{"v":1,"kind":"lookup","namespace":"ns","name":"web","uid":"u","sandboxIPs":["10.244.0.7"]}` + "\n",
+			`bad request: "kind" "lookup" with "sandboxIPs"`},
+		{"sandbox notice without IPs", `{"v":1,"kind":"sandbox","namespace":"ns","name":"web","uid":"u"}` + "\n", `bad request: "kind" "sandbox" without "sandboxIPs"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := count(m, resultBadRequest)
-			c, err := net.Dial("unix", s.Socket())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Write([]byte(tc.send)); err != nil {
-				t.Fatal(err)
-			}
-			_ = c.(*net.UnixConn).CloseWrite()
-			var resp nodeagent.Response
-			if err := nodeagent.Read(c, nodeagent.MaxResponse, &resp); err != nil {
-				t.Fatal(err)
-			}
+			resp := send(t, s.Socket(), tc.send)
 			if resp.Found || !strings.Contains(resp.Reason, tc.wantReason) {
 				t.Errorf("answer %+v, want reason %q", resp, tc.wantReason)
 			}
 			if got := count(m, resultBadRequest); got != before+1 {
 				t.Errorf("bad_request counted %d, want %d", got, before+1)
+			}
+		})
+	}
+}
+
+// send writes raw to socket as a client would, closes its side and
+// returns the answer.
+func send(t *testing.T, socket, raw string) nodeagent.Response {
+	t.Helper()
+	c, err := net.Dial("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(raw)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(*net.UnixConn).CloseWrite()
+	var resp nodeagent.Response
+	if err := nodeagent.Read(c, nodeagent.MaxResponse, &resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// TestOldPlugin: during a rollout a meshlet-cni that predates the
+// request's kind meets this node agent. Its requests, byte for byte as
+// it sent them, are answered as before: one with sandbox IPs is a
+// sandbox notice, one without a lookup.
+func TestOldPlugin(t *testing.T) {
+	k := &sink{}
+	s, m := testServer(t, newInformer(pod("ns", "web", "u-web", injected)).lookup(), 0, func(s *Server) { s.Sandboxes = k })
+	tests := []struct {
+		name, send string
+		want       nodeagent.Response
+		wantResult string
+		wantSink   []string
+	}{
+		{"lookup", `{"v":1,"namespace":"ns","name":"web","uid":"u-web"}` + "\n",
+			nodeagent.Response{Version: 1, Found: true, Annotations: injected}, resultHit, nil},
+		{"lookup, no uid", `{"v":1,"namespace":"ns","name":"web"}` + "\n",
+			nodeagent.Response{Version: 1, Found: true, Annotations: injected}, resultHit, nil},
+		{"sandbox notice", `{"v":1,"namespace":"ns","name":"web","uid":"u-web","sandboxIPs":["10.244.0.7"]}` + "\n",
+			nodeagent.Response{Version: 1, Found: true}, resultNotice, []string{"ns/web u-web [10.244.0.7]"}},
+		{"sandbox notice without uid", `{"v":1,"namespace":"ns","name":"web","sandboxIPs":["10.244.0.7"]}` + "\n",
+			nodeagent.Response{Version: 1, Reason: "bad request: a sandbox notice needs the pod's uid"}, resultBadRequest, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			k.got = nil
+			before := count(m, tc.wantResult)
+			if resp := send(t, s.Socket(), tc.send); fmt.Sprint(resp) != fmt.Sprint(tc.want) {
+				t.Errorf("answer %+v, want %+v", resp, tc.want)
+			}
+			if fmt.Sprint(k.got) != fmt.Sprint(tc.wantSink) {
+				t.Errorf("sink got %q, want %q", k.got, tc.wantSink)
+			}
+			if got := count(m, tc.wantResult); got != before+1 {
+				t.Errorf("%s counted %d times, want %d", tc.wantResult, got, before+1)
 			}
 		})
 	}
@@ -308,7 +359,7 @@ func TestLatePod(t *testing.T) {
 				}
 			}()
 			start := time.Now()
-			resp := ask(t, s.Socket(), nodeagent.Request{Namespace: "ns", Name: "web", UID: "u-new"})
+			resp := ask(t, s.Socket(), nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web", UID: "u-new"})
 			answered := time.Now()
 			if !resp.Found || !equal(resp.Annotations, injected) {
 				t.Fatalf("answer %+v", resp)
@@ -352,7 +403,7 @@ func TestWaitBounded(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	resp := ask(t, s.Socket(), nodeagent.Request{Namespace: "ns", Name: "web"})
+	resp := ask(t, s.Socket(), nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web"})
 	took := time.Since(start)
 	if resp.Found || took < wait || took > wait+500*time.Millisecond {
 		t.Errorf("after %v: %+v; want unknown after about %v", took, resp, wait)
@@ -375,7 +426,7 @@ func TestConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := nodeagent.Ask(s.Socket(), nodeagent.Request{Namespace: "ns", Name: fmt.Sprintf("p%d", i), UID: fmt.Sprintf("u%d", i)}, 5*time.Second)
+			resp, err := nodeagent.Ask(s.Socket(), nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: fmt.Sprintf("p%d", i), UID: fmt.Sprintf("u%d", i)}, 5*time.Second)
 			if err != nil || !resp.Found || resp.Annotations["i"] != fmt.Sprint(i) {
 				t.Errorf("p%d: %+v, %v", i, resp, err)
 			}
@@ -418,7 +469,7 @@ func TestSocketFiles(t *testing.T) {
 		ln.Close() // the crash: the file stays, no one listens
 		s := New(socket, newInformer(pod("ns", "web", "u", injected)).lookup())
 		serve(t, s)
-		if resp := ask(t, socket, nodeagent.Request{Namespace: "ns", Name: "web"}); !resp.Found {
+		if resp := ask(t, socket, nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web"}); !resp.Found {
 			t.Errorf("answer %+v", resp)
 		}
 	})
@@ -477,7 +528,9 @@ func TestShutdown(t *testing.T) {
 			go func() { done <- s.Serve(ctx) }()
 			waitFor(t, s.Socket())
 			answer := make(chan nodeagent.Response, 1)
-			go func() { answer <- ask(t, s.Socket(), nodeagent.Request{Namespace: "ns", Name: "web"}) }()
+			go func() {
+				answer <- ask(t, s.Socket(), nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web"})
+			}()
 			time.Sleep(50 * time.Millisecond) // the request is waiting
 			var other net.Listener
 			if replaced {

@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
@@ -17,73 +16,50 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 
 	"github.com/meshlet/meshlet/cni/nodeagent"
+	"github.com/meshlet/meshlet/cni/nodeagent/nodeagenttest"
 	"github.com/meshlet/meshlet/contract"
 )
 
-// fakeAgent is the node agent's pod cache as the plugin sees it: a unix
-// socket answering as its mode says, recording each request.
-type fakeAgent struct {
+// fakeNodeAgent is the node agent's pod cache as the plugin sees it: a
+// unix socket answering as its mode says, recording each request.
+type fakeNodeAgent struct {
 	mode     string // hit, hit-empty, unknown, hang, garbage, version2
 	mu       sync.Mutex
 	requests []nodeagent.Request
 }
 
-func (a *fakeAgent) serve(t *testing.T, socket string) {
-	ln, err := net.Listen("unix", socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	release := make(chan struct{})
-	t.Cleanup(func() { close(release); ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
+func (a *fakeNodeAgent) serve(t *testing.T, socket string) {
+	nodeagenttest.Serve(t, socket, func(c net.Conn, done <-chan struct{}) {
+		var req nodeagent.Request
+		if err := nodeagent.Read(c, nodeagent.MaxRequest, &req); err != nil {
+			select {
+			case <-done: // closed by the fake's cleanup
+			default:
+				t.Errorf("fake node agent: %v", err)
 			}
-			go func() {
-				defer c.Close()
-				var req nodeagent.Request
-				if err := nodeagent.Read(c, nodeagent.MaxRequest, &req); err != nil {
-					t.Errorf("fake agent: %v", err)
-					return
-				}
-				a.mu.Lock()
-				a.requests = append(a.requests, req)
-				a.mu.Unlock()
-				resp := nodeagent.Response{Version: nodeagent.Version}
-				switch a.mode {
-				case "hit":
-					resp.Found, resp.Annotations = true, map[string]string{"from": "agent"}
-				case "hit-empty":
-					resp.Found = true
-				case "unknown":
-					resp.Reason = "not in the agent's pod cache"
-				case "hang":
-					<-release
-					return
-				case "garbage":
-					_, _ = c.Write([]byte("<html>\n"))
-					return
-				case "version2":
-					resp.Version, resp.Found, resp.Annotations = 2, true, map[string]string{"from": "agent"}
-				}
-				_ = nodeagent.Write(c, resp)
-			}()
+			return
 		}
-	}()
-}
-
-// shortTempDir: unix socket paths are limited to 108 bytes, which
-// t.TempDir's, named after the test, may exceed.
-func shortTempDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "cni")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
+		a.mu.Lock()
+		a.requests = append(a.requests, req)
+		a.mu.Unlock()
+		resp := nodeagent.Response{Version: nodeagent.Version}
+		switch a.mode {
+		case "hit":
+			resp.Found, resp.Annotations = true, map[string]string{"from": "agent"}
+		case "hit-empty":
+			resp.Found = true
+		case "unknown":
+			resp.Reason = "not in the agent's pod cache"
+		case "hang":
+			return // the connection stays open, unanswered, until the test ends
+		case "garbage":
+			_, _ = c.Write([]byte("<html>\n"))
+			return
+		case "version2":
+			resp.Version, resp.Found, resp.Annotations = 2, true, map[string]string{"from": "agent"}
+		}
+		_ = nodeagent.Write(c, resp)
+	})
 }
 
 // TestHostLookupOrder: runtime annotations, then the agent's pod cache,
@@ -103,7 +79,7 @@ func TestHostLookupOrder(t *testing.T) {
 	tests := []struct {
 		name     string
 		runtime  bool   // the runtime passes annotations
-		agent    string // fakeAgent mode; "" no agent_socket; "absent": no socket file; "refused": a socket no one listens on
+		agent    string // fakeNodeAgent mode; "" no agent_socket; "absent": no socket file; "refused": a socket no one listens on
 		pod, uid string
 		wantFrom string // "" with wantErr
 		wantErr  string
@@ -136,19 +112,14 @@ func TestHostLookupOrder(t *testing.T) {
 			if tc.runtime {
 				conf.RuntimeConfig.PodAnnotations = map[string]string{"from": "runtime"}
 			}
-			agent := &fakeAgent{mode: tc.agent}
+			agent := &fakeNodeAgent{mode: tc.agent}
 			if tc.agent != "" {
-				conf.NodeAgentSocket = filepath.Join(shortTempDir(t), "cni.sock")
+				conf.NodeAgentSocket = filepath.Join(nodeagenttest.Dir(t), "cni.sock")
 			}
 			switch tc.agent {
 			case "", "absent":
 			case "refused":
-				ln, err := net.Listen("unix", conf.NodeAgentSocket)
-				if err != nil {
-					t.Fatal(err)
-				}
-				ln.(*net.UnixListener).SetUnlinkOnClose(false)
-				ln.Close()
+				nodeagenttest.Stale(t, conf.NodeAgentSocket)
 			default:
 				agent.serve(t, conf.NodeAgentSocket)
 			}
@@ -216,8 +187,8 @@ func TestSandboxUpNotice(t *testing.T) {
 		{"absent", "tell the agent: connect to"},
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
-			socket := filepath.Join(shortTempDir(t), "cni.sock")
-			agent := &fakeAgent{mode: tc.mode}
+			socket := filepath.Join(nodeagenttest.Dir(t), "cni.sock")
+			agent := &fakeNodeAgent{mode: tc.mode}
 			if tc.mode != "absent" {
 				agent.serve(t, socket)
 			}

@@ -22,6 +22,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshlet/meshlet/cni/nodeagent"
+	"github.com/meshlet/meshlet/cni/nodeagent/nodeagenttest"
 )
 
 // informer stands in for the agent's pod informer: an indexer the server
@@ -52,7 +53,7 @@ func pod(namespace, name, uid string, ann map[string]string) *corev1.Pod {
 // test ends, and returns it with its metrics and the socket path.
 func testServer(t testing.TB, lookup Lookup, wait time.Duration, configure ...func(*Server)) (*Server, *Metrics) {
 	t.Helper()
-	s := New(filepath.Join(shortTempDir(t), "run", "cni.sock"), lookup)
+	s := New(filepath.Join(nodeagenttest.Dir(t), "run", "cni.sock"), lookup)
 	s.Wait = wait
 	for _, f := range configure {
 		f(s)
@@ -71,18 +72,6 @@ func testServer(t testing.TB, lookup Lookup, wait time.Duration, configure ...fu
 		}
 	})
 	return s, s.Metrics
-}
-
-// shortTempDir: unix socket paths are limited to 108 bytes, which
-// t.TempDir's, named after the test, may exceed.
-func shortTempDir(t testing.TB) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "podcache")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
 }
 
 func ask(t *testing.T, socket string, req nodeagent.Request) nodeagent.Response {
@@ -460,13 +449,7 @@ func TestSocketFiles(t *testing.T) {
 		}
 	})
 	t.Run("stale socket replaced", func(t *testing.T) {
-		socket := filepath.Join(shortTempDir(t), "cni.sock")
-		ln, err := net.Listen("unix", socket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln.(*net.UnixListener).SetUnlinkOnClose(false)
-		ln.Close() // the crash: the file stays, no one listens
+		socket := nodeagenttest.Stale(t, "") // the crash: the file stays, no one listens
 		s := New(socket, newInformer(pod("ns", "web", "u", injected)).lookup())
 		serve(t, s)
 		if resp := ask(t, socket, nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web"}); !resp.Found {
@@ -474,7 +457,7 @@ func TestSocketFiles(t *testing.T) {
 		}
 	})
 	t.Run("live socket kept", func(t *testing.T) {
-		socket := filepath.Join(shortTempDir(t), "cni.sock")
+		socket := filepath.Join(nodeagenttest.Dir(t), "cni.sock")
 		ln, err := net.Listen("unix", socket)
 		if err != nil {
 			t.Fatal(err)
@@ -489,7 +472,7 @@ func TestSocketFiles(t *testing.T) {
 		}
 	})
 	t.Run("not a socket", func(t *testing.T) {
-		socket := filepath.Join(shortTempDir(t), "cni.sock")
+		socket := filepath.Join(nodeagenttest.Dir(t), "cni.sock")
 		if err := os.WriteFile(socket, []byte("keep"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -521,7 +504,7 @@ func serve(t *testing.T, s *Server) {
 func TestShutdown(t *testing.T) {
 	for _, replaced := range []bool{false, true} {
 		t.Run(fmt.Sprintf("replaced=%v", replaced), func(t *testing.T) {
-			s := New(filepath.Join(shortTempDir(t), "cni.sock"), newInformer().lookup())
+			s := New(filepath.Join(nodeagenttest.Dir(t), "cni.sock"), newInformer().lookup())
 			s.Wait = time.Minute
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)

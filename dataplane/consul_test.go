@@ -22,7 +22,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/meshlet/meshlet/contract"
-	"github.com/meshlet/meshlet/daemon/agent"
 	podreg "github.com/meshlet/meshlet/daemon/register"
 	"github.com/meshlet/meshlet/test/repobin"
 )
@@ -244,9 +243,10 @@ func (p meshPod) pod(tb testing.TB) (*corev1.Pod, []*corev1.Service) {
 	}, services
 }
 
-// register registers p with the client agent cl as the node agent does:
-// register.For's registrations, written by the agent's own Register. It
-// returns them: the proxy's ID, the service's ID and readiness check.
+// register registers p with the Consul client agent cl as the node agent
+// does: register.For's registrations, written by register.Register, the
+// node agent's own code. It returns them: the proxy's ID, the service's
+// ID and readiness check.
 func register(tb testing.TB, cl *capi.Client, p meshPod) podreg.Registrations {
 	tb.Helper()
 	pod, services := p.pod(tb)
@@ -260,7 +260,7 @@ func register(tb testing.TB, cl *capi.Client, p meshPod) podreg.Registrations {
 	if p.public != 0 {
 		regs.Proxy.Port = p.public
 	}
-	if err := agent.Register(cl.Agent(), regs, nil); err != nil {
+	if err := podreg.Register(cl.Agent(), regs, nil); err != nil {
 		tb.Fatal(err)
 	}
 	return regs

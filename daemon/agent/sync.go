@@ -26,7 +26,7 @@ import (
 // consulAgent is what the syncer uses of the node's Consul client agent
 // (*capi.Agent).
 type consulAgent interface {
-	ServiceRegisterer
+	register.ServiceRegisterer
 	ServiceDeregisterOpts(id string, q *capi.QueryOptions) error
 	UpdateTTLOpts(checkID, output, status string, q *capi.QueryOptions) error
 	ServicesWithFilterOpts(filter string, q *capi.QueryOptions) (map[string]*capi.AgentService, error)
@@ -150,34 +150,9 @@ func (s *Syncer) Reconcile(key string) error {
 	return nil
 }
 
-// register is Register, each request counted.
+// register is register.Register, each request counted.
 func (s *Syncer) register(regs register.Registrations) error {
-	return Register(s.Consul, regs, func(err error) { s.Metrics.consulOp("register", err) })
-}
-
-// ServiceRegisterer is the part of the Consul agent's API (*capi.Agent)
-// that Register uses.
-type ServiceRegisterer interface {
-	ServiceRegisterOpts(reg *capi.AgentServiceRegistration, opts capi.ServiceRegisterOpts) error
-}
-
-// Register writes one pod's registrations to the node's Consul agent as
-// the agent does: the service, then its proxy (the proxy's alias check
-// refers to the service), each replacing the checks it had; it stops at
-// the first failure. observe, if not nil, is given each request's
-// outcome. The proxy's tests (dataplane/) register through it too, so the
-// proxy is tested against what the agent writes.
-func Register(c ServiceRegisterer, regs register.Registrations, observe func(error)) error {
-	for _, r := range []*capi.AgentServiceRegistration{regs.Service, regs.Proxy} {
-		err := c.ServiceRegisterOpts(r, capi.ServiceRegisterOpts{ReplaceExistingChecks: true})
-		if observe != nil {
-			observe(err)
-		}
-		if err != nil {
-			return fmt.Errorf("register %s with the Consul agent: %w", r.ID, err)
-		}
-	}
-	return nil
+	return register.Register(s.Consul, regs, func(err error) { s.Metrics.consulOp("register", err) })
 }
 
 // deregister removes what the agent registered for key, proxy first.

@@ -254,7 +254,7 @@ func register(tb testing.TB, cl *capi.Client, p meshPod) podreg.Registrations {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	// The one departure from the agent's registrations: every proxy of a
+	// The one departure from the node agent's registrations: every proxy of a
 	// test on loopback shares one address, and cannot all listen on the
 	// port a pod's proxy has to itself.
 	if p.public != 0 {

@@ -213,8 +213,8 @@ func (c *conn) arm(opt int) error {
 // then says whether time is up.
 func retry(err error) bool { return err == syscall.EINTR || err == syscall.EAGAIN }
 
-// connect waits for room when the listener's backlog is full (an agent
-// that stopped accepting): the kernel bounds that wait by SO_SNDTIMEO,
+// connect waits for room when the listener's backlog is full (a node
+// agent that stopped accepting): the kernel bounds that wait by SO_SNDTIMEO,
 // then fails with EAGAIN. Non-blocking connect and poll(2) cannot wait
 // for it instead: on a unix socket connect then fails with EAGAIN at
 // once, and poll reports the unconnected socket writable and hung up.

@@ -144,7 +144,7 @@ func line(s string) func(*testing.T) string {
 
 // fullBacklog is a listener with a backlog of 0 that never accepts, its
 // queue full already (the kernel queues one connection more than the
-// backlog). connect(2) to it waits for room, as it would on an agent
+// backlog). connect(2) to it waits for room, as it would on a node agent
 // that has stopped accepting under load.
 func fullBacklog(t *testing.T) string {
 	t.Helper()
@@ -198,8 +198,8 @@ func boundOnly(t *testing.T) string {
 	return socket
 }
 
-// stale is the socket file of a listener that has closed (an agent that
-// died without removing it).
+// stale is the socket file of a listener that has closed (a node agent
+// that died without removing it).
 func stale(t *testing.T) string { return nodeagenttest.Stale(t, "") }
 
 func regularFile(t *testing.T) string {

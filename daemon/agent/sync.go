@@ -32,11 +32,11 @@ type consulAgent interface {
 	ServicesWithFilterOpts(filter string, q *capi.QueryOptions) (map[string]*capi.AgentService, error)
 }
 
-// managedFilter selects the registrations the agent owns on its Consul
-// agent.
+// managedFilter selects the registrations the node agent owns on its
+// Consul agent.
 var managedFilter = fmt.Sprintf("Meta[%q] == %q", contract.MetaManagedBy, contract.ManagedBy)
 
-// held is what the agent registered for one pod.
+// held is what the node agent registered for one pod.
 type held struct {
 	uid            types.UID
 	svcID, proxyID string
@@ -155,7 +155,8 @@ func (s *Syncer) register(regs register.Registrations) error {
 	return register.Register(s.Consul, regs, func(err error) { s.Metrics.consulOp("register", err) })
 }
 
-// deregister removes what the agent registered for key, proxy first.
+// deregister removes what the node agent registered for key, proxy
+// first.
 func (s *Syncer) deregister(key, why string) error {
 	s.mu.Lock()
 	cur := s.held[key]
@@ -209,7 +210,7 @@ func (s *Syncer) countLocked() {
 	s.Metrics.registered.Set(float64(n))
 }
 
-// problem reports a pod the agent cannot register, once per distinct
+// problem reports a pod the node agent cannot register, once per distinct
 // problem: an Event on the pod, a log line, a metric.
 func (s *Syncer) problem(pod *corev1.Pod, err error) {
 	key := pod.Namespace + "/" + pod.Name
@@ -235,10 +236,11 @@ func (s *Syncer) problem(pod *corev1.Pod, err error) {
 	s.Events.Event(pod, corev1.EventTypeWarning, "MeshletRegistrationFailed", "not registered with Consul: "+msg)
 }
 
-// Resync lists the registrations the agent owns on its Consul agent:
-// those no pod of this node backs any more are removed (pods deleted while
-// the agent was down, moved away, replaced), and pods whose registrations
-// are missing (the Consul agent restarted without them) are requeued.
+// Resync lists the registrations the node agent owns on its Consul agent:
+// those no pod of this node backs any more are removed (pods deleted
+// while the node agent was down, moved away, replaced), and pods whose
+// registrations are missing (the Consul agent restarted without them) are
+// requeued.
 func (s *Syncer) Resync() error {
 	listed := time.Now()
 	have, err := s.Consul.ServicesWithFilterOpts(managedFilter, &capi.QueryOptions{Namespace: s.ListNamespace})
@@ -282,8 +284,8 @@ func (s *Syncer) Resync() error {
 
 // backed says a pod of this node, injected and not finished, still
 // stands behind registration id carrying its namespace, name and UID; or
-// the agent has just registered a newer pod of that name over it (the
-// list was taken before).
+// the node agent has just registered a newer pod of that name over it
+// (the list was taken before).
 func (s *Syncer) backed(id, ns, name string, uid types.UID) bool {
 	if ns == "" || name == "" {
 		return false

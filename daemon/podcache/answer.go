@@ -76,7 +76,7 @@ func readRequest(conn io.Reader) (nodeagent.Request, string) {
 		return req, fmt.Sprintf("bad request: %v", err)
 	}
 	if req.Version != nodeagent.Version {
-		return req, fmt.Sprintf("bad request: protocol version %d, this agent speaks %d", req.Version, nodeagent.Version)
+		return req, fmt.Sprintf("bad request: protocol version %d, this node agent speaks %d", req.Version, nodeagent.Version)
 	}
 	if req.Namespace == "" || req.Name == "" {
 		return req, "bad request: namespace and name are required"
@@ -106,7 +106,7 @@ func (s *Server) notice(req nodeagent.Request) string {
 		ips[i] = ip
 	}
 	if s.Sandboxes == nil {
-		return "bad request: this agent takes no sandbox notices"
+		return "bad request: this node agent takes no sandbox notices"
 	}
 	s.Sandboxes.SandboxUp(req.Namespace, req.Name, req.UID, ips)
 	return ""
@@ -116,8 +116,8 @@ func (s *Server) notice(req nodeagent.Request) string {
 const maxSandboxIPs = 2
 
 // find looks the pod up, waiting up to s.Wait for the right one to reach
-// the cache: kubelet may start the sandbox before the agent's informer
-// has the pod. Without Notify the lookup is polled.
+// the cache: kubelet may start the sandbox before the node agent's
+// informer has the pod. Without Notify the lookup is polled.
 func (s *Server) find(ctx context.Context, req nodeagent.Request) (*corev1.Pod, string, string) {
 	key := req.Namespace + "/" + req.Name
 	expired := time.After(s.Wait)
@@ -150,11 +150,11 @@ func (s *Server) check(req nodeagent.Request) (*corev1.Pod, string, string) {
 	pod, ok := s.lookup.Pod(req.Namespace, req.Name)
 	switch {
 	case !ok || pod == nil:
-		return nil, resultMiss, "not in the agent's pod cache"
+		return nil, resultMiss, "not in the node agent's pod cache"
 	case req.UID != "" && string(pod.UID) != req.UID:
 		// An old pod of the same name, not yet replaced in the cache:
 		// its annotations are not the new pod's.
-		return nil, resultUIDMismatch, fmt.Sprintf("the agent's pod cache holds another pod of that name (uid %s, asked for %s)", pod.UID, req.UID)
+		return nil, resultUIDMismatch, fmt.Sprintf("the node agent's pod cache holds another pod of that name (uid %s, asked for %s)", pod.UID, req.UID)
 	case req.UID == "" && pod.DeletionTimestamp != nil:
 		// Its successor of the same name may be the pod being started;
 		// without a UID only the API server can tell.
@@ -183,10 +183,11 @@ func (s *Server) unwatch(key string, ch chan struct{}) {
 	}
 }
 
-// Notify wakes the requests waiting for pod namespace/name. The agent
-// calls it when its informer adds or updates a pod (EventHandler does),
-// after the informer's cache holds the change, so a waiting request is
-// answered as soon as the pod arrives rather than at the next poll.
+// Notify wakes the requests waiting for pod namespace/name. The node
+// agent calls it when its informer adds or updates a pod (EventHandler
+// does), after the informer's cache holds the change, so a waiting
+// request is answered as soon as the pod arrives rather than at the next
+// poll.
 func (s *Server) Notify(namespace, name string) {
 	key := namespace + "/" + name
 	s.mu.Lock()
@@ -209,8 +210,8 @@ func (s *Server) EventHandler() cache.ResourceEventHandler {
 	return cache.ResourceEventHandlerFuncs{AddFunc: notify, UpdateFunc: func(_, obj any) { notify(obj) }}
 }
 
-// ListerLookup is a Lookup on a client-go pod lister, such as the agent's
-// informer's.
+// ListerLookup is a Lookup on a client-go pod lister, such as the node
+// agent's informer's.
 type ListerLookup struct{ Lister corelisters.PodLister }
 
 // Pod is the lister's pod; its only error, NotFound, is a miss.

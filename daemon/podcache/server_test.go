@@ -25,8 +25,8 @@ import (
 	"github.com/meshlet/meshlet/cni/nodeagent/nodeagenttest"
 )
 
-// informer stands in for the agent's pod informer: an indexer the server
-// reads through ListerLookup, as the agent's does.
+// informer stands in for the node agent's pod informer: an indexer the
+// server reads through ListerLookup, as the node agent's does.
 type informer struct{ cache.Indexer }
 
 func newInformer(pods ...*corev1.Pod) informer {
@@ -105,8 +105,8 @@ func TestAnswers(t *testing.T) {
 		{"hit", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web"}, true, injected, "", resultHit},
 		{"hit with UID", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web", UID: "u-web"}, true, injected, "", resultHit},
 		{"hit, no annotations", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "plain"}, true, nil, "", resultHit},
-		{"miss", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "nope"}, false, nil, "not in the agent's pod cache", resultMiss},
-		{"other namespace", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "other", Name: "web"}, false, nil, "not in the agent's pod cache", resultMiss},
+		{"miss", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "nope"}, false, nil, "not in the node agent's pod cache", resultMiss},
+		{"other namespace", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "other", Name: "web"}, false, nil, "not in the node agent's pod cache", resultMiss},
 		{"UID mismatch: an old pod of the name", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web", UID: "u-new"}, false, nil, "another pod of that name (uid u-web, asked for u-new)", resultUIDMismatch},
 		{"terminating, no UID", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "leaving"}, false, nil, "terminating", resultTerminating},
 		{"terminating, its UID", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "leaving", UID: "u-old"}, true, injected, "", resultHit},
@@ -167,7 +167,7 @@ func TestSandboxNotices(t *testing.T) {
 		{"not an IP", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7/24"}}, `bad request: sandbox IP "10.244.0.7/24"`, ""},
 		{"three IPs", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}}, "bad request: 3 sandbox IPs, expected at most 2", ""},
 		{"no name", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", UID: "u", SandboxIPs: []string{"10.244.0.7"}}, "bad request: namespace and name are required", ""},
-		{"an agent without a sink", bare, bm, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: this agent takes no sandbox notices", ""},
+		{"a node agent without a sink", bare, bm, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: this node agent takes no sandbox notices", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -204,7 +204,7 @@ func TestBadRequests(t *testing.T) {
 		wantReason string
 	}{
 		{"garbage", "GET / HTTP/1.1\r\n\r\n", "bad request: decode"},
-		{"another version", `{"v":2,"namespace":"ns","name":"web"}` + "\n", "bad request: protocol version 2, this agent speaks 1"},
+		{"another version", `{"v":2,"namespace":"ns","name":"web"}` + "\n", "bad request: protocol version 2, this node agent speaks 1"},
 		{"no version", `{"namespace":"ns","name":"web"}` + "\n", "bad request: protocol version 0"},
 		{"oversized", `{"v":1,"namespace":"` + strings.Repeat("n", nodeagent.MaxRequest) + `","name":"web"}` + "\n", "bad request: line too long: more than 4096 bytes"},
 		{"oversized, no newline", strings.Repeat("x", 10*nodeagent.MaxRequest), "line too long"},
@@ -309,7 +309,8 @@ func TestSilentClient(t *testing.T) {
 }
 
 // TestLatePod: a pod that reaches the informer after the request is
-// answered, as soon as the agent notifies, or at the next poll without.
+// answered, as soon as the node agent notifies, or at the next poll
+// without.
 func TestLatePod(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -434,7 +435,7 @@ func TestConcurrent(t *testing.T) {
 }
 
 // TestSocketFiles: the directory is created 0750 and the socket is 0600;
-// a stale socket (an agent that crashed) is replaced; a live agent's
+// a stale socket (a node agent that crashed) is replaced; a live one's
 // socket or a file that is not a socket is left alone and is an error.
 func TestSocketFiles(t *testing.T) {
 	t.Run("modes", func(t *testing.T) {
@@ -500,7 +501,7 @@ func serve(t *testing.T, s *Server) {
 
 // TestShutdown: Serve returns soon after ctx ends, even with a request
 // waiting for a pod (it gets "unknown"), and removes its socket, but not
-// one another agent has put there since.
+// one another node agent has put there since.
 func TestShutdown(t *testing.T) {
 	for _, replaced := range []bool{false, true} {
 		t.Run(fmt.Sprintf("replaced=%v", replaced), func(t *testing.T) {
@@ -540,7 +541,7 @@ func TestShutdown(t *testing.T) {
 			}
 			_, err := os.Stat(s.Socket())
 			if replaced && err != nil {
-				t.Errorf("the other agent's socket was removed: %v", err)
+				t.Errorf("the other node agent's socket was removed: %v", err)
 			}
 			if !replaced && !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("socket left: %v", err)
@@ -560,7 +561,7 @@ func waitFor(t *testing.T, socket string) {
 	t.Fatalf("%s: no one listening", socket)
 }
 
-// TestListerLookup: the adapter over the agent's lister.
+// TestListerLookup: the adapter over the node agent's lister.
 func TestListerLookup(t *testing.T) {
 	l := newInformer(pod("ns", "web", "u", injected)).lookup()
 	if p, ok := l.Pod("ns", "web"); !ok || p.UID != "u" {

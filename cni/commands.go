@@ -65,18 +65,18 @@ func (c *call) doAdd(pods podLookup, rules ruleApplier) (res types.Result, err e
 		return nil, fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
 	}
 	log.Info("redirection applied", "families", fmt.Sprint(fams), "mode", rules.Backend(), "took", time.Since(c.start))
-	c.noticeAgent(log, pods, ips)
+	c.noticeNodeAgent(log, pods, ips)
 	return res, nil
 }
 
-// noticeAgent sends the node agent the sandbox's IPs once its rules are
-// in: the agent can then register the pod before kubelet reports its IP.
-// It needs the pod's UID, to tell this pod from an old one of the same
-// name. A failure costs only that head start, so it is logged, never
+// noticeNodeAgent sends the node agent the sandbox's IPs once its rules
+// are in: the node agent can then register the pod before kubelet reports
+// its IP. It needs the pod's UID, to tell this pod from an old one of the
+// same name. A failure costs only that head start, so it is logged, never
 // returned.
-func (c *call) noticeAgent(log *slog.Logger, pods podLookup, ips []string) {
+func (c *call) noticeNodeAgent(log *slog.Logger, pods podLookup, ips []string) {
 	if len(ips) == 0 || c.uid == "" {
-		log.Debug("no sandbox notice to the agent", "ips", len(ips), "uid", c.uid)
+		log.Debug("no sandbox notice to the node agent", "ips", len(ips), "uid", c.uid)
 		return
 	}
 	if err := pods.sandboxUp(c.namespace, c.name, c.uid, ips); err != nil {

@@ -78,16 +78,16 @@ func TestCommands(t *testing.T) {
 		wantNotices []string // fakeLookup.notices
 		wantLog     []logWant
 	}{
-		// ADD tells the agent the sandbox's IPs once the rules are in.
-		{name: "ADD tells the agent the sandbox's IPs", cmd: "ADD", args: uidArgs, stdin: conf("1.0.0", prevSandbox),
+		// ADD tells the node agent the sandbox's IPs once the rules are in.
+		{name: "ADD tells the node agent the sandbox's IPs", cmd: "ADD", args: uidArgs, stdin: conf("1.0.0", prevSandbox),
 			lookup: fakeLookup{ann: tproxy, from: "agent"}, wantLookups: []string{"ns/web"},
 			wantCalls: []string{"Apply plan [IPv4 IPv6]"}, wantLive: both,
 			wantNotices: []string{"ns/web u-web [10.244.0.5 fd00::5]"}},
-		{name: "ADD succeeds when the agent refuses the notice", cmd: "ADD", args: uidArgs, stdin: conf("1.0.0", prevSandbox),
-			lookup:    fakeLookup{ann: tproxy, from: "agent", noticeErr: errors.New("tell the agent: connect: no such file")},
+		{name: "ADD succeeds when the node agent refuses the notice", cmd: "ADD", args: uidArgs, stdin: conf("1.0.0", prevSandbox),
+			lookup:    fakeLookup{ann: tproxy, from: "agent", noticeErr: errors.New("tell the node agent: connect: no such file")},
 			wantCalls: []string{"Apply plan [IPv4 IPv6]"}, wantLive: both, wantLookups: []string{"ns/web"},
 			wantNotices: []string{"ns/web u-web [10.244.0.5 fd00::5]"},
-			wantLog:     []logWant{{"INFO", "did not take the sandbox notice", map[string]string{"err": "tell the agent: connect: no such file"}}}},
+			wantLog:     []logWant{{"INFO", "did not take the sandbox notice", map[string]string{"err": "tell the node agent: connect: no such file"}}}},
 		{name: "ADD without the pod's UID sends no notice", cmd: "ADD", stdin: conf("1.0.0", prevSandbox),
 			lookup: fakeLookup{ann: tproxy, from: "agent"}, wantLookups: []string{"ns/web"},
 			wantCalls: []string{"Apply plan [IPv4 IPv6]"}, wantLive: both},

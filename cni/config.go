@@ -112,7 +112,7 @@ func families(prev types.Result) ([]iptables.Family, error) {
 
 // addresses reads prevResult once for ADD: the families (above), and the
 // pod's own IPs, those on an interface inside the sandbox or on no
-// interface named, for the agent's sandbox notice.
+// interface named, for the node agent's sandbox notice.
 func addresses(prev types.Result) ([]iptables.Family, []string, error) {
 	if prev == nil {
 		return []iptables.Family{iptables.IPv4}, nil, nil

@@ -13,9 +13,11 @@ import (
 	"github.com/meshlet/meshlet/iptables"
 )
 
-// errPluginNotAvailable is CNI's well-known code for STATUS: the plugin
-// cannot service ADD.
-const errPluginNotAvailable = 50
+// codePluginNotAvailable is the code of CNI's well-known error for
+// STATUS: the plugin cannot service ADD. The CNI library's types name the
+// codes of the older commands (ErrUnknownContainer and the like) but not
+// this one.
+const codePluginNotAvailable = 50
 
 // call is one invocation: the parsed configuration, the pod, a logger.
 type call struct {
@@ -132,7 +134,7 @@ func Status(args *skel.CmdArgs) error {
 		problems = append(problems, err)
 	}
 	if err := errors.Join(problems...); err != nil {
-		return types.NewError(errPluginNotAvailable, "meshlet-cni cannot set up pods", err.Error())
+		return types.NewError(codePluginNotAvailable, "meshlet-cni cannot set up pods", err.Error())
 	}
 	return nil
 }

@@ -2,12 +2,14 @@ package cni
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"os"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
 )
 
@@ -75,5 +77,16 @@ func TestCrashGuard(t *testing.T) {
 	}()
 	if err == nil || !strings.Contains(err.Error(), "meshlet-cni: ADD panicked: parse exploded") {
 		t.Errorf("error %v, want the panic as ADD's error", err)
+	}
+}
+
+// TestStatusCode: a STATUS that finds the plugin unable to set up pods
+// fails with CNI's well-known code for it, which the runtime reads.
+func TestStatusCode(t *testing.T) {
+	stdin := `{"cniVersion":"1.1.0","name":"k8s","type":"meshlet-cni","kubeconfig":"/nonexistent/kubeconfig"}`
+	err := Status(&skel.CmdArgs{StdinData: []byte(stdin)})
+	var e *types.Error
+	if !errors.As(err, &e) || e.Code != 50 || e.Msg != "meshlet-cni cannot set up pods" || !strings.Contains(e.Details, "/nonexistent/kubeconfig") {
+		t.Errorf("Status: %#v, want code 50 naming the kubeconfig", err)
 	}
 }

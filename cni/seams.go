@@ -18,11 +18,12 @@ import (
 // pod's sandbox is redirected.
 type podLookup interface {
 	// annotations returns the pod's annotations and where they came from,
-	// "runtime", "agent" or "api", for the logs.
+	// for the logs: "runtime", "agent" (the node agent) or "api".
 	annotations(namespace, name string) (ann map[string]string, from string, err error)
 	// sandboxUp tells the node agent the redirected sandbox's IPs, so it
-	// can register the pod before kubelet reports them (wire.Request).
-	// Best effort: the agent learns the IP from kubelet anyway.
+	// can register the pod before kubelet reports them
+	// (nodeagent.KindSandbox). Best effort: the node agent learns the IP
+	// from kubelet anyway.
 	sandboxUp(namespace, name, uid string, ips []string) error
 }
 
@@ -36,13 +37,13 @@ type ruleApplier interface {
 }
 
 // hostLookup asks, in order: the runtime's copy of the annotations (no
-// call at all), the node agent's pod cache on its unix socket (well under
-// a millisecond), the API server (a TLS handshake and a GET, ~10 ms per
-// process). The agent is only a shortcut: when it fails or does not know
-// the pod, the API server decides.
+// call at all), the node agent's pod cache on its unix socket (one local
+// exchange), the API server (a TLS handshake and a GET, in every
+// process). The node agent is only a shortcut: when it fails or does not
+// know the pod, the API server decides.
 type hostLookup struct {
 	conf *NetConf
-	uid  string // K8S_POD_UID, for the agent to tell a pod from an old one of the same name
+	uid  string // K8S_POD_UID, for the node agent to tell a pod from an old one of the same name
 	log  *slog.Logger
 }
 
@@ -53,14 +54,15 @@ func (l hostLookup) annotations(namespace, name string) (map[string]string, stri
 		return ann, "runtime", nil
 	}
 	if l.conf.NodeAgentSocket != "" {
-		ann, err := askAgent(l.conf.NodeAgentSocket, namespace, name, l.uid)
+		ann, err := askNodeAgent(l.conf.NodeAgentSocket, namespace, name, l.uid)
 		if err == nil {
 			return ann, "agent", nil
 		}
-		// Unknown to the agent is ordinary (a pod its informer has not
-		// seen yet); an agent that does not answer slows every ADD.
+		// Unknown to the node agent is ordinary (a pod its informer has
+		// not seen yet); a node agent that does not answer slows every
+		// ADD.
 		level := slog.LevelWarn
-		if errors.Is(err, errAgentUnknown) {
+		if errors.Is(err, errUnknownToNodeAgent) {
 			level = slog.LevelInfo
 		}
 		l.log.Log(context.Background(), level, "pod cache of the node agent did not answer; asking the API server",
@@ -83,7 +85,7 @@ func (l hostLookup) sandboxUp(namespace, name, uid string, ips []string) error {
 	if l.conf.NodeAgentSocket == "" {
 		return nil
 	}
-	return tellAgent(l.conf.NodeAgentSocket, namespace, name, uid, ips)
+	return tellNodeAgent(l.conf.NodeAgentSocket, namespace, name, uid, ips)
 }
 
 // hostApplier is iptables.Applier with the backend resolved on first use:

@@ -22,7 +22,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/meshlet/meshlet/contract"
-	"github.com/meshlet/meshlet/daemon/agent"
 	podreg "github.com/meshlet/meshlet/daemon/register"
 	"github.com/meshlet/meshlet/test/repobin"
 )
@@ -244,9 +243,10 @@ func (p meshPod) pod(tb testing.TB) (*corev1.Pod, []*corev1.Service) {
 	}, services
 }
 
-// register registers p with the client agent cl as the node agent does:
-// register.For's registrations, written by the agent's own Register. It
-// returns them: the proxy's ID, the service's ID and readiness check.
+// register registers p with the Consul client agent cl as the node agent
+// does: register.For's registrations, written by register.Register, the
+// node agent's own code. It returns them: the proxy's ID, the service's
+// ID and readiness check.
 func register(tb testing.TB, cl *capi.Client, p meshPod) podreg.Registrations {
 	tb.Helper()
 	pod, services := p.pod(tb)
@@ -254,13 +254,13 @@ func register(tb testing.TB, cl *capi.Client, p meshPod) podreg.Registrations {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	// The one departure from the agent's registrations: every proxy of a
+	// The one departure from the node agent's registrations: every proxy of a
 	// test on loopback shares one address, and cannot all listen on the
 	// port a pod's proxy has to itself.
 	if p.public != 0 {
 		regs.Proxy.Port = p.public
 	}
-	if err := agent.Register(cl.Agent(), regs, nil); err != nil {
+	if err := podreg.Register(cl.Agent(), regs, nil); err != nil {
 		tb.Fatal(err)
 	}
 	return regs

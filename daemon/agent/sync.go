@@ -26,17 +26,17 @@ import (
 // consulAgent is what the syncer uses of the node's Consul client agent
 // (*capi.Agent).
 type consulAgent interface {
-	ServiceRegisterer
+	register.ServiceRegisterer
 	ServiceDeregisterOpts(id string, q *capi.QueryOptions) error
 	UpdateTTLOpts(checkID, output, status string, q *capi.QueryOptions) error
 	ServicesWithFilterOpts(filter string, q *capi.QueryOptions) (map[string]*capi.AgentService, error)
 }
 
-// managedFilter selects the registrations the agent owns on its Consul
-// agent.
+// managedFilter selects the registrations the node agent owns on its
+// Consul agent.
 var managedFilter = fmt.Sprintf("Meta[%q] == %q", contract.MetaManagedBy, contract.ManagedBy)
 
-// held is what the agent registered for one pod.
+// held is what the node agent registered for one pod.
 type held struct {
 	uid            types.UID
 	svcID, proxyID string
@@ -150,37 +150,13 @@ func (s *Syncer) Reconcile(key string) error {
 	return nil
 }
 
-// register is Register, each request counted.
+// register is register.Register, each request counted.
 func (s *Syncer) register(regs register.Registrations) error {
-	return Register(s.Consul, regs, func(err error) { s.Metrics.consulOp("register", err) })
+	return register.Register(s.Consul, regs, func(err error) { s.Metrics.consulOp("register", err) })
 }
 
-// ServiceRegisterer is the part of the Consul agent's API (*capi.Agent)
-// that Register uses.
-type ServiceRegisterer interface {
-	ServiceRegisterOpts(reg *capi.AgentServiceRegistration, opts capi.ServiceRegisterOpts) error
-}
-
-// Register writes one pod's registrations to the node's Consul agent as
-// the agent does: the service, then its proxy (the proxy's alias check
-// refers to the service), each replacing the checks it had; it stops at
-// the first failure. observe, if not nil, is given each request's
-// outcome. The proxy's tests (dataplane/) register through it too, so the
-// proxy is tested against what the agent writes.
-func Register(c ServiceRegisterer, regs register.Registrations, observe func(error)) error {
-	for _, r := range []*capi.AgentServiceRegistration{regs.Service, regs.Proxy} {
-		err := c.ServiceRegisterOpts(r, capi.ServiceRegisterOpts{ReplaceExistingChecks: true})
-		if observe != nil {
-			observe(err)
-		}
-		if err != nil {
-			return fmt.Errorf("register %s with the Consul agent: %w", r.ID, err)
-		}
-	}
-	return nil
-}
-
-// deregister removes what the agent registered for key, proxy first.
+// deregister removes what the node agent registered for key, proxy
+// first.
 func (s *Syncer) deregister(key, why string) error {
 	s.mu.Lock()
 	cur := s.held[key]
@@ -234,7 +210,7 @@ func (s *Syncer) countLocked() {
 	s.Metrics.registered.Set(float64(n))
 }
 
-// problem reports a pod the agent cannot register, once per distinct
+// problem reports a pod the node agent cannot register, once per distinct
 // problem: an Event on the pod, a log line, a metric.
 func (s *Syncer) problem(pod *corev1.Pod, err error) {
 	key := pod.Namespace + "/" + pod.Name
@@ -260,10 +236,11 @@ func (s *Syncer) problem(pod *corev1.Pod, err error) {
 	s.Events.Event(pod, corev1.EventTypeWarning, "MeshletRegistrationFailed", "not registered with Consul: "+msg)
 }
 
-// Resync lists the registrations the agent owns on its Consul agent:
-// those no pod of this node backs any more are removed (pods deleted while
-// the agent was down, moved away, replaced), and pods whose registrations
-// are missing (the Consul agent restarted without them) are requeued.
+// Resync lists the registrations the node agent owns on its Consul agent:
+// those no pod of this node backs any more are removed (pods deleted
+// while the node agent was down, moved away, replaced), and pods whose
+// registrations are missing (the Consul agent restarted without them) are
+// requeued.
 func (s *Syncer) Resync() error {
 	listed := time.Now()
 	have, err := s.Consul.ServicesWithFilterOpts(managedFilter, &capi.QueryOptions{Namespace: s.ListNamespace})
@@ -307,8 +284,8 @@ func (s *Syncer) Resync() error {
 
 // backed says a pod of this node, injected and not finished, still
 // stands behind registration id carrying its namespace, name and UID; or
-// the agent has just registered a newer pod of that name over it (the
-// list was taken before).
+// the node agent has just registered a newer pod of that name over it
+// (the list was taken before).
 func (s *Syncer) backed(id, ns, name string, uid types.UID) bool {
 	if ns == "" || name == "" {
 		return false

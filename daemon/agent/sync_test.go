@@ -19,7 +19,6 @@ import (
 	"k8s.io/client-go/tools/record"
 
 	"github.com/meshlet/meshlet/contract"
-	"github.com/meshlet/meshlet/daemon/register"
 )
 
 // fakeConsul is a Consul agent's service table. The real agent's
@@ -331,49 +330,3 @@ func TestReconcileCheckLost(t *testing.T) {
 }
 
 func typesUID(s string) types.UID { return types.UID(s) }
-
-// recordingRegisterer records what Register sends, failing on one ID.
-type recordingRegisterer struct {
-	calls  []string
-	failOn string
-}
-
-func (r *recordingRegisterer) ServiceRegisterOpts(reg *capi.AgentServiceRegistration, opts capi.ServiceRegisterOpts) error {
-	r.calls = append(r.calls, fmt.Sprintf("register %s replace-checks=%t", reg.ID, opts.ReplaceExistingChecks))
-	if reg.ID == r.failOn {
-		return fmt.Errorf("refused")
-	}
-	return nil
-}
-
-// Register, which the proxy's tests use too: the service before its
-// proxy, checks replaced, each request observed, stopped at a failure.
-func TestRegister(t *testing.T) {
-	regs, err := register.For(injected("web-1", "u1", true), []*corev1.Service{{
-		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"}, Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		failOn   string
-		calls    []string
-		observed []bool // whether each request succeeded
-	}{
-		{"", []string{"register " + svcID + " replace-checks=true", "register " + proxyID + " replace-checks=true"}, []bool{true, true}},
-		{svcID, []string{"register " + svcID + " replace-checks=true"}, []bool{false}},
-		{proxyID, []string{"register " + svcID + " replace-checks=true", "register " + proxyID + " replace-checks=true"}, []bool{true, false}},
-	} {
-		r := &recordingRegisterer{failOn: tc.failOn}
-		var observed []bool
-		err := Register(r, regs, func(err error) { observed = append(observed, err == nil) })
-		if (err != nil) != (tc.failOn != "") || (err != nil && !strings.Contains(err.Error(), tc.failOn)) {
-			t.Errorf("failing on %q: Register returned %v", tc.failOn, err)
-		}
-		if !slices.Equal(r.calls, tc.calls) || !slices.Equal(observed, tc.observed) {
-			t.Errorf("failing on %q: calls %q, observed %v; want %q, %v", tc.failOn, r.calls, observed, tc.calls, tc.observed)
-		}
-	}
-	if err := Register(&recordingRegisterer{}, regs, nil); err != nil {
-		t.Errorf("Register without an observer: %v", err)
-	}
-}

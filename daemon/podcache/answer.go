@@ -3,6 +3,7 @@ package podcache
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"time"
@@ -11,7 +12,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/meshlet/meshlet/daemon/podcache/wire"
+	"github.com/meshlet/meshlet/cni/nodeagent"
 )
 
 // Answers, as counted by Metrics.
@@ -34,29 +35,23 @@ func (s *Server) handle(ctx context.Context, conn *net.UnixConn) {
 	resp, result := s.answer(ctx, conn)
 	s.Metrics.answered(result, time.Since(start))
 	_ = conn.SetWriteDeadline(time.Now().Add(ioTimeout))
-	if err := wire.Write(conn, resp); err != nil {
+	if err := nodeagent.Write(conn, resp); err != nil {
 		s.Log.Warn("pod cache: write answer", "err", err, "result", result)
 	}
 }
 
-func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (wire.Response, string) {
-	resp := wire.Response{Version: wire.Version}
-	var req wire.Request
-	if err := wire.Read(conn, wire.MaxRequest, &req); err != nil {
-		resp.Reason = fmt.Sprintf("bad request: %v", err)
-	} else if req.Version != wire.Version {
-		resp.Reason = fmt.Sprintf("bad request: protocol version %d, this agent speaks %d", req.Version, wire.Version)
-	} else if req.Namespace == "" || req.Name == "" {
-		resp.Reason = "bad request: namespace and name are required"
-	}
-	if resp.Reason == "" && len(req.SandboxIPs) > 0 {
-		if resp.Reason = s.notice(req); resp.Reason == "" {
+func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (nodeagent.Response, string) {
+	resp := nodeagent.Response{Version: nodeagent.Version}
+	req, bad := readRequest(conn)
+	if bad == "" && req.Kind == nodeagent.KindSandbox {
+		if bad = s.notice(req); bad == "" {
 			resp.Found = true
 			return resp, resultNotice
 		}
 	}
-	if resp.Reason != "" {
-		s.Log.Warn("pod cache: "+resp.Reason, "namespace", req.Namespace, "name", req.Name)
+	if bad != "" {
+		resp.Reason = bad
+		s.Log.Warn("pod cache: "+bad, "namespace", req.Namespace, "name", req.Name, "kind", req.Kind)
 		return resp, resultBadRequest
 	}
 	pod, result, why := s.find(ctx, req)
@@ -71,9 +66,31 @@ func (s *Server) answer(ctx context.Context, conn *net.UnixConn) (wire.Response,
 	return resp, resultHit
 }
 
+// readRequest reads the request on conn; the string says what is wrong
+// with it, "" if nothing. A request without a kind, from a meshlet-cni
+// that predates the field, gets the kind it meant: during a rollout the
+// node agent and the plugin it installs may be of different versions.
+func readRequest(conn io.Reader) (nodeagent.Request, string) {
+	var req nodeagent.Request
+	if err := nodeagent.Read(conn, nodeagent.MaxRequest, &req); err != nil {
+		return req, fmt.Sprintf("bad request: %v", err)
+	}
+	if req.Version != nodeagent.Version {
+		return req, fmt.Sprintf("bad request: protocol version %d, this node agent speaks %d", req.Version, nodeagent.Version)
+	}
+	if req.Namespace == "" || req.Name == "" {
+		return req, "bad request: namespace and name are required"
+	}
+	req = req.WithInferredKind()
+	if err := req.CheckKind(); err != nil {
+		return req, fmt.Sprintf("bad request: %v", err)
+	}
+	return req, ""
+}
+
 // notice hands a sandbox notice to s.Sandboxes; it returns what was wrong
 // with it, "" when taken.
-func (s *Server) notice(req wire.Request) string {
+func (s *Server) notice(req nodeagent.Request) string {
 	if req.UID == "" {
 		return "bad request: a sandbox notice needs the pod's uid"
 	}
@@ -89,7 +106,7 @@ func (s *Server) notice(req wire.Request) string {
 		ips[i] = ip
 	}
 	if s.Sandboxes == nil {
-		return "bad request: this agent takes no sandbox notices"
+		return "bad request: this node agent takes no sandbox notices"
 	}
 	s.Sandboxes.SandboxUp(req.Namespace, req.Name, req.UID, ips)
 	return ""
@@ -99,9 +116,9 @@ func (s *Server) notice(req wire.Request) string {
 const maxSandboxIPs = 2
 
 // find looks the pod up, waiting up to s.Wait for the right one to reach
-// the cache: kubelet may start the sandbox before the agent's informer
-// has the pod. Without Notify the lookup is polled.
-func (s *Server) find(ctx context.Context, req wire.Request) (*corev1.Pod, string, string) {
+// the cache: kubelet may start the sandbox before the node agent's
+// informer has the pod. Without Notify the lookup is polled.
+func (s *Server) find(ctx context.Context, req nodeagent.Request) (*corev1.Pod, string, string) {
 	key := req.Namespace + "/" + req.Name
 	expired := time.After(s.Wait)
 	for {
@@ -129,15 +146,15 @@ func (s *Server) find(ctx context.Context, req wire.Request) (*corev1.Pod, strin
 }
 
 // check is one lookup: the pod, or nil and why not.
-func (s *Server) check(req wire.Request) (*corev1.Pod, string, string) {
+func (s *Server) check(req nodeagent.Request) (*corev1.Pod, string, string) {
 	pod, ok := s.lookup.Pod(req.Namespace, req.Name)
 	switch {
 	case !ok || pod == nil:
-		return nil, resultMiss, "not in the agent's pod cache"
+		return nil, resultMiss, "not in the node agent's pod cache"
 	case req.UID != "" && string(pod.UID) != req.UID:
 		// An old pod of the same name, not yet replaced in the cache:
 		// its annotations are not the new pod's.
-		return nil, resultUIDMismatch, fmt.Sprintf("the agent's pod cache holds another pod of that name (uid %s, asked for %s)", pod.UID, req.UID)
+		return nil, resultUIDMismatch, fmt.Sprintf("the node agent's pod cache holds another pod of that name (uid %s, asked for %s)", pod.UID, req.UID)
 	case req.UID == "" && pod.DeletionTimestamp != nil:
 		// Its successor of the same name may be the pod being started;
 		// without a UID only the API server can tell.
@@ -166,10 +183,11 @@ func (s *Server) unwatch(key string, ch chan struct{}) {
 	}
 }
 
-// Notify wakes the requests waiting for pod namespace/name. The agent
-// calls it when its informer adds or updates a pod (EventHandler does),
-// after the informer's cache holds the change, so a waiting request is
-// answered as soon as the pod arrives rather than at the next poll.
+// Notify wakes the requests waiting for pod namespace/name. The node
+// agent calls it when its informer adds or updates a pod (EventHandler
+// does), after the informer's cache holds the change, so a waiting
+// request is answered as soon as the pod arrives rather than at the next
+// poll.
 func (s *Server) Notify(namespace, name string) {
 	key := namespace + "/" + name
 	s.mu.Lock()
@@ -192,8 +210,8 @@ func (s *Server) EventHandler() cache.ResourceEventHandler {
 	return cache.ResourceEventHandlerFuncs{AddFunc: notify, UpdateFunc: func(_, obj any) { notify(obj) }}
 }
 
-// ListerLookup is a Lookup on a client-go pod lister, such as the agent's
-// informer's.
+// ListerLookup is a Lookup on a client-go pod lister, such as the node
+// agent's informer's.
 type ListerLookup struct{ Lister corelisters.PodLister }
 
 // Pod is the lister's pod; its only error, NotFound, is a miss.

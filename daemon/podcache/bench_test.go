@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/meshlet/meshlet/daemon/podcache/wire"
+	"github.com/meshlet/meshlet/cni/nodeagent"
 )
 
 // BenchmarkAsk: one lookup as meshlet-cni makes it (dial, request,
@@ -16,10 +16,10 @@ func BenchmarkAsk(b *testing.B) {
 		"consul.hashicorp.com/redirect-traffic-config":  `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001,"ExcludeInboundPorts":["21000"],"ExcludeOutboundPorts":["443"],"ExcludeOutboundCIDRs":["10.96.0.1/32"],"ExcludeUIDs":["1000"]}`,
 	}))
 	s, _ := testServer(b, inf.lookup(), DefaultWait)
-	req := wire.Request{Namespace: "ns", Name: "web", UID: "u"}
+	req := nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web", UID: "u"}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		resp, err := wire.Ask(s.Socket(), req, time.Second)
+		resp, err := nodeagent.Ask(s.Socket(), req, time.Second)
 		if err != nil || !resp.Found {
 			b.Fatal(resp, err)
 		}

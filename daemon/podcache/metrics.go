@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are the pod cache's Prometheus series, registered in the
+// Metrics are the pod cache's Prometheus series, registered in the node
 // agent's registry.
 type Metrics struct {
 	requests *prometheus.CounterVec

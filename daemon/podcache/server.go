@@ -2,7 +2,7 @@
 // from the node agent's pod informer, on a unix socket, so that on
 // runtimes which do not pass the pod's annotations the plugin does not pay
 // a TLS handshake and an API request per ADD. The protocol is in
-// daemon/podcache/wire; docs/agent.md says how the agent wires it.
+// cni/nodeagent; docs/agent.md says how the agent wires it.
 package podcache
 
 import (
@@ -26,25 +26,26 @@ import (
 // DefaultWait bounds the wait for a pod the informer has not delivered
 // yet. It stays under meshlet-cni's 250 ms budget for the whole exchange,
 // so the plugin reads "unknown" rather than a timeout; waiting longer
-// would not pay anyway: the plugin's API fallback costs about 10 ms.
+// would not pay anyway: the plugin's fallback to the API server answers
+// sooner than that.
 const DefaultWait = 200 * time.Millisecond
 
-// pollInterval re-reads the lookup during a wait, for an agent that does
-// not call Notify; with Notify the wait ends as soon as the pod arrives.
+// pollInterval re-reads the lookup during a wait, for a node agent that
+// does not call Notify; with Notify the wait ends as soon as the pod arrives.
 const pollInterval = 20 * time.Millisecond
 
 // ioTimeout bounds reading a request and writing its answer: a
 // connection lasts at most twice this plus the wait.
 const ioTimeout = time.Second
 
-// Lookup finds a pod in the agent's cache. ListerLookup adapts a client-go
-// pod lister.
+// Lookup finds a pod in the node agent's cache. ListerLookup adapts a
+// client-go pod lister.
 type Lookup interface {
 	Pod(namespace, name string) (*corev1.Pod, bool)
 }
 
 // SandboxSink takes meshlet-cni's notices that an injected pod's sandbox
-// is up, with its IPs (wire.Request.SandboxIPs): the agent's syncer.
+// is up, with its IPs (nodeagent.KindSandbox): the node agent's syncer.
 type SandboxSink interface {
 	SandboxUp(namespace, name, uid string, ips []netip.Addr)
 }
@@ -87,7 +88,7 @@ func New(socket string, lookup Lookup) *Server {
 func (s *Server) Socket() string { return s.socket }
 
 // Listen creates the socket's directory (0750) if missing, replaces a
-// socket no one listens on (an agent that crashed) and binds the socket,
+// socket no one listens on (a node agent that crashed) and binds the socket,
 // mode 0600: only root, that is the runtime running the plugin, may ask.
 // Call it before Serve to fail early on a bad path; Serve calls it
 // otherwise.
@@ -133,7 +134,7 @@ func (s *Server) Listen() error {
 
 // checkStale accepts a socket file at path that no one listens on (Listen
 // renames its own over it). Anything else there is an error: a live
-// agent's socket, or a file that is not a socket.
+// node agent's socket, or a file that is not a socket.
 func checkStale(path string) error {
 	st, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -192,7 +193,7 @@ func (s *Server) Serve(ctx context.Context) error {
 }
 
 // removeSocket removes the socket file if it is still the one Listen
-// bound: another agent may have replaced it since.
+// bound: another node agent may have replaced it since.
 func (s *Server) removeSocket() error {
 	st, err := os.Lstat(s.socket)
 	if err != nil || !os.SameFile(st, s.bound) {

@@ -21,11 +21,12 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/meshlet/meshlet/daemon/podcache/wire"
+	"github.com/meshlet/meshlet/cni/nodeagent"
+	"github.com/meshlet/meshlet/cni/nodeagent/nodeagenttest"
 )
 
-// informer stands in for the agent's pod informer: an indexer the server
-// reads through ListerLookup, as the agent's does.
+// informer stands in for the node agent's pod informer: an indexer the
+// server reads through ListerLookup, as the node agent's does.
 type informer struct{ cache.Indexer }
 
 func newInformer(pods ...*corev1.Pod) informer {
@@ -52,7 +53,7 @@ func pod(namespace, name, uid string, ann map[string]string) *corev1.Pod {
 // test ends, and returns it with its metrics and the socket path.
 func testServer(t testing.TB, lookup Lookup, wait time.Duration, configure ...func(*Server)) (*Server, *Metrics) {
 	t.Helper()
-	s := New(filepath.Join(shortTempDir(t), "run", "cni.sock"), lookup)
+	s := New(filepath.Join(nodeagenttest.Dir(t), "run", "cni.sock"), lookup)
 	s.Wait = wait
 	for _, f := range configure {
 		f(s)
@@ -73,21 +74,9 @@ func testServer(t testing.TB, lookup Lookup, wait time.Duration, configure ...fu
 	return s, s.Metrics
 }
 
-// shortTempDir: unix socket paths are limited to 108 bytes, which
-// t.TempDir's, named after the test, may exceed.
-func shortTempDir(t testing.TB) string {
+func ask(t *testing.T, socket string, req nodeagent.Request) nodeagent.Response {
 	t.Helper()
-	d, err := os.MkdirTemp("", "podcache")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
-func ask(t *testing.T, socket string, req wire.Request) wire.Response {
-	t.Helper()
-	resp, err := wire.Ask(socket, req, 5*time.Second)
+	resp, err := nodeagent.Ask(socket, req, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,27 +96,27 @@ func TestAnswers(t *testing.T) {
 	s, m := testServer(t, inf.lookup(), 50*time.Millisecond)
 	tests := []struct {
 		name       string
-		req        wire.Request
+		req        nodeagent.Request
 		wantFound  bool
 		wantAnn    map[string]string
 		wantReason string
 		wantResult string
 	}{
-		{"hit", wire.Request{Namespace: "ns", Name: "web"}, true, injected, "", resultHit},
-		{"hit with UID", wire.Request{Namespace: "ns", Name: "web", UID: "u-web"}, true, injected, "", resultHit},
-		{"hit, no annotations", wire.Request{Namespace: "ns", Name: "plain"}, true, nil, "", resultHit},
-		{"miss", wire.Request{Namespace: "ns", Name: "nope"}, false, nil, "not in the agent's pod cache", resultMiss},
-		{"other namespace", wire.Request{Namespace: "other", Name: "web"}, false, nil, "not in the agent's pod cache", resultMiss},
-		{"UID mismatch: an old pod of the name", wire.Request{Namespace: "ns", Name: "web", UID: "u-new"}, false, nil, "another pod of that name (uid u-web, asked for u-new)", resultUIDMismatch},
-		{"terminating, no UID", wire.Request{Namespace: "ns", Name: "leaving"}, false, nil, "terminating", resultTerminating},
-		{"terminating, its UID", wire.Request{Namespace: "ns", Name: "leaving", UID: "u-old"}, true, injected, "", resultHit},
-		{"no name", wire.Request{Namespace: "ns"}, false, nil, "bad request: namespace and name are required", resultBadRequest},
+		{"hit", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web"}, true, injected, "", resultHit},
+		{"hit with UID", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web", UID: "u-web"}, true, injected, "", resultHit},
+		{"hit, no annotations", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "plain"}, true, nil, "", resultHit},
+		{"miss", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "nope"}, false, nil, "not in the node agent's pod cache", resultMiss},
+		{"other namespace", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "other", Name: "web"}, false, nil, "not in the node agent's pod cache", resultMiss},
+		{"UID mismatch: an old pod of the name", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web", UID: "u-new"}, false, nil, "another pod of that name (uid u-web, asked for u-new)", resultUIDMismatch},
+		{"terminating, no UID", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "leaving"}, false, nil, "terminating", resultTerminating},
+		{"terminating, its UID", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "leaving", UID: "u-old"}, true, injected, "", resultHit},
+		{"no name", nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns"}, false, nil, "bad request: namespace and name are required", resultBadRequest},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := count(m, tc.wantResult)
 			resp := ask(t, s.Socket(), tc.req)
-			if resp.Found != tc.wantFound || !equal(resp.Annotations, tc.wantAnn) || !strings.Contains(resp.Reason, tc.wantReason) || resp.Version != wire.Version {
+			if resp.Found != tc.wantFound || !equal(resp.Annotations, tc.wantAnn) || !strings.Contains(resp.Reason, tc.wantReason) || resp.Version != nodeagent.Version {
 				t.Errorf("answer %+v, want found %v, annotations %v, reason %q", resp, tc.wantFound, tc.wantAnn, tc.wantReason)
 			}
 			if tc.wantFound && resp.Reason != "" {
@@ -168,17 +157,17 @@ func TestSandboxNotices(t *testing.T) {
 		name       string
 		srv        *Server
 		met        *Metrics
-		req        wire.Request
+		req        nodeagent.Request
 		wantReason string
 		wantSink   string
 	}{
-		{"taken", s, m, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "", "ns/web u-web [10.244.0.7]"},
-		{"dual stack, pod not cached yet", s, m, wire.Request{Namespace: "ns", Name: "new", UID: "u-new", SandboxIPs: []string{"10.244.0.8", "fd00::8"}}, "", "ns/new u-new [10.244.0.8 fd00::8]"},
-		{"no uid", s, m, wire.Request{Namespace: "ns", Name: "web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: a sandbox notice needs the pod's uid", ""},
-		{"not an IP", s, m, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7/24"}}, `bad request: sandbox IP "10.244.0.7/24"`, ""},
-		{"three IPs", s, m, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}}, "bad request: 3 sandbox IPs, expected at most 2", ""},
-		{"no name", s, m, wire.Request{Namespace: "ns", UID: "u", SandboxIPs: []string{"10.244.0.7"}}, "bad request: namespace and name are required", ""},
-		{"an agent without a sink", bare, bm, wire.Request{Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: this agent takes no sandbox notices", ""},
+		{"taken", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "", "ns/web u-web [10.244.0.7]"},
+		{"dual stack, pod not cached yet", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "new", UID: "u-new", SandboxIPs: []string{"10.244.0.8", "fd00::8"}}, "", "ns/new u-new [10.244.0.8 fd00::8]"},
+		{"no uid", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: a sandbox notice needs the pod's uid", ""},
+		{"not an IP", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7/24"}}, `bad request: sandbox IP "10.244.0.7/24"`, ""},
+		{"three IPs", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.0.0.1", "10.0.0.2", "10.0.0.3"}}, "bad request: 3 sandbox IPs, expected at most 2", ""},
+		{"no name", s, m, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", UID: "u", SandboxIPs: []string{"10.244.0.7"}}, "bad request: namespace and name are required", ""},
+		{"a node agent without a sink", bare, bm, nodeagent.Request{Kind: nodeagent.KindSandbox, Namespace: "ns", Name: "web", UID: "u-web", SandboxIPs: []string{"10.244.0.7"}}, "bad request: this node agent takes no sandbox notices", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -215,34 +204,85 @@ func TestBadRequests(t *testing.T) {
 		wantReason string
 	}{
 		{"garbage", "GET / HTTP/1.1\r\n\r\n", "bad request: decode"},
-		{"another version", `{"v":2,"namespace":"ns","name":"web"}` + "\n", "bad request: protocol version 2, this agent speaks 1"},
+		{"another version", `{"v":2,"namespace":"ns","name":"web"}` + "\n", "bad request: protocol version 2, this node agent speaks 1"},
 		{"no version", `{"namespace":"ns","name":"web"}` + "\n", "bad request: protocol version 0"},
-		{"oversized", `{"v":1,"namespace":"` + strings.Repeat("n", wire.MaxRequest) + `","name":"web"}` + "\n", "bad request: line too long: more than 4096 bytes"},
-		{"oversized, no newline", strings.Repeat("x", 10*wire.MaxRequest), "line too long"},
+		{"oversized", `{"v":1,"namespace":"` + strings.Repeat("n", nodeagent.MaxRequest) + `","name":"web"}` + "\n", "bad request: line too long: more than 4096 bytes"},
+		{"oversized, no newline", strings.Repeat("x", 10*nodeagent.MaxRequest), "line too long"},
 		{"closed before a line", "", "bad request: EOF"},
+		{"unknown kind", `{"v":1,"kind":"poke","namespace":"ns","name":"web"}` + "\n", `bad request: "kind" is "poke", expected "lookup" or "sandbox"`},
+		{"lookup with sandbox IPs", `{"v":1,"kind":"lookup","namespace":"ns","name":"web","uid":"u","sandboxIPs":["10.244.0.7"]}` + "\n",
+			`bad request: "kind" "lookup" with "sandboxIPs"`},
+		{"sandbox notice without IPs", `{"v":1,"kind":"sandbox","namespace":"ns","name":"web","uid":"u"}` + "\n", `bad request: "kind" "sandbox" without "sandboxIPs"`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			before := count(m, resultBadRequest)
-			c, err := net.Dial("unix", s.Socket())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-			if _, err := c.Write([]byte(tc.send)); err != nil {
-				t.Fatal(err)
-			}
-			_ = c.(*net.UnixConn).CloseWrite()
-			var resp wire.Response
-			if err := wire.Read(c, wire.MaxResponse, &resp); err != nil {
-				t.Fatal(err)
-			}
+			resp := send(t, s.Socket(), tc.send)
 			if resp.Found || !strings.Contains(resp.Reason, tc.wantReason) {
 				t.Errorf("answer %+v, want reason %q", resp, tc.wantReason)
 			}
 			if got := count(m, resultBadRequest); got != before+1 {
 				t.Errorf("bad_request counted %d, want %d", got, before+1)
+			}
+		})
+	}
+}
+
+// send writes raw to socket as a client would, closes its side and
+// returns the answer.
+func send(t *testing.T, socket, raw string) nodeagent.Response {
+	t.Helper()
+	c, err := net.Dial("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(raw)); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.(*net.UnixConn).CloseWrite()
+	var resp nodeagent.Response
+	if err := nodeagent.Read(c, nodeagent.MaxResponse, &resp); err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// TestOldPlugin: during a rollout a meshlet-cni that predates the
+// request's kind meets this node agent. Its requests, byte for byte as
+// it sent them, are answered as before: one with sandbox IPs is a
+// sandbox notice, one without a lookup.
+func TestOldPlugin(t *testing.T) {
+	k := &sink{}
+	s, m := testServer(t, newInformer(pod("ns", "web", "u-web", injected)).lookup(), 0, func(s *Server) { s.Sandboxes = k })
+	tests := []struct {
+		name, send string
+		want       nodeagent.Response
+		wantResult string
+		wantSink   []string
+	}{
+		{"lookup", `{"v":1,"namespace":"ns","name":"web","uid":"u-web"}` + "\n",
+			nodeagent.Response{Version: 1, Found: true, Annotations: injected}, resultHit, nil},
+		{"lookup, no uid", `{"v":1,"namespace":"ns","name":"web"}` + "\n",
+			nodeagent.Response{Version: 1, Found: true, Annotations: injected}, resultHit, nil},
+		{"sandbox notice", `{"v":1,"namespace":"ns","name":"web","uid":"u-web","sandboxIPs":["10.244.0.7"]}` + "\n",
+			nodeagent.Response{Version: 1, Found: true}, resultNotice, []string{"ns/web u-web [10.244.0.7]"}},
+		{"sandbox notice without uid", `{"v":1,"namespace":"ns","name":"web","sandboxIPs":["10.244.0.7"]}` + "\n",
+			nodeagent.Response{Version: 1, Reason: "bad request: a sandbox notice needs the pod's uid"}, resultBadRequest, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			k.got = nil
+			before := count(m, tc.wantResult)
+			if resp := send(t, s.Socket(), tc.send); fmt.Sprint(resp) != fmt.Sprint(tc.want) {
+				t.Errorf("answer %+v, want %+v", resp, tc.want)
+			}
+			if fmt.Sprint(k.got) != fmt.Sprint(tc.wantSink) {
+				t.Errorf("sink got %q, want %q", k.got, tc.wantSink)
+			}
+			if got := count(m, tc.wantResult); got != before+1 {
+				t.Errorf("%s counted %d times, want %d", tc.wantResult, got, before+1)
 			}
 		})
 	}
@@ -259,8 +299,8 @@ func TestSilentClient(t *testing.T) {
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
 	start := time.Now()
-	var resp wire.Response
-	if err := wire.Read(c, wire.MaxResponse, &resp); err != nil {
+	var resp nodeagent.Response
+	if err := nodeagent.Read(c, nodeagent.MaxResponse, &resp); err != nil {
 		t.Fatal(err)
 	}
 	if took := time.Since(start); took < ioTimeout/2 || took > ioTimeout+2*time.Second || !strings.Contains(resp.Reason, "i/o timeout") {
@@ -269,7 +309,8 @@ func TestSilentClient(t *testing.T) {
 }
 
 // TestLatePod: a pod that reaches the informer after the request is
-// answered, as soon as the agent notifies, or at the next poll without.
+// answered, as soon as the node agent notifies, or at the next poll
+// without.
 func TestLatePod(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -308,7 +349,7 @@ func TestLatePod(t *testing.T) {
 				}
 			}()
 			start := time.Now()
-			resp := ask(t, s.Socket(), wire.Request{Namespace: "ns", Name: "web", UID: "u-new"})
+			resp := ask(t, s.Socket(), nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web", UID: "u-new"})
 			answered := time.Now()
 			if !resp.Found || !equal(resp.Annotations, injected) {
 				t.Fatalf("answer %+v", resp)
@@ -352,7 +393,7 @@ func TestWaitBounded(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	resp := ask(t, s.Socket(), wire.Request{Namespace: "ns", Name: "web"})
+	resp := ask(t, s.Socket(), nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web"})
 	took := time.Since(start)
 	if resp.Found || took < wait || took > wait+500*time.Millisecond {
 		t.Errorf("after %v: %+v; want unknown after about %v", took, resp, wait)
@@ -375,7 +416,7 @@ func TestConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			resp, err := wire.Ask(s.Socket(), wire.Request{Namespace: "ns", Name: fmt.Sprintf("p%d", i), UID: fmt.Sprintf("u%d", i)}, 5*time.Second)
+			resp, err := nodeagent.Ask(s.Socket(), nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: fmt.Sprintf("p%d", i), UID: fmt.Sprintf("u%d", i)}, 5*time.Second)
 			if err != nil || !resp.Found || resp.Annotations["i"] != fmt.Sprint(i) {
 				t.Errorf("p%d: %+v, %v", i, resp, err)
 			}
@@ -394,7 +435,7 @@ func TestConcurrent(t *testing.T) {
 }
 
 // TestSocketFiles: the directory is created 0750 and the socket is 0600;
-// a stale socket (an agent that crashed) is replaced; a live agent's
+// a stale socket (a node agent that crashed) is replaced; a live one's
 // socket or a file that is not a socket is left alone and is an error.
 func TestSocketFiles(t *testing.T) {
 	t.Run("modes", func(t *testing.T) {
@@ -409,21 +450,15 @@ func TestSocketFiles(t *testing.T) {
 		}
 	})
 	t.Run("stale socket replaced", func(t *testing.T) {
-		socket := filepath.Join(shortTempDir(t), "cni.sock")
-		ln, err := net.Listen("unix", socket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ln.(*net.UnixListener).SetUnlinkOnClose(false)
-		ln.Close() // the crash: the file stays, no one listens
+		socket := nodeagenttest.Stale(t, "") // the crash: the file stays, no one listens
 		s := New(socket, newInformer(pod("ns", "web", "u", injected)).lookup())
 		serve(t, s)
-		if resp := ask(t, socket, wire.Request{Namespace: "ns", Name: "web"}); !resp.Found {
+		if resp := ask(t, socket, nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web"}); !resp.Found {
 			t.Errorf("answer %+v", resp)
 		}
 	})
 	t.Run("live socket kept", func(t *testing.T) {
-		socket := filepath.Join(shortTempDir(t), "cni.sock")
+		socket := filepath.Join(nodeagenttest.Dir(t), "cni.sock")
 		ln, err := net.Listen("unix", socket)
 		if err != nil {
 			t.Fatal(err)
@@ -438,7 +473,7 @@ func TestSocketFiles(t *testing.T) {
 		}
 	})
 	t.Run("not a socket", func(t *testing.T) {
-		socket := filepath.Join(shortTempDir(t), "cni.sock")
+		socket := filepath.Join(nodeagenttest.Dir(t), "cni.sock")
 		if err := os.WriteFile(socket, []byte("keep"), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -466,18 +501,20 @@ func serve(t *testing.T, s *Server) {
 
 // TestShutdown: Serve returns soon after ctx ends, even with a request
 // waiting for a pod (it gets "unknown"), and removes its socket, but not
-// one another agent has put there since.
+// one another node agent has put there since.
 func TestShutdown(t *testing.T) {
 	for _, replaced := range []bool{false, true} {
 		t.Run(fmt.Sprintf("replaced=%v", replaced), func(t *testing.T) {
-			s := New(filepath.Join(shortTempDir(t), "cni.sock"), newInformer().lookup())
+			s := New(filepath.Join(nodeagenttest.Dir(t), "cni.sock"), newInformer().lookup())
 			s.Wait = time.Minute
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan error, 1)
 			go func() { done <- s.Serve(ctx) }()
 			waitFor(t, s.Socket())
-			answer := make(chan wire.Response, 1)
-			go func() { answer <- ask(t, s.Socket(), wire.Request{Namespace: "ns", Name: "web"}) }()
+			answer := make(chan nodeagent.Response, 1)
+			go func() {
+				answer <- ask(t, s.Socket(), nodeagent.Request{Kind: nodeagent.KindLookup, Namespace: "ns", Name: "web"})
+			}()
 			time.Sleep(50 * time.Millisecond) // the request is waiting
 			var other net.Listener
 			if replaced {
@@ -504,7 +541,7 @@ func TestShutdown(t *testing.T) {
 			}
 			_, err := os.Stat(s.Socket())
 			if replaced && err != nil {
-				t.Errorf("the other agent's socket was removed: %v", err)
+				t.Errorf("the other node agent's socket was removed: %v", err)
 			}
 			if !replaced && !errors.Is(err, os.ErrNotExist) {
 				t.Errorf("socket left: %v", err)
@@ -524,7 +561,7 @@ func waitFor(t *testing.T, socket string) {
 	t.Fatalf("%s: no one listening", socket)
 }
 
-// TestListerLookup: the adapter over the agent's lister.
+// TestListerLookup: the adapter over the node agent's lister.
 func TestListerLookup(t *testing.T) {
 	l := newInformer(pod("ns", "web", "u", injected)).lookup()
 	if p, ok := l.Pod("ns", "web"); !ok || p.UID != "u" {

@@ -1,7 +1,8 @@
 // Package register turns an injected pod into the registrations its
 // node's Consul client agent must hold: the service instance and its
-// sidecar proxy. It is a pure function of the pod and the Kubernetes
-// Services that select it; the node agent applies the result.
+// sidecar proxy. For is a pure function of the pod and the Kubernetes
+// Services that select it; Register writes its result to the Consul
+// agent, for the node agent and for the proxy's tests.
 package register
 
 import (

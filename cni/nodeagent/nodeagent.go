@@ -1,9 +1,11 @@
-// Package wire is the protocol between meshlet-cni and the node agent's
+// Package nodeagent is the protocol between meshlet-cni and the node agent's
 // pod cache (daemon/podcache): on a unix socket, one request and one
-// response per connection, each a line of JSON. It imports nothing
+// response per connection, each a line of JSON. It lives beside the
+// plugin, its client, and the node agent's server imports it from here,
+// so the plugin imports nothing of the node agent. It imports nothing
 // meshlet-cni does not link already, so the plugin pays no start-up time
-// for it (client-go and Prometheus stay in the agent).
-package wire
+// for it (client-go and Prometheus stay in the node agent).
+package nodeagent
 
 import (
 	"bufio"
@@ -20,7 +22,10 @@ import (
 // Version is the protocol version both sides send. A server answers a
 // request of another version with Found false and a Reason, and a client
 // refuses an answer of another version: either way the plugin falls back
-// to the API server, so agent and plugin may be upgraded in any order.
+// to the API server, so node agent and plugin may be upgraded in any
+// order. Kind came without a new version: a peer that predates it reads
+// the requests of one that has it as before, and the other way round
+// (Request.Kind says how).
 const Version = 1
 
 // MaxRequest bounds a request line: a namespace and a name are at most
@@ -32,28 +37,87 @@ const MaxRequest = 4 << 10
 // for ordinary text.
 const MaxResponse = 1 << 20
 
-// Request asks for the annotations of one pod or, with SandboxIPs, tells
-// the agent that meshlet-cni has redirected the pod's new sandbox and
-// which IPs it has. The agent may then register the pod at once instead
-// of waiting for kubelet to report the IP (its next status sync, up to a
-// second later), so the pod's proxy finds its registration sooner. An
-// agent that predates the notice answers it as a question; the plugin
-// ignores the answer either way.
+// Kind says whether a request asks or tells.
+type Kind string
+
+const (
+	// KindLookup asks for the pod's annotations.
+	KindLookup Kind = "lookup"
+	// KindSandbox tells the node agent that meshlet-cni has redirected
+	// the pod's new sandbox, and which IPs it has (Request.SandboxIPs).
+	// The node agent may then register the pod at once instead of
+	// waiting for kubelet to report the IP at its next status sync, so
+	// the pod's proxy finds its registration sooner. The answer only
+	// says whether the notice was taken.
+	KindSandbox Kind = "sandbox"
+)
+
+// Request asks for the annotations of one pod (KindLookup) or tells the
+// node agent that its sandbox is up (KindSandbox).
 type Request struct {
-	Version   int    `json:"v"`
+	Version int `json:"v"`
+	// Kind is what the request is. A meshlet-cni that predates the field
+	// sends none: WithInferredKind reads its requests as it meant them.
+	// A node agent that predates it ignores it, as encoding/json does an
+	// unknown field, and tells the kinds apart by SandboxIPs, which every
+	// sandbox notice carries and no lookup does; one older still answers
+	// a notice as a lookup, and registers the pod once kubelet reports
+	// its IP.
+	Kind      Kind   `json:"kind,omitempty"`
 	Namespace string `json:"namespace"`
 	Name      string `json:"name"`
 	// UID, when the caller has it (K8S_POD_UID), must match the cached
 	// pod's: a pod of the same name that was deleted and created again
-	// is a different pod.
+	// is a different pod. A sandbox notice needs it.
 	UID string `json:"uid,omitempty"`
-	// SandboxIPs makes the request a notice (above): the sandbox's IPs,
-	// as meshlet-cni's prevResult gives them. A notice needs UID.
+	// SandboxIPs are the sandbox's IPs, as meshlet-cni's prevResult gives
+	// them: in a sandbox notice, and only there.
 	SandboxIPs []string `json:"sandboxIPs,omitempty"`
 }
 
-// Response is the answer. Found false means "unknown" and says nothing
-// about the pod: the caller asks the API server.
+// WithInferredKind returns r with the kind a meshlet-cni that predates
+// Kind meant, if r has none: such a plugin, of this protocol version
+// too, sent a sandbox notice as a request with SandboxIPs and a lookup as
+// one without. The node agent's server calls it on every request it
+// reads, so that during a rollout, when an old plugin meets a new node
+// agent on a node, the plugin is answered as before.
+func (r Request) WithInferredKind() Request {
+	if r.Kind != "" {
+		return r
+	}
+	if len(r.SandboxIPs) > 0 {
+		r.Kind = KindSandbox
+	} else {
+		r.Kind = KindLookup
+	}
+	return r
+}
+
+// CheckKind says whether r's kind is one of this protocol's and fits its
+// fields: a sandbox notice carries SandboxIPs, a lookup none. Both sides
+// call it: the client before it sends r, the server on what it read
+// (after WithInferredKind).
+func (r Request) CheckKind() error {
+	switch r.Kind {
+	case KindLookup:
+		if len(r.SandboxIPs) > 0 {
+			return fmt.Errorf(`"kind" %q with "sandboxIPs": only %q carries them`, r.Kind, KindSandbox)
+		}
+	case KindSandbox:
+		if len(r.SandboxIPs) == 0 {
+			return fmt.Errorf(`"kind" %q without "sandboxIPs"`, r.Kind)
+		}
+	case "":
+		return fmt.Errorf(`"kind" is missing, expected %q or %q`, KindLookup, KindSandbox)
+	default:
+		return fmt.Errorf(`"kind" is %q, expected %q or %q`, r.Kind, KindLookup, KindSandbox)
+	}
+	return nil
+}
+
+// Response is the answer. To a lookup, Found false means "unknown" and
+// says nothing about the pod: the caller asks the API server. To a
+// sandbox notice, Found says whether the node agent took it.
 type Response struct {
 	Version     int               `json:"v"`
 	Found       bool              `json:"found"`
@@ -92,12 +156,16 @@ func Read(r io.Reader, limit int, v any) error {
 	return nil
 }
 
-// Ask sends req to the server on socket and returns its answer, all of
-// it within timeout. It makes blocking system calls rather than going
-// through the net package: in meshlet-cni, a fresh process per pod, the
-// net package's poller would first start up and then hand the wait to
-// another thread and back, about 0.1 ms of the 0.4 ms an ask takes there.
+// Ask sends req, which must be of a known kind (CheckKind), to the server
+// on socket and returns its answer, all of it within timeout. It makes
+// blocking system calls rather than going through the net package: in
+// meshlet-cni, a fresh process per pod, the net package's poller would
+// first start up and then hand the wait to another thread and back, a
+// large share of what an ask costs there.
 func Ask(socket string, req Request, timeout time.Duration) (Response, error) {
+	if err := req.CheckKind(); err != nil {
+		return Response{}, fmt.Errorf("invalid request: %w", err)
+	}
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return Response{}, os.NewSyscallError("socket", err)
@@ -145,8 +213,8 @@ func (c *conn) arm(opt int) error {
 // then says whether time is up.
 func retry(err error) bool { return err == syscall.EINTR || err == syscall.EAGAIN }
 
-// connect waits for room when the listener's backlog is full (an agent
-// that stopped accepting): the kernel bounds that wait by SO_SNDTIMEO,
+// connect waits for room when the listener's backlog is full (a node
+// agent that stopped accepting): the kernel bounds that wait by SO_SNDTIMEO,
 // then fails with EAGAIN. Non-blocking connect and poll(2) cannot wait
 // for it instead: on a unix socket connect then fails with EAGAIN at
 // once, and poll reports the unconnected socket writable and hung up.

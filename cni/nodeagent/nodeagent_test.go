@@ -1,4 +1,4 @@
-package wire
+package nodeagent
 
 import (
 	"errors"
@@ -12,11 +12,12 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/meshlet/meshlet/cni/nodeagent/nodeagenttest"
 )
 
 // TestRead: a line up to the limit, newline or EOF ending it; one byte
@@ -74,7 +75,7 @@ const (
 )
 
 // sent is the request every ask here sends; Ask sets the version.
-var sent = Request{Version: 7, Namespace: "ns", Name: "web", UID: "u"}
+var sent = Request{Version: 7, Kind: KindLookup, Namespace: "ns", Name: "web", UID: "u"}
 
 // asked is what an Ask returned, and how long it took.
 type asked struct {
@@ -111,77 +112,6 @@ func ask(t *testing.T, socket string, req Request, timeout time.Duration, tids c
 	}
 }
 
-// tempDir is a fresh directory short enough for a socket path (108 bytes
-// at most: t.TempDir's, named after the test, may be longer).
-func tempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "wire")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
-// peer listens on a unix socket and gives each connection to serve,
-// with done, which closes when the test ends. A connection stays open
-// until then whatever serve does, so a silent peer stays silent instead
-// of closing. At the end the peer closes every connection and waits for
-// its goroutines: an Ask still blocked on one is let go, and nothing of
-// the peer outlives the test.
-func peer(t *testing.T, serve func(t *testing.T, c net.Conn, done <-chan struct{})) string {
-	t.Helper()
-	socket := filepath.Join(tempDir(t), "s.sock")
-	ln, err := net.Listen("unix", socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var (
-		done   = make(chan struct{})
-		wg     sync.WaitGroup
-		mu     sync.Mutex
-		conns  []net.Conn
-		closed bool
-	)
-	t.Cleanup(func() {
-		close(done)
-		ln.Close()
-		mu.Lock()
-		closed = true
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			if closed {
-				mu.Unlock()
-				c.Close()
-				return
-			}
-			conns = append(conns, c)
-			wg.Add(1)
-			mu.Unlock()
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				serve(t, c, done)
-				<-done
-			}()
-		}
-	}()
-	return socket
-}
-
 // request reads the request line, which must be the one ask sends.
 func request(t *testing.T, c net.Conn, done <-chan struct{}) {
 	var req Request
@@ -191,15 +121,16 @@ func request(t *testing.T, c net.Conn, done <-chan struct{}) {
 		return
 	default:
 	}
-	if want := (Request{Version: Version, Namespace: sent.Namespace, Name: sent.Name, UID: sent.UID}); err != nil || !reflect.DeepEqual(req, want) {
+	if want := (Request{Version: Version, Kind: sent.Kind, Namespace: sent.Namespace, Name: sent.Name, UID: sent.UID}); err != nil || !reflect.DeepEqual(req, want) {
 		t.Errorf("peer: request %+v, %v; want %+v", req, err, want)
 	}
 }
 
-// answer is a peer that reads the request, then does serve.
+// answer is a peer (nodeagenttest.Serve) that reads the request, then
+// does serve.
 func answer(serve func(c net.Conn, done <-chan struct{})) func(*testing.T) string {
 	return func(t *testing.T) string {
-		return peer(t, func(t *testing.T, c net.Conn, done <-chan struct{}) {
+		return nodeagenttest.Serve(t, "", func(c net.Conn, done <-chan struct{}) {
 			request(t, c, done)
 			serve(c, done)
 		})
@@ -213,11 +144,11 @@ func line(s string) func(*testing.T) string {
 
 // fullBacklog is a listener with a backlog of 0 that never accepts, its
 // queue full already (the kernel queues one connection more than the
-// backlog). connect(2) to it waits for room, as it would on an agent
+// backlog). connect(2) to it waits for room, as it would on a node agent
 // that has stopped accepting under load.
 func fullBacklog(t *testing.T) string {
 	t.Helper()
-	socket := filepath.Join(tempDir(t), "s.sock")
+	socket := filepath.Join(nodeagenttest.Dir(t), "s.sock")
 	addr := &syscall.SockaddrUnix{Name: socket}
 	ln, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -255,7 +186,7 @@ func fullBacklog(t *testing.T) string {
 // boundOnly is a socket file whose socket is bound but not listening.
 func boundOnly(t *testing.T) string {
 	t.Helper()
-	socket := filepath.Join(tempDir(t), "s.sock")
+	socket := filepath.Join(nodeagenttest.Dir(t), "s.sock")
 	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -267,23 +198,13 @@ func boundOnly(t *testing.T) string {
 	return socket
 }
 
-// stale is the socket file of a listener that has closed (an agent that
-// died without removing it).
-func stale(t *testing.T) string {
-	t.Helper()
-	socket := filepath.Join(tempDir(t), "s.sock")
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: socket, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln.SetUnlinkOnClose(false)
-	ln.Close()
-	return socket
-}
+// stale is the socket file of a listener that has closed (a node agent
+// that died without removing it).
+func stale(t *testing.T) string { return nodeagenttest.Stale(t, "") }
 
 func regularFile(t *testing.T) string {
 	t.Helper()
-	path := filepath.Join(tempDir(t), "s.sock")
+	path := filepath.Join(nodeagenttest.Dir(t), "s.sock")
 	if err := os.WriteFile(path, []byte("not a socket\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -340,7 +261,7 @@ func TestAsk(t *testing.T) {
 		{"the peer closes without answering", answer(func(c net.Conn, _ <-chan struct{}) { c.Close() }),
 			Request{}, roomy, Response{}, "^read answer: EOF$"},
 		{"the peer closes before reading", func(t *testing.T) string {
-			return peer(t, func(_ *testing.T, c net.Conn, _ <-chan struct{}) { c.Close() })
+			return nodeagenttest.Serve(t, "", func(c net.Conn, _ <-chan struct{}) { c.Close() })
 		}, Request{}, roomy, Response{}, "^(send request: write: broken pipe|read answer: (read: connection reset by peer|EOF))$"},
 		{"no such socket", func(*testing.T) string { return "/nonexistent/s.sock" }, Request{}, roomy,
 			Response{}, "connect: no such file or directory$"},
@@ -368,7 +289,7 @@ func TestAsk(t *testing.T) {
 			}
 		}), Request{}, deadline, Response{}, "^read answer: i/o timeout$"},
 		{"the peer never accepts", func(t *testing.T) string {
-			socket := filepath.Join(tempDir(t), "s.sock")
+			socket := filepath.Join(nodeagenttest.Dir(t), "s.sock")
 			ln, err := net.Listen("unix", socket)
 			if err != nil {
 				t.Fatal(err)
@@ -377,7 +298,7 @@ func TestAsk(t *testing.T) {
 			return socket
 		}, Request{}, deadline, Response{}, "^read answer: i/o timeout$"},
 		{"the peer never reads", func(t *testing.T) string {
-			return peer(t, func(*testing.T, net.Conn, <-chan struct{}) {})
+			return nodeagenttest.Serve(t, "", func(net.Conn, <-chan struct{}) {})
 		}, big, deadline, Response{}, "^send request: i/o timeout$"},
 		{"listen backlog full", fullBacklog, Request{}, deadline, Response{}, "^connect to .*: i/o timeout$"},
 	}

@@ -20,10 +20,10 @@ import (
 )
 
 // The plugin is a fresh process per pod, so its start-up is part of every
-// ADD. client-go's kubeconfig loader and clients would cost ~2 ms more per
-// exec than this reader: BenchmarkStartup (cmd/meshlet-cni/startup_test.go)
-// measured a 4.64 ms p50 start-up for a client-go probe against 2.57 ms for
-// all of meshlet-cni, in the same run (docs/benchmarks.md).
+// ADD. client-go's kubeconfig loader and clients start slower than the
+// whole of meshlet-cni with this reader: BenchmarkStartup
+// (cmd/meshlet-cni/startup_test.go) measures both in the same run, and
+// docs/benchmarks.md has its numbers.
 // This reader handles what the node agent writes: one cluster with a CA,
 // and a user with a token, token file or client cert.
 

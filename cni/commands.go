@@ -54,7 +54,7 @@ func (c *call) doAdd(pods podLookup, rules ruleApplier) (res types.Result, err e
 		log.Debug("no redirection for this pod")
 		return res, nil
 	}
-	fams, ips, err := addresses(c.conf.PrevResult)
+	fams, ips, err := addresses(c.conf.PrevResult, c.args.IfName)
 	if err != nil {
 		return nil, fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
 	}
@@ -107,7 +107,7 @@ func (c *call) doCheck(pods podLookup, rules ruleApplier) (err error) {
 	if err != nil {
 		return err
 	}
-	fams, err := families(c.conf.PrevResult)
+	fams, err := families(c.conf.PrevResult, c.args.IfName)
 	if err != nil {
 		return fmt.Errorf("meshlet-cni: pod %s: %w", c.pod(), err)
 	}

@@ -23,13 +23,13 @@ import (
 const (
 	podArgs   = "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc"
 	noPodArgs = "IgnoreUnknown=1"
-	prev4Only = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.5/24","interface":0}]}`
+	prev4Only = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],"ips":[{"address":"10.0.0.5/24","interface":0}]}`
 	// prevSandbox is a bridge plugin's result: the host's bridge and veth
 	// end, and the pod's eth0 in its netns holding the IPs.
 	prevSandbox = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"cni0"},{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/x"}],` +
 		`"ips":[{"address":"10.244.0.1/24","interface":0},{"address":"10.244.0.5/24","interface":2},{"address":"fd00::5/64","interface":2}]}`
 	uidArgs = podArgs + ";K8S_POD_UID=u-web"
-	prev040 = `"prevResult":{"cniVersion":"0.4.0","interfaces":[{"name":"eth0"}],"ips":[{"version":"4","address":"10.0.0.5/24","interface":0}]}`
+	prev040 = `"prevResult":{"cniVersion":"0.4.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],"ips":[{"version":"4","address":"10.0.0.5/24","interface":0}]}`
 	good    = `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001}`
 )
 

@@ -103,17 +103,30 @@ func parseArgs(s string) (k8sArgs, error) {
 	return a, nil
 }
 
-// families are the IP families the pod has addresses in; rules go into
-// each. A result without addresses still gets IPv4 rules: fail closed.
-func families(prev types.Result) ([]iptables.Family, error) {
-	fams, _, err := addresses(prev)
+// families are the IP families the pod has addresses in (addresses says
+// which); rules go into each.
+func families(prev types.Result, ifName string) ([]iptables.Family, error) {
+	fams, _, err := addresses(prev, ifName)
 	return fams, err
 }
 
-// addresses reads prevResult once for ADD: the families (above), and the
-// pod's own IPs, those on an interface inside the sandbox or on no
-// interface named, for the node agent's sandbox notice.
-func addresses(prev types.Result) ([]iptables.Family, []string, error) {
+// addresses reads prevResult once for ADD: the pod's IPs, for the node
+// agent's sandbox notice, and the families the rules go into.
+//
+// The pod's IPs are those of ifName (CNI_IFNAME), the interface this
+// network gave the sandbox: an IP whose interface index names another
+// interface, one on the host (no sandbox) or a second network's in the
+// sandbox (Multus' net1), is not the address the pod is known by. An IP
+// naming no interface, or an index outside the result's interfaces,
+// cannot be told apart and is taken, as the portmap plugin takes it: IPAM
+// plugins name none, and Calico's results hold only those.
+//
+// The families fail closed: they are those of every IP inside the
+// sandbox, on any of its interfaces, since the rules hold for the whole
+// netns and a family the pod uses without rules lets its traffic bypass
+// the proxy; only the host's side is left out. A result without such IPs
+// gets rules in every family it holds, and one without IPs, IPv4 rules.
+func addresses(prev types.Result, ifName string) ([]iptables.Family, []string, error) {
 	if prev == nil {
 		return []iptables.Family{iptables.IPv4}, nil, nil
 	}
@@ -121,18 +134,25 @@ func addresses(prev types.Result) ([]iptables.Family, []string, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("convert prevResult: %w", err)
 	}
-	var v4, v6 bool
 	var pod []string
+	var v4, v6, anyV4, anyV6 bool
 	for _, ip := range res.IPs {
-		if ip.Address.IP.To4() != nil {
-			v4 = true
-		} else {
-			v6 = true
+		isV4 := ip.Address.IP.To4() != nil
+		anyV4, anyV6 = anyV4 || isV4, anyV6 || !isV4
+		var iface *current.Interface
+		if i := ip.Interface; i != nil && *i >= 0 && *i < len(res.Interfaces) {
+			iface = res.Interfaces[*i]
 		}
-		if ip.Interface != nil && *ip.Interface >= 0 && *ip.Interface < len(res.Interfaces) && res.Interfaces[*ip.Interface].Sandbox == "" {
+		if iface != nil && iface.Sandbox == "" {
 			continue // the host side of a veth, say
 		}
-		pod = append(pod, ip.Address.IP.String())
+		v4, v6 = v4 || isV4, v6 || !isV4
+		if iface == nil || iface.Name == ifName {
+			pod = append(pod, ip.Address.IP.String())
+		}
+	}
+	if !v4 && !v6 {
+		v4, v6 = anyV4, anyV6
 	}
 	var fams []iptables.Family
 	if v4 || !v6 {

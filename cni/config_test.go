@@ -7,10 +7,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +23,7 @@ import (
 	"github.com/meshlet/meshlet/iptables"
 )
 
-const prev = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],"ips":[{"address":"10.0.0.5/24","interface":0},{"address":"fd00::5/64","interface":0}]}`
+const prev = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],"ips":[{"address":"10.0.0.5/24","interface":0},{"address":"fd00::5/64","interface":0}]}`
 
 func TestParseConf(t *testing.T) {
 	tests := []struct {
@@ -81,17 +83,70 @@ func TestFamilies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := families(c.PrevResult)
+	got, err := families(c.PrevResult, "eth0")
 	if err != nil || len(got) != 2 || got[0] != iptables.IPv4 || got[1] != iptables.IPv6 {
 		t.Errorf("dual-stack: %v %v", got, err)
 	}
-	got, _ = families(&current.Result{CNIVersion: "1.0.0"})
+	got, _ = families(&current.Result{CNIVersion: "1.0.0"}, "eth0")
 	if len(got) != 1 || got[0] != iptables.IPv4 {
 		t.Errorf("no addresses must still get IPv4 rules: %v", got)
 	}
 	var none types.Result
-	if got, _ := families(none); len(got) != 1 {
+	if got, _ := families(none, "eth0"); len(got) != 1 {
 		t.Errorf("nil result: %v", got)
+	}
+}
+
+// TestAddresses: only the IPs of the interface the runtime asked for
+// (CNI_IFNAME) in the sandbox are the pod's, for the agent's notice and for
+// the families that get rules; an IP naming no interface is taken, as the
+// portmap plugin takes it. Without any, the families fail closed.
+func TestAddresses(t *testing.T) {
+	// eth0 (the cluster network) and net1 (a second network attached by
+	// Multus) in the sandbox, after the host's end of eth0's veth.
+	const twoNets = `{"cniVersion":"1.0.0","interfaces":[{"name":"veth1"},{"name":"eth0","sandbox":"/var/run/netns/x"},{"name":"net1","sandbox":"/var/run/netns/x"}],` +
+		`"ips":[{"address":"169.254.1.1/32","interface":0},{"address":"10.244.0.5/24","interface":1},{"address":"192.168.50.7/24","interface":2},{"address":"fd00:50::7/64","interface":2}]}`
+	v4, v6 := iptables.IPv4, iptables.IPv6
+	for _, tc := range []struct {
+		name, result, ifName string
+		fams                 []iptables.Family
+		ips                  []string
+	}{
+		// Only eth0's IP is the pod's address, but net1's IPv6 gets rules
+		// too: the rules hold for the whole netns.
+		{"the cluster network's interface", twoNets, "eth0", []iptables.Family{v4, v6}, []string{"10.244.0.5"}},
+		{"the second network's interface", twoNets, "net1", []iptables.Family{v4, v6}, []string{"192.168.50.7", "fd00:50::7"}},
+		{"an interface the result does not hold", twoNets, "net2", []iptables.Family{v4, v6}, nil},
+		// Calico's: IPAM's IPs, naming no interface.
+		{"IPs naming no interface", `{"cniVersion":"1.0.0","interfaces":[{"name":"cali12345","sandbox":"/var/run/netns/x"}],` +
+			`"ips":[{"address":"10.244.0.5/32"},{"address":"fd00::5/128"}]}`, "eth0", []iptables.Family{v4, v6}, []string{"10.244.0.5", "fd00::5"}},
+		{"an index outside the interfaces", `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],` +
+			`"ips":[{"address":"fd00::5/64","interface":3}]}`, "eth0", []iptables.Family{v6}, []string{"fd00::5"}},
+		{"the name, but on the host", `{"cniVersion":"1.0.0","interfaces":[{"name":"eth0"}],` +
+			`"ips":[{"address":"fd00::5/64","interface":0}]}`, "eth0", []iptables.Family{v6}, nil},
+		{"CNI 0.4.0", `{"cniVersion":"0.4.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"},{"name":"net1","sandbox":"/var/run/netns/x"}],` +
+			`"ips":[{"version":"6","address":"fd00::5/64","interface":0},{"version":"4","address":"192.168.50.7/24","interface":1}]}`, "eth0", []iptables.Family{v4, v6}, []string{"fd00::5"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var v struct{ CNIVersion string }
+			if err := json.Unmarshal([]byte(tc.result), &v); err != nil {
+				t.Fatal(err)
+			}
+			c, err := parseConf([]byte(`{"cniVersion":"`+v.CNIVersion+`","kubeconfig":"/k","prevResult":`+tc.result+`}`), true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fams, ips, err := addresses(c.PrevResult, tc.ifName)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(fams, tc.fams) || !slices.Equal(ips, tc.ips) {
+				t.Errorf("%s: families %v, IPs %q; want %v, %q", tc.ifName, fams, ips, tc.fams, tc.ips)
+			}
+			if got, err := families(c.PrevResult, tc.ifName); err != nil || !slices.Equal(got, fams) {
+				t.Errorf("families %v, %v; want addresses' %v", got, err, fams)
+			}
+		})
 	}
 }
 

@@ -8,15 +8,6 @@ import (
 	"strings"
 )
 
-// Mode is the iptables backend: the one the host uses, so that rules in a
-// pod are seen by the same tools as everything else on the node.
-type Mode string
-
-const (
-	ModeNFT    Mode = "nft"
-	ModeLegacy Mode = "legacy"
-)
-
 // Applier applies, verifies and removes rulesets inside network namespaces.
 // On the nft backend every family changes in one nf_tables transaction over
 // netlink; where that cannot be used, and on the legacy backend, each
@@ -42,8 +33,6 @@ func (a Applier) runner() Runner {
 	return ExecRunner{}
 }
 
-func (a Applier) useNetlink() bool { return a.Mode == ModeNFT && !a.NoNetlink }
-
 func (a Applier) sync(netns string, sets []Ruleset) error {
 	if a.netlink != nil {
 		return a.netlink(netns, sets)
@@ -51,23 +40,12 @@ func (a Applier) sync(netns string, sets []Ruleset) error {
 	return netlinkSync(netns, sets)
 }
 
-// tool is the name of iptables-restore/-save for a family and mode.
-func (a Applier) tool(f Family, op string) string {
-	base := "iptables"
-	if f == IPv6 {
-		base = "ip6tables"
-	}
-	return fmt.Sprintf("%s-%s-%s", base, a.Mode, op)
-}
-
 func (a Applier) run(netns string, f Family, op, stdin string, args ...string) (string, error) {
-	cmd := Command{Tool: a.tool(f, op), Args: args, Stdin: stdin}
-	if a.Mode == ModeLegacy && a.LockDir != "" {
-		cmd.Env = []string{"XTABLES_LOCKFILE=" + lockFile(a.LockDir, netns)}
-		if err := os.MkdirAll(a.LockDir, 0o700); err != nil {
-			return "", err
-		}
+	env, err := a.lockEnv(netns)
+	if err != nil {
+		return "", err
 	}
+	cmd := Command{Tool: a.tool(f, op), Args: args, Stdin: stdin, Env: env}
 	return a.runner().Run(netns, cmd)
 }
 

@@ -2,9 +2,14 @@ package iptables
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/meshlet/meshlet/test/netnstest"
 )
 
 func TestDetectModeIn(t *testing.T) {
@@ -52,4 +57,57 @@ func TestDetectModeIn(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestDetectMode(t *testing.T) {
+	out, err := exec.Command("iptables", "--version").Output()
+	if err != nil {
+		t.Fatalf("iptables --version: %v (make tools installs iptables)", err)
+	}
+	want := ModeNFT
+	if strings.Contains(string(out), "legacy") {
+		want = ModeLegacy
+	}
+	got, err := DetectMode()
+	if err != nil || got != want {
+		t.Errorf("DetectMode() = %q, %v; iptables --version says %q", got, err, out)
+	}
+	if _, err := ParseMode("iptables-nft"); err == nil || !strings.Contains(err.Error(), "expected auto, nft or legacy") {
+		t.Errorf("ParseMode accepted a bad mode: %v", err)
+	}
+}
+
+// TestDetectModeFromRules: in a netns whose rules one backend wrote,
+// with a Kubernetes chain as kube-proxy leaves one, detection names that
+// backend; a netns without rules gives an error, not a guess.
+func TestDetectModeFromRules(t *testing.T) {
+	netnstest.RequireRoot(t)
+	detectIn := func(n ns.NetNS) (m Mode, err error) {
+		if e := n.Do(func(ns.NetNS) error { m, err = DetectModeFromRules(); return nil }); e != nil {
+			t.Fatal(e)
+		}
+		return m, err
+	}
+	for _, mode := range []Mode{ModeNFT, ModeLegacy} {
+		t.Run(string(mode), func(t *testing.T) {
+			n := netnstest.NewNS(t)
+			iptablesIn(t, mode, n, "-t", "nat", "-N", "KUBE-SERVICES")
+			if got, err := detectIn(n); err != nil || got != mode {
+				t.Fatalf("DetectModeFromRules = %q, %v; want %q", got, err, mode)
+			}
+		})
+	}
+	t.Run("both, Kubernetes in nft", func(t *testing.T) {
+		n := netnstest.NewNS(t)
+		iptablesIn(t, ModeLegacy, n, "-t", "nat", "-N", "OTHER")
+		iptablesIn(t, ModeNFT, n, "-t", "nat", "-N", "KUBE-SERVICES")
+		if got, err := detectIn(n); err != nil || got != ModeNFT {
+			t.Fatalf("DetectModeFromRules = %q, %v; want nft", got, err)
+		}
+	})
+	t.Run("no rules", func(t *testing.T) {
+		if got, err := detectIn(netnstest.NewNS(t)); err == nil {
+			t.Fatalf("DetectModeFromRules = %q in an empty netns, want an error", got)
+		}
+	})
 }

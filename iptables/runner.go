@@ -2,7 +2,6 @@ package iptables
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -100,10 +99,4 @@ func lookTool(name string) (string, error) {
 func isExecutable(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
-}
-
-// lockFile is the legacy backend's per-netns xtables lock.
-func lockFile(dir, netns string) string {
-	sum := sha256.Sum256([]byte(netns))
-	return fmt.Sprintf("%s/%x.lock", dir, sum[:8])
 }

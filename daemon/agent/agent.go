@@ -25,7 +25,6 @@ import (
 
 	"github.com/meshlet/meshlet/daemon/podcache"
 	"github.com/meshlet/meshlet/daemon/repair"
-	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/kubeclient"
 )
 
@@ -45,7 +44,7 @@ type Agent struct {
 	repairer  *repair.Repairer
 	brake     *repair.Brake
 	repairNow chan struct{}
-	iptMode   string // resolved: nft, legacy, or "" (the plugin detects)
+	ipt       *hostIptables
 
 	synced    atomic.Bool // caches filled
 	installed atomic.Bool // meshlet-cni chained (or installing disabled)
@@ -66,13 +65,14 @@ func New(cfg Config, client kubeclient.Interface, consul *capi.Client, log *slog
 	if err := a.inf.wire(a.queue); err != nil {
 		return nil, fmt.Errorf("watch pods and Services: %w", err)
 	}
-	a.iptMode, _ = a.resolveIptablesMode()
 	if !cfg.Repair.Disabled {
 		mode, _ := repair.ParseMode(cfg.Repair.Mode) // validated
-		a.repairer = &repair.Repairer{Mode: mode, IptablesMode: a.iptMode, Node: cfg.NodeName}
+		a.repairer = &repair.Repairer{Mode: mode, Node: cfg.NodeName}
 		a.brake = repair.DefaultBrake()
 		a.repairNow = make(chan struct{}, 1)
 	}
+	a.ipt = newHostIptables(a.detectIptablesMode, a.log)
+	a.resolveIptablesModeAtStart()
 	if cfg.Socket != "" {
 		a.podc = podcache.New(cfg.Socket, podcache.ListerLookup{Lister: a.inf.podLister()})
 		a.podc.Log, a.podc.Metrics = a.log, podcache.NewMetrics(reg)
@@ -89,28 +89,6 @@ func New(cfg Config, client kubeclient.Interface, consul *capi.Client, log *slog
 		a.podc.Sandboxes = a.sync
 	}
 	return a, nil
-}
-
-// resolveIptablesMode settles the host's iptables backend, for the
-// plugin's entry and the repair. Detected in the agent's image it would
-// be the image's, so auto reads the host's iptables symlinks through
-// HostRoot, else tells it from the host network's rules (kube-proxy's).
-// An unknown mode leaves the plugin to detect it on the host, and
-// postpones the repair: checking the wrong backend would find every pod
-// bare.
-func (a *Agent) resolveIptablesMode() (string, error) {
-	if a.cfg.IptablesMode != "auto" {
-		return a.cfg.IptablesMode, nil
-	}
-	m, err := iptables.DetectModeIn(a.cfg.HostRoot)
-	if err != nil {
-		var err2 error
-		if m, err2 = iptables.DetectModeFromRules(); err2 != nil {
-			return "", fmt.Errorf("%w; %w", err, err2)
-		}
-	}
-	a.log.Info("host iptables backend", "mode", m)
-	return string(m), nil
 }
 
 // Registry is the agent's Prometheus registry, for callers adding series.

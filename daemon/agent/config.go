@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/daemon/repair"
+	"github.com/meshlet/meshlet/iptables"
 )
 
 // Config is the agent's configuration; Main fills it from flags.
@@ -38,6 +39,10 @@ type Config struct {
 	IptablesMode string
 	HostRoot     string
 	Repair       RepairConfig
+
+	// detectIptablesMode, when set, replaces the host's detection for
+	// auto: a unit test makes it fail, then succeed.
+	detectIptablesMode func() (iptables.Mode, error)
 }
 
 // RepairConfig is the check of running pods for missing redirection.

@@ -20,7 +20,7 @@ func (a *Agent) runInstaller(ctx context.Context) error {
 	creds := cniCreds{client: a.client, namespace: c.Namespace, serviceAccount: c.ServiceAccount,
 		server: c.APIServer, caData: c.CAData, ttl: c.TokenTTL}
 	ic := install.InstallConfig{ConfDir: c.ConfDir, BinDir: c.BinDir, Binary: c.Binary, KubeconfigPath: c.KubeconfigPath,
-		LogFile: c.LogFile, LogLevel: c.LogLevel, NodeAgentSocket: a.cfg.Socket, IptablesMode: a.iptMode}
+		LogFile: c.LogFile, LogLevel: c.LogLevel, NodeAgentSocket: a.cfg.Socket}
 	node := &corev1.ObjectReference{Kind: "Node", Name: a.cfg.NodeName, UID: types.UID(a.cfg.NodeName)}
 
 	// Followed from now, so that SIGTERM finds the answer already known
@@ -53,6 +53,8 @@ func (a *Agent) runInstaller(ctx context.Context) error {
 		return nil
 	}
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		// Once Watch runs, the mode changes only with Watch's entry below.
+		ic.IptablesMode = a.ipt.current()
 		err := installOnce()
 		if err == nil {
 			break
@@ -70,19 +72,38 @@ func (a *Agent) runInstaller(ctx context.Context) error {
 	a.metrics.cniInstalled.Set(1)
 	a.askRepair()
 
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		if err := install.Watch(ctx, ic, func(e install.Event) { a.cniEvent(node, e) }); err != nil && ctx.Err() == nil {
-			a.log.Error("watching the CNI conf dir stopped", "err", err)
-		}
-	}()
+	// watchedMode is the iptables_mode of the entry Watch keeps chained:
+	// a Watch holding another mode would put its entry back.
+	var watchedMode string
+	watch := func() (stop func()) {
+		wctx, wcancel := context.WithCancel(ctx)
+		watchedMode = ic.IptablesMode
+		done := make(chan struct{})
+		go func(ic install.InstallConfig) {
+			defer close(done)
+			if err := install.Watch(wctx, ic, func(e install.Event) { a.cniEvent(node, e) }); err != nil && wctx.Err() == nil {
+				a.log.Error("watching the CNI conf dir stopped", "err", err)
+			}
+		}(ic)
+		return func() { wcancel(); <-done }
+	}
+	stopWatch := watch()
+	modeKnown := a.ipt.known
 	for {
 		select {
 		case <-ctx.Done():
-			<-watchDone
+			stopWatch()
 			a.uninstallIfDeleted(ic, own)
 			return nil
+		case <-modeKnown:
+			modeKnown = nil
+			if m := a.ipt.current(); m != watchedMode {
+				stopWatch()
+				ic.IptablesMode = m
+				stopWatch = watch() // its first pass chains the entry with m
+				a.log.Info("the host's iptables backend is known: meshlet-cni's entry names it from now on", "mode", m)
+			}
+			continue
 		case <-time.After(time.Until(renewAt)):
 		}
 		if err := installOnce(); err != nil {

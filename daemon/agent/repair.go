@@ -27,16 +27,12 @@ func (a *Agent) runRepair(ctx context.Context) {
 	t := time.NewTicker(a.cfg.Repair.Interval)
 	defer t.Stop()
 	reported := map[types.UID]string{}
-	warned := false
 	for {
 		if a.repairer.IptablesMode == "" {
-			// Rules to tell the backend by may appear later (kube-proxy
-			// starting after the agent at node boot).
-			if m, err := a.resolveIptablesMode(); err != nil {
-				if !warned {
-					a.log.Error("repair of unprotected pods postponed: the host's iptables backend is unknown; set -iptables-mode", "err", err)
-					warned = true
-				}
+			// The same backend as meshlet-cni's entry (iptmode.go); the
+			// failure at start was logged.
+			if m, err := a.ipt.resolve(); err != nil {
+				a.log.Debug("repair postponed: the host's iptables backend is still unknown", "err", err)
 			} else {
 				a.repairer.IptablesMode = m
 			}

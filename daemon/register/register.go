@@ -43,7 +43,8 @@ func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
 	}
 	reg, err := contract.DecodeRegistration(raw)
 	if err != nil {
-		return Registrations{}, fmt.Errorf("annotation %s: %w", contract.RegistrationKey, err)
+		// DecodeRegistration's error names the annotation already.
+		return Registrations{}, err
 	}
 	if pod.Status.PodIP == "" {
 		return Registrations{}, ErrNoIP

@@ -107,3 +107,24 @@ func TestForErrors(t *testing.T) {
 		})
 	}
 }
+
+// The error goes verbatim into the pod's Event and the node agent's log:
+// the annotation it is about is named once, whoever names it.
+func TestForBadAnnotationNamedOnce(t *testing.T) {
+	for name, raw := range map[string]string{
+		"not JSON":      `{`,
+		"unknown field": `{"version":1,"colour":"blue"}`,
+		"other version": `{"version":2}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := pod(nil, func(p *corev1.Pod) { p.Annotations[contract.RegistrationKey] = raw })
+			_, err := For(p, []*corev1.Service{web})
+			if err == nil {
+				t.Fatal("no error")
+			}
+			if n := strings.Count(err.Error(), contract.RegistrationKey); n != 1 {
+				t.Fatalf("err %q names %s %d times, want once", err, contract.RegistrationKey, n)
+			}
+		})
+	}
+}

@@ -36,6 +36,7 @@ import (
 
 // Kubernetes: clients, namespaces, waiting, kubectl.
 
+// clientset is a client of the cluster the suite runs against.
 func clientset(t testing.TB) *kubernetes.Clientset {
 	t.Helper()
 	cs, err := target.Clientset(suite.Kubeconfig)
@@ -64,6 +65,9 @@ func testNamespace(t testing.TB, cs *kubernetes.Clientset, prefix string) string
 	return ns.Name
 }
 
+// waitFor polls cond until it holds and fails t if ctx, or waitFor's own
+// limit, ends first. cond's last error goes into the failure, so a wait
+// that gives up says what it last saw.
 func waitFor(t testing.TB, ctx context.Context, what string, cond func(context.Context) (bool, error)) {
 	t.Helper()
 	var last error
@@ -77,12 +81,16 @@ func waitFor(t testing.TB, ctx context.Context, what string, cond func(context.C
 	}
 }
 
+// kubectlErr runs kubectl against the suite's cluster and returns its
+// output, stdout and stderr together.
 func kubectlErr(args ...string) (string, error) {
 	cmd := exec.Command(tools.kubectl, append([]string{"--kubeconfig", suite.Kubeconfig}, args...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 
+// kubectl is kubectlErr for a command that must succeed: it fails t,
+// with the output, otherwise.
 func kubectl(t *testing.T, args ...string) string {
 	t.Helper()
 	out, err := kubectlErr(args...)
@@ -115,6 +123,7 @@ func createPod(t testing.TB, cs *kubernetes.Clientset, ns, name string, ann map[
 	return createPodSpec(t, cs, ns, pod)
 }
 
+// createPodSpec creates pod, as given, in namespace ns.
 func createPodSpec(t testing.TB, cs *kubernetes.Clientset, ns string, pod *corev1.Pod) *corev1.Pod {
 	t.Helper()
 	created, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{})
@@ -164,10 +173,12 @@ func pausePod(name string, ann map[string]string, mutate ...func(*corev1.Pod)) *
 	return p
 }
 
+// injected says whether the webhook injected p.
 func injected(p *corev1.Pod) bool {
 	return p.Annotations[annotations.InjectStatus] == annotations.Injected
 }
 
+// containerNames are the containers' names, for failure messages.
 func containerNames(cs []corev1.Container) []string {
 	var out []string
 	for _, c := range cs {
@@ -198,6 +209,7 @@ func podReady(p *corev1.Pod) bool {
 	return false
 }
 
+// waitPodRunning waits until the pod is Running and returns it.
 func waitPodRunning(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, ns, name string) *corev1.Pod {
 	t.Helper()
 	var pod *corev1.Pod
@@ -209,6 +221,8 @@ func waitPodRunning(t *testing.T, ctx context.Context, cs *kubernetes.Clientset,
 	return pod
 }
 
+// waitPodState waits until ok holds for the pod and returns it; what
+// says what ok checks, for the failure message.
 func waitPodState(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, ns, name, what string, ok func(*corev1.Pod) bool) *corev1.Pod {
 	t.Helper()
 	var pod *corev1.Pod
@@ -262,6 +276,7 @@ func hostGet(url string) (int, string, error) {
 
 // Consul: the client, the catalog, the node agent's registrations.
 
+// consul is a client of the suite's Consul agent.
 func consul(t testing.TB) *capi.Client {
 	t.Helper()
 	cl, err := target.ConsulClient(suite.ConsulAddr)
@@ -498,9 +513,14 @@ func waitPluginRemoved(t *testing.T, ctx context.Context) {
 	})
 }
 
+// redirectConfig is the redirect config the plugin's tests and
+// benchmarks give an injected pod: one exclusion of each kind, so that
+// each kind of exclusion rule is in the plan.
 const redirectConfig = `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001,` +
 	`"ExcludeInboundPorts":["21000"],"ExcludeOutboundPorts":["443"],"ExcludeOutboundCIDRs":["10.96.0.1/32"],"ExcludeUIDs":["1000"]}`
 
+// injectedAnnotations are the annotations the webhook gives a pod it
+// injects with transparent proxy and redirect config cfg.
 func injectedAnnotations(cfg string) map[string]string {
 	return map[string]string{
 		annotations.InjectStatus:   "injected",
@@ -509,6 +529,7 @@ func injectedAnnotations(cfg string) map[string]string {
 	}
 }
 
+// mustPlan is the redirection plan of a pod injected with cfg.
 func mustPlan(t testing.TB, cfg string) *iptables.Plan {
 	t.Helper()
 	p, err := annotations.RedirectPlan(injectedAnnotations(cfg))
@@ -518,6 +539,8 @@ func mustPlan(t testing.TB, cfg string) *iptables.Plan {
 	return p
 }
 
+// applier applies and verifies rules with the iptables backend the
+// host's iptables command uses.
 func applier(t testing.TB) iptables.Applier {
 	t.Helper()
 	mode, err := iptables.DetectMode()
@@ -582,6 +605,8 @@ func startHostProcessTee(t testing.TB, tee io.Writer, argv ...string) *exec.Cmd 
 	return cmd
 }
 
+// percentile is the q quantile of d (the nearest rank below), in
+// milliseconds.
 func percentile(d []time.Duration, q float64) float64 {
 	s := slices.Clone(d)
 	slices.Sort(s)

@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,13 +64,40 @@ func template(t testing.TB, valuesFiles ...string) (string, error) {
 	return helm(t, args...)
 }
 
+// renders keeps each rendering mustTemplate made, by its values files:
+// several tests check the same value set (TestValueSets,
+// TestBinariesAcceptRenderedArgs, TestRBAC) or the defaults, and helm
+// renders the same chart with the same files the same way, so one
+// `helm template` per set and test binary serves them all.
+var renders = struct {
+	sync.Mutex
+	m map[string]renderResult
+}{m: map[string]renderResult{}}
+
+type renderResult struct {
+	out string
+	err error
+}
+
+// mustTemplate is template's output for valuesFiles, rendered on the first
+// call and reused after; a failed rendering fails every test that asks
+// for it, as it would have failed each of them on its own.
 func mustTemplate(t testing.TB, valuesFiles ...string) string {
 	t.Helper()
-	out, err := template(t, valuesFiles...)
-	if err != nil {
-		t.Fatal(err)
+	key := strings.Join(valuesFiles, "\x00")
+	renders.Lock()
+	defer renders.Unlock()
+	r, ok := renders.m[key]
+	if !ok {
+		// Stored only once helm has run: a test skipped for want of
+		// bin/helm stores nothing, and the next one skips too.
+		r.out, r.err = template(t, valuesFiles...)
+		renders.m[key] = r
 	}
-	return out
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	return r.out
 }
 
 // rendering is one `helm template` output, decoded.

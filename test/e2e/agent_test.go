@@ -22,9 +22,7 @@ import (
 	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/install"
 	"github.com/meshlet/meshlet/daemon/repair"
-	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
-	"github.com/meshlet/meshlet/test/e2e/target"
 )
 
 // The node agent runs as a DaemonSet on the local cluster (cluster-up
@@ -69,86 +67,6 @@ func scaleDeployment(t *testing.T, cs *kubernetes.Clientset, ns, name string, n 
 	}
 }
 
-// podIPs are the IPs of the namespace's running pods with label app=name.
-func podIPs(ctx context.Context, cs *kubernetes.Clientset, ns, name string) (map[string]string, error) {
-	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + name})
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]string{}
-	for _, p := range pods.Items {
-		if p.Status.PodIP != "" && p.DeletionTimestamp == nil {
-			out[p.Name] = p.Status.PodIP
-		}
-	}
-	return out, nil
-}
-
-// catalogMatches says the Consul catalog holds exactly one service
-// instance and one sidecar proxy per pod in want (pod name → IP), with
-// the agent's IDs, addresses and meta, and nothing else under the name.
-func catalogMatches(cl *capi.Client, ns, name string, want map[string]string) error {
-	for _, svc := range []string{name, name + "-sidecar-proxy"} {
-		entries, _, err := cl.Catalog().Service(svc, "", nil)
-		if err != nil {
-			return err
-		}
-		got := map[string]string{}
-		for _, e := range entries {
-			pod := e.ServiceMeta[contract.MetaPodName]
-			id := contract.ServiceID(ns, pod)
-			if svc != name {
-				id = contract.ProxyID(ns, pod)
-			}
-			if e.ServiceID != id || e.ServiceMeta[contract.MetaNamespace] != ns || e.ServiceMeta[contract.MetaManagedBy] != contract.ManagedBy {
-				return fmt.Errorf("%s instance %s: meta %v does not match its ID", svc, e.ServiceID, e.ServiceMeta)
-			}
-			got[pod] = e.ServiceAddress
-		}
-		if fmt.Sprint(got) != fmt.Sprint(want) {
-			return fmt.Errorf("catalog %s: %v, want %v", svc, got, want)
-		}
-	}
-	return nil
-}
-
-// waitCatalogFollows waits until the catalog holds exactly the n running
-// pods of the Deployment.
-func waitCatalogFollows(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, cl *capi.Client, ns, name string, n int) map[string]string {
-	t.Helper()
-	var pods map[string]string
-	waitFor(t, ctx, fmt.Sprintf("the catalog to hold the %d pods of %s", n, name), func(ctx context.Context) (bool, error) {
-		var err error
-		if pods, err = podIPs(ctx, cs, ns, name); err != nil || len(pods) != n {
-			return false, fmt.Errorf("%d pods with an IP (%v), want %d", len(pods), err, n)
-		}
-		err = catalogMatches(cl, ns, name, pods)
-		return err == nil, err
-	})
-	return pods
-}
-
-func consul(t testing.TB) *capi.Client {
-	t.Helper()
-	cl, err := target.ConsulClient(suite.ConsulAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cl
-}
-
-// checkStatus is the agent's readiness check of the pod's service.
-func checkStatus(cl *capi.Client, ns, pod string) (string, error) {
-	checks, err := cl.Agent().ChecksWithFilter(fmt.Sprintf("CheckID == %q", contract.ServiceID(ns, pod)+contract.HealthCheckSuffix))
-	if err != nil {
-		return "", err
-	}
-	for _, c := range checks {
-		return c.Status, nil
-	}
-	return "", fmt.Errorf("no readiness check for %s/%s", ns, pod)
-}
-
 func TestAgentFollowsDeployment(t *testing.T) {
 	requireCluster(t)
 	cs := clientset(t)
@@ -185,38 +103,6 @@ func TestAgentFollowsDeployment(t *testing.T) {
 		st, err := checkStatus(cl, ns, pod)
 		return st == capi.HealthPassing && passingProxies(t, cl, "web") == 1, err
 	})
-}
-
-// stopAgent takes the agent off the node (a nodeSelector nothing matches)
-// until the returned func puts it back and it is ready again.
-func stopAgent(t testing.TB, ctx context.Context, cs *kubernetes.Clientset) (restart func()) {
-	t.Helper()
-	dss := cs.AppsV1().DaemonSets(cluster.MeshletNamespace)
-	patch := func(sel string) {
-		p := fmt.Sprintf(`{"spec":{"template":{"spec":{"nodeSelector":%s}}}}`, sel)
-		if _, err := dss.Patch(context.Background(), cluster.AgentName, types.StrategicMergePatchType, []byte(p), metav1.PatchOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	restarted := false
-	restart = func() {
-		if restarted {
-			return
-		}
-		restarted = true
-		patch(`{"meshlet.io/e2e-no-node":null}`)
-		waitFor(t, context.Background(), "the agent back", func(ctx context.Context) (bool, error) {
-			err := cluster.AgentReady(ctx, cs)
-			return err == nil, err
-		})
-	}
-	t.Cleanup(restart)
-	patch(`{"meshlet.io/e2e-no-node":"none"}`)
-	waitFor(t, ctx, "the agent gone", func(ctx context.Context) (bool, error) {
-		pods, err := cs.CoreV1().Pods(cluster.MeshletNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + cluster.AgentName})
-		return err == nil && len(pods.Items) == 0, err
-	})
-	return restart
 }
 
 func TestAgentRecovers(t *testing.T) {
@@ -353,20 +239,6 @@ func TestAgentRechainsConflist(t *testing.T) {
 	if got := agentMetric(t, "meshlet_agent_cni_installed"); got != "1" {
 		t.Errorf("meshlet_agent_cni_installed %s, want 1", got)
 	}
-}
-
-// redirected says whether the running pod's netns holds its redirection.
-func redirected(t *testing.T, ctx context.Context, pod *corev1.Pod) error {
-	t.Helper()
-	netns, err := lc.PodNetNS(ctx, pod.Namespace, pod.Name)
-	if err != nil {
-		return err
-	}
-	plan, err := iptables.RedirectPlan(pod.Annotations)
-	if err != nil || plan == nil {
-		t.Fatalf("pod %s: redirect plan %v, %v", pod.Name, plan, err)
-	}
-	return applier(t).Verify(netns, plan, []iptables.Family{iptables.IPv4})
 }
 
 func podEvent(ctx context.Context, cs *kubernetes.Clientset, ns, pod, reason string) (string, error) {

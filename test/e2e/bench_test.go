@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -58,12 +57,6 @@ func (p pluginInvocation) run(cmd string) error {
 		return fmt.Errorf("meshlet-cni %s: %w: %s", cmd, err, out)
 	}
 	return nil
-}
-
-func percentile(d []time.Duration, q float64) float64 {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	return float64(s[int(float64(len(s)-1)*q)].Microseconds()) / 1000
 }
 
 // BenchmarkPluginADD: p50/p90 of one ADD, for an injected pod (annotations

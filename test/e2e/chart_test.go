@@ -13,7 +13,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/contract"
-	"github.com/meshlet/meshlet/daemon/install"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 )
 
@@ -180,55 +179,5 @@ func TestChartUninstall(t *testing.T) {
 	uninstallRemovesPlugin(t, func(ctx context.Context) error {
 		_, err := lc.Helm(ctx, "uninstall", cluster.MeshletRelease, "--namespace", cluster.MeshletNamespace)
 		return err
-	})
-}
-
-// uninstallRemovesPlugin uninstalls meshlet the given way, waits until
-// meshlet-cni is gone from the node, then installs the chart again and
-// checks the plugin is chained and the webhook injects.
-func uninstallRemovesPlugin(t *testing.T, uninstall func(context.Context) error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	restored := false
-	t.Cleanup(func() {
-		if !restored {
-			_ = lc.InstallMeshlet(context.Background())
-		}
-	})
-	if err := uninstall(ctx); err != nil {
-		t.Fatal(err)
-	}
-	waitPluginRemoved(t, ctx)
-	if err := lc.InstallMeshlet(ctx); err != nil {
-		t.Fatal(err)
-	}
-	restored = true
-	b, err := os.ReadFile(lc.ConflistFile())
-	if err != nil || !install.HasEntry(b) {
-		t.Fatalf("reinstalled agent did not chain meshlet-cni: %v", err)
-	}
-	if err := lc.WaitWebhook(ctx); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// waitPluginRemoved waits until meshlet-cni's conflist entry, binary and
-// kubeconfig are gone from the node.
-func waitPluginRemoved(t *testing.T, ctx context.Context) {
-	t.Helper()
-	plugin := lc.CNIBinDir() + "/meshlet-cni"
-	kubeconfig := lc.AgentKubeconfigDir() + "/meshlet-cni.kubeconfig"
-	waitFor(t, ctx, "meshlet-cni removed from the node", func(context.Context) (bool, error) {
-		b, err := os.ReadFile(lc.ConflistFile())
-		if err != nil || install.HasEntry(b) {
-			return false, err
-		}
-		for _, f := range []string{plugin, kubeconfig} {
-			if _, err := os.Stat(f); !os.IsNotExist(err) {
-				return false, fmt.Errorf("%s still there (%v)", f, err)
-			}
-		}
-		return true, nil
 	})
 }

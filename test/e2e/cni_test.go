@@ -15,89 +15,12 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/utils/ptr"
 
 	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/iptables"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 	"github.com/meshlet/meshlet/test/netnstest"
 )
-
-const redirectConfig = `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001,` +
-	`"ExcludeInboundPorts":["21000"],"ExcludeOutboundPorts":["443"],"ExcludeOutboundCIDRs":["10.96.0.1/32"],"ExcludeUIDs":["1000"]}`
-
-func injectedAnnotations(cfg string) map[string]string {
-	return map[string]string{
-		contract.InjectStatus:   "injected",
-		contract.TProxyStatus:   contract.TProxyEnabled,
-		contract.RedirectConfig: cfg,
-	}
-}
-
-func mustPlan(t testing.TB, cfg string) *iptables.Plan {
-	t.Helper()
-	p, err := iptables.RedirectPlan(injectedAnnotations(cfg))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func applier(t testing.TB) iptables.Applier {
-	t.Helper()
-	mode, err := iptables.DetectMode()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return iptables.Applier{Mode: mode}
-}
-
-// createPod creates a pod with the given annotations and containers that
-// stops within a second when deleted.
-func createPod(t testing.TB, cs *kubernetes.Clientset, ns, name string, ann map[string]string, containers ...corev1.Container) *corev1.Pod {
-	t.Helper()
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
-		Spec:       corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: containers},
-	}
-	return createPodSpec(t, cs, ns, pod)
-}
-
-func createPodSpec(t testing.TB, cs *kubernetes.Clientset, ns string, pod *corev1.Pod) *corev1.Pod {
-	t.Helper()
-	created, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return created
-}
-
-// echoContainer runs http-echo answering text on port, as uid when not 0.
-func echoContainer(name, text string, port int, uid int64) corev1.Container {
-	c := corev1.Container{Name: name, Image: suite.Images.StaticServer, ImagePullPolicy: pullPolicy(),
-		Args: []string{"-text=" + text, fmt.Sprintf("-listen=:%d", port)}}
-	if uid != 0 {
-		c.SecurityContext = &corev1.SecurityContext{RunAsUser: ptr.To(uid)}
-	}
-	return c
-}
-
-// shellContainer idles, for kubectl exec.
-func shellContainer() corev1.Container {
-	return corev1.Container{Name: "client", Image: suite.Images.StaticClient, ImagePullPolicy: pullPolicy(),
-		Command: []string{"sleep", "3600"}}
-}
-
-// createPodObject creates a pod that no kubelet runs (its node does not
-// exist): the plugin only needs the object.
-func createPodObject(t testing.TB, cs *kubernetes.Clientset, ns, name string, ann map[string]string) {
-	t.Helper()
-	createPodSpec(t, cs, ns, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
-		Spec:       corev1.PodSpec{NodeName: "no-such-node", Containers: []corev1.Container{echoContainer("app", "hi", 8080, 0)}},
-	})
-}
 
 func runtimeConf(ns, name, netns string) *libcni.RuntimeConf {
 	return &libcni.RuntimeConf{

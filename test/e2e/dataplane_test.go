@@ -6,9 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -135,17 +133,6 @@ func TestWebhookMeshletDataPlane(t *testing.T) {
 	})
 }
 
-// passingProxies is how many instances of svc's sidecar Consul offers to
-// Connect clients.
-func passingProxies(t *testing.T, cl *capi.Client, svc string) int {
-	t.Helper()
-	entries, _, err := cl.Health().Connect(svc, "", true, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(entries)
-}
-
 func freeLoopbackPort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -154,43 +141,4 @@ func freeLoopbackPort(t *testing.T) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startHostProcess starts a helper process on the host and stops it, by
-// its PID, when the test ends.
-func startHostProcess(t testing.TB, argv ...string) *exec.Cmd {
-	t.Helper()
-	return startHostProcessTee(t, nil, argv...)
-}
-
-// startHostProcessTee is startHostProcess that also copies the process's
-// output, as it comes, to tee (when not nil), which the test may read
-// while the process runs.
-func startHostProcessTee(t testing.TB, tee io.Writer, argv ...string) *exec.Cmd {
-	t.Helper()
-	cmd := exec.Command(argv[0], argv[1:]...)
-	var out strings.Builder
-	var w io.Writer = &out
-	if tee != nil {
-		w = io.MultiWriter(&out, tee)
-	}
-	cmd.Stdout, cmd.Stderr = w, w
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("%s output:\n%s", argv[0], out.String())
-		}
-	})
-	return cmd
 }

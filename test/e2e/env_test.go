@@ -117,18 +117,6 @@ func checkPlacement(t *testing.T, p *corev1.Pod) {
 	}
 }
 
-// container is p's container (not init container) named name.
-func container(t *testing.T, p *corev1.Pod, name string) corev1.Container {
-	t.Helper()
-	for _, c := range p.Spec.Containers {
-		if c.Name == name {
-			return c
-		}
-	}
-	t.Fatalf("pod %s has no container %s: %v", p.Name, name, containerNames(p.Spec.Containers))
-	return corev1.Container{}
-}
-
 // meshManifest is the path of examples/mesh/<name> with the suite's test
 // images in place of the local cluster's: the file itself when they are
 // the same (the local cluster, kind), or a copy.

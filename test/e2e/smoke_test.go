@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -13,14 +12,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
 	"github.com/coreos/go-iptables/iptables"
 
 	"github.com/meshlet/meshlet/test/e2e/cluster"
-	"github.com/meshlet/meshlet/test/e2e/target"
 )
 
 // TestClusterSmoke: Deployments, Services, exec and Consul work on the
@@ -120,73 +116,6 @@ func TestClusterSmoke(t *testing.T) {
 	if err != nil || !slices.Contains(names, self) || len(names) < 2 {
 		t.Errorf("consul catalog nodes %v, want the agent's node %q (%v) and a server", names, self, err)
 	}
-}
-
-func clientset(t testing.TB) *kubernetes.Clientset {
-	t.Helper()
-	cs, err := target.Clientset(suite.Kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cs
-}
-
-// testNamespace creates a namespace for one test and deletes it afterwards.
-func testNamespace(t testing.TB, cs *kubernetes.Clientset, prefix string) string {
-	t.Helper()
-	ns, err := cs.CoreV1().Namespaces().Create(context.Background(),
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cs.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
-	})
-	// Pods need the namespace's default ServiceAccount.
-	waitFor(t, context.Background(), "default ServiceAccount in "+ns.Name, func(ctx context.Context) (bool, error) {
-		_, err := cs.CoreV1().ServiceAccounts(ns.Name).Get(ctx, "default", metav1.GetOptions{})
-		return err == nil, nil
-	})
-	return ns.Name
-}
-
-func waitFor(t testing.TB, ctx context.Context, what string, cond func(context.Context) (bool, error)) {
-	t.Helper()
-	var last error
-	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		ok, err := cond(ctx)
-		last = err
-		return ok, nil
-	})
-	if err != nil {
-		t.Fatalf("waiting for %s: %v (last error: %v)", what, err, last)
-	}
-}
-
-func waitPodRunning(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, ns, name string) *corev1.Pod {
-	t.Helper()
-	var pod *corev1.Pod
-	waitFor(t, ctx, "pod "+ns+"/"+name+" Running", func(ctx context.Context) (bool, error) {
-		p, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-		pod = p
-		return err == nil && p.Status.Phase == corev1.PodRunning, err
-	})
-	return pod
-}
-
-func kubectlErr(args ...string) (string, error) {
-	cmd := exec.Command(tools.kubectl, append([]string{"--kubeconfig", suite.Kubeconfig}, args...)...)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-func kubectl(t *testing.T, args ...string) string {
-	t.Helper()
-	out, err := kubectlErr(args...)
-	if err != nil {
-		t.Fatalf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out)
-	}
-	return out
 }
 
 // forwardPolicyDrop sets the host's filter FORWARD policy to DROP in both

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -223,28 +221,6 @@ func TestTransparentProxyProbes(t *testing.T) {
 	if got := containerStatus(t, cs, ns, name, sidecarName()); got.RestartCount != 0 {
 		t.Errorf("%s restarted %d times", sidecarName(), got.RestartCount)
 	}
-}
-
-// hostGet is an HTTP GET from the node, as kubelet probes.
-func hostGet(url string) (int, string, error) {
-	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		return 0, "", err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b), err
-}
-
-// podReady says whether the pod's Ready condition is true.
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
 }
 
 // containerStatus is the status of a pod's container or init container.

@@ -18,7 +18,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/utils/ptr"
 
 	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
@@ -504,14 +503,6 @@ func onlyPod(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, ns, se
 	return pod
 }
 
-func containerNames(cs []corev1.Container) []string {
-	var out []string
-	for _, c := range cs {
-		out = append(out, c.Name)
-	}
-	return out
-}
-
 // podStates describes each pod of the namespace: its UID and each
 // container's ID and restart count.
 func podStates(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, ns string) map[string]string {
@@ -562,21 +553,6 @@ func nodeHTTP(addr string) (string, error) {
 	return string(b), err
 }
 
-// agentRegistrations are the IDs of the services the node's Consul agent
-// holds for the namespace's pods.
-func agentRegistrations(cl *capi.Client, ns string) ([]string, error) {
-	svcs, err := cl.Agent().ServicesWithFilter(fmt.Sprintf("Meta[%q] == %q", contract.MetaNamespace, ns))
-	if err != nil {
-		return nil, err
-	}
-	var ids []string
-	for id := range svcs {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids, nil
-}
-
 // waitAgentHoldsPods waits until the node agent's registrations for the
 // namespace are exactly a service and a proxy per injected pod the API
 // server has with an IP and not finished: nothing missing, no orphan.
@@ -599,43 +575,6 @@ func waitAgentHoldsPods(t *testing.T, ctx context.Context, cs *kubernetes.Client
 		if err != nil || !slices.Equal(got, want) {
 			mismatch = fmt.Errorf("agent holds %v (%v), want %v", got, err, want)
 			return false, mismatch
-		}
-		return true, nil
-	})
-}
-
-// leaveNoRegistrations makes the test's end delete the namespace's pods
-// at once and wait until the node agent has deregistered them all, so
-// that the next test using the same Consul service names starts clean
-// (the seed's client takes 30 s to stop otherwise).
-func leaveNoRegistrations(t *testing.T, cs *kubernetes.Clientset, cl *capi.Client, ns string) {
-	t.Helper()
-	t.Cleanup(func() {
-		ctx := context.Background()
-		_ = cs.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{})
-		_ = cs.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{})
-		waitFor(t, ctx, "the namespace's registrations gone", func(context.Context) (bool, error) {
-			ids, err := agentRegistrations(cl, ns)
-			return err == nil && len(ids) == 0, fmt.Errorf("%v (%v)", ids, err)
-		})
-	})
-}
-
-// curlIn runs the curl-compatible client of container static-client in
-// a pod (as kubectl names it: deploy/x or pod/x) with a 5 s limit. When
-// curl fails, kubectl says "command terminated with exit code N" and
-// exits N itself.
-func curlIn(ns, pod, url string) (string, error) {
-	return kubectlErr("exec", "-n", ns, pod, "-c", "static-client", "--", "curl", "-s", "-m", "5", url)
-}
-
-// waitCurl waits until curl in the pod answers with want.
-func waitCurl(t *testing.T, ctx context.Context, what, ns, pod, url, want string) {
-	t.Helper()
-	waitFor(t, ctx, what, func(context.Context) (bool, error) {
-		out, err := curlIn(ns, pod, url)
-		if err != nil || !strings.Contains(out, want) {
-			return false, fmt.Errorf("%q, %v", out, err)
 		}
 		return true, nil
 	})
@@ -783,34 +722,5 @@ spec:
 	waitFor(t, ctx, "the proxy's metrics on the scrape port", func(context.Context) (bool, error) {
 		status, body, err := hostGet(url)
 		return err == nil && status == 200 && strings.Contains(body, "meshlet_proxy_connections_total"), fmt.Errorf("GET %s: %d (%v)", url, status, err)
-	})
-}
-
-// waitWebhookRollout waits until the webhook's Deployment has rolled out:
-// as many pods as replicas, each running the Deployment's current
-// arguments and ready, none terminating (an old replica must not answer
-// a review after the wait).
-func waitWebhookRollout(t testing.TB, ctx context.Context, cs *kubernetes.Clientset) {
-	t.Helper()
-	waitFor(t, ctx, "the webhook's rollout", func(ctx context.Context) (bool, error) {
-		d, err := cs.AppsV1().Deployments(cluster.MeshletNamespace).Get(ctx, cluster.WebhookName, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		pods, err := cs.CoreV1().Pods(cluster.MeshletNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + cluster.WebhookName})
-		if err != nil {
-			return false, err
-		}
-		if d.Status.ObservedGeneration != d.Generation || len(pods.Items) != int(*d.Spec.Replicas) {
-			return false, fmt.Errorf("generation %d observed %d, %d pods for %d replicas", d.Generation, d.Status.ObservedGeneration, len(pods.Items), *d.Spec.Replicas)
-		}
-		want := d.Spec.Template.Spec.Containers[0].Args
-		for _, p := range pods.Items {
-			if p.DeletionTimestamp != nil || !podReady(&p) || !slices.Equal(p.Spec.Containers[0].Args, want) {
-				return false, fmt.Errorf("pod %s: terminating %v, ready %v, current args %v", p.Name, p.DeletionTimestamp != nil, podReady(&p),
-					slices.Equal(p.Spec.Containers[0].Args, want))
-			}
-		}
-		return true, nil
 	})
 }

@@ -3,8 +3,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -17,24 +15,6 @@ import (
 	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
 )
-
-// pausePod is a pod whose one container does nothing, for admission tests.
-func pausePod(name string, ann map[string]string, mutate ...func(*corev1.Pod)) *corev1.Pod {
-	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
-		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1),
-			Containers: []corev1.Container{{Name: "app", Image: suite.Images.Pause, ImagePullPolicy: pullPolicy(),
-				Ports: []corev1.ContainerPort{{ContainerPort: 8080}}}}},
-	}
-	for _, m := range mutate {
-		m(p)
-	}
-	return p
-}
-
-func injected(p *corev1.Pod) bool {
-	return p.Annotations[contract.InjectStatus] == contract.Injected
-}
 
 // TestWebhookDecision: pods created through the real API server, with the
 // real MutatingWebhookConfiguration, come out injected or not.
@@ -109,16 +89,6 @@ func TestWebhookDecision(t *testing.T) {
 			}
 		})
 	}
-}
-
-// writeManifest writes a YAML manifest for kubectl.
-func writeManifest(t *testing.T, yaml string) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "manifest.yaml")
-	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 // podManifest is a pod for kubectl with connect-inject and one more

@@ -211,23 +211,6 @@ func meshPodRegistered(t *testing.T, ctx context.Context, cs *kubernetes.Clients
 	return ready
 }
 
-func waitPodState(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, ns, name, what string, ok func(*corev1.Pod) bool) *corev1.Pod {
-	t.Helper()
-	var pod *corev1.Pod
-	waitFor(t, ctx, "pod "+name+": "+what, func(ctx context.Context) (bool, error) {
-		p, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		pod = p
-		if !ok(p) {
-			return false, fmt.Errorf("phase %s, containers %+v", p.Status.Phase, append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...))
-		}
-		return true, nil
-	})
-	return pod
-}
-
 func xdsPod(name string, app corev1.Container) *corev1.Pod {
 	return &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": name}, Annotations: map[string]string{

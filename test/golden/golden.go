@@ -4,11 +4,12 @@ package golden
 
 import (
 	"flag"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/pmezard/go-difflib/difflib"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
@@ -31,23 +32,37 @@ func Check(t testing.TB, name string, got []byte) {
 		t.Fatalf("%v (go test -update writes it)", err)
 	}
 	if string(want) != string(got) {
-		t.Errorf("%s differs (go test -update rewrites it; git diff then shows all): %s", path, firstLineDiff(string(got), string(want)))
+		t.Errorf("%s differs (go test -update rewrites it):\n%s", path, unifiedDiff(path, string(want), string(got)))
 	}
 }
 
-func firstLineDiff(got, want string) string {
-	g, w := strings.Split(got, "\n"), strings.Split(want, "\n")
-	for i := 0; i < len(g) || i < len(w); i++ {
-		var gl, wl string
-		if i < len(g) {
-			gl = g[i]
-		}
-		if i < len(w) {
-			wl = w[i]
-		}
-		if gl != wl {
-			return fmt.Sprintf("line %d: got %q, want %q", i+1, gl, wl)
-		}
+// unifiedDiff shows how to turn want (the golden file) into got, so the lines
+// marked + are what -update would write. Three lines of context are what
+// diff -u and git diff show, which keeps the output familiar.
+func unifiedDiff(path, want, got string) string {
+	d, err := difflib.GetUnifiedDiffString(difflib.UnifiedDiff{
+		A:        lines(want),
+		B:        lines(got),
+		FromFile: path,
+		ToFile:   "got",
+		Context:  3,
+	})
+	if err != nil {
+		// Writing to a strings.Builder cannot fail; say so rather than hide it.
+		return "diff: " + err.Error()
 	}
-	return "no line differs"
+	return d
+}
+
+// lines splits s into lines that keep their "\n". difflib.SplitLines would
+// add a "\n" to the last line, showing one line more than the file has and
+// hiding a missing final newline; diff -u marks that one instead.
+func lines(s string) []string {
+	l := strings.SplitAfter(s, "\n")
+	if last := len(l) - 1; l[last] == "" {
+		l = l[:last]
+	} else {
+		l[last] += "\n\\ No newline at end of file\n"
+	}
+	return l
 }

@@ -34,6 +34,13 @@ const (
 
 const busyboxPath = "/bin/busybox"
 
+// tmpMode is /tmp's mode in every test image, as in the images users run
+// (busybox, alpine, distroless): world-writable with the sticky bit, so a
+// container of any uid writes there (consul-k8s' acceptance fixtures run
+// kubectl exec … touch /tmp/unhealthy as uid 1000) and removes only its
+// own files. In a tar header the sticky bit is c_ISVTX, 01000.
+const tmpMode = 0o1777
+
 // imageFile is one file of an image: its path inside the image and the
 // host file it comes from ("" with link set makes a symlink).
 type imageFile struct {
@@ -57,7 +64,8 @@ func (c *Cluster) imageSpecs() ([]imageSpec, error) {
 		{ref: PauseImage, files: []imageFile{{path: "pause", src: c.bin("pause")}}, entrypoint: []string{"/pause"}},
 		// http-echo as the entrypoint (the seed's args work as written),
 		// with busybox beside it: manifests with exec probes (sh -c 'test
-		// ! -f /tmp/unhealthy') run, and kubectl exec … touch works.
+		// ! -f /tmp/unhealthy') run, and kubectl exec … touch works, as
+		// any uid in /tmp (tmpMode).
 		{ref: StaticServerImage, files: append(slices.Clone(shell), imageFile{path: "http-echo", src: c.bin("http-echo")}),
 			entrypoint: []string{"/http-echo"}},
 		{ref: StaticClientImage, files: append(slices.Clone(shell), imageFile{path: "usr/bin/curl", src: c.bin("curl")}), cmd: []string{"/bin/sh"}},
@@ -97,6 +105,9 @@ func (c *Cluster) imageArchive() (string, error) {
 		return "", err
 	}
 	h := sha256.New()
+	// What buildImage adds to every image besides the spec's files, so that
+	// a change there rebuilds the archive too.
+	fmt.Fprintf(h, "tmp %o\n", tmpMode)
 	for _, s := range specs {
 		fmt.Fprintln(h, s.ref, s.entrypoint, s.cmd, s.user)
 		for _, f := range s.files {
@@ -172,9 +183,11 @@ func buildImage(s imageSpec) (v1.Image, error) {
 		}
 		return nil
 	}
-	if err := addDirs("tmp/x"); err != nil {
+	// Every image has a /tmp, with the mode real images give it.
+	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "tmp/", Mode: tmpMode}); err != nil {
 		return nil, err
 	}
+	dirs["tmp"] = true
 	for _, f := range s.files {
 		if err := addDirs(f.path); err != nil {
 			return nil, err

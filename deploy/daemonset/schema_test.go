@@ -1,0 +1,72 @@
+package daemonset
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestLint runs `helm lint --strict` with the defaults and every value set.
+func TestLint(t *testing.T) {
+	files := valueSetFiles(t)
+	for _, f := range append([]string{""}, files...) {
+		args := []string{"lint", "--strict", ".", "--namespace", namespace}
+		name := "defaults"
+		if f != "" {
+			args, name = append(args, "-f", valueFile(f)), f
+		}
+		t.Run(name, func(t *testing.T) {
+			out, err := helm(t, args...)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			if !strings.Contains(out, "0 chart(s) failed") || strings.Contains(out, "[WARNING]") || strings.Contains(out, "[ERROR]") {
+				t.Errorf("helm lint:\n%s", out)
+			}
+		})
+	}
+}
+
+// TestSchemaRejects: values.schema.json and the templates' own checks turn
+// a wrong value into a failed render that names it.
+func TestSchemaRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name, values string
+		want         []string
+	}{
+		{"misspelt key", "connectInject:\n  defualt: true\n", []string{"/connectInject", "'defualt' not allowed"}},
+		{"misspelt top-level key", "connectinject:\n  default: true\n", []string{"'connectinject' not allowed"}},
+		{"wrong type", "connectInject:\n  default: \"yes\"\n", []string{"/connectInject/default", "want boolean"}},
+		{"bad data plane", "connectInject:\n  dataPlane: istio\n", []string{"/connectInject/dataPlane", "'envoy', 'consul', 'meshlet'"}},
+		{"bad failure policy", "connectInject:\n  failurePolicy: fail\n", []string{"/connectInject/failurePolicy", "'Fail', 'Ignore'"}},
+		{"bad pull policy", "image:\n  pullPolicy: always\n", []string{"/image/pullPolicy", "'IfNotPresent'"}},
+		{"port out of range", "agent:\n  port: 70000\n", []string{"/agent/port", "maximum"}},
+		{"port of wrong type", "consul:\n  httpPort: \"8500\"\n", []string{"/consul/httpPort", "want integer"}},
+		{"metrics inherit marker", "connectInject:\n  metrics:\n    defaultEnabled: \"-\"\n", []string{"/connectInject/metrics/defaultEnabled", "want boolean"}},
+		{"deny every namespace", "connectInject:\n  k8sDenyNamespaces: [\"*\"]\n", []string{"/connectInject/k8sDenyNamespaces/0"}},
+		{"empty allow list", "connectInject:\n  k8sAllowNamespaces: []\n", []string{"/connectInject/k8sAllowNamespaces", "minItems"}},
+		{"relative CNI dir", "agent:\n  cni:\n    binDir: opt/cni/bin\n", []string{"/agent/cni/binDir", "does not match pattern"}},
+		{"bad quantity", "connectInject:\n  sidecarProxy:\n    resources:\n      limits:\n        memory: lots\n",
+			[]string{"/connectInject/sidecarProxy/resources/limits/memory", "'lots'"}},
+		{"bad log level", "global:\n  logLevel: trace\n", []string{"/global/logLevel"}},
+		{"unknown toleration field", "agent:\n  tolerations:\n    - operator: Exists\n      efect: NoSchedule\n", []string{"/agent/tolerations/0", "'efect' not allowed"}},
+		{"envoyExtraArgs", "connectInject:\n  envoyExtraArgs: \"--log-level debug\"\n",
+			[]string{"connectInject.envoyExtraArgs", "no flag", "consul.hashicorp.com/envoy-extra-args"}},
+		{"two CA sources", "consul:\n  tls:\n    enabled: true\n    caCert:\n      secretName: a\n      configMapName: b\n",
+			[]string{"consul.tls.caCert", "not both"}},
+		{"CA without TLS", "consul:\n  tls:\n    caCert:\n      secretName: a\n", []string{"consul.tls.enabled is false"}},
+		{"kubeconfig in the conf dir", "agent:\n  cni:\n    kubeconfigDir: /etc/cni/net.d/meshlet\n",
+			[]string{"/etc/cni/net.d/meshlet is inside the CNI conf dir"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := template(t, writeValues(t, tc.values))
+			if err == nil {
+				t.Fatalf("rendered:\n%.500s", out)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("the error does not say %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}

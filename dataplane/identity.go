@@ -89,7 +89,7 @@ func (id *Identity) watch(ctx context.Context, what string, load func(*capi.Quer
 		}
 		backoff = 100 * time.Millisecond
 		if next < index {
-			next = 0 // the index went backwards (agent restarted): start over
+			next = 0 // the index went backwards (the Consul agent restarted): start over
 		}
 		index = next
 	}

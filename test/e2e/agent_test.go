@@ -86,7 +86,7 @@ func podIPs(ctx context.Context, cs *kubernetes.Clientset, ns, name string) (map
 
 // catalogMatches says the Consul catalog holds exactly one service
 // instance and one sidecar proxy per pod in want (pod name → IP), with
-// the agent's IDs, addresses and meta, and nothing else under the name.
+// the node agent's IDs, addresses and meta, and nothing else under the name.
 func catalogMatches(cl *capi.Client, ns, name string, want map[string]string) error {
 	for _, svc := range []string{name, name + "-sidecar-proxy"} {
 		entries, _, err := cl.Catalog().Service(svc, "", nil)
@@ -137,7 +137,7 @@ func consul(t testing.TB) *capi.Client {
 	return cl
 }
 
-// checkStatus is the agent's readiness check of the pod's service.
+// checkStatus is the node agent's readiness check of the pod's service.
 func checkStatus(cl *capi.Client, ns, pod string) (string, error) {
 	checks, err := cl.Agent().ChecksWithFilter(fmt.Sprintf("CheckID == %q", contract.ServiceID(ns, pod)+contract.HealthCheckSuffix))
 	if err != nil {
@@ -169,7 +169,7 @@ func TestAgentFollowsDeployment(t *testing.T) {
 		pod = p
 	}
 	// The check follows the pod's readiness: the probe fails on demand,
-	// kubelet turns the pod unready, the agent sets the check critical, and
+	// kubelet turns the pod unready, the node agent sets the check critical, and
 	// Consul stops offering the pod's proxy to Connect clients.
 	waitFor(t, ctx, "the check passing", func(context.Context) (bool, error) {
 		st, err := checkStatus(cl, ns, pod)
@@ -187,7 +187,7 @@ func TestAgentFollowsDeployment(t *testing.T) {
 	})
 }
 
-// stopAgent takes the agent off the node (a nodeSelector nothing matches)
+// stopAgent takes the node agent off the node (a nodeSelector nothing matches)
 // until the returned func puts it back and it is ready again.
 func stopAgent(t testing.TB, ctx context.Context, cs *kubernetes.Clientset) (restart func()) {
 	t.Helper()
@@ -234,7 +234,7 @@ func TestAgentRecovers(t *testing.T) {
 			t.Fatal(err)
 		}
 		if entries, _, err := cl.Catalog().Service("web", "", nil); err == nil && len(entries) != 0 {
-			// The agent may already have re-registered; the catalog then
+			// The node agent may already have re-registered; the catalog then
 			// shows it. Either way the wait below decides.
 			t.Logf("catalog right after the restart: %d instances", len(entries))
 		}
@@ -252,7 +252,7 @@ func TestAgentRecovers(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The Deployment replaces it; nobody registers the new pod and
-		// nobody removes the old one's registration while the agent is down.
+		// nobody removes the old one's registration while the node agent is down.
 		waitFor(t, ctx, "the replacement pod", func(ctx context.Context) (bool, error) {
 			pods, err := podIPs(ctx, cs, ns, "web")
 			_, old := pods[gone]
@@ -266,7 +266,7 @@ func TestAgentRecovers(t *testing.T) {
 		if _, ok := after[gone]; ok {
 			t.Fatalf("deleted pod %s still registered", gone)
 		}
-		// The new pod's sidecar could not serve before the agent was back:
+		// The new pod's sidecar could not serve before the node agent was back:
 		// a regular container's hold gave up and let the app start, and
 		// the proxy, left running, serves once registered. Not restarted.
 		for name := range after {
@@ -303,7 +303,7 @@ func TestAgentEventForUnnamedService(t *testing.T) {
 	})
 }
 
-// agentMetric reads one series from the agent's /metrics.
+// agentMetric reads one series from the node agent's /metrics.
 func agentMetric(t *testing.T, series string) string {
 	t.Helper()
 	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", cluster.NodeIP, cluster.AgentPort))
@@ -384,7 +384,7 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	// A node before the agent ran: no agent, and the primary CNI's
+	// A node before the node agent ran: no node agent, and the primary CNI's
 	// conflist without meshlet-cni (written in place, as a CNI would).
 	restart := stopAgent(t, ctx, cs)
 	if err := os.WriteFile(lc.ConflistFile(), []byte(lc.Conflist()), 0o644); err != nil {
@@ -396,7 +396,7 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 	bare := createPod(t, cs, ns, "bare", map[string]string{contract.Inject: "true"}, shellContainer())
 	meshDeployment(t, cs, ns, "web", 1)
 	// With an IP the sandbox is up and its network in use, though the
-	// native sidecar, waiting for the agent to register it, holds the pod
+	// native sidecar, waiting for the node agent to register it, holds the pod
 	// in Pending.
 	var owned *corev1.Pod
 	waitFor(t, ctx, "both pods with an IP", func(ctx context.Context) (bool, error) {
@@ -457,8 +457,8 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 	}
 }
 
-// TestAgentUninstallsOnDelete: deleting the agent's DaemonSet (an
-// uninstall) removes meshlet-cni from the node; the agent's pods being
+// TestAgentUninstallsOnDelete: deleting the node agent's DaemonSet (an
+// uninstall) removes meshlet-cni from the node; the node agent's pods being
 // replaced (TestAgentRecovers stops and starts it) does not.
 func TestAgentUninstallsOnDelete(t *testing.T) {
 	requireLocalNode(t, "reads the node's CNI dirs and reinstalls meshlet with the local cluster's values")

@@ -51,8 +51,8 @@ type trust struct {
 }
 
 // NewIdentity is an Identity for service; Run loads it.
-func NewIdentity(agent *capi.Agent, service string, log *slog.Logger) *Identity {
-	return &Identity{Service: service, Agent: agent, Log: log, ready: make(chan struct{})}
+func NewIdentity(consul *capi.Agent, service string, log *slog.Logger) *Identity {
+	return &Identity{Service: service, Agent: consul, Log: log, ready: make(chan struct{})}
 }
 
 // Ready is closed once the leaf certificate and the roots are loaded.

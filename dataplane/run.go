@@ -159,11 +159,11 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 }
 
 // waitRegistration polls for the proxy's registration (registrationPoll).
-func waitRegistration(ctx context.Context, agent *capi.Agent, id string, log *slog.Logger) (*capi.AgentService, error) {
+func waitRegistration(ctx context.Context, consul *capi.Agent, id string, log *slog.Logger) (*capi.AgentService, error) {
 	start := time.Now()
 	lastLog := start
 	for {
-		s, _, err := agent.Service(id, (&capi.QueryOptions{}).WithContext(ctx))
+		s, _, err := consul.Service(id, (&capi.QueryOptions{}).WithContext(ctx))
 		if err == nil {
 			return s, nil
 		}

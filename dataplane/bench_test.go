@@ -179,7 +179,7 @@ func BenchmarkProxyVsBuiltin(b *testing.B) {
 		return []string{"-proxy-id", proxyID, "-metrics-addr", "", "-log-level", "warn"}
 	}
 	// The first is what the webhook injects; the third, the same proxy as
-	// a subcommand of the agent's and webhook's binary, shows what their
+	// a subcommand of the node agent's and webhook's binary, shows what their
 	// code costs a sidecar.
 	planes := []plane{
 		startPlane(b, cl, httpAddr, "meshlet", func(proxyID, _ string) []string {

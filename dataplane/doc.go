@@ -5,7 +5,7 @@
 //   - Identity: the service's leaf certificate and the CA roots, kept
 //     current with blocking queries (rotation needs no restart).
 //   - Inbound (the public listener): mTLS with a client certificate from
-//     the Consul CA required; each connection authorized with the agent,
+//     the Consul CA required; each connection authorized with the Consul agent,
 //     so an intention change applies to the next connection; a denied one
 //     is closed without a byte.
 //   - Outbound, transparent: the connection's original destination mapped

@@ -51,8 +51,8 @@ type trust struct {
 }
 
 // NewIdentity is an Identity for service; Run loads it.
-func NewIdentity(agent *capi.Agent, service string, log *slog.Logger) *Identity {
-	return &Identity{Service: service, Agent: agent, Log: log, ready: make(chan struct{})}
+func NewIdentity(consul *capi.Agent, service string, log *slog.Logger) *Identity {
+	return &Identity{Service: service, Agent: consul, Log: log, ready: make(chan struct{})}
 }
 
 // Ready is closed once the leaf certificate and the roots are loaded.
@@ -89,7 +89,7 @@ func (id *Identity) watch(ctx context.Context, what string, load func(*capi.Quer
 		}
 		backoff = 100 * time.Millisecond
 		if next < index {
-			next = 0 // the index went backwards (agent restarted): start over
+			next = 0 // the index went backwards (the Consul agent restarted): start over
 		}
 		index = next
 	}

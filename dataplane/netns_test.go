@@ -106,7 +106,7 @@ func TestTransparentProxyInNetns(t *testing.T) {
 		proxyID string
 		gateway netip.Addr
 	}{
-		// Each pod has its own netns: the agent's registrations as they are.
+		// Each pod has its own netns: the node agent's registrations as they are.
 		{n.B, register(t, cl, meshPod{name: "static-server", ip: podB4.String(), app: 8080, tproxy: true,
 			vip: serverVIP.String()}).Proxy.ID, nodeB4},
 		{n.A, register(t, cl, meshPod{name: "static-client", ip: podA4.String(), app: 8080, tproxy: true}).Proxy.ID, nodeA4},

@@ -132,7 +132,7 @@ func (p *Proxy) inbound(raw net.Conn) {
 		Target: p.Config.Service.Name, ClientCertURI: uri.String(), ClientCertSerial: serial})
 	switch {
 	case err != nil:
-		// Fail closed: a caller is let in only on the agent's word.
+		// Fail closed: a caller is let in only on the Consul agent's word.
 		p.result(log, dirInbound, resError, fmt.Errorf("authorize with the Consul agent: %w", err))
 		raw.Close()
 		return

@@ -154,7 +154,7 @@ func TestProxyThroughConsul(t *testing.T) {
 		Action: capi.IntentionActionDeny}, nil); err != nil {
 		t.Fatal(err)
 	}
-	// The agent learns intentions by a blocking query: the first
+	// The Consul agent learns intentions by a blocking query: the first
 	// connection after it has them is denied.
 	eventually(t, 10*time.Second, "the deny intention to apply", func() error {
 		got, err := get(upstream)

@@ -159,11 +159,11 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 }
 
 // waitRegistration polls for the proxy's registration (registrationPoll).
-func waitRegistration(ctx context.Context, agent *capi.Agent, id string, log *slog.Logger) (*capi.AgentService, error) {
+func waitRegistration(ctx context.Context, consul *capi.Agent, id string, log *slog.Logger) (*capi.AgentService, error) {
 	start := time.Now()
 	lastLog := start
 	for {
-		s, _, err := agent.Service(id, (&capi.QueryOptions{}).WithContext(ctx))
+		s, _, err := consul.Service(id, (&capi.QueryOptions{}).WithContext(ctx))
 		if err == nil {
 			return s, nil
 		}
@@ -183,11 +183,11 @@ func waitRegistration(ctx context.Context, agent *capi.Agent, id string, log *sl
 }
 
 // registrationPoll is how long to wait before asking again: 20 ms in the
-// first second, when a new pod's registration is due (the agent makes it
+// first second, when a new pod's registration is due (the node agent makes it
 // on meshlet-cni's notice, before this container starts, and every poll
 // saved is start time of the pod: its app waits for this proxy; a poll is
-// one local HTTP request to the node's agent), 100 ms until 10 s (the
-// agent missed the notice and waits for kubelet's IP), then 1 s.
+// one local HTTP request to the node's Consul agent), 100 ms until 10 s (the
+// node agent missed the notice and waits for kubelet's IP), then 1 s.
 func registrationPoll(waited time.Duration) time.Duration {
 	switch {
 	case waited < time.Second:

@@ -22,7 +22,7 @@ var fuzzKeys = []string{
 
 // FuzzAnnotation: whatever one annotation says, the webhook does not
 // panic; a denial names the annotation; an admitted pod's redirect config
-// is one meshlet-cni applies and its registration one the agent reads, so
+// is one meshlet-cni applies and its registration one the node agent reads, so
 // no value can get a pod admitted that then runs unprotected or
 // unregistered.
 func FuzzAnnotation(f *testing.F) {

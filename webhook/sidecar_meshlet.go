@@ -11,7 +11,7 @@ import (
 )
 
 // meshletProxyCommand is the proxy's own binary in meshlet's image: the
-// `meshlet proxy` code without the agent's and the webhook's, so that
+// `meshlet proxy` code without the node agent's and the webhook's, so that
 // each pod's sidecar holds less memory (cmd/meshlet-proxy).
 const meshletProxyCommand = "/meshlet-proxy"
 
@@ -35,10 +35,10 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 		// proxy serves. Bounded: while the hook runs, kubelet
 		// reports nothing of the pod, not even its IP, which the node
 		// agent needs to register the pod when meshlet-cni's notice did
-		// not reach it (agent restarting). Past the timeout the hook lets
-		// the app start and the pass end; the IP gets out, the agent
-		// registers the pod and the proxy, still running, serves a moment
-		// later. Failing the hook instead would have kubelet kill the
+		// not reach it (the node agent restarting). Past the timeout the
+		// hook lets the app start and the pass end; the IP gets out, the
+		// node agent registers the pod and the proxy, still running,
+		// serves a moment later. Failing the hook instead would have kubelet kill the
 		// sidecar and restart it only after its back-off (10 s). A native
 		// sidecar keeps its startup probe, which never holds kubelet up.
 		c.Lifecycle = &corev1.Lifecycle{PostStart: &corev1.LifecycleHandler{
@@ -58,6 +58,6 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 }
 
 // holdTimeout bounds the regular container's hold (above): the
-// registration is the proxy's one wait that can be long (the agent
+// registration is the proxy's one wait that can be long (the node agent
 // missing the pod); past this the app starts and the proxy follows.
 const holdTimeout = "15s"

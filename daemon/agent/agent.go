@@ -28,7 +28,7 @@ import (
 	"github.com/meshlet/meshlet/kubeclient"
 )
 
-// Agent is one node's agent, built by New and run by Run.
+// Agent is the node agent of one node, built by New and run by Run.
 type Agent struct {
 	cfg     Config
 	client  kubeclient.Interface
@@ -50,7 +50,7 @@ type Agent struct {
 	installed atomic.Bool // meshlet-cni chained (or installing disabled)
 }
 
-// New builds the agent from its configuration and clients; nothing runs
+// New builds the node agent from its configuration and clients; nothing runs
 // until Run.
 func New(cfg Config, client kubeclient.Interface, consul *capi.Client, log *slog.Logger) (*Agent, error) {
 	if err := cfg.validate(); err != nil {
@@ -91,10 +91,10 @@ func New(cfg Config, client kubeclient.Interface, consul *capi.Client, log *slog
 	return a, nil
 }
 
-// Registry is the agent's Prometheus registry, for callers adding series.
+// Registry is the node agent's Prometheus registry, for callers adding series.
 func (a *Agent) Registry() *prometheus.Registry { return a.reg }
 
-// Run runs the agent until ctx ends. The HTTP server comes first, so that
+// Run runs the node agent until ctx ends. The HTTP server comes first, so that
 // /healthz answers while the rest starts; /readyz turns ready when the
 // plugin is chained and the caches are in sync.
 func (a *Agent) Run(ctx context.Context) error {
@@ -187,7 +187,7 @@ func (a *Agent) work() {
 // resyncLoop compares the Consul agent's registrations with the pods at
 // start and every ResyncInterval: that catches a Consul agent that
 // restarted without its services within seconds, and removes what pods
-// deleted while the agent was down left behind.
+// deleted while the node agent was down left behind.
 func (a *Agent) resyncLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.ResyncInterval)
 	defer t.Stop()
@@ -211,7 +211,7 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 
 // serveHTTP serves /healthz (the process runs), /readyz (the plugin is
 // chained and the caches are filled) and /metrics. A Consul agent that is
-// down does not make the agent unready: that would stall the DaemonSet's
+// down does not make the node agent unready: that would stall the DaemonSet's
 // rollouts, and with them plugin updates, while Consul is out; the logs
 // and meshlet_agent_consul_requests_total say it.
 func (a *Agent) serveHTTP(ctx context.Context, ln net.Listener) error {

@@ -48,7 +48,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&n.Binary, "cni-binary", "/usr/local/bin/meshlet-cni", "meshlet-cni in the agent's image")
 	// The path goes into the conflist as it is and meshlet-cni reads it on
 	// the host, so it must be the host's path, mounted at the same path in
-	// the agent's container (not under /host like the CNI dirs).
+	// the node agent's container (not under /host like the CNI dirs).
 	fs.StringVar(&n.KubeconfigPath, "cni-kubeconfig", "/var/lib/meshlet/meshlet-cni.kubeconfig", "where the plugin's kubeconfig is written, outside the conf dir: the host's path, which the agent's container must mount at the same path")
 	fs.StringVar(&n.LogFile, "cni-log-file", "", "meshlet-cni's log file on the host (empty: the runtime's log)")
 	fs.StringVar(&n.LogLevel, "cni-log-level", "", "meshlet-cni's log level (empty: info)")
@@ -74,7 +74,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	return o, o.consul.Validate()
 }
 
-// restConfig is the agent's own API access; the plugin's API server URL
+// restConfig is the node agent's own API access; the plugin's API server URL
 // and CA default to it.
 func (o *options) restConfig() (*rest.Config, error) {
 	rc, err := kubeclient.Config(o.kubeconfig, "meshlet-agent")
@@ -102,7 +102,7 @@ func (o *options) restConfig() (*rest.Config, error) {
 // retries.
 const consulTimeout = 10 * time.Second
 
-// gcPercent: the agent's heap is small and mostly its caches, which live
+// gcPercent: the node agent's heap is small and mostly its caches, which live
 // as long as it does; collecting at 50% growth rather than Go's 100%
 // keeps a DaemonSet on every node lean for a little CPU. $GOGC overrides.
 const gcPercent = 50

@@ -14,9 +14,9 @@ import (
 )
 
 // cniCreds mints the plugin's credentials. meshlet-cni runs on the host
-// for every sandbox and needs only to get pods; the agent's own token can
+// for every sandbox and needs only to get pods; the node agent's own token can
 // do much more (list pods and Services, delete pods, write Events), so it
-// is never handed to the plugin. Instead the agent asks the API server
+// is never handed to the plugin. Instead the node agent asks the API server
 // (TokenRequest) for a short-lived token of a ServiceAccount bound to
 // "get pods" only, and writes it into the plugin's kubeconfig, renewing it
 // well before it expires.

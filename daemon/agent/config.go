@@ -11,12 +11,12 @@ import (
 	"github.com/meshlet/meshlet/iptables"
 )
 
-// Config is the agent's configuration; Main fills it from flags.
+// Config is the node agent's configuration; Main fills it from flags.
 type Config struct {
-	// NodeName is the node the agent serves ($NODE_NAME, from the downward
+	// NodeName is the node the node agent serves ($NODE_NAME, from the downward
 	// API): it watches only that node's pods.
 	NodeName string
-	// PodName is the agent's own pod ($POD_NAME), to tell an uninstall
+	// PodName is the node agent's own pod ($POD_NAME), to tell an uninstall
 	// from a rolling update.
 	PodName string
 	// Workers sync pods concurrently (one pod at a time each).
@@ -30,9 +30,9 @@ type Config struct {
 	// Listen serves /healthz, /readyz and /metrics; empty: not served.
 	Listen string
 	CNI    CNIConfig
-	// Socket serves meshlet-cni the pods' annotations from the agent's
+	// Socket serves meshlet-cni the pods' annotations from the node agent's
 	// cache (daemon/podcache); empty: not served. The same path on the
-	// host and in the agent's container.
+	// host and in the node agent's container.
 	Socket string
 	// IptablesMode is the host's iptables backend (auto: detected in
 	// HostRoot), for the plugin's entry and the repair.
@@ -52,7 +52,7 @@ type RepairConfig struct {
 	// Interval between passes; a pass also follows the install and every
 	// re-chaining of the entry.
 	Interval time.Duration
-	// ProcRoot is the host's /proc (the agent runs with hostPID).
+	// ProcRoot is the host's /proc (the node agent runs with hostPID).
 	ProcRoot string
 	// Disabled turns the check off entirely (no hostPID needed).
 	Disabled bool
@@ -63,9 +63,9 @@ type CNIConfig struct {
 	// Enabled: install meshlet-cni and keep it chained.
 	Enabled bool
 	// BinDir and ConfDir are the runtime's CNI dirs on the host, as
-	// mounted into the agent's container.
+	// mounted into the node agent's container.
 	BinDir, ConfDir string
-	// Binary is meshlet-cni in the agent's image.
+	// Binary is meshlet-cni in the node agent's image.
 	Binary string
 	// KubeconfigPath is where the plugin's kubeconfig goes on the host
 	// (outside ConfDir).
@@ -81,7 +81,7 @@ type CNIConfig struct {
 	// reaches it; CAData its CA bundle (PEM).
 	APIServer string
 	CAData    []byte
-	// UninstallOnDelete removes the plugin when the agent's DaemonSet is
+	// UninstallOnDelete removes the plugin when the node agent's DaemonSet is
 	// deleted.
 	UninstallOnDelete bool
 }

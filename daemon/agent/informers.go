@@ -18,7 +18,7 @@ import (
 	"github.com/meshlet/meshlet/kubeclient"
 )
 
-// informers are the agent's two caches: the pods of its node (a field
+// informers are the node agent's two caches: the pods of its node (a field
 // selector on spec.nodeName, so its cost follows its node, not the
 // cluster) and the Services of every namespace (to name a pod's service
 // and find its ClusterIP).
@@ -78,11 +78,11 @@ func (is *informerSet) start(ctx context.Context) {
 
 func (is *informerSet) wait() { is.done.Wait() }
 
-// slimPod keeps of a pod only what the agent reads: its metadata (not the
+// slimPod keeps of a pod only what the node agent reads: its metadata (not the
 // managed fields, often the largest part), whether it uses the host
 // network, and its phase, conditions and IPs. Containers, volumes and
 // container statuses are most of a pod, and an injected pod's are larger
-// still; with 110 pods on a node they would be most of the agent's heap.
+// still; with 110 pods on a node they would be most of the node agent's heap.
 func slimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -101,7 +101,7 @@ func slimPod(obj any) (any, error) {
 
 // slimService keeps of a Service only what registrations use (name,
 // namespace, selector, ClusterIP, ports): with thousands of Services in
-// the cluster the cache is most of the agent's memory.
+// the cluster the cache is most of the node agent's memory.
 func slimService(obj any) (any, error) {
 	s, ok := obj.(*corev1.Service)
 	if !ok {

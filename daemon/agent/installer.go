@@ -13,7 +13,7 @@ import (
 
 // runInstaller installs meshlet-cni (retrying until it works), keeps it
 // chained, renews its credentials, and on the way out removes it only when
-// the agent's DaemonSet is being deleted: a rolling update or a restart
+// the node agent's DaemonSet is being deleted: a rolling update or a restart
 // must not leave a window in which new pods start without redirection.
 func (a *Agent) runInstaller(ctx context.Context) error {
 	c := a.cfg.CNI
@@ -139,7 +139,7 @@ func (a *Agent) cniEvent(node *corev1.ObjectReference, e install.Event) {
 	a.metrics.cniInstalled.Set(1)
 }
 
-// uninstallIfDeleted removes meshlet-cni when the agent's DaemonSet is
+// uninstallIfDeleted removes meshlet-cni when the node agent's DaemonSet is
 // gone or being deleted (an uninstall), and leaves it otherwise, and when
 // it cannot tell. own is nil when the DaemonSet could not be found at
 // start.

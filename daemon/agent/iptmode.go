@@ -16,10 +16,10 @@ import (
 // a detection failing at start left the entry at auto for good, while the
 // repair found the backend later and checked it.
 //
-// The first mode found is kept for the agent's life. Until then the entry
+// The first mode found is kept for the node agent's life. Until then the entry
 // leaves the plugin to detect the backend on the host, the repair waits,
 // and the repair's passes look again (kube-proxy, whose rules tell the
-// backend, may start after the agent at node boot); once found, the
+// backend, may start after the node agent at node boot); once found, the
 // installer rewrites the entry with it. Without the repair nothing looks
 // again: the plugin, the backend's only user then, detects it itself.
 type hostIptables struct {
@@ -63,7 +63,7 @@ func (h *hostIptables) current() string {
 	return h.mode
 }
 
-// detectIptablesMode tells the host's backend. Detected in the agent's
+// detectIptablesMode tells the host's backend. Detected in the node agent's
 // image it would be the image's, so auto reads the host's iptables
 // symlinks through HostRoot, else tells it from the host network's rules
 // (kube-proxy's).

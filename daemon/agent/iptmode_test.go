@@ -27,7 +27,7 @@ import (
 	"github.com/meshlet/meshlet/kubeclient/kubeclienttest"
 )
 
-// syncBuffer is a log sink the agent's goroutines share with the test.
+// syncBuffer is a log sink the node agent's goroutines share with the test.
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer

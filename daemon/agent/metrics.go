@@ -4,7 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Metrics are the agent's Prometheus series.
+// Metrics are the node agent's Prometheus series.
 type Metrics struct {
 	registered   prometheus.Gauge
 	consulOps    *prometheus.CounterVec
@@ -17,7 +17,7 @@ type Metrics struct {
 	repairs      *prometheus.CounterVec
 }
 
-// NewMetrics registers the agent's series with reg.
+// NewMetrics registers the node agent's series with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
 		registered: prometheus.NewGauge(prometheus.GaugeOpts{

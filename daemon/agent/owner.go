@@ -15,13 +15,13 @@ import (
 	"github.com/meshlet/meshlet/kubeclient"
 )
 
-// owner follows the agent's own DaemonSet from the start, so that the
-// agent knows at SIGTERM whether it is being uninstalled without asking
+// owner follows the node agent's own DaemonSet from the start, so that the
+// node agent knows at SIGTERM whether it is being uninstalled without asking
 // the API server then. Asking then is too late on `helm uninstall`: Helm
-// deletes the agent's ServiceAccount and RBAC right after its DaemonSet,
-// while the agent's pods are still stopping, and an agent that cannot
+// deletes the node agent's ServiceAccount and RBAC right after its DaemonSet,
+// while the node agent's pods are still stopping, and a node agent that cannot
 // tell must leave meshlet-cni installed (a rolling update must never
-// remove it). The deletion reaches the watch first, while the agent may
+// remove it). The deletion reaches the watch first, while the node agent may
 // still read its DaemonSet.
 type owner struct {
 	client    kubeclient.Interface
@@ -31,7 +31,7 @@ type owner struct {
 	deleted   atomic.Bool
 }
 
-// findOwner reads the agent's pod for the DaemonSet that runs it.
+// findOwner reads the node agent's pod for the DaemonSet that runs it.
 func findOwner(ctx context.Context, c kubeclient.Interface, namespace, podName string) (*owner, error) {
 	pod, err := c.Pods(namespace).Get(ctx, podName, metav1.GetOptions{})
 	if err != nil {
@@ -44,13 +44,13 @@ func findOwner(ctx context.Context, c kubeclient.Interface, namespace, podName s
 	return &owner{client: c, namespace: namespace, name: ref.Name, uid: ref.UID}, nil
 }
 
-// gone says whether ds (nil: absent) is no longer the agent's owner: it
+// gone says whether ds (nil: absent) is no longer the node agent's owner: it
 // is deleted, being deleted, or another DaemonSet of the same name.
 func (o *owner) gone(ds *appsv1.DaemonSet) bool {
 	return ds == nil || ds.DeletionTimestamp != nil || ds.UID != o.uid
 }
 
-// run watches the DaemonSet (by name: the agent may read no other) until
+// run watches the DaemonSet (by name: the node agent may read no other) until
 // ctx ends, remembering its deletion.
 func (o *owner) run(ctx context.Context) {
 	byName := fields.OneTermEqualSelector("metadata.name", o.name).String()

@@ -26,7 +26,7 @@ func ownedAgent(dsUID types.UID) (*corev1.Pod, *appsv1.DaemonSet) {
 	return pod, ds
 }
 
-// forbidAll makes every later request fail as when the agent's RBAC is
+// forbidAll makes every later request fail as when the node agent's RBAC is
 // gone (helm uninstall deletes it right after the DaemonSet).
 func forbidAll(cs *fake.Clientset) {
 	cs.PrependReactor("*", "*", func(a k8stesting.Action) (bool, runtime.Object, error) {
@@ -35,7 +35,7 @@ func forbidAll(cs *fake.Clientset) {
 }
 
 // TestOwnerRemembersDeletion: the deletion seen by the watch decides at
-// SIGTERM even when the API server no longer answers the agent; without
+// SIGTERM even when the API server no longer answers the node agent; without
 // the watch's answer, a failing API server leaves the plugin installed.
 func TestOwnerRemembersDeletion(t *testing.T) {
 	pod, ds := ownedAgent("u1")
@@ -54,7 +54,7 @@ func TestOwnerRemembersDeletion(t *testing.T) {
 	if deleted, err := o.isDeleted(ctx); err != nil || deleted {
 		t.Fatalf("before the deletion: %v, %v", deleted, err)
 	}
-	// Another DaemonSet of the namespace going away is not the agent's.
+	// Another DaemonSet of the namespace going away is not the node agent's.
 	other := &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: "meshlet", UID: "u9"}}
 	if _, err := cs.AppsV1().DaemonSets("meshlet").Create(ctx, other, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -86,7 +86,7 @@ func TestOwnerRemembersDeletion(t *testing.T) {
 	}
 }
 
-// TestOwnerGone: what counts as the agent's DaemonSet being deleted when
+// TestOwnerGone: what counts as the node agent's DaemonSet being deleted when
 // it is read.
 func TestOwnerGone(t *testing.T) {
 	o := &owner{name: "meshlet-agent", uid: "u1"}

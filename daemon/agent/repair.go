@@ -13,7 +13,7 @@ import (
 	"github.com/meshlet/meshlet/daemon/repair"
 )
 
-// confirmDelay separates the two looks at a pod before the agent acts: a
+// confirmDelay separates the two looks at a pod before the node agent acts: a
 // sandbox being recreated can briefly show an IP before its CNI ADD has
 // finished, and a pod whose rules are still missing after this long, in
 // the same netns, started without the plugin.

@@ -76,7 +76,7 @@ func (s *Syncer) withSandboxIP(pod *corev1.Pod) (*corev1.Pod, string) {
 	return &cp, addressFromSandbox
 }
 
-// Where a registration's address came from, in the agent's log.
+// Where a registration's address came from, in the node agent's log.
 const (
 	addressFromStatus  = "pod status"
 	addressFromSandbox = "meshlet-cni"

@@ -21,7 +21,7 @@ import (
 	"github.com/meshlet/meshlet/contract"
 )
 
-// fakeConsul is a Consul agent's service table. The real agent's
+// fakeConsul is a Consul agent's service table. The real Consul agent's
 // behaviour is tested on the local cluster (test/e2e/agent_test.go); this
 // one records calls so each decision of the syncer can be checked.
 type fakeConsul struct {
@@ -274,7 +274,7 @@ func TestResync(t *testing.T) {
 	f := newFixture(t)
 	f.put(t, injected("web-1", "u1", true))
 	f.reconcile(t, "shop/web-1")
-	// Left by pods deleted while the agent was down, or replaced.
+	// Left by pods deleted while the node agent was down, or replaced.
 	for _, o := range []struct{ pod, uid string }{{"gone", "u9"}, {"web-1", "old-uid"}} {
 		id := contract.ServiceID("shop", o.pod) + "-" + o.uid
 		f.consul.services[id] = &capi.AgentServiceRegistration{ID: id, Meta: map[string]string{

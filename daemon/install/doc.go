@@ -6,7 +6,7 @@
 // The pure part, PrimaryConfig aside, works on bytes: Chain and Unchain
 // rewrite a config without touching anything the other plugins say (each
 // plugin's JSON is kept as written; only whitespace changes), and a second
-// Chain changes nothing, so the agent can run it on every start and on every
+// Chain changes nothing, so the node agent can run it on every start and on every
 // change of the conf dir.
 //
 // The effectful part (Install, Uninstall, Watch) writes the primary config

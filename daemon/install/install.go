@@ -38,8 +38,8 @@ type InstallConfig struct {
 	// server when the runtime passes no annotations. Empty: not asked.
 	NodeAgentSocket string
 	// IptablesMode is the entry's iptables_mode (empty: auto, the host's
-	// iptables backend). The agent sets the mode it resolved, so that the
-	// plugin and the agent's repair check the same backend.
+	// iptables backend). The node agent sets the mode it resolved, so that the
+	// plugin and the node agent's repair check the same backend.
 	IptablesMode string
 
 	// FightWindow and FightThreshold: Watch reports a primary CNI that

@@ -15,7 +15,7 @@ import (
 var confExts = []string{".conf", ".conflist", ".json"}
 
 // ErrNoPrimary: the conf dir holds no config that loads (yet: the primary
-// CNI usually writes it after the agent starts).
+// CNI usually writes it after the node agent starts).
 var ErrNoPrimary = errors.New("no CNI network config")
 
 // PrimaryConfig returns the config the runtime uses for pods: the files of

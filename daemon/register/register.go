@@ -33,7 +33,7 @@ type Registrations struct {
 	Service, Proxy *capi.AgentServiceRegistration
 }
 
-// For is what the node's agent must hold for pod. services are the
+// For is what the node's Consul agent must hold for pod. services are the
 // Kubernetes Services of the pod's namespace; those whose selector matches
 // the pod name the service when the connect-service annotation does not.
 func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {

@@ -9,13 +9,13 @@ import (
 
 // Brake stops the delete-and-recreate loop of a node where meshlet-cni
 // keeps dropping out of the chain (a primary CNI rewriting its conflist,
-// the agent unable to chain it): each replacement of a deleted pod would
+// the node agent unable to chain it): each replacement of a deleted pod would
 // start unprotected too, and a Deployment would churn through pods
 // forever. After Max deletions of one controller's pods within Window, its
 // next unprotected pod is repaired in place instead (reported, in delete
 // mode), so it runs protected and stays.
 //
-// Brake is not safe for concurrent use: the agent's repair passes run one
+// Brake is not safe for concurrent use: the node agent's repair passes run one
 // at a time.
 type Brake struct {
 	Max    int

@@ -12,7 +12,7 @@ import (
 	"github.com/meshlet/meshlet/iptables"
 )
 
-// Mode is what the agent is configured to do about an unprotected pod.
+// Mode is what the node agent is configured to do about an unprotected pod.
 type Mode string
 
 const (
@@ -47,7 +47,7 @@ type Action string
 const (
 	ActionNone   Action = "none"
 	ActionRepair Action = "repair" // apply the rules in the running netns (Repairer.Fix)
-	ActionDelete Action = "delete" // delete the pod (the agent, with Finding.DeleteOptions)
+	ActionDelete Action = "delete" // delete the pod (the node agent, with Finding.DeleteOptions)
 	ActionReport Action = "report" // an Event and the metric, nothing changed
 )
 

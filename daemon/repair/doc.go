@@ -4,7 +4,7 @@
 // dropped the entry for a while) got no rules at sandbox creation, and
 // nothing else would ever add them (consul-k8s issue #3060).
 //
-// Three parts, as in the rest of the agent:
+// Three parts, as in the rest of the node agent:
 //
 //   - Scan and Index find a running pod's network namespace from the host,
 //     whatever the runtime: one pass over /proc/*/cgroup maps pod UIDs to
@@ -14,7 +14,7 @@
 //     in, an Action out (none, repair in place, delete, report only).
 //   - Repairer checks a netns with iptables.Applier.Verify and repairs it
 //     with Apply, on the backend meshlet-cni uses. Deleting the pod,
-//     the Event and the metric are the agent's: it holds the clientset,
+//     the Event and the metric are the node agent's: it holds the clientset,
 //     the recorder and the registry; Finding.Event and
 //     Finding.DeleteOptions give it the words and the precondition.
 //

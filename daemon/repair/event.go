@@ -13,7 +13,7 @@ const (
 	// ReasonMissing: the pod ran without its redirection; the message says
 	// what was done about it.
 	ReasonMissing = "MeshletRedirectionMissing"
-	// ReasonFailed: the repair or the deletion failed; the agent tries
+	// ReasonFailed: the repair or the deletion failed; the node agent tries
 	// again on its next pass.
 	ReasonFailed = "MeshletRedirectionRepairFailed"
 )
@@ -64,7 +64,7 @@ func (f Finding) Event(result error) Event {
 	return Event{corev1.EventTypeWarning, ReasonMissing, what + "; " + done}
 }
 
-// Outcome is the finding's value of the agent's metric label
+// Outcome is the finding's value of the node agent's metric label
 // (meshlet_agent_unprotected_pods_total{action}): repaired, deleted,
 // reported, or failed when result (the repair's or the deletion's error)
 // is not nil; "" for a pod that needed nothing.

@@ -231,7 +231,7 @@ func TestInspectInRealNetns(t *testing.T) {
 			if err := r.Fix(f); err != nil {
 				t.Fatal(err)
 			}
-			// Checked through the netns' own path, not the agent's.
+			// Checked through the netns' own path, not the node agent's.
 			if err := plugin.Verify(bareNS.Path(), plan, both); err != nil {
 				t.Errorf("after Fix: %v", err)
 			}

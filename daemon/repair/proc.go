@@ -17,7 +17,7 @@ import (
 )
 
 // Index maps the pods of the host's processes to those processes, from one
-// scan of /proc. The agent scans once per pass: ~110 pods share a node with
+// scan of /proc. The node agent scans once per pass: ~110 pods share a node with
 // thousands of processes, and a scan per pod would read every cgroup file
 // once per pod.
 type Index struct {
@@ -30,13 +30,13 @@ type Index struct {
 type nsID struct{ dev, ino uint64 }
 
 // Scan reads <procRoot>/<pid>/cgroup for every process. procRoot is the
-// host's /proc: the agent runs with hostPID (a container's own /proc shows
+// host's /proc: the node agent runs with hostPID (a container's own /proc shows
 // its own processes only). Processes that exit during the scan are left
 // out; those that start after it are found by the next one.
 func Scan(procRoot string) (*Index, error) {
-	// The host's netns is the agent's own (it runs on the host network),
-	// and init's where the agent may read it (a sandbox may forbid that;
-	// the agent's own then suffices).
+	// The host's netns is the node agent's own (it runs on the host network),
+	// and init's where the node agent may read it (a sandbox may forbid that;
+	// the node agent's own then suffices).
 	self, err := statNS("/proc/self/ns/net")
 	if err != nil {
 		return nil, fmt.Errorf("the agent's own netns: %w", err)

@@ -163,7 +163,7 @@ func TestIndexNetns(t *testing.T) {
 	p.proc(200, cgfs(b), "b1")
 	p.proc(201, cgfs(b), "b2")
 	p.proc(202, cgfs(b), "b2")
-	// c: host network: init's netns, and the agent's own (on the host
+	// c: host network: init's netns, and the node agent's own (on the host
 	// network, where a sandbox forbids reading init's).
 	p.proc(300, cgfs(c), "host")
 	p.proc(301, cgfs(c), "")

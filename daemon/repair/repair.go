@@ -19,7 +19,7 @@ type Repairer struct {
 	// Mode decides between repair, delete and report ("": auto).
 	Mode Mode
 	// IptablesMode and LockDir as in meshlet-cni's configuration
-	// (iptables_mode, lock_dir), so that the agent writes the rules the
+	// (iptables_mode, lock_dir), so that the node agent writes the rules the
 	// way the plugin does.
 	IptablesMode string
 	LockDir      string
@@ -69,7 +69,7 @@ type Finding struct {
 
 // Inspect decides what pod needs. The error is for a pod that could not be
 // checked (no process found, the iptables tools failing); its Finding's
-// action is then none, and the agent tries again on its next pass.
+// action is then none, and the node agent tries again on its next pass.
 func (r *Repairer) Inspect(pod *corev1.Pod, ix *Index) (Finding, error) {
 	f := Finding{Pod: types.NamespacedName{Namespace: pod.Namespace, Name: pod.Name}, UID: pod.UID, Node: r.Node}
 	if why := skipReason(pod); why != "" {
@@ -124,7 +124,7 @@ func cgroupUID(pod *corev1.Pod) types.UID {
 
 // Fix carries out an ActionRepair finding: the rules applied in the pod's
 // running netns, then verified. Other actions are not Fix's: deleting the
-// pod and reporting are the agent's.
+// pod and reporting are the node agent's.
 func (r *Repairer) Fix(f Finding) error {
 	if f.Action != ActionRepair {
 		return fmt.Errorf("pod %s: the finding's action is %s, not %s", f.Pod, f.Action, ActionRepair)
@@ -192,7 +192,7 @@ func (r *Repairer) inNetns(n Netns, fn func(a iptables.Applier, path string) err
 	if uint64(st.Dev) != n.Dev || st.Ino != n.Inode {
 		return fmt.Errorf("netns %s: %s is now net:[%d]: the process exited and its PID was reused", n, n.Path, st.Ino)
 	}
-	// Never the host's, whatever found n: the agent runs on the host
+	// Never the host's, whatever found n: the node agent runs on the host
 	// network, and a pod's rules there would capture the node's traffic.
 	self, err := statNS("/proc/self/ns/net")
 	if err != nil {

@@ -20,19 +20,19 @@ import (
 	"github.com/meshlet/meshlet/test/procstatus"
 )
 
-// Agent benchmarks: the real `meshlet agent` binary, on the host, against
+// Node agent benchmarks: the real `meshlet agent` binary, on the host, against
 // the real API server and the node's real Consul client agent, serving a
 // node of its own (benchNode) that no kubelet runs. The benchmark plays
 // kubelet: it binds pods to that node and writes their status (IP, Ready)
 // through the API server, so latencies are measured from the moment the
 // API server has the change, without a probe period in them. The
-// DaemonSet's agent is stopped meanwhile: it would take the bench node's
-// registrations for orphans of its own node (one agent per Consul client
-// agent is the design), and the bench agent takes the node's for its.
+// DaemonSet's node agent is stopped meanwhile: it would take the bench node's
+// registrations for orphans of its own node (one node agent per Consul client
+// agent is the design), and the bench node agent takes the node's for its.
 
 const benchNode = "meshlet-bench"
 
-// benchAgent starts the agent binary for benchNode and returns its PID.
+// benchAgent starts the node agent binary for benchNode and returns its PID.
 func benchAgent(b *testing.B) int {
 	b.Helper()
 	cmd := startHostProcess(b, lc.Root+"/bin/meshlet", "agent", "-kubeconfig", lc.Kubeconfig(), "-node-name", benchNode,
@@ -41,8 +41,8 @@ func benchAgent(b *testing.B) int {
 	return cmd.Process.Pid
 }
 
-// benchSetup stops the DaemonSet's agent and makes the bench node and a
-// namespace; cleanup deletes them and brings the agent back.
+// benchSetup stops the DaemonSet's node agent and makes the bench node and a
+// namespace; cleanup deletes them and brings the node agent back.
 func benchSetup(b *testing.B, ctx context.Context) (*kubernetes.Clientset, string) {
 	b.Helper()
 	requireLocalNode(b, "runs the agent binary on the node's host and reads its RSS")
@@ -179,7 +179,7 @@ func (w *consulWatch) wait(b *testing.B, ctx context.Context, n int, what string
 	return out
 }
 
-// BenchmarkAgentSyncLatency: 100 pods on the agent's node turn Ready,
+// BenchmarkAgentSyncLatency: 100 pods on the bench node turn Ready,
 // each measured from its status write to its check passing on the Consul
 // agent; then all are deleted, measured to their deregistration. The
 // issue's goal: p99 ≤ 250 ms for both. Two shapes: "burst" writes all 100
@@ -322,7 +322,7 @@ func consulOpMs(b *testing.B, cl *capi.Client) float64 {
 	return percentile(d, 0.5)
 }
 
-// BenchmarkAgentRSS: the agent's resident memory with 110 pods on its node
+// BenchmarkAgentRSS: the node agent's resident memory with 110 pods on its node
 // (kubelet's default maximum) and 1,000 Services in the cluster, once it
 // has registered them all. The issue's goal: ≤ 40 MiB.
 func BenchmarkAgentRSS(b *testing.B) {

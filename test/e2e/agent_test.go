@@ -87,7 +87,7 @@ func TestAgentFollowsDeployment(t *testing.T) {
 		pod = p
 	}
 	// The check follows the pod's readiness: the probe fails on demand,
-	// kubelet turns the pod unready, the agent sets the check critical, and
+	// kubelet turns the pod unready, the node agent sets the check critical, and
 	// Consul stops offering the pod's proxy to Connect clients.
 	waitFor(t, ctx, "the check passing", func(context.Context) (bool, error) {
 		st, err := checkStatus(cl, ns, pod)
@@ -120,7 +120,7 @@ func TestAgentRecovers(t *testing.T) {
 			t.Fatal(err)
 		}
 		if entries, _, err := cl.Catalog().Service("web", "", nil); err == nil && len(entries) != 0 {
-			// The agent may already have re-registered; the catalog then
+			// The node agent may already have re-registered; the catalog then
 			// shows it. Either way the wait below decides.
 			t.Logf("catalog right after the restart: %d instances", len(entries))
 		}
@@ -138,7 +138,7 @@ func TestAgentRecovers(t *testing.T) {
 			t.Fatal(err)
 		}
 		// The Deployment replaces it; nobody registers the new pod and
-		// nobody removes the old one's registration while the agent is down.
+		// nobody removes the old one's registration while the node agent is down.
 		waitFor(t, ctx, "the replacement pod", func(ctx context.Context) (bool, error) {
 			pods, err := podIPs(ctx, cs, ns, "web")
 			_, old := pods[gone]
@@ -152,7 +152,7 @@ func TestAgentRecovers(t *testing.T) {
 		if _, ok := after[gone]; ok {
 			t.Fatalf("deleted pod %s still registered", gone)
 		}
-		// The new pod's sidecar could not serve before the agent was back:
+		// The new pod's sidecar could not serve before the node agent was back:
 		// a regular container's hold gave up and let the app start, and
 		// the proxy, left running, serves once registered. Not restarted.
 		for name := range after {
@@ -189,7 +189,7 @@ func TestAgentEventForUnnamedService(t *testing.T) {
 	})
 }
 
-// agentMetric reads one series from the agent's /metrics.
+// agentMetric reads one series from the node agent's /metrics.
 func agentMetric(t *testing.T, series string) string {
 	t.Helper()
 	resp, err := http.Get(fmt.Sprintf("http://%s:%d/metrics", cluster.NodeIP, cluster.AgentPort))
@@ -256,7 +256,7 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
-	// A node before the agent ran: no agent, and the primary CNI's
+	// A node before the node agent ran: no node agent, and the primary CNI's
 	// conflist without meshlet-cni (written in place, as a CNI would).
 	restart := stopAgent(t, ctx, cs)
 	if err := os.WriteFile(lc.ConflistFile(), []byte(lc.Conflist()), 0o644); err != nil {
@@ -268,7 +268,7 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 	bare := createPod(t, cs, ns, "bare", map[string]string{contract.Inject: "true"}, shellContainer())
 	meshDeployment(t, cs, ns, "web", 1)
 	// With an IP the sandbox is up and its network in use, though the
-	// native sidecar, waiting for the agent to register it, holds the pod
+	// native sidecar, waiting for the node agent to register it, holds the pod
 	// in Pending.
 	var owned *corev1.Pod
 	waitFor(t, ctx, "both pods with an IP", func(ctx context.Context) (bool, error) {
@@ -329,8 +329,8 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 	}
 }
 
-// TestAgentUninstallsOnDelete: deleting the agent's DaemonSet (an
-// uninstall) removes meshlet-cni from the node; the agent's pods being
+// TestAgentUninstallsOnDelete: deleting the node agent's DaemonSet (an
+// uninstall) removes meshlet-cni from the node; the node agent's pods being
 // replaced (TestAgentRecovers stops and starts it) does not.
 func TestAgentUninstallsOnDelete(t *testing.T) {
 	requireLocalNode(t, "reads the node's CNI dirs and reinstalls meshlet with the local cluster's values")

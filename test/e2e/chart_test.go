@@ -57,9 +57,9 @@ func TestChartDryRun(t *testing.T) {
 	}
 }
 
-// TestChartUpgrade: `helm upgrade` with a change that rolls both the agent
+// TestChartUpgrade: `helm upgrade` with a change that rolls both the node agent
 // and the webhook (their log level): the webhook injects all along (no
-// annotated pod is refused), pods created while the agent rolls get their
+// annotated pod is refused), pods created while the node agent rolls get their
 // redirection, the caBundle the webhook published survives Helm's merge,
 // and the plugin stays chained.
 func TestChartUpgrade(t *testing.T) {
@@ -120,8 +120,8 @@ func TestChartUpgrade(t *testing.T) {
 	if err := lc.UpgradeMeshlet(ctx, "global.logLevel=info"); err != nil {
 		t.Fatal(err)
 	}
-	// Pods created while the agent rolls: one every 300 ms until the new
-	// agent is ready.
+	// Pods created while the node agent rolls: one every 300 ms until the new
+	// node agent is ready.
 	var created []string
 	deadline := time.Now().Add(2 * time.Minute)
 	for i := 0; ; i++ {
@@ -172,8 +172,8 @@ func TestChartUpgrade(t *testing.T) {
 
 // TestChartUninstall: `helm uninstall` removes meshlet-cni from the node
 // (its conflist entry, binary and kubeconfig), although Helm deletes the
-// agent's RBAC right after its DaemonSet, while the agent's pods are still
-// stopping; then the chart installs again.
+// node agent's RBAC right after its DaemonSet, while the node agent's pods
+// are still stopping; then the chart installs again.
 func TestChartUninstall(t *testing.T) {
 	requireLocalNode(t, "reads the node's CNI dirs and reinstalls meshlet with the local cluster's values")
 	uninstallRemovesPlugin(t, func(ctx context.Context) error {

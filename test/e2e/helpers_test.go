@@ -285,7 +285,7 @@ func consul(t testing.TB) *capi.Client {
 	return cl
 }
 
-// checkStatus is the agent's readiness check of the pod's service.
+// checkStatus is the node agent's readiness check of the pod's service.
 func checkStatus(cl *capi.Client, ns, pod string) (string, error) {
 	checks, err := cl.Agent().ChecksWithFilter(fmt.Sprintf("CheckID == %q", contract.ServiceID(ns, pod)+contract.HealthCheckSuffix))
 	if err != nil {
@@ -299,7 +299,7 @@ func checkStatus(cl *capi.Client, ns, pod string) (string, error) {
 
 // catalogMatches says the Consul catalog holds exactly one service
 // instance and one sidecar proxy per pod in want (pod name → IP), with
-// the agent's IDs, addresses and meta, and nothing else under the name.
+// the node agent's IDs, addresses and meta, and nothing else under the name.
 func catalogMatches(cl *capi.Client, ns, name string, want map[string]string) error {
 	for _, svc := range []string{name, name + "-sidecar-proxy"} {
 		entries, _, err := cl.Catalog().Service(svc, "", nil)
@@ -401,7 +401,7 @@ func leaveNoRegistrations(t *testing.T, cs *kubernetes.Clientset, cl *capi.Clien
 
 // meshlet's parts: the agent, the webhook, the CNI plugin and its rules.
 
-// stopAgent takes the agent off the node (a nodeSelector nothing matches)
+// stopAgent takes the node agent off the node (a nodeSelector nothing matches)
 // until the returned func puts it back and it is ready again.
 func stopAgent(t testing.TB, ctx context.Context, cs *kubernetes.Clientset) (restart func()) {
 	t.Helper()

@@ -20,7 +20,7 @@ import (
 // TestAgentRegistersFromSandboxNotice: the node agent registers a new
 // meshed pod at the IP meshlet-cni reports when its rules are in, not
 // when kubelet reports the IP in the pod's status (up to a second later,
-// which the pod's proxy, and so its app, would wait for). The agent's log
+// which the pod's proxy, and so its app, would wait for). The node agent's log
 // says where each registration's address came from.
 func TestAgentRegistersFromSandboxNotice(t *testing.T) {
 	requireCluster(t)

@@ -110,7 +110,7 @@ func TestClusterSmoke(t *testing.T) {
 		}
 		return
 	}
-	// Elsewhere the nodes are the cluster's own: the agent's node must be
+	// Elsewhere the nodes are the cluster's own: the Consul agent's node must be
 	// among them, with a server beside it.
 	self, err := cl.Agent().NodeName()
 	if err != nil || !slices.Contains(names, self) || len(names) < 2 {

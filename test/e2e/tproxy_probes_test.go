@@ -185,7 +185,7 @@ func TestTransparentProxyProbes(t *testing.T) {
 	}
 
 	// Readiness: the app answers 404 on /ready, through the expose
-	// listener; kubelet turns the pod unready and the agent the check
+	// listener; kubelet turns the pod unready and the node agent the check
 	// critical; the file back, both recover.
 	t1 := time.Now()
 	kubectl(t, "exec", "-n", ns, name, "-c", "app", "--", "rm", "/tmp/www/ready")

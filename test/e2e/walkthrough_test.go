@@ -152,7 +152,7 @@ func TestSeedWalkthrough(t *testing.T) {
 		intention("intention", "create", "-deny", "static-client", "static-server")
 		if suite.DataPlane == webhook.DataPlaneMeshlet {
 			// The very next request, not eventually one: meshlet's proxy
-			// asks the agent at each connection.
+			// asks the Consul agent at each connection.
 			if out, err := kexec("deploy/static-client", curlServer...); !denied(out, err) {
 				t.Errorf("the first request after the deny: %q (%v), want curl's exit code 52 (empty reply)", out, err)
 			}

@@ -48,7 +48,7 @@ import (
 // Consul's own xDS server (the node's client agent, plain gRPC on 8502, no
 // ACLs in the local cluster) serves an xDS client that presents itself as
 // the Envoy the webhook's bootstrap would start (its node id, cluster and
-// metadata, the agent address, the delta ADS protocol, all read from the
+// metadata, the Consul agent address, the delta ADS protocol, all read from the
 // rendered bootstrap) the listeners and clusters a transparent-proxy
 // sidecar needs: public_listener on the pod IP:20000, outbound_listener on
 // 15001 with a filter chain for the upstream's Service ClusterIP, and the
@@ -195,7 +195,7 @@ func TestXDSServesMeshletRegistrations(t *testing.T) {
 // (the meshlet agent DaemonSet) to hold the pod's service and sidecar
 // proxy, register.For's registrations for the pod and its namespace's
 // Services, with the readiness check passing once the pod is Ready, and
-// returns the Ready pod. The agent deregisters them when the pod goes.
+// returns the Ready pod. The node agent deregisters them when the pod goes.
 func meshPodRegistered(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, cl *capi.Client, ns, name string) *corev1.Pod {
 	t.Helper()
 	ready := waitPodState(t, ctx, cs, ns, name, "Ready", podReady)
@@ -363,7 +363,7 @@ func podField(t *testing.T, pod *corev1.Pod, path string) string {
 	return ""
 }
 
-// checkBootstrapNode: the node the bootstrap names is the proxy the agent
+// checkBootstrapNode: the node the bootstrap names is the proxy the Consul agent
 // holds for the pod (Consul finds the proxy by node.id alone), and cluster
 // and metadata are what Consul expects of a sidecar of service.
 func checkBootstrapNode(t *testing.T, cl *capi.Client, bs *bootstrapv3.Bootstrap, pod *corev1.Pod, service string) {

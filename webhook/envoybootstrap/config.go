@@ -35,13 +35,13 @@ type Config struct {
 	Namespace     string // Consul Enterprise namespace; "" when not used
 	Partition     string // Consul Enterprise admin partition; "" when not used
 
-	// Datacenter is the Consul datacenter of the node's agent. Consul reads
-	// it from the agent and tags every stat with it
+	// Datacenter is the Consul datacenter of the node's Consul agent.
+	// Consul reads it from the Consul agent and tags every stat with it
 	// (consul.source.datacenter); "" leaves that tag out, as Consul does
 	// when it has no datacenter.
 	Datacenter string
 
-	// Token is the ACL token Envoy presents to the agent's xDS server
+	// Token is the ACL token Envoy presents to the Consul agent's xDS server
 	// (x-consul-token). "" when ACLs are off, which is what Consul prints
 	// then. A literal token would be readable by anyone who can read the
 	// pod; a `$(VAR)` reference to a Secret-backed env var keeps it out of
@@ -49,8 +49,9 @@ type Config struct {
 	Token string
 }
 
-// Names Consul gives the parts of the bootstrap. The agent's xDS server and
-// Consul's dashboards depend on them, so they are not ours to choose.
+// Names Consul gives the parts of the bootstrap. The Consul agent's xDS
+// server and Consul's dashboards depend on them, so they are not ours to
+// choose.
 const (
 	localAgentCluster = "local_agent"
 	tokenHeader       = "x-consul-token"

@@ -14,7 +14,7 @@ func (c Config) doc() document {
 		Node: node{
 			ID:      c.ProxyID,
 			Cluster: c.ServiceName,
-			// The agent reads these to find the proxy's registration.
+			// The Consul agent reads these to find the proxy's registration.
 			Metadata: map[string]string{
 				"namespace": orDefault(c.Namespace),
 				"partition": orDefault(c.Partition),
@@ -30,7 +30,7 @@ func (c Config) doc() document {
 					Endpoint: endpoint{Address: addressOf(c.AgentHost, c.AgentGRPCPort)},
 				}}}},
 			},
-			// The agent serves xDS over gRPC, which needs HTTP/2 on the
+			// The Consul agent serves xDS over gRPC, which needs HTTP/2 on the
 			// cluster.
 			TypedExtensionProtocolOptions: map[string]httpOptions{
 				httpOptionsType: {Type: typeURL + httpOptionsType},
@@ -44,7 +44,7 @@ func (c Config) doc() document {
 				TransportAPIVersion: "V3",
 				GrpcServices: []grpcService{{
 					EnvoyGrpc: grpcCluster{ClusterName: localAgentCluster},
-					// Sent even when empty, as Consul does: the agent then
+					// Sent even when empty, as Consul does: the Consul agent then
 					// treats the stream as anonymous.
 					InitialMetadata: []header{{Key: tokenHeader, Value: c.Token}},
 				}},
@@ -84,7 +84,7 @@ func addressOf(host string, port int) address {
 }
 
 // adsSource: listeners and clusters come over the ADS stream. A zero
-// initial fetch timeout makes Envoy wait for them however long the agent
+// initial fetch timeout makes Envoy wait for them however long the Consul agent
 // takes, instead of starting with none.
 func adsSource() configSource {
 	return configSource{InitialFetchTimeout: "0s", ResourceAPIVersion: "V3"}

@@ -17,16 +17,16 @@ const (
 	AgentPort = 9402
 )
 
-// AgentKubeconfigDir holds the plugin's kubeconfig on the host; the agent
+// AgentKubeconfigDir holds the plugin's kubeconfig on the host; the node agent
 // mounts it at the same path, because the path it writes into the
 // conflist is read by the plugin on the host.
 func (c *Cluster) AgentKubeconfigDir() string { return c.path("meshlet") }
 
-// AgentSocketDir holds the agent's pod cache socket, at the same path on
-// the host (where the plugin dials it) and in the agent's container.
+// AgentSocketDir holds the node agent's pod cache socket, at the same path on
+// the host (where the plugin dials it) and in the node agent's container.
 func (c *Cluster) AgentSocketDir() string { return c.path("run") }
 
-// AgentReady says the agent's DaemonSet has its pod ready on the node.
+// AgentReady says the node agent's DaemonSet has its pod ready on the node.
 func AgentReady(ctx context.Context, cs kubernetes.Interface) error {
 	ds, err := cs.AppsV1().DaemonSets(MeshletNamespace).Get(ctx, AgentName, metav1.GetOptions{})
 	if err != nil {

@@ -2,7 +2,7 @@
 // this machine: etcd, kube-apiserver, kube-controller-manager,
 // kube-scheduler, kube-proxy, containerd and kubelet, plus a Consul server
 // and a Consul client agent, and as pods CoreDNS (cluster DNS), meshlet's
-// agent and its webhook. Every packet stays on the harness's own bridge
+// node agent and its webhook. Every packet stays on the harness's own bridge
 // (see docs/local-cluster.md); Down stops what Up started by its recorded PID
 // and restores the host.
 package cluster
@@ -116,7 +116,7 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 		return err
 	}
 	// CoreDNS starts while the webhook does; it goes through the chain
-	// the agent has just installed, like every later pod.
+	// the node agent has just installed, like every later pod.
 	if err := c.createDNS(ctx); err != nil {
 		return err
 	}

@@ -137,7 +137,7 @@ func consulReady(ctx context.Context) error {
 
 // RestartConsulClient stops the node's Consul client agent and starts it
 // again. With forget, the services and checks it persisted in its data dir
-// are removed first: it comes back as a fresh agent would (a replaced
+// are removed first: it comes back as a fresh Consul agent would (a replaced
 // node or client pod), holding nothing, and whoever registered there must
 // notice and register again.
 func (c *Cluster) RestartConsulClient(ctx context.Context, forget bool) error {

@@ -74,7 +74,7 @@ func (c *Cluster) imageSpecs() ([]imageSpec, error) {
 			{path: "meshlet-proxy", src: c.bin("meshlet-proxy")},
 			{path: "usr/local/bin/meshlet-cni", src: c.bin("meshlet-cni")}}, entrypoint: []string{"/meshlet"},
 			// As deploy/image/Dockerfile: non-root unless the pod says
-			// otherwise (only the agent does).
+			// otherwise (only the node agent does).
 			user: "65532:65532"},
 		{ref: CoreDNSImage, files: []imageFile{{path: "coredns", src: c.bin("coredns")}}, entrypoint: []string{"/coredns"}},
 	}, nil

@@ -22,7 +22,7 @@ const (
 // MeshletValues are the local cluster's chart values: the locally built
 // image (never pulled: there is no registry), data plane meshlet (Envoy
 // cannot run here), the harness's host dirs in place of /opt/cni/bin and
-// /etc/cni/net.d, and the API server itself for the agent: it runs in the
+// /etc/cni/net.d, and the API server itself for the node agent: it runs in the
 // host's netns, which cannot route ClusterIPs here.
 func (c *Cluster) MeshletValues() map[string]any {
 	repo, tag, _ := strings.Cut(MeshletImage, ":")
@@ -66,8 +66,8 @@ func (c *Cluster) helmEnv() []string {
 }
 
 // InstallMeshlet installs (or upgrades to) the chart with MeshletValues
-// and waits until the agent is ready and containerd has loaded the
-// conflist the agent chained meshlet-cni into, then mints the plugin
+// and waits until the node agent is ready and containerd has loaded the
+// conflist the node agent chained meshlet-cni into, then mints the plugin
 // kubeconfig of the tests that run meshlet-cni themselves. The webhook
 // starts beside it; WaitWebhook waits for it.
 func (c *Cluster) InstallMeshlet(ctx context.Context) error {

@@ -65,7 +65,7 @@ func helm(t *testing.T, args ...string) string {
 // TestMeshletValues: meshlet's chart accepts meshlet-values.yaml (lint
 // with its schema, which refuses unknown keys), and renders a webhook
 // injecting Envoy with the Consul agent on the node's ports 8500/8502,
-// and an agent running the image run.sh loads, never pulled.
+// and a node agent running the image run.sh loads, never pulled.
 func TestMeshletValues(t *testing.T) {
 	chart := filepath.Join("..", "..", "..", "deploy", "daemonset")
 	if out := helm(t, "lint", "--strict", chart, "--namespace", "meshlet", "-f", "meshlet-values.yaml"); !strings.Contains(out, "0 chart(s) failed") ||

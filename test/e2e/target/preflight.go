@@ -36,8 +36,8 @@ func ConsulClient(addr string) (*capi.Client, error) {
 // runs, so that a wrong flag fails at once with its name rather than as a
 // test failure minutes later: meshlet's webhook is in -e2e.meshlet-namespace
 // and injects -e2e.data-plane; -e2e.consul-addr is a Consul client agent
-// (not a server: the tests read the agent's own services and checks); and
-// the pods the tests create can only land on that agent's node.
+// (not a server: the tests read the Consul agent's own services and checks); and
+// the pods the tests create can only land on that Consul agent's node.
 func (c Config) Preflight(ctx context.Context) error {
 	cs, err := Clientset(c.Kubeconfig)
 	if err != nil {

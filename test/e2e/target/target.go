@@ -50,7 +50,7 @@ type Config struct {
 	// suite boots the local cluster.
 	Kubeconfig string
 	// ConsulAddr is host:port of the HTTP API of the Consul client agent
-	// on the node the tests' pods run on: the tests read that agent's own
+	// on the node the tests' pods run on: the tests read that Consul agent's own
 	// services and checks, which only it holds.
 	ConsulAddr string
 	// DataPlane is the webhook's -data-plane (connectInject.dataPlane).

@@ -3,6 +3,7 @@ package webhook
 import (
 	"fmt"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -63,6 +64,12 @@ type Config struct {
 	// AgentHTTPPort and AgentGRPCPort are the node's Consul client agent's
 	// ports, on the node's IP (HOST_IP).
 	AgentHTTPPort, AgentGRPCPort int
+	// ACLAuthMethod is the Consul Kubernetes auth method a pod's sidecar
+	// logs in with (consul-k8s' -acl-auth-method); empty: a Consul without
+	// ACLs. Its binding rule gives a login the service identity of the
+	// pod's ServiceAccount, so with one a pod's Consul service must be
+	// named like its ServiceAccount (checkIdentity).
+	ACLAuthMethod string
 }
 
 // MetricsDefaults are connectInject.metrics.*.
@@ -120,6 +127,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("k8sAllowNamespaces is empty: no pod could be injected (use [\"*\"] for all)")
 	case slices.Contains(c.DenyNamespaces, "*"):
 		return fmt.Errorf("k8sDenyNamespaces contains \"*\": no pod could be injected")
+	case c.ACLAuthMethod != "" && strings.TrimSpace(c.ACLAuthMethod) != c.ACLAuthMethod:
+		return fmt.Errorf("ACL auth method %q: expected a Consul auth method's name, without surrounding spaces", c.ACLAuthMethod)
 	}
 	for _, p := range []struct {
 		name string

@@ -51,7 +51,7 @@ func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod)
 	for _, k := range p.unknown {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s is not implemented by meshlet and has no effect", k))
 	}
-	if err := checkPod(pod); err != nil {
+	if err := errors.Join(checkPod(pod), checkIdentity(pod, p.service, cfg)); err != nil {
 		return Result{Denied: err}, nil
 	}
 	pl := placeSidecar(pod, cfg)

@@ -41,6 +41,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"bad pull policy", "image:\n  pullPolicy: always\n", []string{"/image/pullPolicy", "'IfNotPresent'"}},
 		{"port out of range", "agent:\n  port: 70000\n", []string{"/agent/port", "maximum"}},
 		{"port of wrong type", "consul:\n  httpPort: \"8500\"\n", []string{"/consul/httpPort", "want integer"}},
+		{"auth method with spaces", "consul:\n  acl:\n    authMethod: \" meshlet \"\n", []string{"/consul/acl/authMethod", "does not match pattern"}},
 		{"metrics inherit marker", "connectInject:\n  metrics:\n    defaultEnabled: \"-\"\n", []string{"/connectInject/metrics/defaultEnabled", "want boolean"}},
 		{"deny every namespace", "connectInject:\n  k8sDenyNamespaces: [\"*\"]\n", []string{"/connectInject/k8sDenyNamespaces/0"}},
 		{"empty allow list", "connectInject:\n  k8sAllowNamespaces: []\n", []string{"/connectInject/k8sAllowNamespaces", "minItems"}},

@@ -84,6 +84,7 @@ var valueSets = map[string]valueSet{
 			"default-sidecar-proxy-memory-request": {"64Mi"}, "default-sidecar-proxy-memory-limit": {"256Mi"}},
 	},
 	"tls-acl.yaml": {
+		webhookFlags: map[string][]string{"acl-auth-method": {"consul-k8s-auth-method"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
 			"tls-server-name": {"client.dc1.consul"}, "token-file": {"/consul/acl/token"}},
 		check: func(t *testing.T, r rendering) {

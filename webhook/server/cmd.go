@@ -113,6 +113,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&n.MirroringK8SPrefix, "k8s-namespace-mirroring-prefix", n.MirroringK8SPrefix, "connectInject.consulNamespaces.mirroringK8SPrefix")
 	fs.IntVar(&c.AgentHTTPPort, "consul-http-port", c.AgentHTTPPort, "the node's Consul client agent HTTP port, on the node's IP")
 	fs.IntVar(&c.AgentGRPCPort, "consul-grpc-port", c.AgentGRPCPort, "the node's Consul client agent gRPC port, on the node's IP")
+	fs.StringVar(&c.ACLAuthMethod, "acl-auth-method", c.ACLAuthMethod, "the Consul Kubernetes auth method sidecars log in with (consul.acl.authMethod); empty: Consul without ACLs. With one, a pod's Consul service must be named like its ServiceAccount")
 
 	fs.StringVar(&o.listen, "listen", ":8080", "HTTPS address: /mutate, /healthz, /readyz, /metrics")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig; empty: in-cluster")

@@ -98,6 +98,10 @@ reads "-flag false" as -flag followed by an argument.
 - {{ int .Values.consul.httpPort | quote }}
 - -consul-grpc-port
 - {{ int .Values.consul.grpcPort | quote }}
+{{- with .Values.consul.acl.authMethod }}
+- -acl-auth-method
+- {{ . | quote }}
+{{- end }}
 - -default-sidecar-proxy-cpu-request
 - {{ include "meshlet.quantity" (($res.requests | default dict).cpu) | quote }}
 - -default-sidecar-proxy-cpu-limit

@@ -1,0 +1,68 @@
+package webhook
+
+import (
+	"strings"
+	"testing"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/meshlet/meshlet/contract"
+)
+
+// TestIdentityWithACLs: with an auth method, a pod is admitted only when
+// its sidecar can log in as its Consul service; without one nothing
+// changes.
+func TestIdentityWithACLs(t *testing.T) {
+	acls := func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" }
+	sa := func(name string) func(*corev1.Pod) {
+		return func(p *corev1.Pod) { p.Spec.ServiceAccountName = name }
+	}
+	for _, tc := range []struct {
+		name string
+		pod  *corev1.Pod
+		cfg  Config
+		want []string // the denial says each; none: admitted and injected
+	}{
+		{"service named like the ServiceAccount", app(on(contract.Service, "web")), meshletCfg(acls), nil},
+		{"no service annotation: the node agent checks the Service's name", app(on()), meshletCfg(acls), nil},
+		{"another service than the ServiceAccount", app(on(contract.Service, "static-server"), sa("static-client")), meshletCfg(acls),
+			[]string{`annotation consul.hashicorp.com/connect-service is "static-server" but the pod's ServiceAccount is "static-client"`, "auth method meshlet-k8s"}},
+		{"ServiceAccount default", app(on(contract.Service, "web"), sa("default")), consulCfg(acls),
+			[]string{`the pod runs as ServiceAccount "default"`, `"default" gets no identity`}},
+		{"no ServiceAccount is default", app(on(), sa("")), consulCfg(acls),
+			[]string{`the pod runs as ServiceAccount "default"`}},
+		{"reported with the pod's other problems", app(on(contract.Service, "db"), func(p *corev1.Pod) { p.Spec.Containers[0].Name = consulSidecarName }), consulCfg(acls),
+			[]string{`container name "consul-sidecar"`, `connect-service is "db" but the pod's ServiceAccount is "web"`}},
+		{"without ACLs another service is fine", app(on(contract.Service, "static-server"), sa("static-client")), meshletCfg(), nil},
+		{"without ACLs default is fine", app(on(), sa("default")), consulCfg(), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := Mutate(tc.pod, "shop", tc.cfg)
+			if len(tc.want) == 0 {
+				if res.Denied != nil || res.Patch == nil {
+					t.Fatalf("denied %v, patch %d ops; want it injected", res.Denied, len(res.Patch))
+				}
+				return
+			}
+			if res.Denied == nil || res.Patch != nil {
+				t.Fatalf("admitted (patch %d ops), want a denial", len(res.Patch))
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(res.Denied.Error(), w) {
+					t.Errorf("denial %q does not say %q", res.Denied, w)
+				}
+			}
+		})
+	}
+}
+
+func TestConfigACLAuthMethod(t *testing.T) {
+	c := meshletCfg(func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" })
+	if err := c.Validate(); err != nil {
+		t.Fatalf("auth method meshlet-k8s: %v", err)
+	}
+	c.ACLAuthMethod = " meshlet-k8s"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), `ACL auth method " meshlet-k8s": expected a Consul auth method's name`) {
+		t.Fatalf("auth method with a space: %v, want an error naming it", err)
+	}
+}

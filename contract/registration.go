@@ -36,6 +36,13 @@ type Registration struct {
 	// ConsulNamespace is the Consul Enterprise namespace the service goes
 	// to; empty when namespaces are not used.
 	ConsulNamespace string `json:"consulNamespace,omitempty"`
+	// AuthMethod is the Consul Kubernetes auth method the pod's sidecar
+	// logs in with; empty: a Consul without ACLs. With one, the login's
+	// identity is the pod's ServiceAccount's name, so the node agent
+	// registers the pod only under that name. Written only when set, so
+	// that node agents older than the field read every other pod's
+	// registration as before.
+	AuthMethod string `json:"authMethod,omitempty"`
 }
 
 // Upstream is one entry of connect-service-upstreams.

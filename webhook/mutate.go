@@ -98,7 +98,7 @@ const defaultContainerKey = "kubectl.kubernetes.io/default-container"
 func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg Config) (*corev1.Pod, error) {
 	reg := contract.Registration{Service: p.service, Port: p.port, DataPlane: cfg.DataPlane,
 		TransparentProxy: p.tproxy, Upstreams: p.upstreams, Tags: p.tags, Meta: p.meta, Metrics: p.metrics,
-		ConsulNamespace: consulNamespace(namespace, cfg.ConsulNamespaces)}
+		ConsulNamespace: consulNamespace(namespace, cfg.ConsulNamespaces), AuthMethod: cfg.ACLAuthMethod}
 	if p.tproxy && p.overwriteProbes {
 		reg.ExposePaths = overwriteProbes(pod)
 	}

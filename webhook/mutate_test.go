@@ -132,6 +132,9 @@ var goldenCases = []struct {
 			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(9000)}}}})
 	}), "shop", consulCfg()},
 	{"meshlet", app(on()), "shop", meshletCfg()},
+	// With ACLs the registration names the auth method, for the node
+	// agent's check and the sidecar's login.
+	{"meshlet-acls", app(on(contract.Service, "web")), "shop", meshletCfg(func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" })},
 	{"meshlet-metrics", app(on(contract.EnableMetrics, "true")), "shop", meshletCfg()},
 	// A plain-container sidecar that holds the app: first in the list.
 	{"meshlet-regular-container", app(on()), "shop", meshletCfg(func(c *Config) { c.NativeSidecar = false })},

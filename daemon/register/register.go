@@ -65,6 +65,13 @@ func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
 			return Registrations{}, fmt.Errorf("the Services %s all select the pod: pick one with the %s annotation", strings.Join(names, ", "), contract.Service)
 		}
 	}
+	from := "its " + contract.Service + " annotation"
+	if reg.Service == "" {
+		from = "the Kubernetes Service selecting it"
+	}
+	if err := checkIdentity(pod, name, from, reg.AuthMethod); err != nil {
+		return Registrations{}, err
+	}
 	svcID := contract.ServiceID(pod.Namespace, pod.Name)
 	meta := map[string]string{}
 	for k, v := range reg.Meta {

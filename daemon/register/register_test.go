@@ -63,6 +63,10 @@ func TestForGolden(t *testing.T) {
 			[]*corev1.Service{service("all", "10.96.0.30", map[string]string{"app": "web"}), web}},
 		{"headless-no-virtual", pod(&contract.Registration{Port: 8080, TransparentProxy: true}),
 			[]*corev1.Service{service("web", corev1.ClusterIPNone, map[string]string{"app": "web"})}},
+		// With ACLs: the Kubernetes Service is named like the
+		// ServiceAccount, so the pod is registered as with no ACLs.
+		{"acls-service-named-like-serviceaccount", pod(&contract.Registration{Port: 8080, TransparentProxy: true, AuthMethod: "meshlet-k8s"},
+			func(p *corev1.Pod) { p.Spec.ServiceAccountName = "web" }), []*corev1.Service{web}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, err := For(tc.pod, tc.services)
@@ -93,6 +97,14 @@ func TestForErrors(t *testing.T) {
 		{"two Services", pod(&contract.Registration{Port: 80}),
 			[]*corev1.Service{web, service("all", "10.96.0.30", map[string]string{"app": "web"})}, nil, "the Services all, web all select the pod"},
 		{"other version", pod(nil, func(p *corev1.Pod) { p.Annotations[contract.RegistrationKey] = `{"version":2}` }), nil, nil, contract.RegistrationKey},
+		{"ACLs, a Service not named like the ServiceAccount", pod(&contract.Registration{Port: 80, AuthMethod: "meshlet-k8s"},
+			func(p *corev1.Pod) { p.Spec.ServiceAccountName = "static-client" }), []*corev1.Service{web}, ErrIdentity,
+			`its Consul service is "web" (the Kubernetes Service selecting it) but its ServiceAccount is "static-client"; with Consul ACLs (auth method meshlet-k8s)`},
+		{"ACLs, an annotation not named like the ServiceAccount", pod(&contract.Registration{Service: "static-server", Port: 80, AuthMethod: "meshlet-k8s"},
+			func(p *corev1.Pod) { p.Spec.ServiceAccountName = "static-client" }), nil, ErrIdentity,
+			`its Consul service is "static-server" (its consul.hashicorp.com/connect-service annotation) but its ServiceAccount is "static-client"`},
+		{"ACLs, ServiceAccount default", pod(&contract.Registration{Port: 80, AuthMethod: "meshlet-k8s"}), []*corev1.Service{web}, ErrIdentity,
+			`but its ServiceAccount is "default"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := For(tc.pod, tc.services)

@@ -26,6 +26,16 @@ func testSecureConsul(base int, autoEncrypt bool) secureConsul {
 	}
 }
 
+// The plain ports testSecureConsul leaves closed on each agent.
+func (s secureConsul) plainPorts() []hostPort {
+	var out []hostPort
+	for _, a := range []consulAgent{s.Server, s.Client} {
+		out = append(out, hostPort{"tcp", a.ClientAddrs[0], a.HTTPS - 1, a.Node + " plain HTTP"},
+			hostPort{"tcp", a.ClientAddrs[0], a.GRPCTLS - 1, a.Node + " plain gRPC"})
+	}
+	return out
+}
+
 // TestSecureConsulHCL pins both agents' configurations in both client
 // modes; tokens are fixed stand-ins.
 func TestSecureConsulHCL(t *testing.T) {

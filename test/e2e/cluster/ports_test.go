@@ -92,6 +92,32 @@ func occupy(t *testing.T, network, addr string) (port int, release func()) {
 // again make Up time out instead of naming it.
 func checkFixedPorts(t *testing.T, c *Cluster) {
 	t.Helper()
+	checkHeldPorts(t, c, fixedPorts, "fixedPorts")
+}
+
+// checkHeldPorts compares want with the ports outside the ephemeral range
+// that c's recorded components hold; list names want in the errors.
+func checkHeldPorts(t *testing.T, c *Cluster, want []hostPort, list string) {
+	t.Helper()
+	held := heldPorts(t, c)
+	wanted := map[hostPort]bool{}
+	for _, p := range want {
+		wanted[p] = true
+		if !held[p] {
+			t.Errorf("%s lists %+v, which no component holds", list, p)
+		}
+	}
+	for p := range held {
+		if !wanted[p] {
+			t.Errorf("%+v is held but not in %s", p, list)
+		}
+	}
+}
+
+// heldPorts are the ports outside the ephemeral range that c's recorded
+// components hold (listening TCP, unconnected UDP).
+func heldPorts(t *testing.T, c *Cluster) map[hostPort]bool {
+	t.Helper()
 	var lo, hi int
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if _, err2 := fmt.Sscan(string(b), &lo, &hi); err != nil || err2 != nil {
@@ -120,16 +146,5 @@ func checkFixedPorts(t *testing.T, c *Cluster) {
 			}
 		}
 	}
-	want := map[hostPort]bool{}
-	for _, p := range fixedPorts {
-		want[p] = true
-		if !held[p] {
-			t.Errorf("fixedPorts lists %+v, which no component holds", p)
-		}
-	}
-	for p := range held {
-		if !want[p] {
-			t.Errorf("%+v is held but not in fixedPorts", p)
-		}
-	}
+	return held
 }

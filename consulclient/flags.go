@@ -24,6 +24,9 @@ import (
 // node's IP ($HOST_IP) on port 8500.
 type Flags struct {
 	Addr, CAFile, TokenFile, ServerName string
+	// Token, set by code and never by a flag (a login's), replaces
+	// TokenFile: it must not reach a command line or a file.
+	Token string
 }
 
 // Register adds -http-addr, -ca-file, -tls-server-name and -token-file to
@@ -67,6 +70,9 @@ func (f Flags) Client(timeout time.Duration) (*capi.Client, error) {
 	}
 	if f.TokenFile != "" {
 		cc.TokenFile = f.TokenFile
+	}
+	if f.Token != "" {
+		cc.Token, cc.TokenFile = f.Token, ""
 	}
 	hc, err := capi.NewHttpClient(cc.Transport, cc.TLSConfig)
 	if err != nil {

@@ -27,6 +27,10 @@ const (
 	EnvServiceID = "SERVICE_ID"
 	EnvProxyID   = "PROXY_ID"
 	EnvHostIP    = "HOST_IP"
+	// The pod's own, which the proxy's login puts on its ACL token.
+	EnvPodName      = "POD_NAME"
+	EnvPodNamespace = "POD_NAMESPACE"
+	EnvPodUID       = "POD_UID"
 )
 
 // ConsulAgentHTTPPort is the Consul client agent's HTTP port on the node's

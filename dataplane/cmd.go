@@ -34,6 +34,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.StringVar(&o.Metrics, "metrics-addr", net.JoinHostPort("127.0.0.1", strconv.Itoa(contract.ProxyMetricsPort)), "HTTP address of /metrics and /ready; empty: none")
 	fs.DurationVar(&o.Drain, "drain", 5*time.Second, "on SIGTERM, how long open connections may finish")
 	fs.DurationVar(&o.Linger, "linger", 0, "on SIGTERM, keep serving until the app has stopped (its port refuses, no connection open), at most this long; for a sidecar stopped together with the app")
+	var lg Login
+	fs.StringVar(&lg.AuthMethod, "acl-auth-method", "", "log in to this Consul Kubernetes auth method with the pod's ServiceAccount token and use the token it gives for every Consul call (docs/identity.md); empty: no login")
+	fs.StringVar(&lg.BearerTokenFile, "acl-bearer-token-file", "/var/run/secrets/kubernetes.io/serviceaccount/token", "the pod's ServiceAccount token, for -acl-auth-method")
 	consul.Register(fs, "for the proxy's certificate and authorizations")
 	lf.Register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -48,6 +51,10 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("-drain %s: expected a duration ≥ 0", o.Drain)
 	case o.Linger < 0:
 		return fmt.Errorf("-linger %s: expected a duration ≥ 0", o.Linger)
+	case lg.AuthMethod != "" && consul.TokenFile != "":
+		return fmt.Errorf("-acl-auth-method %s and -token-file %s exclude each other: the proxy acts with the token its login gives", lg.AuthMethod, consul.TokenFile)
+	case lg.AuthMethod != "" && lg.BearerTokenFile == "":
+		return fmt.Errorf("-acl-auth-method %s needs -acl-bearer-token-file, the pod's ServiceAccount token", lg.AuthMethod)
 	}
 	if err := consul.Validate(); err != nil {
 		return err
@@ -61,6 +68,26 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	client, err := consul.Client(0)
 	if err != nil {
 		return err
+	}
+	if lg.AuthMethod != "" {
+		lg.Meta = podMeta()
+		tok, err := loginUntil(ctx, client, lg, log)
+		if err != nil {
+			return err
+		}
+		consul.Token = tok.SecretID
+		if client, err = consul.Client(0); err != nil {
+			return err
+		}
+		// The token goes with the pod: logged out once the proxy has
+		// stopped serving (after its linger and drain).
+		defer func() {
+			if err := logout(client, tok.SecretID); err != nil {
+				log.Warn("the proxy's Consul token is left for the reaper", "accessor_id", tok.AccessorID, "err", err)
+				return
+			}
+			log.Info("logged out of Consul", "accessor_id", tok.AccessorID)
+		}()
 	}
 	o.Registry = prometheus.NewRegistry()
 	o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

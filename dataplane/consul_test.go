@@ -50,7 +50,10 @@ func consulAgents(t testing.TB) *capi.Client {
 // bind; the client agent's HTTP API answers on every address of n, and the
 // returned API client dials from inside n. The port is the client agent's
 // HTTP port.
-func consulAgentsIn(t testing.TB, n ns.NetNS, bind string) (*capi.Client, int) {
+//
+// With a management token, both agents run with ACLs on, default policy
+// deny, that token their agent token, and the client returned uses it.
+func consulAgentsIn(t testing.TB, n ns.NetNS, bind string, management ...string) (*capi.Client, int) {
 	t.Helper()
 	bin := repobin.Need(t, "consul", "make tools")
 	dir := t.TempDir()
@@ -83,6 +86,11 @@ retry_join = ["%s:%d"]
 retry_interval = "1s"
 disable_update_check = true
 `, filepath.Join(dir, "client"), bind, clientAddr, httpPort, freePort(t), bind, serf)
+	if len(management) > 0 {
+		acl := fmt.Sprintf("acl {\n  enabled = true\n  default_policy = \"deny\"\n  tokens {\n    initial_management = %q\n    agent = %q\n  }\n}\n", management[0], management[0])
+		server += acl
+		client += acl
+	}
 	for name, cfg := range map[string]string{"server": server, "client": client} {
 		path := filepath.Join(dir, name+".hcl")
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
@@ -121,6 +129,9 @@ disable_update_check = true
 	}
 	cfg := capi.DefaultConfig()
 	cfg.Address = net.JoinHostPort(bind, strconv.Itoa(httpPort))
+	if len(management) > 0 {
+		cfg.Token = management[0]
+	}
 	if n != nil {
 		d := &net.Dialer{Timeout: 5 * time.Second}
 		cfg.Transport = &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {

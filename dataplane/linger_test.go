@@ -130,6 +130,8 @@ func TestMainFlags(t *testing.T) {
 		{[]string{"-proxy-id", "p", "-linger", "-1s"}, "-linger -1s: expected a duration ≥ 0"},
 		{[]string{"-proxy-id", "p", "-drain", "-1s"}, "-drain -1s: expected a duration ≥ 0"},
 		{[]string{"-proxy-id", ""}, "-proxy-id is empty"},
+		{[]string{"-proxy-id", "p", "-acl-auth-method", "k8s", "-token-file", "/t"}, "-acl-auth-method k8s and -token-file /t exclude each other"},
+		{[]string{"-proxy-id", "p", "-acl-auth-method", "k8s", "-acl-bearer-token-file", ""}, "-acl-auth-method k8s needs -acl-bearer-token-file"},
 	} {
 		err := Main(context.Background(), tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {

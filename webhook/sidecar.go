@@ -41,9 +41,9 @@ func sidecarEnv() []corev1.EnvVar {
 		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
 	}
 	return []corev1.EnvVar{
-		field("POD_NAME", "metadata.name"),
-		field("POD_NAMESPACE", "metadata.namespace"),
-		field("POD_UID", "metadata.uid"),
+		field(contract.EnvPodName, "metadata.name"),
+		field(contract.EnvPodNamespace, "metadata.namespace"),
+		field(contract.EnvPodUID, "metadata.uid"),
 		field(contract.EnvHostIP, "status.hostIP"),
 		{Name: contract.EnvServiceID, Value: fmt.Sprintf(contract.ServiceIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},
 		{Name: contract.EnvProxyID, Value: fmt.Sprintf(contract.ProxyIDFormat, "$(POD_NAMESPACE)", "$(POD_NAME)")},

@@ -1,0 +1,242 @@
+package dataplane
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/contract"
+)
+
+// jwtIssuer stands in for the API server's ServiceAccount token signer:
+// Consul's jwt auth method checks its signatures with its public key, where
+// the kubernetes auth method asks the API server's TokenReview. The login
+// itself, the token it gives, its identity and its logout are Consul's.
+type jwtIssuer struct{ key *ecdsa.PrivateKey }
+
+const testAuthMethod = "meshlet-test-jwt"
+
+// authMethod creates, with the management client cl, a jwt auth method
+// trusting a new key and a binding rule as consul-k8s' kubernetes one: the
+// service identity named like the token's ServiceAccount, none for
+// "default".
+func authMethod(t *testing.T, cl *capi.Client) jwtIssuer {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	if _, _, err := cl.ACL().AuthMethodCreate(&capi.ACLAuthMethod{Name: testAuthMethod, Type: "jwt",
+		Config: map[string]any{"JWTValidationPubKeys": []string{pub}, "JWTSupportedAlgs": []string{"ES256"},
+			"BoundAudiences": []string{"consul"}, "ClaimMappings": map[string]string{"sa": "serviceaccount"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cl.ACL().BindingRuleCreate(&capi.ACLBindingRule{AuthMethod: testAuthMethod,
+		BindType: capi.BindingRuleBindTypeService, BindName: "${value.serviceaccount}",
+		Selector: "value.serviceaccount != default"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return jwtIssuer{key}
+}
+
+// tokenFile writes a signed token of ServiceAccount sa, as kubelet projects
+// one into the pod.
+func (j jwtIssuer) tokenFile(t *testing.T, sa string) string {
+	t.Helper()
+	enc := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	now := time.Now()
+	signing := enc(map[string]string{"alg": "ES256", "typ": "JWT"}) + "." +
+		enc(map[string]any{"aud": "consul", "sub": "system:serviceaccount:default:" + sa, "sa": sa,
+			"iat": now.Unix(), "nbf": now.Add(-time.Minute).Unix(), "exp": now.Add(time.Hour).Unix()})
+	sum := sha256.Sum256([]byte(signing))
+	r, s, err := ecdsa.Sign(rand.Reader, j.key, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(signing+"."+base64.RawURLEncoding.EncodeToString(sig)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func newUUID(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+func loginTokens(t *testing.T, cl *capi.Client) []*capi.ACLTokenListEntry {
+	t.Helper()
+	toks, _, err := cl.ACL().TokenListFiltered(capi.ACLTokenFilterOptions{AuthMethod: testAuthMethod}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return toks
+}
+
+// TestProxyLogsIn: on a Consul with ACLs (default deny), `meshlet proxy
+// -acl-auth-method` logs in with the pod's ServiceAccount token, serves
+// with the token it gets (its registration, leaf, roots and catalog are
+// all denied to anonymous), that token names the pod and has the pod's
+// service identity alone, and it is gone once the proxy has stopped.
+func TestProxyLogsIn(t *testing.T) {
+	mgmt := newUUID(t)
+	cl, port := consulAgentsIn(t, nil, "127.0.0.1", mgmt)
+	jwt := authMethod(t, cl)
+	regs := register(t, cl, meshPod{name: "web", ip: "127.0.0.1", app: freePort(t), public: freePort(t)})
+	for k, v := range map[string]string{contract.EnvPodNamespace: "default", contract.EnvPodName: "web-1", contract.EnvPodUID: "web-1-uid"} {
+		t.Setenv(k, v)
+	}
+	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	logs := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- Main(ctx, []string{"-proxy-id", regs.Proxy.ID, "-http-addr", "127.0.0.1:" + strconv.Itoa(port),
+			"-metrics-addr", metrics, "-drain", "0s", "-acl-auth-method", testAuthMethod,
+			"-acl-bearer-token-file", jwt.tokenFile(t, "web")}, logs)
+	}()
+	eventually(t, 30*time.Second, "the proxy serving with its login's token", func() error {
+		select {
+		case err := <-done:
+			t.Fatalf("the proxy stopped: %v\n%s", err, logs.String())
+		default:
+		}
+		resp, err := http.Get("http://" + metrics + "/ready")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		return nil
+	})
+	toks := loginTokens(t, cl)
+	if len(toks) != 1 {
+		t.Fatalf("%d tokens of the auth method, want the proxy's one", len(toks))
+	}
+	tok, _, err := cl.ACL().TokenRead(toks[0].AccessorID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tok.ServiceIdentities) != 1 || tok.ServiceIdentities[0].ServiceName != "web" || len(tok.Policies) != 0 || len(tok.Roles) != 0 {
+		t.Errorf("the proxy's token grants %+v, policies %v, roles %v; want the service identity web alone", tok.ServiceIdentities, tok.Policies, tok.Roles)
+	}
+	if tok.AuthMethod != testAuthMethod {
+		t.Errorf("token of auth method %q", tok.AuthMethod)
+	}
+	if strings.Contains(logs.String(), tok.SecretID) {
+		t.Error("the proxy logged its token's secret")
+	}
+
+	// What the token can do: its own service's leaf, not another's.
+	own, err := capi.NewClient(&capi.Config{Address: "127.0.0.1:" + strconv.Itoa(port), Token: tok.SecretID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := own.Agent().ConnectCALeaf("web", nil); err != nil {
+		t.Errorf("the token cannot get web's leaf: %v", err)
+	}
+	if _, _, err := own.Agent().ConnectCALeaf("db", nil); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("the token got db's leaf (%v): it must get only web's", err)
+	}
+
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("the proxy stopped with %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the proxy did not stop")
+	}
+	if toks := loginTokens(t, cl); len(toks) != 0 {
+		t.Errorf("%d tokens of the auth method left after the proxy stopped, want none\n%s", len(toks), logs.String())
+	}
+	if _, _, err := cl.ACL().TokenRead(tok.AccessorID, nil); err == nil {
+		t.Error("the logged-out token is still in Consul")
+	}
+}
+
+// TestLoginRefusedServesNothing: a login the auth method refuses (here:
+// ServiceAccount default, which no binding rule maps) is retried and
+// logged with Consul's reason; the proxy never gets to serve.
+func TestLoginRefusedServesNothing(t *testing.T) {
+	mgmt := newUUID(t)
+	cl, port := consulAgentsIn(t, nil, "127.0.0.1", mgmt)
+	jwt := authMethod(t, cl)
+	anon, err := capi.NewClient(&capi.Config{Address: "127.0.0.1:" + strconv.Itoa(port)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logs, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
+	defer cancel()
+	_, err = loginUntil(ctx, anon, Login{AuthMethod: testAuthMethod, BearerTokenFile: jwt.tokenFile(t, "default")}, log)
+	if err == nil || !strings.Contains(err.Error(), "login to Consul auth method "+testAuthMethod) {
+		t.Fatalf("err %v, want the login's failure naming the auth method", err)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "level=ERROR msg=\"Consul login failed") || !strings.Contains(out, "level=WARN") || !strings.Contains(out, "403") {
+		t.Errorf("want the first refusal at error, the retries at warn, each with Consul's 403; logs:\n%s", out)
+	}
+	if toks := loginTokens(t, cl); len(toks) != 0 {
+		t.Errorf("%d tokens made by a refused login", len(toks))
+	}
+}
+
+// syncBuffer collects a proxy's logs while the test reads them.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

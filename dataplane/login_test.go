@@ -162,6 +162,10 @@ func TestProxyLogsIn(t *testing.T) {
 	if tok.AuthMethod != testAuthMethod {
 		t.Errorf("token of auth method %q", tok.AuthMethod)
 	}
+	// Consul keeps a login's meta in the token's description.
+	if !strings.Contains(tok.Description, `"pod":"default/web-1"`) || !strings.Contains(tok.Description, `"pod-uid":"web-1-uid"`) {
+		t.Errorf("the token's description %q does not name the pod and its UID", tok.Description)
+	}
 	if strings.Contains(logs.String(), tok.SecretID) {
 		t.Error("the proxy logged its token's secret")
 	}

@@ -129,6 +129,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("k8sDenyNamespaces contains \"*\": no pod could be injected")
 	case c.ACLAuthMethod != "" && strings.TrimSpace(c.ACLAuthMethod) != c.ACLAuthMethod:
 		return fmt.Errorf("ACL auth method %q: expected a Consul auth method's name, without surrounding spaces", c.ACLAuthMethod)
+	case c.ACLAuthMethod != "" && c.DataPlane != DataPlaneMeshlet:
+		return fmt.Errorf("ACL auth method %s with data plane %s: only data plane %s's sidecar logs in to Consul yet (docs/identity.md)", c.ACLAuthMethod, c.DataPlane, DataPlaneMeshlet)
 	}
 	for _, p := range []struct {
 		name string

@@ -12,6 +12,26 @@ import (
 // none.
 const defaultServiceAccount = "default"
 
+// serviceAccountTokenDir is where Kubernetes mounts a pod's ServiceAccount
+// token in its containers.
+const serviceAccountTokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+// serviceAccountTokenMount is the mount of the pod's ServiceAccount token
+// that Kubernetes gave the pod's containers, for the sidecar's login. The
+// API server's ServiceAccount admission adds it before the webhooks run,
+// to the containers there are then: the sidecar, added later, gets a copy.
+func serviceAccountTokenMount(pod *corev1.Pod) (corev1.VolumeMount, bool) {
+	for _, c := range append(append([]corev1.Container{}, pod.Spec.Containers...), pod.Spec.InitContainers...) {
+		for _, m := range c.VolumeMounts {
+			if m.MountPath == serviceAccountTokenDir {
+				m.ReadOnly = true
+				return m, true
+			}
+		}
+	}
+	return corev1.VolumeMount{}, false
+}
+
 // checkIdentity refuses, on a Consul with ACLs, a pod whose sidecar could
 // not log in as its Consul service, so that it is denied now rather than
 // left unready at its start. The auth method's binding rule gives a login
@@ -28,6 +48,10 @@ func checkIdentity(pod *corev1.Pod, service string, cfg Config) error {
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
 		sa = defaultServiceAccount
+	}
+	if _, ok := serviceAccountTokenMount(pod); !ok {
+		return fmt.Errorf("no container of the pod mounts its ServiceAccount token at %s (automountServiceAccountToken false?): with Consul ACLs (auth method %s) the sidecar logs in with it; let Kubernetes mount it",
+			serviceAccountTokenDir, cfg.ACLAuthMethod)
 	}
 	switch {
 	case sa == defaultServiceAccount:

@@ -17,22 +17,25 @@ func TestIdentityWithACLs(t *testing.T) {
 	sa := func(name string) func(*corev1.Pod) {
 		return func(p *corev1.Pod) { p.Spec.ServiceAccountName = name }
 	}
+	noToken := func(p *corev1.Pod) { p.Spec.Containers[0].VolumeMounts = nil }
 	for _, tc := range []struct {
 		name string
 		pod  *corev1.Pod
 		cfg  Config
 		want []string // the denial says each; none: admitted and injected
 	}{
-		{"service named like the ServiceAccount", app(on(contract.Service, "web")), meshletCfg(acls), nil},
-		{"no service annotation: the node agent checks the Service's name", app(on()), meshletCfg(acls), nil},
-		{"another service than the ServiceAccount", app(on(contract.Service, "static-server"), sa("static-client")), meshletCfg(acls),
+		{"service named like the ServiceAccount", app(on(contract.Service, "web"), withServiceAccountToken), meshletCfg(acls), nil},
+		{"no service annotation: the node agent checks the Service's name", app(on(), withServiceAccountToken), meshletCfg(acls), nil},
+		{"another service than the ServiceAccount", app(on(contract.Service, "static-server"), sa("static-client"), withServiceAccountToken), meshletCfg(acls),
 			[]string{`annotation consul.hashicorp.com/connect-service is "static-server" but the pod's ServiceAccount is "static-client"`, "auth method meshlet-k8s"}},
-		{"ServiceAccount default", app(on(contract.Service, "web"), sa("default")), consulCfg(acls),
+		{"ServiceAccount default", app(on(contract.Service, "web"), sa("default"), withServiceAccountToken), meshletCfg(acls),
 			[]string{`the pod runs as ServiceAccount "default"`, `"default" gets no identity`}},
-		{"no ServiceAccount is default", app(on(), sa("")), consulCfg(acls),
+		{"no ServiceAccount is default", app(on(), sa(""), withServiceAccountToken), meshletCfg(acls),
 			[]string{`the pod runs as ServiceAccount "default"`}},
-		{"reported with the pod's other problems", app(on(contract.Service, "db"), func(p *corev1.Pod) { p.Spec.Containers[0].Name = consulSidecarName }), consulCfg(acls),
+		{"reported with the pod's other problems", app(on(contract.Service, "db"), func(p *corev1.Pod) { p.Spec.Containers[0].Name = consulSidecarName }, withServiceAccountToken), meshletCfg(acls),
 			[]string{`container name "consul-sidecar"`, `connect-service is "db" but the pod's ServiceAccount is "web"`}},
+		{"no ServiceAccount token mounted", app(on(contract.Service, "web"), withServiceAccountToken, noToken), meshletCfg(acls),
+			[]string{"no container of the pod mounts its ServiceAccount token at /var/run/secrets/kubernetes.io/serviceaccount"}},
 		{"without ACLs another service is fine", app(on(contract.Service, "static-server"), sa("static-client")), meshletCfg(), nil},
 		{"without ACLs default is fine", app(on(), sa("default")), consulCfg(), nil},
 	} {
@@ -56,6 +59,18 @@ func TestIdentityWithACLs(t *testing.T) {
 	}
 }
 
+// withServiceAccountToken mounts the pod's ServiceAccount token in its
+// container, as the API server's ServiceAccount admission does before the
+// webhooks run.
+func withServiceAccountToken(p *corev1.Pod) {
+	p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "kube-api-access-x7k2p", VolumeSource: corev1.VolumeSource{
+		Projected: &corev1.ProjectedVolumeSource{Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{Path: "token"}}}}}})
+	for i := range p.Spec.Containers {
+		p.Spec.Containers[i].VolumeMounts = append(p.Spec.Containers[i].VolumeMounts, corev1.VolumeMount{
+			Name: "kube-api-access-x7k2p", MountPath: serviceAccountTokenDir, ReadOnly: true})
+	}
+}
+
 func TestConfigACLAuthMethod(t *testing.T) {
 	c := meshletCfg(func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" })
 	if err := c.Validate(); err != nil {
@@ -64,5 +79,11 @@ func TestConfigACLAuthMethod(t *testing.T) {
 	c.ACLAuthMethod = " meshlet-k8s"
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), `ACL auth method " meshlet-k8s": expected a Consul auth method's name`) {
 		t.Fatalf("auth method with a space: %v, want an error naming it", err)
+	}
+	for _, dp := range []string{DataPlaneEnvoy, DataPlaneConsul} {
+		c := consulCfg(func(c *Config) { c.DataPlane, c.EnvoyImage, c.ACLAuthMethod = dp, "envoy", "meshlet-k8s" })
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "with data plane "+dp+": only data plane meshlet's sidecar logs in") {
+			t.Errorf("auth method with data plane %s: %v, want it refused", dp, err)
+		}
 	}
 }

@@ -134,7 +134,7 @@ var goldenCases = []struct {
 	{"meshlet", app(on()), "shop", meshletCfg()},
 	// With ACLs the registration names the auth method, for the node
 	// agent's check and the sidecar's login.
-	{"meshlet-acls", app(on(contract.Service, "web")), "shop", meshletCfg(func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" })},
+	{"meshlet-acls", app(on(contract.Service, "web"), withServiceAccountToken), "shop", meshletCfg(func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" })},
 	{"meshlet-metrics", app(on(contract.EnableMetrics, "true")), "shop", meshletCfg()},
 	// A plain-container sidecar that holds the app: first in the list.
 	{"meshlet-regular-container", app(on()), "shop", meshletCfg(func(c *Config) { c.NativeSidecar = false })},

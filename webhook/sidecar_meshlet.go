@@ -28,6 +28,12 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 	}
 	c.Command = []string{meshletProxyCommand}
 	c.Args = []string{"-http-addr", fmt.Sprintf("$(%s):%d", contract.EnvHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
+	if m, ok := serviceAccountTokenMount(pod); ok && cfg.ACLAuthMethod != "" {
+		// Its own identity: a login with the pod's ServiceAccount token
+		// (checkIdentity made sure the pod has it).
+		c.Args = append(c.Args, "-acl-auth-method", cfg.ACLAuthMethod, "-acl-bearer-token-file", serviceAccountTokenDir+"/token")
+		c.VolumeMounts = append(c.VolumeMounts, m)
+	}
 	if pl == placedFirst {
 		// A regular container has no startup probe to hold the app: this
 		// hook does, the sidecar going first. Kubelet starts the next

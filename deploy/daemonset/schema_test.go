@@ -55,6 +55,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"two CA sources", "consul:\n  tls:\n    enabled: true\n    caCert:\n      secretName: a\n      configMapName: b\n",
 			[]string{"consul.tls.caCert", "not both"}},
 		{"CA without TLS", "consul:\n  tls:\n    caCert:\n      secretName: a\n", []string{"consul.tls.enabled is false"}},
+		{"auth method with data plane envoy", "consul:\n  acl:\n    authMethod: k8s\n", []string{`consul.acl.authMethod "k8s" with connectInject.dataPlane envoy`, "only data plane meshlet"}},
 		{"kubeconfig in the conf dir", "agent:\n  cni:\n    kubeconfigDir: /etc/cni/net.d/meshlet\n",
 			[]string{"/etc/cni/net.d/meshlet is inside the CNI conf dir"}},
 	} {

@@ -83,8 +83,11 @@ var valueSets = map[string]valueSet{
 		webhookFlags: map[string][]string{"default-sidecar-proxy-cpu-request": {"1"}, "default-sidecar-proxy-cpu-limit": {""},
 			"default-sidecar-proxy-memory-request": {"64Mi"}, "default-sidecar-proxy-memory-limit": {"256Mi"}},
 	},
+	"acl-auth-method.yaml": {
+		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "meshlet-image": {"registry.example/meshlet/meshlet:v0.2.0"},
+			"acl-auth-method": {"consul-k8s-auth-method"}},
+	},
 	"tls-acl.yaml": {
-		webhookFlags: map[string][]string{"acl-auth-method": {"consul-k8s-auth-method"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
 			"tls-server-name": {"client.dc1.consul"}, "token-file": {"/consul/acl/token"}},
 		check: func(t *testing.T, r rendering) {

@@ -202,6 +202,9 @@ Checks the schema cannot express; each fails the render naming the value.
 {{- if and (or $ca.secretName $ca.configMapName) (not .Values.consul.tls.enabled) }}
 {{- fail "consul.tls.caCert is set but consul.tls.enabled is false: the CA would not be used" }}
 {{- end }}
+{{- if and .Values.consul.acl.authMethod (ne .Values.connectInject.dataPlane "meshlet") }}
+{{- fail (printf "consul.acl.authMethod %q with connectInject.dataPlane %s: only data plane meshlet's sidecars log in to Consul yet (docs/identity.md)" .Values.consul.acl.authMethod .Values.connectInject.dataPlane) }}
+{{- end }}
 {{- $cni := .Values.agent.cni }}
 {{- range $dir := list $cni.kubeconfigDir $cni.socketDir }}
 {{- if or (eq (trimSuffix "/" $dir) (trimSuffix "/" $cni.confDir)) (hasPrefix (printf "%s/" (trimSuffix "/" $cni.confDir)) $dir) }}

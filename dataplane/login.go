@@ -75,7 +75,7 @@ func login(consul *capi.Client, l Login) (*capi.ACLToken, error) {
 		return nil, err
 	}
 	if tok == nil || tok.SecretID == "" {
-		return nil, errors.New("Consul answered the login without a token")
+		return nil, errors.New("the login's answer holds no token")
 	}
 	return tok, nil
 }

@@ -27,6 +27,9 @@ type Flags struct {
 	// Token, set by code and never by a flag (a login's), replaces
 	// TokenFile: it must not reach a command line or a file.
 	Token string
+	// CAPEM is the CA in PEM from $CONSUL_CACERT_PEM, as the webhook gives
+	// it to a sidecar, in place of a file: no flag, the PEM is too long.
+	CAPEM string
 }
 
 // Register adds -http-addr, -ca-file, -tls-server-name and -token-file to
@@ -37,7 +40,8 @@ func (f *Flags) Register(fs *flag.FlagSet, tokenFor string) {
 		def = net.JoinHostPort(os.Getenv(contract.EnvHostIP), strconv.Itoa(contract.ConsulAgentHTTPPort))
 	}
 	fs.StringVar(&f.Addr, "http-addr", def, "the node's Consul client agent, [scheme://]host:port (default $CONSUL_HTTP_ADDR, else $HOST_IP:8500)")
-	fs.StringVar(&f.CAFile, "ca-file", os.Getenv("CONSUL_CACERT"), "CA of the Consul agent's HTTPS certificate")
+	fs.StringVar(&f.CAFile, "ca-file", os.Getenv("CONSUL_CACERT"), "CA of the Consul agent's HTTPS certificate (or $"+contract.EnvConsulCACertPEM+", the CA itself in PEM)")
+	f.CAPEM = os.Getenv(contract.EnvConsulCACertPEM)
 	fs.StringVar(&f.ServerName, "tls-server-name", os.Getenv("CONSUL_TLS_SERVER_NAME"), "server name checked in the Consul agent's certificate")
 	fs.StringVar(&f.TokenFile, "token-file", os.Getenv("CONSUL_HTTP_TOKEN_FILE"), "file holding the ACL token "+tokenFor+" (or $CONSUL_HTTP_TOKEN)")
 }
@@ -46,6 +50,9 @@ func (f *Flags) Register(fs *flag.FlagSet, tokenFor string) {
 func (f Flags) Validate() error {
 	if f.Addr == "" {
 		return errors.New("-http-addr is empty: give the node's Consul agent address, or set $HOST_IP (the downward API's status.hostIP)")
+	}
+	if f.CAFile != "" && f.CAPEM != "" {
+		return fmt.Errorf("-ca-file %s and $%s both give the Consul agent's CA: give one", f.CAFile, contract.EnvConsulCACertPEM)
 	}
 	return nil
 }
@@ -59,8 +66,8 @@ func (f Flags) Client(timeout time.Duration) (*capi.Client, error) {
 		cc.Scheme, addr = scheme, rest
 	}
 	cc.Address = addr
-	if f.CAFile != "" {
-		cc.TLSConfig.CAFile = f.CAFile
+	if f.CAFile != "" || f.CAPEM != "" {
+		cc.TLSConfig.CAFile, cc.TLSConfig.CAPem = f.CAFile, []byte(f.CAPEM)
 		if cc.Scheme == "http" && !strings.Contains(f.Addr, "://") {
 			cc.Scheme = "https"
 		}

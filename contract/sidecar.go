@@ -27,6 +27,11 @@ const (
 	EnvServiceID = "SERVICE_ID"
 	EnvProxyID   = "PROXY_ID"
 	EnvHostIP    = "HOST_IP"
+	// EnvConsulCACertPEM holds, in PEM, the CA the sidecar verifies the
+	// Consul agent's HTTPS certificate with: the webhook writes it into
+	// the sidecar's spec (a CA certificate is public), so no Secret of the
+	// Consul namespace need reach the pod's.
+	EnvConsulCACertPEM = "CONSUL_CACERT_PEM"
 	// The pod's own, which the proxy's login puts on its ACL token.
 	EnvPodName      = "POD_NAME"
 	EnvPodNamespace = "POD_NAMESPACE"

@@ -51,9 +51,12 @@ func consulAgents(t testing.TB) *capi.Client {
 // returned API client dials from inside n. The port is the client agent's
 // HTTP port.
 //
-// With a management token, both agents run with ACLs on, default policy
-// deny, that token their agent token, and the client returned uses it.
-func consulAgentsIn(t testing.TB, n ns.NetNS, bind string, management ...string) (*capi.Client, int) {
+// opts (at most one) turn on ACLs or TLS, below.
+func consulAgentsIn(t testing.TB, n ns.NetNS, bind string, opts ...consulOpts) (*capi.Client, int) {
+	var o consulOpts
+	if len(opts) > 0 {
+		o = opts[0]
+	}
 	t.Helper()
 	bin := repobin.Need(t, "consul", "make tools")
 	dir := t.TempDir()
@@ -86,10 +89,13 @@ retry_join = ["%s:%d"]
 retry_interval = "1s"
 disable_update_check = true
 `, filepath.Join(dir, "client"), bind, clientAddr, httpPort, freePort(t), bind, serf)
-	if len(management) > 0 {
-		acl := fmt.Sprintf("acl {\n  enabled = true\n  default_policy = \"deny\"\n  tokens {\n    initial_management = %q\n    agent = %q\n  }\n}\n", management[0], management[0])
+	if o.management != "" {
+		acl := fmt.Sprintf("acl {\n  enabled = true\n  default_policy = \"deny\"\n  tokens {\n    initial_management = %q\n    agent = %q\n  }\n}\n", o.management, o.management)
 		server += acl
 		client += acl
+	}
+	if o.tls != nil {
+		client = o.tls.configure(t, dir, client, httpPort)
 	}
 	for name, cfg := range map[string]string{"server": server, "client": client} {
 		path := filepath.Join(dir, name+".hcl")
@@ -129,8 +135,9 @@ disable_update_check = true
 	}
 	cfg := capi.DefaultConfig()
 	cfg.Address = net.JoinHostPort(bind, strconv.Itoa(httpPort))
-	if len(management) > 0 {
-		cfg.Token = management[0]
+	cfg.Token = o.management
+	if o.tls != nil {
+		cfg.Scheme, cfg.TLSConfig.CAPem = "https", []byte(o.tls.CAPEM)
 	}
 	if n != nil {
 		d := &net.Dialer{Timeout: 5 * time.Second}

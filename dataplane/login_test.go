@@ -119,7 +119,7 @@ func loginTokens(t *testing.T, cl *capi.Client) []*capi.ACLTokenListEntry {
 // service identity alone, and it is gone once the proxy has stopped.
 func TestProxyLogsIn(t *testing.T) {
 	mgmt := newUUID(t)
-	cl, port := consulAgentsIn(t, nil, "127.0.0.1", mgmt)
+	cl, port := consulAgentsIn(t, nil, "127.0.0.1", consulOpts{management: mgmt})
 	jwt := authMethod(t, cl)
 	regs := register(t, cl, meshPod{name: "web", ip: "127.0.0.1", app: freePort(t), public: freePort(t)})
 	for k, v := range map[string]string{contract.EnvPodNamespace: "default", contract.EnvPodName: "web-1", contract.EnvPodUID: "web-1-uid"} {
@@ -204,7 +204,7 @@ func TestProxyLogsIn(t *testing.T) {
 // logged with Consul's reason; the proxy never gets to serve.
 func TestLoginRefusedServesNothing(t *testing.T) {
 	mgmt := newUUID(t)
-	cl, port := consulAgentsIn(t, nil, "127.0.0.1", mgmt)
+	cl, port := consulAgentsIn(t, nil, "127.0.0.1", consulOpts{management: mgmt})
 	jwt := authMethod(t, cl)
 	anon, err := capi.NewClient(&capi.Config{Address: "127.0.0.1:" + strconv.Itoa(port)})
 	if err != nil {

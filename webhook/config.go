@@ -64,12 +64,29 @@ type Config struct {
 	// AgentHTTPPort and AgentGRPCPort are the node's Consul client agent's
 	// ports, on the node's IP (HOST_IP).
 	AgentHTTPPort, AgentGRPCPort int
+	// AgentTLS, when its HTTPSPort is set, sends the sidecar to the Consul
+	// agent's HTTPS port instead of AgentHTTPPort (data plane meshlet only
+	// yet).
+	AgentTLS AgentTLS
 	// ACLAuthMethod is the Consul Kubernetes auth method a pod's sidecar
 	// logs in with (consul-k8s' -acl-auth-method); empty: a Consul without
 	// ACLs. Its binding rule gives a login the service identity of the
 	// pod's ServiceAccount, so with one a pod's Consul service must be
 	// named like its ServiceAccount (checkIdentity).
 	ACLAuthMethod string
+}
+
+// AgentTLS is how a sidecar reaches the Consul agent over TLS.
+type AgentTLS struct {
+	// HTTPSPort is the Consul agent's HTTPS port, on the node's IP; 0: the
+	// sidecars use the plain HTTP port.
+	HTTPSPort int
+	// CAPEM is the CA the sidecar verifies the Consul agent's certificate
+	// with, in PEM; the webhook writes it into the sidecar's environment.
+	CAPEM string
+	// ServerName is checked in the Consul agent's certificate; empty: the
+	// node's IP the sidecar dials.
+	ServerName string
 }
 
 // MetricsDefaults are connectInject.metrics.*.
@@ -129,6 +146,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("k8sDenyNamespaces contains \"*\": no pod could be injected")
 	case c.ACLAuthMethod != "" && strings.TrimSpace(c.ACLAuthMethod) != c.ACLAuthMethod:
 		return fmt.Errorf("ACL auth method %q: expected a Consul auth method's name, without surrounding spaces", c.ACLAuthMethod)
+	case c.AgentTLS.HTTPSPort != 0 && c.DataPlane != DataPlaneMeshlet:
+		return fmt.Errorf("the Consul agent's HTTPS port %d with data plane %s: only data plane %s's sidecar talks TLS to the Consul agent yet (docs/identity.md)", c.AgentTLS.HTTPSPort, c.DataPlane, DataPlaneMeshlet)
+	case c.AgentTLS.HTTPSPort != 0 && c.AgentTLS.CAPEM == "":
+		return fmt.Errorf("the Consul agent's HTTPS port %d without its CA: the sidecars could not verify the Consul agent", c.AgentTLS.HTTPSPort)
+	case c.AgentTLS.HTTPSPort < 0 || c.AgentTLS.HTTPSPort > 65535:
+		return fmt.Errorf("the Consul agent's HTTPS port %d: expected a port 1-65535, or 0 for none", c.AgentTLS.HTTPSPort)
 	case c.ACLAuthMethod != "" && c.DataPlane != DataPlaneMeshlet:
 		return fmt.Errorf("ACL auth method %s with data plane %s: only data plane %s's sidecar logs in to Consul yet (docs/identity.md)", c.ACLAuthMethod, c.DataPlane, DataPlaneMeshlet)
 	}

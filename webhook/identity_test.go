@@ -87,3 +87,27 @@ func TestConfigACLAuthMethod(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigAgentTLS(t *testing.T) {
+	ca := "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+	for _, tc := range []struct {
+		name string
+		cfg  Config
+		want string // "": valid
+	}{
+		{"meshlet over HTTPS", meshletCfg(func(c *Config) { c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: ca} }), ""},
+		{"envoy, plain HTTP", DefaultConfig(), ""},
+		{"without the CA", meshletCfg(func(c *Config) { c.AgentTLS = AgentTLS{HTTPSPort: 8501} }), "HTTPS port 8501 without its CA"},
+		{"envoy's sidecar", func() Config { c := DefaultConfig(); c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: ca}; return c }(),
+			"HTTPS port 8501 with data plane envoy: only data plane meshlet's sidecar talks TLS"},
+		{"port out of range", meshletCfg(func(c *Config) { c.AgentTLS = AgentTLS{HTTPSPort: 70000, CAPEM: ca} }), "HTTPS port 70000: expected a port"},
+	} {
+		err := tc.cfg.Validate()
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.name, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: %v, want an error saying %q", tc.name, err, tc.want)
+		}
+	}
+}

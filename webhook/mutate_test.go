@@ -135,6 +135,10 @@ var goldenCases = []struct {
 	// With ACLs the registration names the auth method, for the node
 	// agent's check and the sidecar's login.
 	{"meshlet-acls", app(on(contract.Service, "web"), withServiceAccountToken), "shop", meshletCfg(func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" })},
+	// TLS to the Consul agent: its HTTPS port, its CA in the environment.
+	{"meshlet-tls", app(on()), "shop", meshletCfg(func(c *Config) {
+		c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n", ServerName: "client.dc1.consul"}
+	})},
 	{"meshlet-metrics", app(on(contract.EnableMetrics, "true")), "shop", meshletCfg()},
 	// A plain-container sidecar that holds the app: first in the list.
 	{"meshlet-regular-container", app(on()), "shop", meshletCfg(func(c *Config) { c.NativeSidecar = false })},

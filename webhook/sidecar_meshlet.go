@@ -28,6 +28,13 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 	}
 	c.Command = []string{meshletProxyCommand}
 	c.Args = []string{"-http-addr", fmt.Sprintf("$(%s):%d", contract.EnvHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
+	if t := cfg.AgentTLS; t.HTTPSPort != 0 {
+		c.Args[1] = fmt.Sprintf("https://$(%s):%d", contract.EnvHostIP, t.HTTPSPort)
+		c.Env = append(c.Env, corev1.EnvVar{Name: contract.EnvConsulCACertPEM, Value: t.CAPEM})
+		if t.ServerName != "" {
+			c.Args = append(c.Args, "-tls-server-name", t.ServerName)
+		}
+	}
 	if m, ok := serviceAccountTokenMount(pod); ok && cfg.ACLAuthMethod != "" {
 		// Its own identity: a login with the pod's ServiceAccount token
 		// (checkIdentity made sure the pod has it).

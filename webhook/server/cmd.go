@@ -2,6 +2,8 @@ package server
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -41,6 +43,7 @@ type options struct {
 	certValidity time.Duration
 	log          logs.Flags
 	shutdown     time.Duration
+	consulCA     string // file of the Consul agent's CA
 }
 
 // resourceFlags are the sidecar's default resources, one flag each;
@@ -113,6 +116,9 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&n.MirroringK8SPrefix, "k8s-namespace-mirroring-prefix", n.MirroringK8SPrefix, "connectInject.consulNamespaces.mirroringK8SPrefix")
 	fs.IntVar(&c.AgentHTTPPort, "consul-http-port", c.AgentHTTPPort, "the node's Consul client agent HTTP port, on the node's IP")
 	fs.IntVar(&c.AgentGRPCPort, "consul-grpc-port", c.AgentGRPCPort, "the node's Consul client agent gRPC port, on the node's IP")
+	fs.IntVar(&c.AgentTLS.HTTPSPort, "consul-https-port", 0, "the node's Consul client agent HTTPS port, on the node's IP, for data plane meshlet's sidecars; 0: they use -consul-http-port")
+	fs.StringVar(&o.consulCA, "consul-ca-file", "", "the CA of the Consul agent's HTTPS certificate (PEM), given to the sidecars in their environment, for -consul-https-port")
+	fs.StringVar(&c.AgentTLS.ServerName, "consul-tls-server-name", "", "the name the sidecars check in the Consul agent's certificate; empty: the node's IP")
 	fs.StringVar(&c.ACLAuthMethod, "acl-auth-method", c.ACLAuthMethod, "the Consul Kubernetes auth method sidecars log in with (consul.acl.authMethod); empty: Consul without ACLs. With one, a pod's Consul service must be named like its ServiceAccount")
 
 	fs.StringVar(&o.listen, "listen", ":8080", "HTTPS address: /mutate, /healthz, /readyz, /metrics")
@@ -141,6 +147,13 @@ func flags(args []string, stderr io.Writer) (options, error) {
 
 // finish validates what the flag package cannot.
 func (o *options) finish() error {
+	if o.consulCA != "" {
+		pem, err := readCA(o.consulCA)
+		if err != nil {
+			return fmt.Errorf("-consul-ca-file: %w", err)
+		}
+		o.cfg.AgentTLS.CAPEM = pem
+	}
 	res := corev1.ResourceRequirements{Requests: corev1.ResourceList{}, Limits: corev1.ResourceList{}}
 	for i, f := range resourceFlags {
 		if o.resources[i] == "" {
@@ -240,4 +253,32 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		ShutdownGrace: 10 * time.Second,
 	}
 	return s.Serve(ctx, ln)
+}
+
+// readCA reads a PEM file of CA certificates, refusing one that holds
+// none: a sidecar given it could never verify the Consul agent.
+func readCA(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	certs := 0
+	for rest := b; ; {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			return "", fmt.Errorf("%s holds a %s block: expected only CERTIFICATE blocks", path, blk.Type)
+		}
+		if _, err := x509.ParseCertificate(blk.Bytes); err != nil {
+			return "", fmt.Errorf("%s: certificate %d: %w", path, certs+1, err)
+		}
+		certs++
+	}
+	if certs == 0 {
+		return "", fmt.Errorf("%s holds no PEM certificate", path)
+	}
+	return strings.TrimSpace(string(b)) + "\n", nil
 }

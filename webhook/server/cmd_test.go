@@ -1,10 +1,20 @@
 package server
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"io"
+	"math/big"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/version"
@@ -88,6 +98,50 @@ func TestNativeSidecarSupported(t *testing.T) {
 		got, err := nativeSidecarSupported(d)
 		if (err != nil) != tc.err || got != tc.want {
 			t.Errorf("%s.%s: %v, %v; want %v (error %v)", tc.major, tc.minor, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// TestConsulCAFile: -consul-ca-file's certificates reach the sidecars as
+// PEM; a file holding none, or a key, is refused naming it.
+func TestConsulCAFile(t *testing.T) {
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Consul CA"}, IsCA: true,
+		BasicConstraintsValid: true, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	files := []string{"-tls-cert-file", "/c", "-tls-key-file", "/k"}
+	o, err := flags(append([]string{"-consul-https-port", "8501", "-consul-ca-file", write("ca.crt", caPEM), "-consul-tls-server-name", "client.dc1.consul"}, files...), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.cfg.AgentTLS != (webhook.AgentTLS{HTTPSPort: 8501, CAPEM: caPEM, ServerName: "client.dc1.consul"}) {
+		t.Errorf("AgentTLS %+v", o.cfg.AgentTLS)
+	}
+	for name, tc := range map[string]struct{ content, want string }{
+		"empty": {"", "holds no PEM certificate"},
+		"key":   {string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})), "holds a EC PRIVATE KEY block: expected only CERTIFICATE blocks"},
+		"junk":  {"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n", "certificate 1"},
+	} {
+		path := write(name, tc.content)
+		_, err := flags(append([]string{"-consul-ca-file", path}, files...), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), "-consul-ca-file: ") || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error naming the flag and %s and saying %q", name, err, path, tc.want)
 		}
 	}
 }

@@ -2,8 +2,17 @@ package daemonset
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -51,6 +60,61 @@ func expand(t *testing.T, c corev1.Container) (env, args []string) {
 	return env, args
 }
 
+// mounted lays out, in a directory of the test, the files the container's
+// Secret and ConfigMap mounts would hold (a CA certificate for a .crt, a
+// token otherwise), and points args at them, so that a binary reading a
+// mounted file at start reads what the mount gives it.
+func mounted(t *testing.T, spec corev1.PodSpec, c corev1.Container, args []string) []string {
+	t.Helper()
+	for _, m := range c.VolumeMounts {
+		var items []corev1.KeyToPath
+		for _, v := range spec.Volumes {
+			switch {
+			case v.Name != m.Name:
+			case v.Secret != nil:
+				items = v.Secret.Items
+			case v.ConfigMap != nil:
+				items = v.ConfigMap.Items
+			}
+		}
+		if len(items) == 0 {
+			continue
+		}
+		dir := t.TempDir()
+		for _, it := range items {
+			content := []byte("sample-token\n")
+			if strings.HasSuffix(it.Path, ".crt") {
+				content = sampleCA(t)
+			}
+			if err := os.WriteFile(filepath.Join(dir, it.Path), content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, a := range args {
+			if rest, ok := strings.CutPrefix(a, m.MountPath+"/"); ok {
+				args[i] = filepath.Join(dir, rest)
+			}
+		}
+	}
+	return args
+}
+
+// sampleCA is a self-signed CA certificate in PEM.
+func sampleCA(t *testing.T) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sample CA"}, IsCA: true,
+		BasicConstraintsValid: true, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
 // TestBinariesAcceptRenderedArgs runs every value set's rendered args
 // through bin/meshlet, with the container's env as kubelet would set it, up
 // to the point where the binary needs the API server: the flags must parse
@@ -63,12 +127,18 @@ func TestBinariesAcceptRenderedArgs(t *testing.T) {
 	for _, name := range valueSetFiles(t) {
 		t.Run(name, func(t *testing.T) {
 			r := decode(t, mustTemplate(t, valueFile(name)))
-			cs := []corev1.Container{container(t, r.agent.Spec.Template.Spec, "agent")}
-			if r.webhook != nil {
-				cs = append(cs, container(t, r.webhook.Spec.Template.Spec, "webhook"))
+			type run struct {
+				c    corev1.Container
+				spec corev1.PodSpec
 			}
-			for _, c := range cs {
+			runs := []run{{container(t, r.agent.Spec.Template.Spec, "agent"), r.agent.Spec.Template.Spec}}
+			if r.webhook != nil {
+				runs = append(runs, run{container(t, r.webhook.Spec.Template.Spec, "webhook"), r.webhook.Spec.Template.Spec})
+			}
+			for _, run := range runs {
+				c := run.c
 				env, args := expand(t, c)
+				args = mounted(t, run.spec, c, args)
 				if slices.Contains(args, "-kubeconfig") {
 					t.Fatalf("%s: the chart passes -kubeconfig: in-cluster config expected", c.Name)
 				}

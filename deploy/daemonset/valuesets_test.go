@@ -87,6 +87,28 @@ var valueSets = map[string]valueSet{
 		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "meshlet-image": {"registry.example/meshlet/meshlet:v0.2.0"},
 			"acl-auth-method": {"consul-k8s-auth-method"}},
 	},
+	"tls-meshlet.yaml": {
+		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "meshlet-image": {"registry.example/meshlet/meshlet:v0.2.0"},
+			"consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"}, "consul-tls-server-name": {"client.dc1.consul"}},
+		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
+			"tls-server-name": {"client.dc1.consul"}},
+		check: func(t *testing.T, r rendering) {
+			ca := corev1.Volume{Name: "consul-ca", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: "consul-ca"}, Items: []corev1.KeyToPath{{Key: "ca.pem", Path: "ca.crt"}}}}}
+			mount := corev1.VolumeMount{Name: "consul-ca", MountPath: "/consul/tls", ReadOnly: true}
+			// The webhook reads the CA to hand it to the sidecars.
+			spec := r.webhook.Spec.Template.Spec
+			if !reflect.DeepEqual(spec.Volumes, []corev1.Volume{ca}) {
+				t.Errorf("webhook volumes:%s", diff([]corev1.Volume{ca}, spec.Volumes))
+			}
+			if got := container(t, spec, "webhook").VolumeMounts; !reflect.DeepEqual(got, []corev1.VolumeMount{mount}) {
+				t.Errorf("webhook volumeMounts:%s", diff([]corev1.VolumeMount{mount}, got))
+			}
+			if got := r.agent.Spec.Template.Spec.Volumes[4:]; !reflect.DeepEqual(got, []corev1.Volume{ca}) {
+				t.Errorf("agent volumes after the host dirs:%s", diff([]corev1.Volume{ca}, got))
+			}
+		},
+	},
 	"tls-acl.yaml": {
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
 			"tls-server-name": {"client.dc1.consul"}, "token-file": {"/consul/acl/token"}},

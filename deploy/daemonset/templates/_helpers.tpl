@@ -102,6 +102,16 @@ reads "-flag false" as -flag followed by an argument.
 - -acl-auth-method
 - {{ . | quote }}
 {{- end }}
+{{- if include "meshlet.sidecarTLS" . }}
+- -consul-https-port
+- {{ int .Values.consul.tls.httpsPort | quote }}
+- -consul-ca-file
+- {{ include "meshlet.consulCAFile" . }}
+{{- with .Values.consul.tls.serverName }}
+- -consul-tls-server-name
+- {{ . | quote }}
+{{- end }}
+{{- end }}
 - -default-sidecar-proxy-cpu-request
 - {{ include "meshlet.quantity" (($res.requests | default dict).cpu) | quote }}
 - -default-sidecar-proxy-cpu-limit
@@ -129,6 +139,34 @@ reads "-flag false" as -flag followed by an argument.
 - -log-level
 - {{ default .Values.global.logLevel $ci.logLevel }}
 - -log-json={{ .Values.global.logJSON }}
+{{- end }}
+
+{{/* The Consul agent's CA as a volume, when TLS is on and a CA is given. */}}
+{{- define "meshlet.consulCAVolume" -}}
+{{- $c := .Values.consul }}
+{{- $ca := $c.tls.caCert }}
+{{- if and $c.tls.enabled $ca.secretName }}
+- name: consul-ca
+  secret:
+    secretName: {{ $ca.secretName }}
+    items:
+      - key: {{ $ca.key }}
+        path: {{ base (include "meshlet.consulCAFile" .) }}
+{{- else if and $c.tls.enabled $ca.configMapName }}
+- name: consul-ca
+  configMap:
+    name: {{ $ca.configMapName }}
+    items:
+      - key: {{ $ca.key }}
+        path: {{ base (include "meshlet.consulCAFile" .) }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when data plane meshlet's sidecars talk TLS to the Consul
+agent: TLS on and its CA given, which the webhook hands the sidecars. */}}
+{{- define "meshlet.sidecarTLS" -}}
+{{- $c := .Values.consul }}
+{{- if and $c.tls.enabled (eq .Values.connectInject.dataPlane "meshlet") (or $c.tls.caCert.secretName $c.tls.caCert.configMapName) }}true{{ end }}
 {{- end }}
 
 {{/* Where the agent's container sees the Consul CA and the ACL token. */}}

@@ -68,6 +68,12 @@ func (a *Agent) repairPass(ctx context.Context, reported map[types.UID]string) {
 		return
 	case <-time.After(confirmDelay):
 	}
+	// The second look is a new look at the pods too: one deleted since the
+	// first (by an earlier pass, its controller or a user) is being
+	// deleted now, and must not be deleted, and counted, again.
+	if pods, err = a.sync.Pods.List(labels.Everything()); err != nil {
+		return
+	}
 	again := a.inspect(pods)
 	for uid, f := range first {
 		g, ok := again[uid]

@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -16,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -100,29 +98,6 @@ func (c *consulTLS) configure(t testing.TB, dir, cfg string, port int) string {
 `, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "crt.pem"), filepath.Join(dir, "key.pem"))
 }
 
-// runProxy runs `meshlet proxy` with args in this process until stop or
-// the test's end, and returns its logs and a channel of its end.
-func runProxy(t *testing.T, args []string) (logs *syncBuffer, done <-chan error, stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	logs = &syncBuffer{}
-	end := make(chan error, 1)
-	go func() { end <- Main(ctx, args, logs) }()
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case <-end:
-			case <-time.After(30 * time.Second):
-				t.Error("the proxy did not stop")
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return logs, end, stop
-}
-
 // TestProxyOverTLS: given the Consul agent's CA in $CONSUL_CACERT_PEM, as
 // the webhook gives it, the proxy talks HTTPS to a Consul agent whose plain
 // HTTP API is closed, and serves; with another CA it refuses the agent and
@@ -147,20 +122,10 @@ func TestProxyOverTLS(t *testing.T) {
 	t.Setenv(contract.EnvConsulCACertPEM, agentTLS.CAPEM)
 	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	logs, done, stop := runProxy(t, args(metrics))
-	eventually(t, 30*time.Second, "the proxy serving over TLS", func() error {
-		select {
-		case err := <-done:
-			t.Fatalf("the proxy stopped: %v\n%s", err, logs.String())
-		default:
-		}
-		resp, err := http.Get("http://" + metrics + "/ready")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
-	stop()
+	waitServing(t, "the proxy serving over TLS", metrics, logs, done)
+	if err := stop(); err != nil {
+		t.Fatalf("the proxy stopped with %v", err)
+	}
 
 	other := &consulTLS{}
 	other.configure(t, t.TempDir(), fmt.Sprintf("http = %d, https = -1", 1), 1)

@@ -1,7 +1,6 @@
 package dataplane
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -14,12 +13,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -126,28 +123,10 @@ func TestProxyLogsIn(t *testing.T) {
 		t.Setenv(k, v)
 	}
 	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	logs := &syncBuffer{}
-	done := make(chan error, 1)
-	go func() {
-		done <- Main(ctx, []string{"-proxy-id", regs.Proxy.ID, "-http-addr", "127.0.0.1:" + strconv.Itoa(port),
-			"-metrics-addr", metrics, "-drain", "0s", "-acl-auth-method", testAuthMethod,
-			"-acl-bearer-token-file", jwt.tokenFile(t, "web")}, logs)
-	}()
-	eventually(t, 30*time.Second, "the proxy serving with its login's token", func() error {
-		select {
-		case err := <-done:
-			t.Fatalf("the proxy stopped: %v\n%s", err, logs.String())
-		default:
-		}
-		resp, err := http.Get("http://" + metrics + "/ready")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		return nil
-	})
+	logs, done, stop := runProxy(t, []string{"-proxy-id", regs.Proxy.ID, "-http-addr", "127.0.0.1:" + strconv.Itoa(port),
+		"-metrics-addr", metrics, "-drain", "0s", "-acl-auth-method", testAuthMethod,
+		"-acl-bearer-token-file", jwt.tokenFile(t, "web")})
+	waitServing(t, "the proxy serving with its login's token", metrics, logs, done)
 	toks := loginTokens(t, cl)
 	if len(toks) != 1 {
 		t.Fatalf("%d tokens of the auth method, want the proxy's one", len(toks))
@@ -182,14 +161,8 @@ func TestProxyLogsIn(t *testing.T) {
 		t.Errorf("the token got db's leaf (%v): it must get only web's", err)
 	}
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("the proxy stopped with %v", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("the proxy did not stop")
+	if err := stop(); err != nil {
+		t.Fatalf("the proxy stopped with %v", err)
 	}
 	if toks := loginTokens(t, cl); len(toks) != 0 {
 		t.Errorf("%d tokens of the auth method left after the proxy stopped, want none\n%s", len(toks), logs.String())
@@ -225,22 +198,4 @@ func TestLoginRefusedServesNothing(t *testing.T) {
 	if toks := loginTokens(t, cl); len(toks) != 0 {
 		t.Errorf("%d tokens made by a refused login", len(toks))
 	}
-}
-
-// syncBuffer collects a proxy's logs while the test reads them.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

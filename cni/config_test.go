@@ -1,26 +1,19 @@
 package cni
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 
 	"github.com/meshlet/meshlet/iptables"
+	"github.com/meshlet/meshlet/test/testpki"
 )
 
 const prev = `"prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/var/run/netns/x"}],"ips":[{"address":"10.0.0.5/24","interface":0},{"address":"fd00::5/64","interface":0}]}`
@@ -170,7 +163,7 @@ func TestLoadKubeconfig(t *testing.T) {
 		return p
 	}
 	write("token", "s3cret\n")
-	testCA := selfSignedPEM(t)
+	testCA := testpki.NewCA(t, "test-ca").PEM
 	write("ca.crt", testCA)
 	kc := func(user string) string {
 		return `apiVersion: v1
@@ -215,20 +208,4 @@ contexts: [{name: c, context: {cluster: k, user: u}}]
 	if _, err := loadKubeconfig(filepath.Join(dir, "absent")); err == nil {
 		t.Error("missing kubeconfig accepted")
 	}
-}
-
-// selfSignedPEM is a throwaway CA certificate.
-func selfSignedPEM(t *testing.T) string {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test-ca"},
-		NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
 }

@@ -1,14 +1,7 @@
 package dataplane
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -19,6 +12,7 @@ import (
 	"time"
 
 	"github.com/meshlet/meshlet/contract"
+	"github.com/meshlet/meshlet/test/testpki"
 )
 
 // consulOpts are consulAgentsIn's options.
@@ -43,39 +37,10 @@ type consulTLS struct {
 // HTTPS on port, its plain HTTP port closed.
 func (c *consulTLS) configure(t testing.TB, dir, cfg string, port int) string {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Consul Agent CA"}, IsCA: true,
-		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "client.dc1.consul"},
-		DNSNames: []string{"client.dc1.consul", "localhost"}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		KeyUsage:    x509.KeyUsageDigitalSignature, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.CAPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}))
-	files := map[string][]byte{
-		"ca.pem":  []byte(c.CAPEM),
-		"crt.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		"key.pem": pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
-	}
+	ca := testpki.NewCA(t, "Consul Agent CA")
+	crt, key := ca.Leaf(t, "client.dc1.consul", []string{"client.dc1.consul", "localhost"}, []net.IP{net.ParseIP("127.0.0.1")})
+	c.CAPEM = ca.PEM
+	files := map[string][]byte{"ca.pem": []byte(c.CAPEM), "crt.pem": crt, "key.pem": key}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
 			t.Fatal(err)
@@ -127,9 +92,7 @@ func TestProxyOverTLS(t *testing.T) {
 		t.Fatalf("the proxy stopped with %v", err)
 	}
 
-	other := &consulTLS{}
-	other.configure(t, t.TempDir(), fmt.Sprintf("http = %d, https = -1", 1), 1)
-	t.Setenv(contract.EnvConsulCACertPEM, other.CAPEM)
+	t.Setenv(contract.EnvConsulCACertPEM, testpki.NewCA(t, "another CA").PEM)
 	wrong := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	wrongLogs, wrongDone, _ := runProxy(t, args(wrong))
 	eventually(t, 30*time.Second, "the proxy with another CA refusing the agent", func() error {

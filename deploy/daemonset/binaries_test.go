@@ -2,14 +2,7 @@ package daemonset
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/meshlet/meshlet/test/repobin"
+	"github.com/meshlet/meshlet/test/testpki"
 )
 
 // sampleEnv is what the downward API gives the containers' env here.
@@ -84,7 +78,7 @@ func mounted(t *testing.T, spec corev1.PodSpec, c corev1.Container, args []strin
 		for _, it := range items {
 			content := []byte("sample-token\n")
 			if strings.HasSuffix(it.Path, ".crt") {
-				content = sampleCA(t)
+				content = []byte(testpki.NewCA(t, "sample CA").PEM)
 			}
 			if err := os.WriteFile(filepath.Join(dir, it.Path), content, 0o600); err != nil {
 				t.Fatal(err)
@@ -97,22 +91,6 @@ func mounted(t *testing.T, spec corev1.PodSpec, c corev1.Container, args []strin
 		}
 	}
 	return args
-}
-
-// sampleCA is a self-signed CA certificate in PEM.
-func sampleCA(t *testing.T) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sample CA"}, IsCA: true,
-		BasicConstraintsValid: true, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }
 
 // TestBinariesAcceptRenderedArgs runs every value set's rendered args

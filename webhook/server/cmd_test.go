@@ -1,26 +1,19 @@
 package server
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/version"
 	fakediscovery "k8s.io/client-go/discovery/fake"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/meshlet/meshlet/test/testpki"
 	"github.com/meshlet/meshlet/webhook"
 )
 
@@ -106,18 +99,9 @@ func TestNativeSidecarSupported(t *testing.T) {
 // PEM; a file holding none, or a key, is refused naming it.
 func TestConsulCAFile(t *testing.T) {
 	dir := t.TempDir()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Consul CA"}, IsCA: true,
-		BasicConstraintsValid: true, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	keyDER, _ := x509.MarshalECPrivateKey(key)
+	ca := testpki.NewCA(t, "Consul CA")
+	caPEM := ca.PEM
+	_, keyPEM := ca.Leaf(t, "client.dc1.consul", nil, nil)
 	write := func(name, content string) string {
 		p := filepath.Join(dir, name)
 		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
@@ -135,7 +119,7 @@ func TestConsulCAFile(t *testing.T) {
 	}
 	for name, tc := range map[string]struct{ content, want string }{
 		"empty": {"", "holds no PEM certificate"},
-		"key":   {string(pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})), "holds a EC PRIVATE KEY block: expected only CERTIFICATE blocks"},
+		"key":   {string(keyPEM), "holds a EC PRIVATE KEY block: expected only CERTIFICATE blocks"},
 		"junk":  {"-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n", "certificate 1"},
 	} {
 		path := write(name, tc.content)

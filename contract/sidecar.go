@@ -38,6 +38,11 @@ const (
 	EnvPodUID       = "POD_UID"
 )
 
+// ServiceAccountTokenFile is where Kubernetes mounts a pod's
+// ServiceAccount token in its containers: the webhook gives the sidecar a
+// copy of that mount, and the proxy logs in to Consul with the token.
+const ServiceAccountTokenFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
 // ConsulAgentHTTPPort is the Consul client agent's HTTP port on the node's
 // address, as the official Consul chart exposes it.
 const ConsulAgentHTTPPort = 8500

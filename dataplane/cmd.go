@@ -36,7 +36,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.DurationVar(&o.Linger, "linger", 0, "on SIGTERM, keep serving until the app has stopped (its port refuses, no connection open), at most this long; for a sidecar stopped together with the app")
 	var lg Login
 	fs.StringVar(&lg.AuthMethod, "acl-auth-method", "", "log in to this Consul Kubernetes auth method with the pod's ServiceAccount token and use the token it gives for every Consul call (docs/identity.md); empty: no login")
-	fs.StringVar(&lg.BearerTokenFile, "acl-bearer-token-file", "/var/run/secrets/kubernetes.io/serviceaccount/token", "the pod's ServiceAccount token, for -acl-auth-method")
+	fs.StringVar(&lg.BearerTokenFile, "acl-bearer-token-file", contract.ServiceAccountTokenFile, "the pod's ServiceAccount token, for -acl-auth-method")
 	consul.Register(fs, "for the proxy's certificate and authorizations")
 	lf.Register(fs)
 	if err := fs.Parse(args); err != nil {

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+	"path"
 
 	corev1 "k8s.io/api/core/v1"
 
@@ -12,9 +13,9 @@ import (
 // none.
 const defaultServiceAccount = "default"
 
-// serviceAccountTokenDir is where Kubernetes mounts a pod's ServiceAccount
-// token in its containers.
-const serviceAccountTokenDir = "/var/run/secrets/kubernetes.io/serviceaccount"
+// serviceAccountTokenDir is the mount holding the pod's ServiceAccount
+// token.
+var serviceAccountTokenDir = path.Dir(contract.ServiceAccountTokenFile)
 
 // serviceAccountTokenMount is the mount of the pod's ServiceAccount token
 // that Kubernetes gave the pod's containers, for the sidecar's login. The

@@ -38,7 +38,7 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 	if m, ok := serviceAccountTokenMount(pod); ok && cfg.ACLAuthMethod != "" {
 		// Its own identity: a login with the pod's ServiceAccount token
 		// (checkIdentity made sure the pod has it).
-		c.Args = append(c.Args, "-acl-auth-method", cfg.ACLAuthMethod, "-acl-bearer-token-file", serviceAccountTokenDir+"/token")
+		c.Args = append(c.Args, "-acl-auth-method", cfg.ACLAuthMethod, "-acl-bearer-token-file", contract.ServiceAccountTokenFile)
 		c.VolumeMounts = append(c.VolumeMounts, m)
 	}
 	if pl == placedFirst {

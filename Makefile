@@ -29,16 +29,16 @@ images:
 	@docker info >/dev/null 2>&1 || { echo "make images: needs a running Docker engine ('docker info' failed). make cluster-up builds the local cluster's images without one." >&2; exit 1; }
 	docker build -f deploy/image/Dockerfile --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
-## cluster-up: boot the local single-node cluster with Consul (writes .cluster/env)
+## cluster-up: boot the local single-node cluster with Consul (writes .cluster/env); SECURE=1: Consul with ACLs and TLS
 cluster-up: tools build
-	@$(BIN)/localcluster up
+	@SECURE=$(SECURE) $(BIN)/localcluster up
 
 ## cluster-down: stop it and restore the host
 cluster-down:
 	@if [ -x $(BIN)/localcluster ]; then $(BIN)/localcluster down; \
 	else $(GO) run ./test/e2e/cmd/localcluster down; fi
 
-## demo: boot the cluster and show it working
+## demo: boot the cluster and show it working (SECURE=1: on Consul with ACLs and TLS)
 demo: cluster-up
 	@./hack/demo.sh
 

@@ -31,9 +31,20 @@ until_exit() {
 # seed's client ignores SIGTERM, hence the short grace period).
 kubectl delete --ignore-not-found --grace-period=1 -f examples/mesh/ >/dev/null
 consul intention delete static-client static-server >/dev/null 2>&1 || true
+secure=${CONSUL_CACERT:+1}  # make demo SECURE=1: Consul with ACLs (default deny) and TLS
 
 run helm list --namespace meshlet
 run kubectl get pods --namespace meshlet
+if [ -n "$secure" ]; then
+  echo
+  echo "Consul runs with ACLs (default deny) and TLS only: the consul CLI goes to $CONSUL_HTTP_ADDR"
+  echo "with the CA in \$CONSUL_CACERT and the management token; each sidecar logs in to the"
+  echo "Kubernetes auth method as its pod's ServiceAccount. With default deny, an intention must"
+  echo "allow the client; this one allows every source, so that the seed's deny below wins and"
+  echo "its deletion brings the answer back."
+  run consul acl auth-method list
+  run consul intention create -replace -allow '*' static-server
+fi
 
 run kubectl apply -f examples/mesh/static-server.yaml
 kubectl rollout status deploy/static-server --timeout=120s >/dev/null
@@ -50,6 +61,11 @@ until_exit 52 kubectl exec deploy/static-client -- curl -s http://static-server/
 
 run consul intention delete static-client static-server
 until_ok kubectl exec deploy/static-client -- curl -s http://static-server/
+if [ -n "$secure" ]; then
+  # Each sidecar's own login token, named by its pod (no secret shown).
+  run consul acl token list -method consul-k8s-auth-method -format json \
+    | grep -E '"(Description|ServiceName)"' || true
+fi
 
 cat <<TEXT
 

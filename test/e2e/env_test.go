@@ -152,8 +152,9 @@ func readMeshManifest(t *testing.T, name string) string {
 // consulCLI runs the consul CLI against the suite's Consul agent: args are
 // the subcommand (two words, e.g. intention create) and its arguments.
 func consulCLI(args ...string) (string, error) {
-	argv := append([]string{args[0], args[1], "-http-addr", suite.ConsulAddr}, args[2:]...)
-	out, err := exec.Command(tools.consul, argv...).CombinedOutput()
+	cmd := exec.Command(tools.consul, args...)
+	cmd.Env = append(os.Environ(), suite.ConsulEnv()...)
+	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
 

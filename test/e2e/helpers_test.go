@@ -278,7 +278,7 @@ func hostGet(url string) (int, string, error) {
 // consul is a client of the suite's Consul agent.
 func consul(t testing.TB) *capi.Client {
 	t.Helper()
-	cl, err := target.ConsulClient(suite.ConsulAddr)
+	cl, err := suite.ConsulClient()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,13 +45,17 @@ func runMain(m *testing.M) int {
 	if flags.External() {
 		return runExternal(m)
 	}
-	suite = target.Local(root)
+	lc = cluster.New(root)
+	// SECURE=1: Consul with ACLs and TLS (hack/test.sh runs the tests
+	// that prove meshlet there in a second run).
+	lc.Secure = os.Getenv("SECURE") == "1"
+	suite = target.Local(lc)
 	tools.kubectl, tools.consul, tools.helm = filepath.Join(root, "bin", "kubectl"), filepath.Join(root, "bin", "consul"), filepath.Join(root, "bin", "helm")
 	if os.Geteuid() != 0 {
 		skipReason = "the e2e suite needs root to run kubelet, containerd and the host network"
+		lc = nil
 		return m.Run()
 	}
-	lc = cluster.New(root)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	// Clear a crashed run first, so the baseline below is the host's own.

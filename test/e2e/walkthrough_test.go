@@ -67,6 +67,13 @@ func TestSeedWalkthrough(t *testing.T) {
 	cl := consul(t)
 	ns := testNamespace(t, cs, "seed")
 	leaveNoRegistrations(t, cs, cl, ns)
+	if suite.ACLs() {
+		// The seed: "when ACLs are enabled with default deny policy, you
+		// must supply an intention". One allowing every source keeps the
+		// steps below as the seed writes them: the deny for static-client
+		// is more precise and wins; deleting it falls back to this.
+		allowAllTo(t, "static-server")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	t0 := time.Now()
@@ -374,6 +381,17 @@ func TestSeedWalkthrough(t *testing.T) {
 		// Finished, the pod is deregistered.
 		waitAgentHoldsPods(t, ctx, cs, cl, ns)
 	})
+}
+
+// allowAllTo creates the intention allowing every source to reach
+// service, and deletes it when the test ends (intentions outlive
+// namespaces).
+func allowAllTo(t *testing.T, service string) {
+	t.Helper()
+	if out, err := consulCLI("intention", "create", "-allow", "*", service); err != nil {
+		t.Fatalf("consul intention create -allow '*' %s: %v: %s", service, err, out)
+	}
+	t.Cleanup(func() { _, _ = consulCLI("intention", "delete", "*", service) })
 }
 
 // upstreamJob is a meshed Job in the seed's style whose one container

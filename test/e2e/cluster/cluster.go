@@ -14,7 +14,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"slices"
 	"time"
 )
 
@@ -39,6 +38,10 @@ type Cluster struct {
 	Root string // repository root (bin/ lives here)
 	Dir  string // state directory, normally <root>/.cluster
 	Log  *slog.Logger
+	// Secure boots Consul as the official chart's secure install does
+	// (secure_cluster.go: ACLs with default deny, TLS only, the Kubernetes
+	// auth method) and installs meshlet for it; make cluster-up SECURE=1.
+	Secure bool
 }
 
 // New returns the cluster whose state lives in root/.cluster.
@@ -71,7 +74,7 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 		return fmt.Errorf("clear leftovers of an earlier run: %w", err)
 	}
 	// After Down, so ports held by a crashed run's components are free.
-	if err := checkPortsFree(append(slices.Clone(fixedPorts), podPorts...)); err != nil {
+	if err := checkPortsFree(append(c.fixedPorts(), podPorts...)); err != nil {
 		return err
 	}
 	if err := c.checkPrerequisites(); err != nil {

@@ -202,11 +202,16 @@ fileCheckFrequency: 5s
 func (c *Cluster) writeEnv() error {
 	env := strings.Join([]string{
 		"export KUBECONFIG=" + c.Kubeconfig(),
-		"export CONSUL_HTTP_ADDR=" + ConsulHTTPAddr(),
+		"export CONSUL_HTTP_ADDR=" + c.ConsulAddr(),
 		"export CONTAINERD_ADDRESS=" + c.containerdSock(),
 		"export CONTAINERD_NAMESPACE=k8s.io",
 		`export PATH="` + filepath.Join(c.Root, "bin") + `:$PATH"`,
 	}, "\n") + "\n"
+	if c.Secure {
+		// The token stays in its 0600 file: the env file names it only.
+		env += "export CONSUL_CACERT=" + c.ConsulCAFile() + "\n" +
+			`export CONSUL_HTTP_TOKEN="$(cat ` + c.ConsulTokenFile() + `)"` + "\n"
+	}
 	// helm's own state in the cluster's dir, as Helm() keeps it.
 	for _, kv := range c.helmEnv() {
 		env += "export " + kv + "\n"

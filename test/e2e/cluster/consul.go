@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
@@ -66,6 +67,9 @@ disable_update_check = true
 )
 
 func (c *Cluster) startConsul(ctx context.Context) error {
+	if c.Secure {
+		return c.startLocalSecureConsul(ctx)
+	}
 	srvDir, cliDir := c.path("consul", "server"), c.path("consul", "client")
 	for _, d := range []string{srvDir, cliDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -96,7 +100,10 @@ func ConsulClient() (*capi.Client, error) {
 }
 
 // consulReady: a leader is elected and the client agent sees both members.
-func consulReady(ctx context.Context) error {
+func (c *Cluster) consulReady(ctx context.Context) error {
+	if c.Secure {
+		return c.consulSecureReady(ctx)
+	}
 	cl, err := ConsulClient()
 	if err != nil {
 		return err
@@ -144,15 +151,22 @@ func (c *Cluster) RestartConsulClient(ctx context.Context, forget bool) error {
 	if err := c.stop("consul-client", 15*time.Second); err != nil {
 		return fmt.Errorf("stop the Consul client agent: %w", err)
 	}
+	dataDir := c.path("consul", "client")
+	if c.Secure {
+		dataDir = c.secureFiles().clientData()
+	}
 	if forget {
 		for _, d := range []string{"services", "checks", "proxy"} {
-			if err := os.RemoveAll(c.path("consul", "client", d)); err != nil {
+			if err := os.RemoveAll(filepath.Join(dataDir, d)); err != nil {
 				return err
 			}
 		}
 	}
+	if c.Secure {
+		return c.restartSecureConsulClient(ctx)
+	}
 	if err := c.start("consul-client", []string{c.bin("consul"), "agent", "-config-file=" + c.path("consul", "client.hcl")}); err != nil {
 		return fmt.Errorf("start the Consul client agent: %w", err)
 	}
-	return c.waitFor(ctx, "consul", consulReady)
+	return c.waitFor(ctx, "consul", c.consulReady)
 }

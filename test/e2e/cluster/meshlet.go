@@ -26,7 +26,7 @@ const (
 // host's netns, which cannot route ClusterIPs here.
 func (c *Cluster) MeshletValues() map[string]any {
 	repo, tag, _ := strings.Cut(MeshletImage, ":")
-	return map[string]any{
+	values := map[string]any{
 		"image":  map[string]any{"repository": repo, "tag": tag, "pullPolicy": "Never"},
 		"global": map[string]any{"logLevel": "debug"},
 		"connectInject": map[string]any{
@@ -44,6 +44,27 @@ func (c *Cluster) MeshletValues() map[string]any {
 				{"name": "KUBERNETES_SERVICE_HOST", "value": NodeIP},
 				{"name": "KUBERNETES_SERVICE_PORT", "value": "6443"},
 			},
+		},
+	}
+	if c.Secure {
+		values["consul"] = secureConsulValues()
+	}
+	return values
+}
+
+// secureConsulValues are what a user of the official chart's secure
+// install gives meshlet's chart: HTTPS with the chart's CA Secret, the
+// Kubernetes auth method the sidecars log in to, and the node agent's
+// token (docs/operations.md).
+func secureConsulValues() map[string]any {
+	return map[string]any{
+		"tls": map[string]any{
+			"enabled": true, "httpsPort": ConsulHTTPSPort,
+			"caCert": map[string]any{"secretName": ConsulCASecret, "key": ConsulCASecretKey},
+		},
+		"acl": map[string]any{
+			"authMethod":  AuthMethod,
+			"tokenSecret": map[string]any{"name": NodeAgentTokenSecret, "key": "token"},
 		},
 	}
 }

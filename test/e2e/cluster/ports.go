@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"syscall"
 
@@ -23,13 +24,13 @@ type hostPort struct {
 	component string
 }
 
-// fixedPorts are the ports the components bind, as components.go and
-// consul.go configure them (TestUpClearsCrashedRun checks the list against
-// what the running components hold). Ports from the ephemeral range, such
-// as containerd's streaming server, are picked by the kernel and not listed.
-var fixedPorts = func() []hostPort {
-	tcp := func(addr string, port int, comp string) hostPort { return hostPort{"tcp", addr, port, comp} }
-	udp := func(addr string, port int, comp string) hostPort { return hostPort{"udp", addr, port, comp} }
+// kubePorts are the ports the Kubernetes components bind, as
+// components.go configures them, and plainConsulPorts those of consul.go's
+// Consul pair; a secure cluster's Consul binds localSecureConsul's instead
+// (Cluster.fixedPorts; TestUpClearsCrashedRun checks the lists against what
+// the running components hold). Ports from the ephemeral range, such as
+// containerd's streaming server, are picked by the kernel and not listed.
+var kubePorts = func() []hostPort {
 	lo := "127.0.0.1"
 	return []hostPort{
 		tcp(lo, 2379, "etcd"), tcp(lo, 2380, "etcd"), tcp(lo, 2381, "etcd"),
@@ -38,6 +39,12 @@ var fixedPorts = func() []hostPort {
 		tcp(lo, 10259, "kube-scheduler"),
 		tcp(NodeIP, 10250, "kubelet"), tcp(lo, 10248, "kubelet"),
 		tcp(lo, 10249, "kube-proxy"), tcp(lo, 10256, "kube-proxy"),
+	}
+}()
+
+var plainConsulPorts = func() []hostPort {
+	lo := "127.0.0.1"
+	return []hostPort{
 		tcp(NodeIP, consulServerRPC, "consul-server"),
 		tcp(NodeIP, consulServerSerf, "consul-server"), udp(NodeIP, consulServerSerf, "consul-server"),
 		tcp(lo, consulServerHTTP, "consul-server"),
@@ -48,6 +55,17 @@ var fixedPorts = func() []hostPort {
 		udp(NodeIP, consulClientDNS, "consul-client"), udp(lo, consulClientDNS, "consul-client"),
 	}
 }()
+
+func tcp(addr string, port int, comp string) hostPort { return hostPort{"tcp", addr, port, comp} }
+func udp(addr string, port int, comp string) hostPort { return hostPort{"udp", addr, port, comp} }
+
+// fixedPorts are the ports c's components bind.
+func (c *Cluster) fixedPorts() []hostPort {
+	if c.Secure {
+		return append(slices.Clone(kubePorts), localSecureConsul().hostPorts()...)
+	}
+	return append(slices.Clone(kubePorts), plainConsulPorts...)
+}
 
 // checkPortsFree bind-tests every port and names each one that is taken
 // and, when /proc shows it, the process holding it.

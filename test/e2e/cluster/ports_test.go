@@ -47,9 +47,9 @@ func TestCheckPortsFreeNamesTakenPort(t *testing.T) {
 // Up must refuse at once, before it records or starts anything.
 func TestUpFailsAtOnceOnTakenPort(t *testing.T) {
 	port, _ := occupy(t, "tcp4", "127.0.0.1:0")
-	saved := fixedPorts
-	fixedPorts = []hostPort{{"tcp", "127.0.0.1", port, "kube-scheduler"}}
-	t.Cleanup(func() { fixedPorts = saved })
+	saved := kubePorts
+	kubePorts = []hostPort{{"tcp", "127.0.0.1", port, "kube-scheduler"}}
+	t.Cleanup(func() { kubePorts = saved })
 
 	c := New(t.TempDir())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -87,12 +87,12 @@ func occupy(t *testing.T, network, addr string) (port int, release func()) {
 	return l.Addr().(*net.TCPAddr).Port, func() { l.Close() }
 }
 
-// checkFixedPorts compares fixedPorts with what the running components
+// checkFixedPorts compares c.fixedPorts() with what the running components
 // hold: a port added to a component's flags but not to the list would
 // again make Up time out instead of naming it.
 func checkFixedPorts(t *testing.T, c *Cluster) {
 	t.Helper()
-	checkHeldPorts(t, c, fixedPorts, "fixedPorts")
+	checkHeldPorts(t, c, c.fixedPorts(), "fixedPorts")
 }
 
 // checkHeldPorts compares want with the ports outside the ephemeral range

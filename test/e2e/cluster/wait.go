@@ -120,7 +120,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 			return httpOK(ctx, insecureLocal, "https://127.0.0.1:10259/healthz")
 		}},
 		{"kube-proxy", func(ctx context.Context) error { return httpOK(ctx, nil, "http://127.0.0.1:10256/healthz") }},
-		{"consul", consulReady},
+		{"consul", c.consulReady},
 	}
 	for _, ch := range checks {
 		if err := c.waitFor(ctx, ch.what, ch.check); err != nil {

@@ -3,6 +3,7 @@ package target
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 
@@ -24,12 +25,35 @@ func Clientset(kubeconfig string) (*kubernetes.Clientset, error) {
 	return kubernetes.NewForConfig(cfg)
 }
 
-// ConsulClient is a client of the Consul agent at addr (host:port, plain
-// HTTP, no token: the suite's clusters run Consul without TLS or ACLs).
-func ConsulClient(addr string) (*capi.Client, error) {
+// ConsulClient is a client of the suite's Consul agent: over HTTPS with
+// the CA when c has one, with the token of ConsulTokenFile when c has one.
+func (c Config) ConsulClient() (*capi.Client, error) {
 	cfg := capi.DefaultConfig()
-	cfg.Address = addr
+	cfg.Address = c.ConsulAddr
+	if scheme, rest, ok := strings.Cut(c.ConsulAddr, "://"); ok {
+		cfg.Scheme, cfg.Address = scheme, rest
+	}
+	cfg.TLSConfig.CAFile = c.ConsulCAFile
+	if c.ConsulTokenFile != "" {
+		tok, err := os.ReadFile(c.ConsulTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("-%s: %w", FlagConsulTokenFile, err)
+		}
+		cfg.Token = strings.TrimSpace(string(tok))
+	}
 	return capi.NewClient(cfg)
+}
+
+// ConsulEnv is the consul CLI's environment for the suite's Consul agent.
+func (c Config) ConsulEnv() []string {
+	env := []string{"CONSUL_HTTP_ADDR=" + c.ConsulAddr}
+	if c.ConsulCAFile != "" {
+		env = append(env, "CONSUL_CACERT="+c.ConsulCAFile)
+	}
+	if c.ConsulTokenFile != "" {
+		env = append(env, "CONSUL_HTTP_TOKEN_FILE="+c.ConsulTokenFile)
+	}
+	return env
 }
 
 // Preflight checks an existing cluster against the flags before any test
@@ -59,7 +83,7 @@ func (c Config) Preflight(ctx context.Context) error {
 		return fmt.Errorf("-%s=%s, but meshlet's webhook %s/%s injects data plane %s", FlagDataPlane, c.DataPlane,
 			c.MeshletNamespace, cluster.WebhookName, dp)
 	}
-	cl, err := ConsulClient(c.ConsulAddr)
+	cl, err := c.ConsulClient()
 	if err != nil {
 		return fmt.Errorf("-%s=%s: %w", FlagConsulAddr, c.ConsulAddr, err)
 	}

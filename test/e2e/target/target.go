@@ -53,6 +53,11 @@ type Config struct {
 	// on the node the tests' pods run on: the tests read that Consul agent's own
 	// services and checks, which only it holds.
 	ConsulAddr string
+	// ConsulCAFile verifies the Consul agent's HTTPS certificate and
+	// ConsulTokenFile holds an ACL token with management rights (the
+	// tests read and write intentions, ACL tokens and the catalog); both
+	// empty: Consul without TLS and ACLs.
+	ConsulCAFile, ConsulTokenFile string
 	// DataPlane is the webhook's -data-plane (connectInject.dataPlane).
 	DataPlane string
 	// MeshletNamespace is the namespace of meshlet's release, which is
@@ -66,6 +71,8 @@ const (
 	FlagKubeconfig        = "e2e.kubeconfig"
 	FlagConsulAddr        = "e2e.consul-addr"
 	FlagDataPlane         = "e2e.data-plane"
+	FlagConsulCAFile      = "e2e.consul-ca-file"
+	FlagConsulTokenFile   = "e2e.consul-token-file"
 	FlagMeshletNamespace  = "e2e.meshlet-namespace"
 	FlagStaticServerImage = "e2e.static-server-image"
 	FlagStaticClientImage = "e2e.static-client-image"
@@ -79,7 +86,11 @@ func Register(fs *flag.FlagSet) *Config {
 	fs.StringVar(&c.Kubeconfig, FlagKubeconfig, "",
 		"run against the cluster of this kubeconfig instead of booting the local cluster")
 	fs.StringVar(&c.ConsulAddr, FlagConsulAddr, "",
-		"with -"+FlagKubeconfig+": host:port of the HTTP API of the Consul client agent of the node the tests' pods run on")
+		"with -"+FlagKubeconfig+": [https://]host:port of the HTTP API of the Consul client agent of the node the tests' pods run on")
+	fs.StringVar(&c.ConsulCAFile, FlagConsulCAFile, "",
+		"with -"+FlagKubeconfig+": the CA of that Consul agent's HTTPS certificate (Consul with TLS)")
+	fs.StringVar(&c.ConsulTokenFile, FlagConsulTokenFile, "",
+		"with -"+FlagKubeconfig+": a file holding a Consul ACL token with management rights (Consul with ACLs)")
 	fs.StringVar(&c.DataPlane, FlagDataPlane, "",
 		"with -"+FlagKubeconfig+": the data plane meshlet's webhook injects: "+strings.Join(DataPlanes, ", "))
 	fs.StringVar(&c.MeshletNamespace, FlagMeshletNamespace, cluster.MeshletNamespace,
@@ -96,10 +107,13 @@ func Register(fs *flag.FlagSet) *Config {
 // External says the suite runs against an existing cluster.
 func (c Config) External() bool { return c.Kubeconfig != "" }
 
-// Local is the local cluster of the repository at root, as its flags
-// would say it.
-func Local(root string) Config {
-	return Config{Kubeconfig: cluster.New(root).Kubeconfig(), ConsulAddr: cluster.ConsulHTTPAddr(),
+// ACLs says the suite's Consul runs with ACLs (a token was given).
+func (c Config) ACLs() bool { return c.ConsulTokenFile != "" }
+
+// Local is the local cluster lc, as its flags would say it.
+func Local(lc *cluster.Cluster) Config {
+	return Config{Kubeconfig: lc.Kubeconfig(), ConsulAddr: lc.ConsulAddr(),
+		ConsulCAFile: lc.ConsulCAFile(), ConsulTokenFile: lc.ConsulTokenFile(),
 		DataPlane: LocalDataPlane, MeshletNamespace: cluster.MeshletNamespace, Images: DefaultImages}
 }
 
@@ -114,17 +128,28 @@ func (c Config) Validate() error {
 		} else if fi.IsDir() {
 			errs = append(errs, fmt.Errorf("-%s=%s: expected a kubeconfig file, got a directory", FlagKubeconfig, c.Kubeconfig))
 		}
-		if err := checkHostPort(c.ConsulAddr); err != nil {
-			errs = append(errs, fmt.Errorf("-%s=%q: expected host:port of the node's Consul client agent's HTTP API: %w", FlagConsulAddr, c.ConsulAddr, err))
+		if err := checkConsulAddr(c.ConsulAddr); err != nil {
+			errs = append(errs, fmt.Errorf("-%s=%q: expected [https://]host:port of the node's Consul client agent's HTTP API: %w", FlagConsulAddr, c.ConsulAddr, err))
+		}
+		for _, f := range []struct{ flag, path string }{{FlagConsulCAFile, c.ConsulCAFile}, {FlagConsulTokenFile, c.ConsulTokenFile}} {
+			if f.path == "" {
+				continue
+			}
+			if _, err := os.Stat(f.path); err != nil {
+				errs = append(errs, fmt.Errorf("-%s=%s: expected a readable file: %w", f.flag, f.path, err))
+			}
 		}
 		if !slices.Contains(DataPlanes, c.DataPlane) {
 			errs = append(errs, fmt.Errorf("-%s=%q: expected one of %s (the webhook's connectInject.dataPlane)",
 				FlagDataPlane, c.DataPlane, strings.Join(DataPlanes, ", ")))
 		}
 	} else {
-		if c.ConsulAddr != "" {
-			errs = append(errs, fmt.Errorf("-%s=%s: expected only with -%s; the local cluster's agent is at %s",
-				FlagConsulAddr, c.ConsulAddr, FlagKubeconfig, cluster.ConsulHTTPAddr()))
+		for _, f := range []struct{ flag, value string }{{FlagConsulAddr, c.ConsulAddr},
+			{FlagConsulCAFile, c.ConsulCAFile}, {FlagConsulTokenFile, c.ConsulTokenFile}} {
+			if f.value != "" {
+				errs = append(errs, fmt.Errorf("-%s=%s: expected only with -%s; the local cluster says where its Consul agent is and how to reach it",
+					f.flag, f.value, FlagKubeconfig))
+			}
 		}
 		if c.DataPlane != "" && c.DataPlane != LocalDataPlane {
 			errs = append(errs, fmt.Errorf("-%s=%s: the local cluster installs data plane %s; other data planes need -%s",
@@ -149,6 +174,17 @@ func (c Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkConsulAddr checks host:port with an optional http:// or https://.
+func checkConsulAddr(addr string) error {
+	if scheme, rest, ok := strings.Cut(addr, "://"); ok {
+		if scheme != "http" && scheme != "https" {
+			return fmt.Errorf("scheme %q: expected http or https", scheme)
+		}
+		addr = rest
+	}
+	return checkHostPort(addr)
 }
 
 func checkHostPort(addr string) error {

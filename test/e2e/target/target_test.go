@@ -60,15 +60,22 @@ func TestFlags(t *testing.T) {
 		{"kubeconfig a directory", []string{"-e2e.kubeconfig=" + dir, "-e2e.consul-addr=127.0.0.1:8500", "-e2e.data-plane=envoy"}, true,
 			[]string{"-e2e.kubeconfig=" + dir, "expected a kubeconfig file, got a directory"}},
 		{"no Consul address", []string{"-e2e.kubeconfig=" + kc, "-e2e.data-plane=envoy"}, true,
-			[]string{`-e2e.consul-addr=""`, "expected host:port"}},
+			[]string{`-e2e.consul-addr=""`, "expected [https://]host:port"}},
 		{"Consul address without port", []string{"-e2e.kubeconfig=" + kc, "-e2e.consul-addr=127.0.0.1", "-e2e.data-plane=envoy"}, true,
-			[]string{`-e2e.consul-addr="127.0.0.1"`, "expected host:port", "missing port"}},
+			[]string{`-e2e.consul-addr="127.0.0.1"`, "expected [https://]host:port", "missing port"}},
 		{"Consul address, port 0", []string{"-e2e.kubeconfig=" + kc, "-e2e.consul-addr=127.0.0.1:0", "-e2e.data-plane=envoy"}, true,
 			[]string{`-e2e.consul-addr="127.0.0.1:0"`, `port "0": expected 1-65535`}},
 		{"Consul address, no host", []string{"-e2e.kubeconfig=" + kc, "-e2e.consul-addr=:8500", "-e2e.data-plane=envoy"}, true,
 			[]string{`-e2e.consul-addr=":8500"`, "no host"}},
 		{"Consul address for the local cluster", []string{"-e2e.consul-addr=127.0.0.1:8500"}, false,
-			[]string{"-e2e.consul-addr=127.0.0.1:8500: expected only with -e2e.kubeconfig", cluster.ConsulHTTPAddr()}},
+			[]string{"-e2e.consul-addr=127.0.0.1:8500: expected only with -e2e.kubeconfig"}},
+		{"Consul token for the local cluster", []string{"-e2e.consul-token-file=/tmp/x"}, false,
+			[]string{"-e2e.consul-token-file=/tmp/x: expected only with -e2e.kubeconfig"}},
+		{"Consul address with https", []string{"-e2e.kubeconfig=" + kc, "-e2e.consul-addr=https://127.0.0.1:8501", "-e2e.data-plane=envoy"}, true, nil},
+		{"Consul address, another scheme", []string{"-e2e.kubeconfig=" + kc, "-e2e.consul-addr=grpc://127.0.0.1:8502", "-e2e.data-plane=envoy"}, true,
+			[]string{`-e2e.consul-addr="grpc://127.0.0.1:8502"`, `scheme "grpc": expected http or https`}},
+		{"Consul CA file missing", []string{"-e2e.kubeconfig=" + kc, "-e2e.consul-addr=https://127.0.0.1:8501", "-e2e.data-plane=envoy",
+			"-e2e.consul-ca-file=" + missing}, true, []string{"-e2e.consul-ca-file=" + missing, "expected a readable file"}},
 		{"envoy on the local cluster", []string{"-e2e.data-plane=envoy"}, false,
 			[]string{"-e2e.data-plane=envoy: the local cluster installs data plane meshlet"}},
 		{"another namespace on the local cluster", []string{"-e2e.meshlet-namespace=mesh"}, false,
@@ -112,7 +119,7 @@ func TestFlags(t *testing.T) {
 // cluster installs; that must be what test/e2e/cluster installs.
 func TestLocalMatchesCluster(t *testing.T) {
 	root := t.TempDir()
-	c := Local(root)
+	c := Local(cluster.New(root))
 	if err := (Config{DataPlane: c.DataPlane, MeshletNamespace: c.MeshletNamespace, Images: c.Images}).Validate(); err != nil {
 		t.Errorf("the local cluster's values as flags: %v", err)
 	}
@@ -120,8 +127,14 @@ func TestLocalMatchesCluster(t *testing.T) {
 	if dp := ci["dataPlane"]; dp != LocalDataPlane {
 		t.Errorf("the local cluster installs data plane %v; LocalDataPlane is %s", dp, LocalDataPlane)
 	}
-	if c.Kubeconfig != cluster.New(root).Kubeconfig() || c.ConsulAddr != cluster.ConsulHTTPAddr() {
-		t.Errorf("Local(%s) = %+v: want the local cluster's kubeconfig and Consul agent", root, c)
+	if c.Kubeconfig != cluster.New(root).Kubeconfig() || c.ConsulAddr != cluster.ConsulHTTPAddr() || c.ACLs() || c.ConsulCAFile != "" {
+		t.Errorf("Local(%s) = %+v: want the local cluster's kubeconfig and Consul agent, without TLS or ACLs", root, c)
+	}
+	secure := cluster.New(root)
+	secure.Secure = true
+	s := Local(secure)
+	if s.ConsulAddr != "https://10.244.0.1:8501" || !s.ACLs() || s.ConsulCAFile == "" {
+		t.Errorf("Local of a secure cluster = %+v: want HTTPS on 8501, a CA and a token", s)
 	}
 }
 

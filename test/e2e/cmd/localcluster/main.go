@@ -29,6 +29,8 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	c := cluster.New(root)
+	// make cluster-up SECURE=1: Consul with ACLs and TLS (docs/local-cluster.md).
+	c.Secure = os.Getenv("SECURE") == "1"
 	switch os.Args[1] {
 	case "up":
 		err = c.Up(ctx)

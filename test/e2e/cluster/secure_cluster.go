@@ -1,0 +1,153 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+)
+
+// A secure cluster (make cluster-up SECURE=1) runs secureConsul on the
+// ports the official chart gives a secure install: the client agent's
+// HTTPS on 8501 and gRPC TLS on 8503 at the node's address, plain HTTP
+// (8500) and plain gRPC (8502) closed. The client agent gets its
+// certificate by auto-encrypt (global.tls.enableAutoEncrypt), the chart's
+// usual choice; TestSecureConsul boots the other mode, a certificate the
+// harness signs.
+const (
+	ConsulHTTPSPort   = 8501
+	ConsulGRPCTLSPort = 8503
+	consulServerHTTPS = 18501
+)
+
+// localSecureConsul is the secure cluster's Consul pair.
+func localSecureConsul() secureConsul {
+	return secureConsul{
+		Datacenter:  consulDatacenter,
+		AutoEncrypt: true,
+		Server: consulAgent{Node: consulServerNode, BindIP: NodeIP, ClientAddrs: []string{"127.0.0.1"},
+			HTTPS: consulServerHTTPS, SerfLAN: consulServerSerf, RPC: consulServerRPC},
+		Client: consulAgent{Node: NodeName, BindIP: NodeIP, ClientAddrs: []string{NodeIP, "127.0.0.1"},
+			HTTPS: ConsulHTTPSPort, GRPCTLS: ConsulGRPCTLSPort, DNS: consulClientDNS, SerfLAN: consulClientSerf},
+	}
+}
+
+func (c *Cluster) secureFiles() secureConsulFiles { return secureConsulFiles{c.path("consul")} }
+
+// ConsulAddr is the node's Consul client agent as the consul CLI takes it
+// (CONSUL_HTTP_ADDR): host:port, or https://host:port on a secure cluster.
+func (c *Cluster) ConsulAddr() string {
+	if c.Secure {
+		return "https://" + net.JoinHostPort(NodeIP, strconv.Itoa(ConsulHTTPSPort))
+	}
+	return ConsulHTTPAddr()
+}
+
+// ConsulCAFile is the CA bundle that verifies the client agent's HTTPS
+// certificate (the harness's CA and the Connect CA's roots, which sign an
+// auto-encrypt agent's); empty without TLS.
+func (c *Cluster) ConsulCAFile() string {
+	if c.Secure {
+		return c.secureFiles().caBundle()
+	}
+	return ""
+}
+
+// ConsulTokenFile holds the management token (mode 0600); empty without
+// ACLs.
+func (c *Cluster) ConsulTokenFile() string {
+	if c.Secure {
+		return c.secureFiles().managementToken()
+	}
+	return ""
+}
+
+// ConsulAPI is an API client of the node's Consul client agent: on a
+// secure cluster over HTTPS with the management token.
+func (c *Cluster) ConsulAPI() (*capi.Client, error) {
+	if !c.Secure {
+		return ConsulClient()
+	}
+	tok, err := os.ReadFile(c.ConsulTokenFile())
+	if err != nil {
+		return nil, fmt.Errorf("the Consul management token: %w", err)
+	}
+	return secureConsulAPI(localSecureConsul().Client, "", c.ConsulCAFile(), strings.TrimSpace(string(tok)))
+}
+
+// startLocalSecureConsul boots the secure pair and gives Consul what the
+// official chart's server-acl-init gives it for connect injection: the
+// Kubernetes auth method and its binding rule (consulauth.go). Then it
+// makes the node agent's token and the Secrets meshlet's chart reads.
+func (c *Cluster) startLocalSecureConsul(ctx context.Context) error {
+	s := localSecureConsul()
+	if _, err := c.startSecureConsul(ctx, s); err != nil {
+		return err
+	}
+	cl, err := c.ConsulAPI()
+	if err != nil {
+		return err
+	}
+	if err := c.setupAuthMethod(ctx, cl); err != nil {
+		return fmt.Errorf("the Consul Kubernetes auth method: %w", err)
+	}
+	if err := c.setupMeshletConsulSecrets(ctx); err != nil {
+		return err
+	}
+	return nil
+}
+
+// consulSecureReady: the client agent answers over HTTPS with the
+// management token, sees the leader, and its node is in the catalog.
+func (c *Cluster) consulSecureReady(ctx context.Context) error {
+	cl, err := c.ConsulAPI()
+	if err != nil {
+		return err
+	}
+	return consulJoined(ctx, cl, NodeName)
+}
+
+// restartSecureConsulClient starts the secure client agent again with the
+// configuration startSecureClient wrote (its token in it).
+func (c *Cluster) restartSecureConsulClient(ctx context.Context) error {
+	f := c.secureFiles()
+	if _, err := os.Stat(f.clientHCL()); err != nil {
+		return fmt.Errorf("the secure client agent's configuration: %w", err)
+	}
+	if err := c.start("consul-client", []string{c.bin("consul"), "agent", "-config-file=" + f.clientHCL()}); err != nil {
+		return fmt.Errorf("start the Consul client agent: %w", err)
+	}
+	return c.waitFor(ctx, "consul", c.consulSecureReady)
+}
+
+// consulCLI runs bin/consul against the node's client agent with the
+// environment .cluster/env gives a user (the management token from its
+// file).
+func (c *Cluster) consulCLI(ctx context.Context, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.bin("consul"), args...)
+	cmd.Env = append(os.Environ(), c.ConsulEnv()...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("consul %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// ConsulEnv is what the consul CLI needs to reach the node's client agent
+// as an operator: address, and on a secure cluster the CA bundle and the
+// management token's file.
+func (c *Cluster) ConsulEnv() []string {
+	env := []string{"CONSUL_HTTP_ADDR=" + c.ConsulAddr()}
+	if c.Secure {
+		env = append(env, "CONSUL_CACERT="+c.ConsulCAFile(), "CONSUL_HTTP_TOKEN_FILE="+c.ConsulTokenFile())
+	}
+	return env
+}

@@ -1,0 +1,332 @@
+package e2e
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/meshlet/meshlet/contract"
+	"github.com/meshlet/meshlet/test/e2e/cluster"
+)
+
+// The tests of meshlet on a Consul with ACLs (default deny) and TLS only:
+// hack/test.sh runs them, with TestSeedWalkthrough, on the local cluster
+// booted with SECURE=1 (make cluster-up SECURE=1), and skips them in the
+// open run. Each needs the suite's Consul to have ACLs.
+
+func requireSecureConsul(t *testing.T) {
+	t.Helper()
+	requireCluster(t)
+	if !suite.ACLs() || suite.ConsulCAFile == "" {
+		t.Skip("needs Consul with ACLs and TLS: SECURE=1 (the local cluster) or -e2e.consul-token-file and -e2e.consul-ca-file")
+	}
+}
+
+// TestSecureModeTLSOnly: the node's Consul client agent answers only over
+// TLS, with a certificate the CA bundle given to meshlet verifies, and
+// refuses anonymous requests; so the walkthrough's sidecars and node agent
+// talked to it over TLS with tokens. The plain ports are closed.
+func TestSecureModeTLSOnly(t *testing.T) {
+	requireSecureConsul(t)
+	requireLocalNode(t, "dials the Consul agent's plain ports on the node")
+	for _, port := range []int{cluster.ConsulHTTPPort, cluster.ConsulGRPCPort} {
+		conn, err := net.DialTimeout("tcp", net.JoinHostPort(cluster.NodeIP, strconv.Itoa(port)), 2*time.Second)
+		if err == nil {
+			conn.Close()
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("the Consul agent's plain port %d: %v, want connection refused", port, err)
+		}
+	}
+	pem, err := os.ReadFile(suite.ConsulCAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		t.Fatalf("%s holds no certificate", suite.ConsulCAFile)
+	}
+	for _, port := range []int{cluster.ConsulHTTPSPort, cluster.ConsulGRPCTLSPort} {
+		addr := net.JoinHostPort(cluster.NodeIP, strconv.Itoa(port))
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr,
+			&tls.Config{RootCAs: pool, NextProtos: []string{"h2", "http/1.1"}})
+		if err != nil {
+			t.Errorf("TLS to %s, verified with the CA bundle: %v", addr, err)
+			continue
+		}
+		conn.Close()
+	}
+	anon, err := capi.NewClient(&capi.Config{Address: strings.TrimPrefix(suite.ConsulAddr, "https://"), Scheme: "https",
+		TLSConfig: capi.TLSConfig{CAFile: suite.ConsulCAFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := anon.Agent().Self(); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("an anonymous /v1/agent/self: %v, want 403 (default deny)", err)
+	}
+	// The node agent was installed to reach the Consul agent over HTTPS
+	// with its own token.
+	cs := clientset(t)
+	ds, err := cs.AppsV1().DaemonSets(suite.MeshletNamespace).Get(context.Background(), cluster.AgentName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Join(ds.Spec.Template.Spec.Containers[0].Args, " ")
+	for _, want := range []string{"https://$(HOST_IP):8501", "-ca-file", "-token-file"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("the node agent's arguments %q lack %q", args, want)
+		}
+	}
+}
+
+// TestSecureModeServiceAccountMismatch: with ACLs the webhook denies a pod
+// whose Consul service is not named like its ServiceAccount, naming both
+// (the seed's rule), and one running as "default".
+func TestSecureModeServiceAccountMismatch(t *testing.T) {
+	requireSecureConsul(t)
+	cs := clientset(t)
+	ns := testNamespace(t, cs, "acl-mismatch")
+	createServiceAccount(t, cs, ns, "static-client")
+	pod := pausePod("impostor", map[string]string{contract.Inject: "true", contract.Service: "static-server"}, func(p *corev1.Pod) {
+		p.Spec.ServiceAccountName = "static-client"
+	})
+	_, err := cs.CoreV1().Pods(ns).Create(context.Background(), pod, metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), `"static-server"`) || !strings.Contains(err.Error(), `"static-client"`) {
+		t.Errorf("a pod of ServiceAccount static-client annotated %s: static-server: %v; want a denial naming both", contract.Service, err)
+	}
+	def := pausePod("anonymous", map[string]string{contract.Inject: "true", contract.Service: "web"})
+	_, err = cs.CoreV1().Pods(ns).Create(context.Background(), def, metav1.CreateOptions{})
+	if err == nil || !strings.Contains(err.Error(), `ServiceAccount "default"`) {
+		t.Errorf("a pod of ServiceAccount default: %v; want a denial naming it", err)
+	}
+}
+
+// TestSecureModeImpersonation: a pod of ServiceAccount imp-client that a
+// Kubernetes Service named imp-server selects (the name the webhook cannot
+// see) is admitted, but gets nothing of imp-server's: the node agent
+// refuses to register it, with an Event naming both; its sidecar's login
+// token holds the service identity imp-client alone; the catalog has no
+// imp-server, and the pod's app is not served.
+func TestSecureModeImpersonation(t *testing.T) {
+	requireSecureConsul(t)
+	cs := clientset(t)
+	cl := consul(t)
+	ns := testNamespace(t, cs, "acl-impersonate")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	createServiceAccount(t, cs, ns, "imp-client")
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "imp-server"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "imp"}, Ports: []corev1.ServicePort{{Port: 80}}}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := pausePod("impostor", map[string]string{contract.Inject: "true"}, func(p *corev1.Pod) {
+		p.Labels = map[string]string{"app": "imp"}
+		p.Spec.ServiceAccountName = "imp-client"
+	})
+	p := createPodSpec(t, cs, ns, pod)
+	if !injected(p) {
+		t.Fatalf("pod %s was not injected", p.Name)
+	}
+	waitFor(t, ctx, "the node agent's Event refusing the registration", func(ctx context.Context) (bool, error) {
+		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range evs.Items {
+			if e.Reason == "MeshletRegistrationFailed" && strings.Contains(e.Message, `"imp-server"`) && strings.Contains(e.Message, `"imp-client"`) {
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("%d events, none refusing imp-server for imp-client", len(evs.Items))
+	})
+	waitFor(t, ctx, "the sidecar's login token", func(ctx context.Context) (bool, error) {
+		toks, err := podTokens(cl, ns)
+		if err != nil {
+			return false, err
+		}
+		tok, ok := toks[p.Name]
+		if !ok {
+			return false, fmt.Errorf("no token names pod %s/%s: %v", ns, p.Name, toks)
+		}
+		if !slices.Equal(tok.services, []string{"imp-client"}) {
+			t.Fatalf("the impostor's token grants the service identities %v, want [imp-client] alone", tok.services)
+		}
+		return true, nil
+	})
+	for _, svc := range []string{"imp-server", "imp-server-sidecar-proxy", "imp-client"} {
+		if entries, _, err := cl.Catalog().Service(svc, "", nil); err != nil || len(entries) != 0 {
+			t.Errorf("the catalog's %s: %d instances (%v), want none", svc, len(entries), err)
+		}
+	}
+	if p, err := cs.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{}); err != nil || podReady(p) {
+		t.Errorf("the impostor is ready (%v): its sidecar must not serve without a registration", err)
+	}
+}
+
+// TestSecureModeTokensFollowPods: the auth method's tokens in Consul are
+// the injected pods alive, through scale 1→3→1 and the Deployment's
+// deletion, within 10 s of each settling.
+func TestSecureModeTokensFollowPods(t *testing.T) {
+	requireSecureConsul(t)
+	cs := clientset(t)
+	cl := consul(t)
+	ns := testNamespace(t, cs, "acl-tokens")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	kubectl(t, "apply", "-n", ns, "-f", writeManifest(t, fmt.Sprintf(tokenServer, suite.Images.StaticServer)))
+	settle := func(what string, replicas int) {
+		t.Helper()
+		waitFor(t, ctx, what+": pods ready", func(ctx context.Context) (bool, error) {
+			pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=tok-server"})
+			if err != nil {
+				return false, err
+			}
+			ready := 0
+			for _, p := range pods.Items {
+				if podReady(&p) && p.DeletionTimestamp == nil {
+					ready++
+				}
+			}
+			return ready == replicas && len(pods.Items) == replicas, fmt.Errorf("%d pods, %d ready, want %d", len(pods.Items), ready, replicas)
+		})
+		bounded, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		waitFor(t, bounded, what+": tokens equal the pods", func(ctx context.Context) (bool, error) {
+			err := tokensMatchPods(ctx, cs, cl, ns)
+			return err == nil, err
+		})
+	}
+	settle("1 replica", 1)
+	kubectl(t, "scale", "-n", ns, "deploy/tok-server", "--replicas=3")
+	settle("scaled to 3", 3)
+	kubectl(t, "scale", "-n", ns, "deploy/tok-server", "--replicas=1")
+	settle("scaled to 1", 1)
+	kubectl(t, "delete", "-n", ns, "deploy/tok-server", "--wait=true")
+	settle("deleted", 0)
+}
+
+const tokenServer = `apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: tok-server
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: tok-server
+spec:
+  replicas: 1
+  selector:
+    matchLabels:
+      app: tok-server
+  template:
+    metadata:
+      labels:
+        app: tok-server
+      annotations:
+        consul.hashicorp.com/connect-inject: "true"
+    spec:
+      serviceAccountName: tok-server
+      terminationGracePeriodSeconds: 5
+      containers:
+        - name: tok-server
+          image: %s
+          args: ["-text=hello world", "-listen=:8080"]
+`
+
+// loginToken is what a sidecar's login token says of its pod.
+type loginToken struct {
+	accessor, uid string
+	services      []string
+}
+
+// podTokens are the auth method's tokens naming a pod of ns, by pod name:
+// Consul keeps a login's meta (pod, pod-uid) in the token's description.
+func podTokens(cl *capi.Client, ns string) (map[string]loginToken, error) {
+	toks, _, err := cl.ACL().TokenListFiltered(capi.ACLTokenFilterOptions{AuthMethod: cluster.AuthMethod}, nil)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]loginToken{}
+	for _, tok := range toks {
+		i := strings.Index(tok.Description, "{")
+		var meta map[string]string
+		if i < 0 || json.Unmarshal([]byte(tok.Description[i:]), &meta) != nil {
+			return nil, fmt.Errorf("token %s of %s: description %q holds no login meta", tok.AccessorID, cluster.AuthMethod, tok.Description)
+		}
+		podNS, name, _ := strings.Cut(meta["pod"], "/")
+		if podNS != ns {
+			continue
+		}
+		if _, dup := out[name]; dup {
+			return nil, fmt.Errorf("pod %s/%s holds two tokens", ns, name)
+		}
+		lt := loginToken{accessor: tok.AccessorID, uid: meta["pod-uid"]}
+		for _, si := range tok.ServiceIdentities {
+			lt.services = append(lt.services, si.ServiceName)
+		}
+		out[name] = lt
+	}
+	return out, nil
+}
+
+// tokensMatchPods: one token per pod of ns alive (not terminated), with
+// the pod's UID, and none for a pod gone.
+func tokensMatchPods(ctx context.Context, cs kubernetes.Interface, cl *capi.Client, ns string) error {
+	toks, err := podTokens(cl, ns)
+	if err != nil {
+		return err
+	}
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	alive := map[string]bool{}
+	for _, p := range pods.Items {
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || !injected(&p) {
+			continue
+		}
+		alive[p.Name] = true
+		tok, ok := toks[p.Name]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("pod %s has no token", p.Name))
+		case tok.uid != string(p.UID):
+			errs = append(errs, fmt.Errorf("pod %s's token names UID %s, the pod's is %s", p.Name, tok.uid, p.UID))
+		}
+	}
+	for name, tok := range toks {
+		if !alive[name] {
+			errs = append(errs, fmt.Errorf("token %s of pod %s, which is gone", tok.accessor, name))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func createServiceAccount(t *testing.T, cs kubernetes.Interface, ns, name string) {
+	t.Helper()
+	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(context.Background(),
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}, AutomountServiceAccountToken: ptr.To(true)},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -31,6 +31,7 @@ until_exit() {
 # seed's client ignores SIGTERM, hence the short grace period).
 kubectl delete --ignore-not-found --grace-period=1 -f examples/mesh/ >/dev/null
 consul intention delete static-client static-server >/dev/null 2>&1 || true
+consul intention delete '*' static-server >/dev/null 2>&1 || true
 secure=${CONSUL_CACERT:+1}  # make demo SECURE=1: Consul with ACLs (default deny) and TLS
 
 run helm list --namespace meshlet
@@ -43,7 +44,9 @@ if [ -n "$secure" ]; then
   echo "allow the client; this one allows every source, so that the seed's deny below wins and"
   echo "its deletion brings the answer back."
   run consul acl auth-method list
-  run consul intention create -replace -allow '*' static-server
+  # Not -replace: that edits through config entries, after which the seed's
+  # `consul intention create` (the legacy API) is refused for this service.
+  run consul intention create -allow '*' static-server
 fi
 
 run kubectl apply -f examples/mesh/static-server.yaml
@@ -63,8 +66,8 @@ run consul intention delete static-client static-server
 until_ok kubectl exec deploy/static-client -- curl -s http://static-server/
 if [ -n "$secure" ]; then
   # Each sidecar's own login token, named by its pod (no secret shown).
-  run consul acl token list -method consul-k8s-auth-method -format json \
-    | grep -E '"(Description|ServiceName)"' || true
+  say "consul acl token list -format json | grep -E '\"(Description|ServiceName)\": \".*(login|static)'"
+  consul acl token list -format json | grep -E '"(Description|ServiceName)": ".*(login|static)' || true
 fi
 
 cat <<TEXT

@@ -80,7 +80,8 @@ func (is *informerSet) wait() { is.done.Wait() }
 
 // slimPod keeps of a pod only what the node agent reads: its metadata (not the
 // managed fields, often the largest part), whether it uses the host
-// network, and its phase, conditions and IPs. Containers, volumes and
+// network, its ServiceAccount (with ACLs, the only service it may be
+// registered as), and its phase, conditions and IPs. Containers, volumes and
 // container statuses are most of a pod, and an injected pod's are larger
 // still; with 110 pods on a node they would be most of the node agent's heap.
 func slimPod(obj any) (any, error) {
@@ -93,7 +94,8 @@ func slimPod(obj any) (any, error) {
 	return &corev1.Pod{
 		TypeMeta:   p.TypeMeta,
 		ObjectMeta: meta,
-		Spec:       corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork},
+		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork,
+			ServiceAccountName: p.Spec.ServiceAccountName},
 		Status: corev1.PodStatus{Phase: p.Status.Phase, Conditions: p.Status.Conditions,
 			PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
 	}, nil

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/register"
 	"github.com/meshlet/meshlet/daemon/repair"
 )
@@ -52,6 +53,33 @@ func TestSlimPodKeepsWhatTheAgentReads(t *testing.T) {
 	}
 	if slim.Spec.NodeName != "n1" || slim.UID != full.UID || len(slim.Annotations) != len(full.Annotations) {
 		t.Fatalf("slim pod lost its identity or annotations: %+v", slim.ObjectMeta)
+	}
+}
+
+// TestSlimPodKeepsTheServiceAccount: with an auth method the registration
+// is refused unless the pod's service is named like its ServiceAccount; the
+// slimmed pod must say the same (it once lost the ServiceAccount, and every
+// pod on a Consul with ACLs was refused as "default").
+func TestSlimPodKeepsTheServiceAccount(t *testing.T) {
+	enc, err := contract.Registration{Port: 8080, DataPlane: "meshlet", TransparentProxy: true, AuthMethod: "k8s"}.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	svcs := []*corev1.Service{{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, ClusterIP: "10.96.0.20", Ports: []corev1.ServicePort{{Port: 80}}}}}
+	for _, sa := range []string{"web", "api"} {
+		full := injected("web-1", "u1", true)
+		full.Annotations[contract.RegistrationKey] = enc
+		full.Spec = corev1.PodSpec{NodeName: "n1", ServiceAccountName: sa, Containers: []corev1.Container{{Name: "app", Image: "x"}}}
+		obj, err := slimPod(full.DeepCopy())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, errFull := register.For(full, svcs)
+		_, errSlim := register.For(obj.(*corev1.Pod), svcs)
+		if (errFull == nil) != (sa == "web") || (errFull == nil) != (errSlim == nil) {
+			t.Errorf("ServiceAccount %s: the full pod registers with %v, the slim one with %v; want both to succeed only for web", sa, errFull, errSlim)
+		}
 	}
 }
 

@@ -182,8 +182,10 @@ func TestSecureModeImpersonation(t *testing.T) {
 }
 
 // TestSecureModeTokensFollowPods: the auth method's tokens in Consul are
-// the injected pods alive, through scale 1→3→1 and the Deployment's
-// deletion, within 10 s of each settling.
+// the injected pods alive, through scale 1→3→1, pods deleted while the
+// node agent is down, and the Deployment's deletion, within 10 s of each
+// settling. A sidecar logs out as its pod stops: no part of that needs
+// the node agent.
 func TestSecureModeTokensFollowPods(t *testing.T) {
 	requireSecureConsul(t)
 	cs := clientset(t)
@@ -219,6 +221,16 @@ func TestSecureModeTokensFollowPods(t *testing.T) {
 	settle("scaled to 3", 3)
 	kubectl(t, "scale", "-n", ns, "deploy/tok-server", "--replicas=1")
 	settle("scaled to 1", 1)
+	kubectl(t, "scale", "-n", ns, "deploy/tok-server", "--replicas=3")
+	settle("scaled to 3 again", 3)
+	restart := stopAgent(t, ctx, cs)
+	kubectl(t, "scale", "-n", ns, "deploy/tok-server", "--replicas=1")
+	waitFor(t, ctx, "2 pods gone while the node agent is down", func(ctx context.Context) (bool, error) {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=tok-server"})
+		return err == nil && len(pods.Items) == 1, err
+	})
+	restart()
+	settle("scaled to 1 with the node agent down", 1)
 	kubectl(t, "delete", "-n", ns, "deploy/tok-server", "--wait=true")
 	settle("deleted", 0)
 }
@@ -243,6 +255,7 @@ spec:
         app: tok-server
       annotations:
         consul.hashicorp.com/connect-inject: "true"
+        consul.hashicorp.com/connect-service: tok-server
     spec:
       serviceAccountName: tok-server
       terminationGracePeriodSeconds: 5

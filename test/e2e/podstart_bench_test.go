@@ -29,6 +29,9 @@ func BenchmarkPodStart(b *testing.B) {
 	requireLocalNode(b, "it helm-upgrades the local release and times the meshlet data plane's sidecar")
 	cs := clientset(b)
 	ns := testNamespace(b, cs, "podstart")
+	// With ACLs (SECURE=1) a meshed pod runs as a ServiceAccount named
+	// like its service; both pods run as it, so only the mesh differs.
+	createServiceAccount(b, cs, ns, podStartService)
 	b.Run("default-regular-container", func(b *testing.B) { benchPodStart(b, cs, ns, false) })
 
 	ctx := context.Background()
@@ -77,6 +80,9 @@ func benchPodStart(b *testing.B, cs *kubernetes.Clientset, ns string, native boo
 	b.ReportMetric(percentile(meshed, 0.9)-percentile(plain, 0.9), "overhead-p90-ms")
 }
 
+// podStartService names the benchmark's service and ServiceAccount.
+const podStartService = "podstart"
+
 // timePodStart creates the pod, waits for Ready, deletes it and waits
 // until it is gone (so the next pod starts on a quiet node). A meshed pod
 // must have its sidecar where the webhook's mode puts it: the benchmark
@@ -85,11 +91,11 @@ func timePodStart(ctx context.Context, cs *kubernetes.Clientset, ns, name string
 	ann := map[string]string{}
 	if mesh {
 		// Named by annotation: no Service to create and delete each time.
-		ann = map[string]string{contract.Inject: "true", contract.Service: "podstart"}
+		ann = map[string]string{contract.Inject: "true", contract.Service: podStartService}
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
-		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](0),
+		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](0), ServiceAccountName: podStartService,
 			Containers: []corev1.Container{echoContainer("static-server", "hello world", 8080, 0)}},
 	}
 	pod.Spec.Containers[0].Ports = []corev1.ContainerPort{{ContainerPort: 8080}}

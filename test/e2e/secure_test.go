@@ -335,7 +335,7 @@ func tokensMatchPods(ctx context.Context, cs kubernetes.Interface, cl *capi.Clie
 	return errors.Join(errs...)
 }
 
-func createServiceAccount(t *testing.T, cs kubernetes.Interface, ns, name string) {
+func createServiceAccount(t testing.TB, cs kubernetes.Interface, ns, name string) {
 	t.Helper()
 	if _, err := cs.CoreV1().ServiceAccounts(ns).Create(context.Background(),
 		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}, AutomountServiceAccountToken: ptr.To(true)},

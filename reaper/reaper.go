@@ -177,9 +177,9 @@ func (r *Reaper) Run(ctx context.Context, inf cache.SharedIndexInformer, e *Elec
 	return nil
 }
 
-// maxErrorRetry: after a failed pass the next comes sooner than the
-// interval, doubling from a second up to this: a Consul blip is retried
-// soon, a Consul that is down is not hammered.
+// maxErrorRetry caps the wait after failed passes, which doubles from
+// one to the next: a Consul blip is retried soon, a Consul that is down
+// is not hammered.
 const maxErrorRetry = 30 * time.Second
 
 // reap makes passes until ctx ends: one at once, then every Interval, one

@@ -243,12 +243,12 @@ func TestElectorStepsDown(t *testing.T) {
 	if _, err := cs.CoordinationV1().Leases("meshlet").Update(context.Background(), l, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	stoppedIn("Lease taken by another", 200*time.Millisecond)
+	stoppedIn("Lease taken by another", 400*time.Millisecond)
 	// It campaigns again and gets it once the thief's Lease expires.
 	wait("lead again after the thief's Lease expired", started)
 
 	fail.Store(true)
-	stoppedIn("API server unreachable", 800*time.Millisecond)
+	stoppedIn("API server unreachable", 1200*time.Millisecond)
 	fail.Store(false)
 	wait("lead again once the API server answers", started)
 }

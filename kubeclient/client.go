@@ -19,6 +19,7 @@ import (
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	authnv1 "k8s.io/api/authentication/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -46,6 +47,7 @@ func init() {
 	utilruntime.Must(appsv1.AddToScheme(Scheme))
 	utilruntime.Must(admissionv1.AddToScheme(Scheme))
 	utilruntime.Must(authnv1.AddToScheme(Scheme))
+	utilruntime.Must(coordinationv1.AddToScheme(Scheme))
 	metav1.AddToGroupVersion(Scheme, schema.GroupVersion{Version: "v1"})
 }
 
@@ -69,6 +71,8 @@ type Interface interface {
 	Secrets(namespace string) Resource[*corev1.Secret, *corev1.SecretList]
 	DaemonSets(namespace string) Resource[*appsv1.DaemonSet, *appsv1.DaemonSetList]
 	MutatingWebhookConfigurations() Resource[*admissionv1.MutatingWebhookConfiguration, *admissionv1.MutatingWebhookConfigurationList]
+	// Leases hold the token reaper's leader election.
+	Leases(namespace string) Resource[*coordinationv1.Lease, *coordinationv1.LeaseList]
 	// CreateToken is TokenRequest, the serviceaccounts/token subresource.
 	CreateToken(ctx context.Context, namespace, serviceAccount string, req *authnv1.TokenRequest, opts metav1.CreateOptions) (*authnv1.TokenRequest, error)
 	ServerVersion() (*version.Info, error)
@@ -76,7 +80,7 @@ type Interface interface {
 
 // Client is Interface against an API server.
 type Client struct {
-	core, apps, admission rest.Interface
+	core, apps, admission, coordination rest.Interface
 }
 
 // Config is the REST config from a kubeconfig file, or the pod's service
@@ -110,7 +114,11 @@ func New(rc *rest.Config) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{core: core, apps: apps, admission: admission}, nil
+	coordination, err := restFor(rc, "/apis", coordinationv1.SchemeGroupVersion)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{core: core, apps: apps, admission: admission, coordination: coordination}, nil
 }
 
 func restFor(rc *rest.Config, apiPath string, gv schema.GroupVersion) (*rest.RESTClient, error) {
@@ -165,6 +173,12 @@ func (c *Client) MutatingWebhookConfigurations() Resource[*admissionv1.MutatingW
 			return &admissionv1.MutatingWebhookConfigurationList{}
 		},
 		gentype.PrefersProtobuf[*admissionv1.MutatingWebhookConfiguration]())
+}
+
+func (c *Client) Leases(ns string) Resource[*coordinationv1.Lease, *coordinationv1.LeaseList] {
+	return gentype.NewClientWithList("leases", c.coordination, parameterCodec, ns,
+		func() *coordinationv1.Lease { return &coordinationv1.Lease{} }, func() *coordinationv1.LeaseList { return &coordinationv1.LeaseList{} },
+		gentype.PrefersProtobuf[*coordinationv1.Lease]())
 }
 
 func (c *Client) CreateToken(ctx context.Context, ns, sa string, req *authnv1.TokenRequest, opts metav1.CreateOptions) (*authnv1.TokenRequest, error) {

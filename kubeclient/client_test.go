@@ -11,6 +11,7 @@ import (
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	authnv1 "k8s.io/api/authentication/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
@@ -49,6 +50,9 @@ func TestClientPaths(t *testing.T) {
 		case strings.Contains(path, "mutatingwebhookconfigurations"):
 			return admissionv1.MutatingWebhookConfiguration{TypeMeta: metav1.TypeMeta{Kind: "MutatingWebhookConfiguration",
 				APIVersion: "admissionregistration.k8s.io/v1"}, ObjectMeta: metav1.ObjectMeta{Name: "mwc"}}
+		case strings.Contains(path, "/leases/"):
+			return coordinationv1.Lease{TypeMeta: metav1.TypeMeta{Kind: "Lease", APIVersion: "coordination.k8s.io/v1"},
+				ObjectMeta: metav1.ObjectMeta{Name: "l", Namespace: "meshlet"}}
 		case strings.Contains(path, "/events"):
 			return corev1.Event{TypeMeta: metav1.TypeMeta{Kind: "Event", APIVersion: "v1"}, ObjectMeta: metav1.ObjectMeta{Name: "e", Namespace: "ns2"}}
 		default:
@@ -69,6 +73,10 @@ func TestClientPaths(t *testing.T) {
 	if err != nil || mwc.Name != "mwc" {
 		t.Fatalf("MutatingWebhookConfigurations().Get = %+v, %v", mwc, err)
 	}
+	lease, err := c.Leases("meshlet").Get(ctx, "l", metav1.GetOptions{})
+	if err != nil || lease.Name != "l" {
+		t.Fatalf("Leases.Get = %+v, %v", lease, err)
+	}
 	pods, err := c.Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil || len(pods.Items) != 1 || pods.Items[0].Name != "p" {
 		t.Fatalf("Pods.List = %+v, %v", pods, err)
@@ -80,6 +88,7 @@ func TestClientPaths(t *testing.T) {
 		"GET /version",
 		"POST /api/v1/namespaces/meshlet/serviceaccounts/meshlet-cni/token",
 		"GET /apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/mwc",
+		"GET /apis/coordination.k8s.io/v1/namespaces/meshlet/leases/l",
 		"GET /api/v1/pods",
 		"POST /api/v1/namespaces/ns2/events",
 	}

@@ -1,6 +1,7 @@
 // Command meshlet is meshlet's node-side and cluster-side binary:
 // `meshlet webhook` is the mutating admission webhook, `meshlet agent` the
-// node agent, `meshlet proxy` the L4 sidecar proxy.
+// node agent, `meshlet proxy` the L4 sidecar proxy, `meshlet reaper` the
+// token reaper.
 package main
 
 import (
@@ -12,6 +13,7 @@ import (
 
 	"github.com/meshlet/meshlet/daemon/agent"
 	"github.com/meshlet/meshlet/dataplane"
+	"github.com/meshlet/meshlet/reaper"
 	"github.com/meshlet/meshlet/webhook/server"
 )
 
@@ -22,6 +24,7 @@ const usage = `usage: meshlet <command> [flags]
 commands:
   agent     the node agent, a DaemonSet (meshlet agent -h for its flags)
   proxy     the L4 sidecar proxy, data plane "meshlet" (meshlet proxy -h for its flags)
+  reaper    the token reaper: deletes Consul login tokens no live pod holds (meshlet reaper -h for its flags)
   webhook   the mutating admission webhook (meshlet webhook -h for its flags)
   version   print the version`
 
@@ -41,6 +44,8 @@ func main() {
 		err = agent.Main(ctx, os.Args[2:], os.Stderr)
 	case "proxy":
 		err = dataplane.Main(ctx, os.Args[2:], os.Stderr)
+	case "reaper":
+		err = reaper.Main(ctx, os.Args[2:], os.Stderr)
 	case "webhook":
 		err = server.Main(ctx, os.Args[2:], os.Stderr)
 	default:

@@ -113,6 +113,9 @@ func TestBinariesAcceptRenderedArgs(t *testing.T) {
 			if r.webhook != nil {
 				runs = append(runs, run{container(t, r.webhook.Spec.Template.Spec, "webhook"), r.webhook.Spec.Template.Spec})
 			}
+			if r.reaper != nil {
+				runs = append(runs, run{container(t, r.reaper.Spec.Template.Spec, "reaper"), r.reaper.Spec.Template.Spec})
+			}
 			for _, run := range runs {
 				c := run.c
 				env, args := expand(t, c)
@@ -128,6 +131,9 @@ func TestBinariesAcceptRenderedArgs(t *testing.T) {
 				var exit *exec.ExitError
 				if !errors.As(err, &exit) {
 					t.Fatalf("%s: %v (want it to stop at the missing kubeconfig)\n%s", c.Name, err, out)
+				}
+				if strings.Contains(string(out), `unknown command "`+c.Args[0]+`"`) {
+					t.Fatalf("%s has no `meshlet %s`: it predates the chart; make build builds it from this tree", bin, c.Args[0])
 				}
 				if want := "kubernetes client config: stat " + kubeconfig; !strings.Contains(string(out), want) {
 					t.Errorf("meshlet %s refused the rendered args before reaching the API server (want %q):\n%s\nargs: %q",

@@ -32,6 +32,13 @@ func TestRBAC(t *testing.T) {
 		`ClusterRoleBinding meshlet-webhook: ClusterRole meshlet-webhook to ServiceAccount meshlet/meshlet-webhook`,
 		`RoleBinding meshlet/meshlet-webhook: Role meshlet-webhook to ServiceAccount meshlet/meshlet-webhook`,
 	}
+	reaper := []string{
+		`ClusterRole meshlet-token-reaper: apiGroups [""] resources [pods] verbs [get list watch]`,
+		`Role meshlet/meshlet-token-reaper: apiGroups ["coordination.k8s.io"] resources [leases] resourceNames [meshlet-token-reaper] verbs [get update]`,
+		`Role meshlet/meshlet-token-reaper: apiGroups ["coordination.k8s.io"] resources [leases] verbs [create]`,
+		`ClusterRoleBinding meshlet-token-reaper: ClusterRole meshlet-token-reaper to ServiceAccount meshlet/meshlet-token-reaper`,
+		`RoleBinding meshlet/meshlet-token-reaper: Role meshlet-token-reaper to ServiceAccount meshlet/meshlet-token-reaper`,
+	}
 	for _, name := range valueSetFiles(t) {
 		t.Run(name, func(t *testing.T) {
 			out := mustTemplate(t, valueFile(name))
@@ -39,6 +46,9 @@ func TestRBAC(t *testing.T) {
 			want := slices.Concat(agent, webhook)
 			if r.webhook == nil {
 				want = agent
+			}
+			if r.reaper != nil {
+				want = slices.Concat(want, reaper)
 			}
 			got := grants(r.objects)
 			// fullnameOverride renames, and grants nothing else.

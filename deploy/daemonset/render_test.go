@@ -105,6 +105,7 @@ type rendering struct {
 	objects  []runtime.Object
 	agent    *appsv1.DaemonSet
 	webhook  *appsv1.Deployment
+	reaper   *appsv1.Deployment // the token reaper's
 	service  *corev1.Service
 	pdb      *policyv1.PodDisruptionBudget
 	mwc      *admissionregv1.MutatingWebhookConfiguration
@@ -164,7 +165,11 @@ func decode(t testing.TB, manifest string) rendering {
 		case *appsv1.DaemonSet:
 			one("DaemonSet", &r.agent, o)
 		case *appsv1.Deployment:
-			one("Deployment", &r.webhook, o)
+			if o.Labels["app.kubernetes.io/component"] == "token-reaper" {
+				one("token reaper Deployment", &r.reaper, o)
+			} else {
+				one("Deployment", &r.webhook, o)
+			}
 		case *corev1.Service:
 			one("Service", &r.service, o)
 		case *policyv1.PodDisruptionBudget:

@@ -56,6 +56,10 @@ func TestSchemaRejects(t *testing.T) {
 			[]string{"consul.tls.caCert", "not both"}},
 		{"CA without TLS", "consul:\n  tls:\n    caCert:\n      secretName: a\n", []string{"consul.tls.enabled is false"}},
 		{"auth method with data plane envoy", "consul:\n  acl:\n    authMethod: k8s\n", []string{`consul.acl.authMethod "k8s" with connectInject.dataPlane envoy`, "only data plane meshlet"}},
+		{"misspelt reaper key", "consul:\n  acl:\n    reaper:\n      intervall: 1m\n", []string{"/consul/acl/reaper", "'intervall' not allowed"}},
+		{"reaper without replicas", "consul:\n  acl:\n    reaper:\n      replicas: 0\n", []string{"/consul/acl/reaper/replicas", "minimum"}},
+		{"reaper interval not a duration", "consul:\n  acl:\n    reaper:\n      interval: 30\n", []string{"/consul/acl/reaper/interval", "want string"}},
+		{"reaper grace not a duration", "consul:\n  acl:\n    reaper:\n      grace: 5 seconds\n", []string{"/consul/acl/reaper/grace", "does not match pattern"}},
 		{"kubeconfig in the conf dir", "agent:\n  cni:\n    kubeconfigDir: /etc/cni/net.d/meshlet\n",
 			[]string{"/etc/cni/net.d/meshlet is inside the CNI conf dir"}},
 	} {

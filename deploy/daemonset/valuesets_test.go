@@ -20,6 +20,7 @@ import (
 type valueSet struct {
 	webhookFlags, agentFlags map[string][]string
 	noWebhook                bool
+	reaper                   bool // the token reaper is rendered
 	check                    func(t *testing.T, r rendering)
 }
 
@@ -120,6 +121,26 @@ var valueSets = map[string]valueSet{
 					DefaultMode: ptr.To[int32](0o400), Items: []corev1.KeyToPath{{Key: "token", Path: "token"}}}}},
 			}, []corev1.VolumeMount{{Name: "consul-ca", MountPath: "/consul/tls", ReadOnly: true},
 				{Name: "consul-token", MountPath: "/consul/acl", ReadOnly: true}})
+		},
+	},
+	"acl-reaper.yaml": {
+		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "meshlet-image": {"registry.example/meshlet/meshlet:v0.2.0"},
+			"acl-auth-method": {"consul-k8s-auth-method"}, "consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"},
+			"consul-tls-server-name": {"client.dc1.consul"}},
+		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
+			"tls-server-name": {"client.dc1.consul"}, "token-file": {"/consul/acl/token"}},
+		reaper: true,
+		check: func(t *testing.T, r rendering) {
+			checkReaper(t, r, reaperWant{
+				args: []string{"reaper", "-auth-method", "consul-k8s-auth-method", "-listen", ":9403",
+					"-http-addr", "https://$(HOST_IP):8501", "-ca-file", "/consul/tls/ca.crt", "-tls-server-name", "client.dc1.consul",
+					"-token-file", "/consul/acl/token", "-interval", "1m", "-grace", "10s", "-namespace", namespace,
+					"-lease-name", "meshlet-token-reaper", "-log-level", "debug", "-log-json=true"},
+				image: "registry.example/meshlet/meshlet:v0.2.0", tokenSecret: "meshlet-token-reaper-acl-token", tokenKey: "acl-token",
+				ca: &corev1.Volume{Name: "consul-ca", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "consul-ca-cert",
+					Items: []corev1.KeyToPath{{Key: "tls.crt", Path: "ca.crt"}}}}},
+				nodeSelector: map[string]string{"kubernetes.io/os": "linux"},
+			})
 		},
 	},
 	"tls-ca-configmap.yaml": {
@@ -341,6 +362,9 @@ func TestValueSets(t *testing.T) {
 				if w.Args[0] != "webhook" {
 					t.Errorf("webhook args start with %q", w.Args[0])
 				}
+			}
+			if (r.reaper != nil) != vs.reaper {
+				t.Errorf("token reaper rendered: %v, want %v", r.reaper != nil, vs.reaper)
 			}
 			if vs.check != nil {
 				vs.check(t, r)

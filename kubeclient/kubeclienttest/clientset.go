@@ -9,6 +9,7 @@ import (
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	authnv1 "k8s.io/api/authentication/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/version"
@@ -44,6 +45,10 @@ func (c clientset) DaemonSets(ns string) kubeclient.Resource[*appsv1.DaemonSet, 
 
 func (c clientset) MutatingWebhookConfigurations() kubeclient.Resource[*admissionv1.MutatingWebhookConfiguration, *admissionv1.MutatingWebhookConfigurationList] {
 	return c.cs.AdmissionregistrationV1().MutatingWebhookConfigurations()
+}
+
+func (c clientset) Leases(ns string) kubeclient.Resource[*coordinationv1.Lease, *coordinationv1.LeaseList] {
+	return c.cs.CoordinationV1().Leases(ns)
 }
 
 func (c clientset) CreateToken(ctx context.Context, ns, sa string, req *authnv1.TokenRequest, opts metav1.CreateOptions) (*authnv1.TokenRequest, error) {

@@ -25,6 +25,7 @@ webhook's Secret) stays a valid name.
 {{- define "meshlet.agentName" -}}{{ include "meshlet.fullname" . }}-agent{{- end }}
 {{- define "meshlet.webhookName" -}}{{ include "meshlet.fullname" . }}-webhook{{- end }}
 {{- define "meshlet.cniName" -}}{{ include "meshlet.fullname" . }}-cni{{- end }}
+{{- define "meshlet.reaperName" -}}{{ include "meshlet.fullname" . }}-token-reaper{{- end }}
 {{/* The Secret the webhook keeps its self-managed CA and certificate in. */}}
 {{- define "meshlet.webhookSecretName" -}}{{ include "meshlet.webhookName" . }}-tls{{- end }}
 
@@ -173,13 +174,13 @@ agent: TLS on and its CA given, which the webhook hands the sidecars. */}}
 {{- define "meshlet.consulCAFile" -}}/consul/tls/ca.crt{{- end }}
 {{- define "meshlet.consulTokenFile" -}}/consul/acl/token{{- end }}
 
-{{/* The agent's flags (docs/agent.md). */}}
-{{- define "meshlet.agentArgs" -}}
-{{- $a := .Values.agent -}}
-{{- $c := .Values.consul -}}
-- agent
-- -listen
-- {{ printf "$(HOST_IP):%d" (int $a.port) | quote }}
+{{/*
+How the node agent and the token reaper reach the Consul client agent of
+their node, at $(HOST_IP): -http-addr, and with TLS the CA and the server
+name.
+*/}}
+{{- define "meshlet.consulAddrArgs" -}}
+{{- $c := .Values.consul }}
 - -http-addr
 {{- if $c.tls.enabled }}
 - {{ printf "https://$(HOST_IP):%d" (int $c.tls.httpsPort) | quote }}
@@ -194,6 +195,16 @@ agent: TLS on and its CA given, which the webhook hands the sidecars. */}}
 {{- else }}
 - {{ printf "$(HOST_IP):%d" (int $c.httpPort) | quote }}
 {{- end }}
+{{- end }}
+
+{{/* The agent's flags (docs/agent.md). */}}
+{{- define "meshlet.agentArgs" -}}
+{{- $a := .Values.agent -}}
+{{- $c := .Values.consul -}}
+- agent
+- -listen
+- {{ printf "$(HOST_IP):%d" (int $a.port) | quote }}
+{{- include "meshlet.consulAddrArgs" . }}
 {{- if $c.acl.tokenSecret.name }}
 - -token-file
 - {{ include "meshlet.consulTokenFile" . }}
@@ -223,6 +234,37 @@ agent: TLS on and its CA given, which the webhook hands the sidecars. */}}
 - {{ $a.iptablesMode }}
 - -log-level
 - {{ default .Values.global.logLevel $a.logLevel }}
+- -log-json={{ .Values.global.logJSON }}
+{{- end }}
+
+{{/* "true" when the token reaper is rendered: an auth method to reap and
+the reaper's own token. */}}
+{{- define "meshlet.reaperEnabled" -}}
+{{- $acl := .Values.consul.acl }}
+{{- if and $acl.authMethod $acl.reaper.tokenSecret.name }}true{{ end }}
+{{- end }}
+
+{{/* The token reaper's flags (reaper/cmd.go). */}}
+{{- define "meshlet.reaperArgs" -}}
+{{- $r := .Values.consul.acl.reaper -}}
+- reaper
+- -auth-method
+- {{ .Values.consul.acl.authMethod | quote }}
+- -listen
+- {{ printf ":%d" (int $r.port) | quote }}
+{{- include "meshlet.consulAddrArgs" . }}
+- -token-file
+- {{ include "meshlet.consulTokenFile" . }}
+- -interval
+- {{ $r.interval | quote }}
+- -grace
+- {{ $r.grace | quote }}
+- -namespace
+- {{ .Release.Namespace }}
+- -lease-name
+- {{ include "meshlet.reaperName" . }}
+- -log-level
+- {{ default .Values.global.logLevel $r.logLevel }}
 - -log-json={{ .Values.global.logJSON }}
 {{- end }}
 

@@ -1,0 +1,231 @@
+package reaper
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+
+	"github.com/meshlet/meshlet/test/repobin"
+)
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+func newUUID(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 16)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// consulWithACLs starts a single Consul server (dev mode: in memory) on
+// free loopback ports with ACLs on and deny by default, and returns its
+// HTTP address and a client holding the initial management token. The
+// server is stopped by its PID when the test ends.
+func consulWithACLs(t *testing.T) (string, *capi.Client) {
+	t.Helper()
+	bin := repobin.Need(t, "consul", "make tools")
+	dir := t.TempDir()
+	mgmt := newUUID(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	_, httpPort, _ := net.SplitHostPort(addr)
+	cfg := fmt.Sprintf(`node_name = "reaper-test"
+bind_addr = "127.0.0.1"
+client_addr = "127.0.0.1"
+ports { http = %s, https = -1, grpc = -1, grpc_tls = -1, dns = -1, serf_lan = %d, serf_wan = -1, server = %d }
+disable_update_check = true
+acl {
+  enabled = true
+  default_policy = "deny"
+  tokens { initial_management = %q }
+}
+`, httpPort, freePort(t), freePort(t), mgmt)
+	path := filepath.Join(dir, "consul.hcl")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, "consul.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "agent", "-dev", "-config-file="+path)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	t.Cleanup(func() {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			<-done
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("consul log:\n%s", b[max(0, len(b)-3000):])
+		}
+	})
+	cl, err := capi.NewClient(&capi.Config{Address: addr, Token: mgmt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "Consul's leader elected and ACLs bootstrapped", func() error {
+		_, _, err := cl.ACL().TokenReadSelf(nil)
+		return err
+	})
+	return addr, cl
+}
+
+// eventually retries f every 50 ms until it returns nil or d passes.
+func eventually(t testing.TB, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// jwtIssuer stands in for the API server's ServiceAccount token signer, as
+// in dataplane/login_test.go: Consul's jwt auth method checks its
+// signatures with its public key, where the kubernetes auth method asks
+// the API server's TokenReview; the login, its token and the token's
+// description are the same.
+type jwtIssuer struct{ key *ecdsa.PrivateKey }
+
+// authMethod creates a jwt auth method named name trusting a new key, with
+// consul-k8s' binding rule: a service identity named like the
+// ServiceAccount.
+func authMethod(t *testing.T, cl *capi.Client, name string) jwtIssuer {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
+	if _, _, err := cl.ACL().AuthMethodCreate(&capi.ACLAuthMethod{Name: name, Type: "jwt",
+		Config: map[string]any{"JWTValidationPubKeys": []string{pub}, "JWTSupportedAlgs": []string{"ES256"},
+			"BoundAudiences": []string{"consul"}, "ClaimMappings": map[string]string{"sa": "serviceaccount"}}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cl.ACL().BindingRuleCreate(&capi.ACLBindingRule{AuthMethod: name,
+		BindType: capi.BindingRuleBindTypeService, BindName: "${value.serviceaccount}",
+		Selector: "value.serviceaccount != default"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return jwtIssuer{key}
+}
+
+// jwt is a signed token of ServiceAccount sa.
+func (j jwtIssuer) jwt(t *testing.T, sa string) string {
+	t.Helper()
+	enc := func(v any) string {
+		b, err := json.Marshal(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return base64.RawURLEncoding.EncodeToString(b)
+	}
+	now := time.Now()
+	signing := enc(map[string]string{"alg": "ES256", "typ": "JWT"}) + "." +
+		enc(map[string]any{"aud": "consul", "sub": "system:serviceaccount:default:" + sa, "sa": sa,
+			"iat": now.Unix(), "nbf": now.Add(-time.Minute).Unix(), "exp": now.Add(time.Hour).Unix()})
+	sum := sha256.Sum256([]byte(signing))
+	r, s, err := ecdsa.Sign(rand.Reader, j.key, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	sig := make([]byte, 64)
+	r.FillBytes(sig[:32])
+	s.FillBytes(sig[32:])
+	return signing + "." + base64.RawURLEncoding.EncodeToString(sig)
+}
+
+// login logs in to method as a sidecar of ServiceAccount sa would, with
+// meta (nil: none), and returns the token.
+func (j jwtIssuer) login(t *testing.T, cl *capi.Client, method, sa string, meta map[string]string) *capi.ACLToken {
+	t.Helper()
+	tok, _, err := cl.ACL().Login(&capi.ACLLoginParams{AuthMethod: method, BearerToken: j.jwt(t, sa), Meta: meta}, nil)
+	if err != nil {
+		t.Fatalf("login to %s with meta %v: %v", method, meta, err)
+	}
+	return tok
+}
+
+// reaperClient is a client with a token of deploy/consul/token-reaper-policy.hcl
+// only, as the chart's reaper has.
+func reaperClient(t *testing.T, addr string, mgmt *capi.Client) *capi.Client {
+	t.Helper()
+	rules, err := os.ReadFile("../deploy/consul/token-reaper-policy.hcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := mgmt.ACL().PolicyCreate(&capi.ACLPolicy{Name: "meshlet-token-reaper", Rules: string(rules)}, nil)
+	if err != nil {
+		t.Fatalf("the policy file: %v", err)
+	}
+	tok, _, err := mgmt.ACL().TokenCreate(&capi.ACLToken{Description: "meshlet token reaper",
+		Policies: []*capi.ACLTokenPolicyLink{{ID: p.ID}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := capi.NewClient(&capi.Config{Address: addr, Token: tok.SecretID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// accessors are the accessor IDs of method's tokens in Consul now.
+func accessors(t *testing.T, cl *capi.Client, method string) map[string]bool {
+	t.Helper()
+	toks, _, err := cl.ACL().TokenListFiltered(capi.ACLTokenFilterOptions{AuthMethod: method}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := map[string]bool{}
+	for _, tk := range toks {
+		m[tk.AccessorID] = true
+	}
+	return m
+}

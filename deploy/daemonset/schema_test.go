@@ -28,6 +28,32 @@ func TestLint(t *testing.T) {
 
 // TestSchemaRejects: values.schema.json and the templates' own checks turn
 // a wrong value into a failed render that names it.
+// TestConsulK8sSecureValues: a consul-k8s values file's TLS and ACL
+// settings, in consul-k8s' names, render exactly what meshlet's own
+// consul.* values for the same Consul render.
+func TestConsulK8sSecureValues(t *testing.T) {
+	got := mustTemplate(t, valueFile("consul-k8s-secure.yaml"))
+	want := mustTemplate(t, writeValues(t, `connectInject:
+  dataPlane: meshlet
+consul:
+  tls:
+    enabled: true
+    caCert:
+      secretName: consul-ca-cert
+      key: tls.crt
+  acl:
+    authMethod: consul-k8s-auth-method
+`))
+	if got != want {
+		t.Errorf("consul-k8s' names render differently from meshlet's:\n%s", diff(want, got))
+	}
+	for _, w := range []string{"-acl-auth-method", "consul-k8s-auth-method", "https://$(HOST_IP):8501", "secretName: consul-ca-cert", "key: tls.crt"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("the rendering lacks %q", w)
+		}
+	}
+}
+
 func TestSchemaRejects(t *testing.T) {
 	for _, tc := range []struct {
 		name, values string
@@ -60,6 +86,13 @@ func TestSchemaRejects(t *testing.T) {
 		{"reaper without replicas", "consul:\n  acl:\n    reaper:\n      replicas: 0\n", []string{"/consul/acl/reaper/replicas", "minimum"}},
 		{"reaper interval not a duration", "consul:\n  acl:\n    reaper:\n      interval: 30\n", []string{"/consul/acl/reaper/interval", "want string"}},
 		{"reaper grace not a duration", "consul:\n  acl:\n    reaper:\n      grace: 5 seconds\n", []string{"/consul/acl/reaper/grace", "does not match pattern"}},
+		{"consul-k8s CA and meshlet's differ", "connectInject:\n  dataPlane: meshlet\nglobal:\n  tls:\n    enabled: true\n    caCert:\n      secretName: a\nconsul:\n  tls:\n    caCert:\n      secretName: b\n",
+			[]string{`global.tls.caCert.secretName "a" and consul.tls.caCert.secretName "b"`}},
+		{"consul-k8s auth method and meshlet's differ", "connectInject:\n  dataPlane: meshlet\n  overrideAuthMethodName: xx\nconsul:\n  acl:\n    authMethod: yy\n",
+			[]string{`auth method "xx"`, `consul.acl.authMethod "yy" differ`}},
+		{"manageSystemACLs with data plane envoy", "global:\n  acls:\n    manageSystemACLs: true\n",
+			[]string{`consul.acl.authMethod "consul-k8s-auth-method" with connectInject.dataPlane envoy`}},
+		{"misspelt consul-k8s TLS key", "global:\n  tls:\n    enableAutoEncrypted: true\n", []string{"/global/tls", "'enableAutoEncrypted' not allowed"}},
 		{"kubeconfig in the conf dir", "agent:\n  cni:\n    kubeconfigDir: /etc/cni/net.d/meshlet\n",
 			[]string{"/etc/cni/net.d/meshlet is inside the CNI conf dir"}},
 	} {

@@ -231,6 +231,34 @@ func TestSecureModeTokensFollowPods(t *testing.T) {
 	})
 	restart()
 	settle("scaled to 1 with the node agent down", 1)
+	// What a logout cannot cover, the token reaper must: a pod
+	// force-deleted, and a sidecar killed (it logs in again as it
+	// restarts, and its first token stays behind).
+	kubectl(t, "scale", "-n", ns, "deploy/tok-server", "--replicas=2")
+	settle("scaled to 2", 2)
+	pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=tok-server"})
+	if err != nil || len(pods.Items) != 2 {
+		t.Fatalf("pods: %v, %d", err, len(pods.Items))
+	}
+	kubectl(t, "delete", "pod", "-n", ns, pods.Items[0].Name, "--grace-period=0", "--force")
+	requireLocalNode(t, "kills a sidecar's process on the node")
+	sidecar := pods.Items[1]
+	for _, c := range append(sidecar.Status.InitContainerStatuses, sidecar.Status.ContainerStatuses...) {
+		if c.Name == sidecarName() {
+			if err := syscall.Kill(proxyPID(t, c.ContainerID), syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitPodState(t, ctx, cs, ns, sidecar.Name, "its sidecar restarted", func(p *corev1.Pod) bool {
+		for _, c := range append(p.Status.InitContainerStatuses, p.Status.ContainerStatuses...) {
+			if c.Name == sidecarName() {
+				return c.RestartCount > 0 && c.Ready
+			}
+		}
+		return false
+	})
+	settle("one pod force-deleted, the other's sidecar killed", 2)
 	kubectl(t, "delete", "-n", ns, "deploy/tok-server", "--wait=true")
 	settle("deleted", 0)
 }
@@ -342,4 +370,69 @@ func createServiceAccount(t testing.TB, cs kubernetes.Interface, ns, name string
 		metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestSecureModeFailedLogin: a sidecar whose login Consul refuses (here no
+// binding rule matches its ServiceAccount) stays unready, serves nothing,
+// and its pod gets an Event naming the cause; once a rule matches, the
+// next login attempt succeeds and the pod turns ready, untouched.
+func TestSecureModeFailedLogin(t *testing.T) {
+	requireSecureConsul(t)
+	cs := clientset(t)
+	cl := consul(t)
+	ns := testNamespace(t, cs, "acl-login")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	rule := bindingRule(t, cl)
+	excluded := *rule
+	excluded.Selector = rule.Selector + " and serviceaccount.name!=no-binding"
+	if _, _, err := cl.ACL().BindingRuleUpdate(&excluded, nil); err != nil {
+		t.Fatal(err)
+	}
+	restored := false
+	restore := func() {
+		if !restored {
+			restored = true
+			if _, _, err := cl.ACL().BindingRuleUpdate(rule, nil); err != nil {
+				t.Errorf("restore the binding rule: %v", err)
+			}
+		}
+	}
+	t.Cleanup(restore)
+	createServiceAccount(t, cs, ns, "no-binding")
+	p := createPodSpec(t, cs, ns, pausePod("no-binding", map[string]string{contract.Inject: "true", contract.Service: "no-binding"},
+		func(p *corev1.Pod) { p.Spec.ServiceAccountName = "no-binding" }))
+	waitFor(t, ctx, "an Event naming the failed login", func(ctx context.Context) (bool, error) {
+		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
+		if err != nil {
+			return false, err
+		}
+		for _, e := range evs.Items {
+			if e.Reason == "MeshletLoginFailed" && strings.Contains(e.Message, cluster.AuthMethod) && strings.Contains(e.Message, "Permission denied") {
+				t.Logf("Event: %s", e.Message)
+				return true, nil
+			}
+		}
+		return false, fmt.Errorf("%d events, none MeshletLoginFailed naming %s and Permission denied", len(evs.Items), cluster.AuthMethod)
+	})
+	if got, err := cs.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{}); err != nil || podReady(got) {
+		t.Fatalf("the pod is ready (%v) though its sidecar could not log in", err)
+	}
+	restore()
+	got := waitPodState(t, ctx, cs, ns, p.Name, "Ready once a binding rule matches", podReady)
+	for _, c := range append(got.Status.InitContainerStatuses, got.Status.ContainerStatuses...) {
+		if c.RestartCount != 0 {
+			t.Errorf("container %s restarted %d times: the sidecar must keep retrying, not exit", c.Name, c.RestartCount)
+		}
+	}
+}
+
+// bindingRule is the auth method's one binding rule.
+func bindingRule(t *testing.T, cl *capi.Client) *capi.ACLBindingRule {
+	t.Helper()
+	rules, _, err := cl.ACL().BindingRuleList(cluster.AuthMethod, nil)
+	if err != nil || len(rules) != 1 {
+		t.Fatalf("binding rules of %s: %v, %d; want one", cluster.AuthMethod, err, len(rules))
+	}
+	return rules[0]
 }

@@ -269,9 +269,43 @@ the reaper's own token. */}}
 {{- end }}
 
 {{/*
+consul-k8s' names (global.tls, global.acls, connectInject.
+overrideAuthMethodName) set the consul.* values they mean, so that every
+template reads one place. Included first by each template that reads
+consul.*; setting the same value twice changes nothing. A consul-k8s name
+and meshlet's own given different values fail, naming both.
+*/}}
+{{- define "meshlet.consulK8sValues" -}}
+{{- $c := .Values.consul }}
+{{- $gtls := .Values.global.tls | default dict }}
+{{- if $gtls.enabled }}
+{{- $_ := set $c.tls "enabled" true }}
+{{- end }}
+{{- $gca := $gtls.caCert | default dict }}
+{{- with $gca.secretName }}
+{{- if and $c.tls.caCert.secretName (ne $c.tls.caCert.secretName .) }}
+{{- fail (printf "global.tls.caCert.secretName %q and consul.tls.caCert.secretName %q name different Secrets: give one" . $c.tls.caCert.secretName) }}
+{{- end }}
+{{- $_ := set $c.tls.caCert "secretName" . }}
+{{- $_ := set $c.tls.caCert "key" (default "tls.crt" $gca.secretKey) }}
+{{- end }}
+{{- $method := .Values.connectInject.overrideAuthMethodName }}
+{{- if and (not $method) (.Values.global.acls | default dict).manageSystemACLs }}
+{{- $method = "consul-k8s-auth-method" }}
+{{- end }}
+{{- with $method }}
+{{- if and $c.acl.authMethod (ne $c.acl.authMethod .) }}
+{{- fail (printf "auth method %q (global.acls.manageSystemACLs or connectInject.overrideAuthMethodName) and consul.acl.authMethod %q differ: give one" . $c.acl.authMethod) }}
+{{- end }}
+{{- $_ := set $c.acl "authMethod" . }}
+{{- end }}
+{{- end }}
+
+{{/*
 Checks the schema cannot express; each fails the render naming the value.
 */}}
 {{- define "meshlet.validate" -}}
+{{- include "meshlet.consulK8sValues" . }}
 {{- with .Values.connectInject.envoyExtraArgs }}
 {{- fail (printf "connectInject.envoyExtraArgs %q: meshlet webhook has no flag for default Envoy arguments; set the consul.hashicorp.com/envoy-extra-args annotation on the pods instead, and leave this null" (toString .)) }}
 {{- end }}

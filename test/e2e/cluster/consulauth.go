@@ -37,6 +37,11 @@ const (
 	NodeAgentPolicy      = "meshlet-node-agent"
 	// NodeAgentPolicyFile is the policy's rules in the repository.
 	NodeAgentPolicyFile = "deploy/consul/node-agent-policy.hcl"
+	// ReaperTokenSecret holds the token reaper's ACL token under "token",
+	// made from ReaperPolicyFile (acl = "write").
+	ReaperTokenSecret = "meshlet-token-reaper-acl-token"
+	ReaperPolicy      = "meshlet-token-reaper"
+	ReaperPolicyFile  = "deploy/consul/token-reaper-policy.hcl"
 )
 
 // setupAuthMethod creates the auth method's reviewer (a ServiceAccount
@@ -134,25 +139,21 @@ func (c *Cluster) createReviewer(ctx context.Context, cs kubernetes.Interface) (
 	return jwt, nil
 }
 
-// setupMeshletConsulSecrets makes the node agent's token with the
-// documented commands (deploy/consul/node-agent-policy.hcl) and puts it and
+// setupMeshletConsulSecrets makes the node agent's and the token reaper's
+// tokens with the commands their policy files document, and puts them and
 // the CA bundle in Secrets of meshlet's namespace, where the chart's
-// consul.acl.tokenSecret and consul.tls.caCert point.
+// consul.acl.tokenSecret, consul.acl.reaper.tokenSecret and
+// consul.tls.caCert point.
 func (c *Cluster) setupMeshletConsulSecrets(ctx context.Context) error {
-	if _, err := c.consulCLI(ctx, "acl", "policy", "create", "-name", NodeAgentPolicy,
-		"-description", "meshlet node agent: registers its node's injected pods",
-		"-rules", "@"+filepath.Join(c.Root, NodeAgentPolicyFile)); err != nil {
+	nodeAgent, err := c.policyToken(ctx, NodeAgentPolicy, "meshlet node agent: registers its node's injected pods",
+		NodeAgentPolicyFile)
+	if err != nil {
 		return err
 	}
-	out, err := c.consulCLI(ctx, "acl", "token", "create", "-description", "meshlet node agent",
-		"-policy-name", NodeAgentPolicy, "-format", "json")
+	reaper, err := c.policyToken(ctx, ReaperPolicy, "meshlet token reaper: deletes login tokens of pods that are gone",
+		ReaperPolicyFile)
 	if err != nil {
-		// The output holds the secret: say only that it failed.
-		return errors.New("consul acl token create for the node agent failed")
-	}
-	var tok struct{ SecretID string }
-	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.SecretID == "" {
-		return fmt.Errorf("consul acl token create -format json: no SecretID in its output (%v)", err)
+		return err
 	}
 	bundle, err := os.ReadFile(c.ConsulCAFile())
 	if err != nil {
@@ -168,11 +169,33 @@ func (c *Cluster) setupMeshletConsulSecrets(ctx context.Context) error {
 	}
 	for _, s := range []*corev1.Secret{
 		{ObjectMeta: metav1.ObjectMeta{Name: ConsulCASecret}, Data: map[string][]byte{ConsulCASecretKey: bundle}},
-		{ObjectMeta: metav1.ObjectMeta{Name: NodeAgentTokenSecret}, Data: map[string][]byte{"token": []byte(strings.TrimSpace(tok.SecretID))}},
+		{ObjectMeta: metav1.ObjectMeta{Name: NodeAgentTokenSecret}, Data: map[string][]byte{"token": []byte(nodeAgent)}},
+		{ObjectMeta: metav1.ObjectMeta{Name: ReaperTokenSecret}, Data: map[string][]byte{"token": []byte(reaper)}},
 	} {
 		if _, err := cs.CoreV1().Secrets(MeshletNamespace).Create(ctx, s, metav1.CreateOptions{}); err != nil {
 			return fmt.Errorf("create Secret %s/%s: %w", MeshletNamespace, s.Name, err)
 		}
 	}
 	return nil
+}
+
+// policyToken creates policy name from the repository's rules file and a
+// token with it, as the file's header tells an operator to, and returns
+// the token's secret.
+func (c *Cluster) policyToken(ctx context.Context, name, description, rulesFile string) (string, error) {
+	if _, err := c.consulCLI(ctx, "acl", "policy", "create", "-name", name, "-description", description,
+		"-rules", "@"+filepath.Join(c.Root, rulesFile)); err != nil {
+		return "", err
+	}
+	out, err := c.consulCLI(ctx, "acl", "token", "create", "-description", strings.SplitN(description, ":", 2)[0],
+		"-policy-name", name, "-format", "json")
+	if err != nil {
+		// The output holds the secret: say only that it failed.
+		return "", fmt.Errorf("consul acl token create -policy-name %s failed", name)
+	}
+	var tok struct{ SecretID string }
+	if err := json.Unmarshal([]byte(out), &tok); err != nil || tok.SecretID == "" {
+		return "", fmt.Errorf("consul acl token create -policy-name %s -format json: no SecretID in its output (%v)", name, err)
+	}
+	return strings.TrimSpace(tok.SecretID), nil
 }

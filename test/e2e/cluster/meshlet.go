@@ -55,7 +55,7 @@ func (c *Cluster) MeshletValues() map[string]any {
 // secureConsulValues are what a user of the official chart's secure
 // install gives meshlet's chart: HTTPS with the chart's CA Secret, the
 // Kubernetes auth method the sidecars log in to, and the node agent's
-// token (docs/operations.md).
+// token and the token reaper's (docs/operations.md).
 func secureConsulValues() map[string]any {
 	return map[string]any{
 		"tls": map[string]any{
@@ -65,6 +65,7 @@ func secureConsulValues() map[string]any {
 		"acl": map[string]any{
 			"authMethod":  AuthMethod,
 			"tokenSecret": map[string]any{"name": NodeAgentTokenSecret, "key": "token"},
+			"reaper":      map[string]any{"tokenSecret": map[string]any{"name": ReaperTokenSecret, "key": "token"}},
 		},
 	}
 }

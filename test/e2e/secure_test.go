@@ -385,7 +385,7 @@ func TestSecureModeFailedLogin(t *testing.T) {
 	defer cancel()
 	rule := bindingRule(t, cl)
 	excluded := *rule
-	excluded.Selector = rule.Selector + " and serviceaccount.name!=no-binding"
+	excluded.Selector = rule.Selector + ` and serviceaccount.name!="no-binding"`
 	if _, _, err := cl.ACL().BindingRuleUpdate(&excluded, nil); err != nil {
 		t.Fatal(err)
 	}

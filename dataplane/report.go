@@ -108,7 +108,7 @@ func (r *nodeAgentReporter) send(p contract.SidecarProblem, gen int) {
 		log.Info("reported the problem to the node agent, which records it as an Event on the pod")
 	case r.warned != p.Message:
 		r.warned = p.Message
-		log.Warn("the node agent did not take the problem's report; the logs above name the problem", "err", err)
+		log.Warn("the node agent did not take the problem's report; it is sent again at the next failure", "problem", p.Message, "err", err)
 	}
 }
 

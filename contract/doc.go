@@ -4,8 +4,9 @@
 // versioned registration the webhook writes for the node agent, so that
 // the node agent never parses user input again; the sidecar's UID, ports
 // and environment; the meta keys of what the node agent registers with
-// the Consul agent; and meshlet-cni's conflist entry with the node agent's
-// socket it points at.
+// the Consul agent; meshlet-cni's conflist entry with the node agent's
+// socket it points at; and the node agent's HTTP port, where a sidecar
+// reports its own pod's problems (SidecarProblem).
 //
 // It is the leaf every part imports and it imports nothing outside Go's
 // standard library (TestLeaf), so that a part can name the contract

@@ -37,6 +37,11 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	var lg Login
 	fs.StringVar(&lg.AuthMethod, "acl-auth-method", "", "log in to this Consul Kubernetes auth method with the pod's ServiceAccount token and use the token it gives for every Consul call (docs/identity.md); empty: no login")
 	fs.StringVar(&lg.BearerTokenFile, "acl-bearer-token-file", contract.ServiceAccountTokenFile, "the pod's ServiceAccount token, for -acl-auth-method")
+	var nodeAgent string
+	if ip := os.Getenv(contract.EnvHostIP); ip != "" {
+		nodeAgent = net.JoinHostPort(ip, strconv.Itoa(contract.NodeAgentHTTPPort))
+	}
+	fs.StringVar(&nodeAgent, "node-agent-addr", nodeAgent, "host:port of the node's meshlet node agent, told of a failed -acl-auth-method login so that it records an Event on the pod (default $HOST_IP:"+strconv.Itoa(contract.NodeAgentHTTPPort)+"); empty: not told")
 	consul.Register(fs, "for the proxy's certificate and authorizations")
 	lf.Register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -56,6 +61,11 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	case lg.AuthMethod != "" && lg.BearerTokenFile == "":
 		return fmt.Errorf("-acl-auth-method %s needs -acl-bearer-token-file, the pod's ServiceAccount token", lg.AuthMethod)
 	}
+	if nodeAgent != "" {
+		if _, _, err := net.SplitHostPort(nodeAgent); err != nil {
+			return fmt.Errorf("-node-agent-addr %q: expected host:port", nodeAgent)
+		}
+	}
 	if err := consul.Validate(); err != nil {
 		return err
 	}
@@ -71,7 +81,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if lg.AuthMethod != "" {
 		lg.Meta = podMeta()
-		tok, err := loginUntil(ctx, client, lg, log)
+		tok, err := loginUntil(ctx, client, lg, newNodeAgentReporter(nodeAgent, log), log)
 		if err != nil {
 			return err
 		}

@@ -132,6 +132,7 @@ func TestMainFlags(t *testing.T) {
 		{[]string{"-proxy-id", ""}, "-proxy-id is empty"},
 		{[]string{"-proxy-id", "p", "-acl-auth-method", "k8s", "-token-file", "/t"}, "-acl-auth-method k8s and -token-file /t exclude each other"},
 		{[]string{"-proxy-id", "p", "-acl-auth-method", "k8s", "-acl-bearer-token-file", ""}, "-acl-auth-method k8s needs -acl-bearer-token-file"},
+		{[]string{"-proxy-id", "p", "-node-agent-addr", "10.0.0.1"}, `-node-agent-addr "10.0.0.1": expected host:port`},
 	} {
 		err := Main(context.Background(), tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {

@@ -38,20 +38,27 @@ const loginRetry = 5 * time.Second
 // loginUntil logs in, retrying until it succeeds or ctx ends. Until then
 // the proxy binds no listener: the pod's traffic, already redirected to
 // it by meshlet-cni, goes nowhere rather than around it. Each refusal is
-// logged with Consul's reason, the first at error level.
-func loginUntil(ctx context.Context, consul *capi.Client, l Login, log *slog.Logger) (*capi.ACLToken, error) {
+// logged with Consul's reason, the first at error level, and reported to
+// the node agent through rep (nil: not reported), which makes it an Event
+// on the pod.
+func loginUntil(ctx context.Context, consul *capi.Client, l Login, rep *nodeAgentReporter, log *slog.Logger) (*capi.ACLToken, error) {
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		tok, err := login(consul, l)
 		if err == nil {
+			rep.recovered(contract.ProblemLoginFailed)
 			log.Info("logged in to Consul", "auth_method", l.AuthMethod, "accessor_id", tok.AccessorID, "attempts", attempt)
 			return tok, nil
 		}
+		// The cause as people read it, in the log and the pod's Event:
+		// Consul's answer, never the pod's token.
+		cause := contract.ProblemMessage(fmt.Sprintf("login to Consul auth method %s: %v", l.AuthMethod, err))
+		rep.failed(contract.ProblemLoginFailed, cause)
 		level := slog.LevelWarn
 		if attempt == 1 {
 			level = slog.LevelError
 		}
-		log.Log(ctx, level, "Consul login failed; the proxy serves nothing until it succeeds", "auth_method", l.AuthMethod, "attempt", attempt, "err", err)
+		log.Log(ctx, level, "Consul login failed; the proxy serves nothing until it succeeds", "auth_method", l.AuthMethod, "attempt", attempt, "err", cause)
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("login to Consul auth method %s: %w (last: %w)", l.AuthMethod, ctx.Err(), err)

@@ -187,7 +187,7 @@ func TestLoginRefusedServesNothing(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(logs, nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 1500*time.Millisecond)
 	defer cancel()
-	_, err = loginUntil(ctx, anon, Login{AuthMethod: testAuthMethod, BearerTokenFile: jwt.tokenFile(t, "default")}, log)
+	_, err = loginUntil(ctx, anon, Login{AuthMethod: testAuthMethod, BearerTokenFile: jwt.tokenFile(t, "default")}, nil, log)
 	if err == nil || !strings.Contains(err.Error(), "login to Consul auth method "+testAuthMethod) {
 		t.Fatalf("err %v, want the login's failure naming the auth method", err)
 	}

@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
 
+	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/podcache"
 	"github.com/meshlet/meshlet/daemon/repair"
 	"github.com/meshlet/meshlet/kubeclient"
@@ -210,7 +211,8 @@ func (a *Agent) resyncLoop(ctx context.Context) {
 }
 
 // serveHTTP serves /healthz (the process runs), /readyz (the plugin is
-// chained and the caches are filled) and /metrics. A Consul agent that is
+// chained and the caches are filled), /metrics, and the node's sidecars'
+// problem reports (contract.SidecarProblemPath). A Consul agent that is
 // down does not make the node agent unready: that would stall the DaemonSet's
 // rollouts, and with them plugin updates, while Consul is out; the logs
 // and meshlet_agent_consul_requests_total say it.
@@ -228,6 +230,7 @@ func (a *Agent) serveHTTP(ctx context.Context, ln net.Listener) error {
 		}
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+	mux.Handle(contract.SidecarProblemPath, &sidecarProblems{pods: a.inf.podLister(), events: a.events, metrics: a.metrics, log: a.log})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()

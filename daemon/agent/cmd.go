@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -36,7 +37,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&c.Workers, "workers", 4, "pods synced concurrently")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", 5*time.Second, "how often the Consul agent's registrations are compared with the node's pods")
 	fs.BoolVar(&c.ConsulNamespaces, "enable-namespaces", false, "Consul Enterprise namespaces (global.enableConsulNamespaces)")
-	fs.StringVar(&c.Listen, "listen", ":9402", "HTTP address of /healthz, /readyz, /metrics; empty: none")
+	fs.StringVar(&c.Listen, "listen", ":"+strconv.Itoa(contract.NodeAgentHTTPPort), "HTTP address of /healthz, /readyz, /metrics and the sidecars' problem reports ("+contract.SidecarProblemPath+"); empty: none")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig; empty: in-cluster")
 
 	o.consul.Register(fs, "for registrations")

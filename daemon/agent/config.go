@@ -27,7 +27,8 @@ type Config struct {
 	// ConsulNamespaces: Consul Enterprise namespaces are on; the resync
 	// lists every namespace.
 	ConsulNamespaces bool
-	// Listen serves /healthz, /readyz and /metrics; empty: not served.
+	// Listen serves /healthz, /readyz, /metrics and the sidecars' problem
+	// reports; empty: not served.
 	Listen string
 	CNI    CNIConfig
 	// Socket serves meshlet-cni the pods' annotations from the node agent's

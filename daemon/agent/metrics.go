@@ -2,6 +2,8 @@ package agent
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/meshlet/meshlet/contract"
 )
 
 // Metrics are the node agent's Prometheus series.
@@ -15,6 +17,8 @@ type Metrics struct {
 	cniInstalled prometheus.Gauge
 	cniEvents    *prometheus.CounterVec
 	repairs      *prometheus.CounterVec
+	// sidecarProblems counts the sidecars' problem reports.
+	sidecarProblems *prometheus.CounterVec
 }
 
 // NewMetrics registers the node agent's series with reg.
@@ -59,6 +63,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "meshlet_agent_unprotected_pods_total",
 			Help: "Injected pods found running without meshlet's redirection, by what the agent did: repaired, deleted, reported, failed.",
 		}, []string{"action"}),
+		sidecarProblems: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshlet_agent_sidecar_problems_total",
+			Help: "Problems the node's sidecars reported of their own pods, by reason (LoginFailed; unknown for an unreadable report) and result: recorded (an Event on the pod), bad_request, forbidden (not from the pod's IP, or the pod is not injected), unknown_pod.",
+		}, []string{"reason", "result"}),
 	}
 	for _, op := range []string{"register", "deregister", "update_ttl", "list"} {
 		for _, r := range []string{"ok", "error"} {
@@ -71,8 +79,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, k := range []string{"rechained", "fighting", "failed"} {
 		m.cniEvents.WithLabelValues(k)
 	}
+	for _, r := range contract.ProblemReasons() {
+		for _, res := range []string{problemRecorded, problemForbidden, problemUnknownPod} {
+			m.sidecarProblems.WithLabelValues(string(r), res)
+		}
+	}
+	m.sidecarProblems.WithLabelValues("unknown", problemBadRequest)
 	reg.MustRegister(m.registered, m.consulOps, m.failures, m.orphans, m.reregistered, m.reconcile,
-		m.cniInstalled, m.cniEvents, m.repairs)
+		m.cniInstalled, m.cniEvents, m.repairs, m.sidecarProblems)
 	return m
 }
 

@@ -6,6 +6,8 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/meshlet/meshlet/contract"
 )
 
 // The node agent as the local cluster runs it: the chart's DaemonSet
@@ -14,7 +16,7 @@ import (
 // the node's injected pods with the node's Consul client agent.
 const (
 	AgentName = "meshlet-agent"
-	AgentPort = 9402
+	AgentPort = contract.NodeAgentHTTPPort
 )
 
 // AgentKubeconfigDir holds the plugin's kubeconfig on the host; the node agent

@@ -74,6 +74,10 @@ type Config struct {
 	// pod's ServiceAccount, so with one a pod's Consul service must be
 	// named like its ServiceAccount (checkIdentity).
 	ACLAuthMethod string
+	// NodeAgentPort is meshlet's node agent's HTTP port on the node's IP
+	// (the chart's agent.port), where data plane meshlet's sidecar reports
+	// a refused login for the node agent to record as an Event.
+	NodeAgentPort int
 }
 
 // AgentTLS is how a sidecar reaches the Consul agent over TLS.
@@ -126,6 +130,7 @@ func DefaultConfig() Config {
 		ConsulNamespaces: ConsulNamespaces{DestinationNamespace: "default"},
 		AgentHTTPPort:    contract.ConsulAgentHTTPPort,
 		AgentGRPCPort:    8502,
+		NodeAgentPort:    contract.NodeAgentHTTPPort,
 	}
 }
 
@@ -158,7 +163,7 @@ func (c Config) Validate() error {
 	for _, p := range []struct {
 		name string
 		v    int
-	}{{"agent HTTP port", c.AgentHTTPPort}, {"agent gRPC port", c.AgentGRPCPort},
+	}{{"agent HTTP port", c.AgentHTTPPort}, {"agent gRPC port", c.AgentGRPCPort}, {"node agent port", c.NodeAgentPort},
 		{"metrics.defaultMergedMetricsPort", c.Metrics.DefaultMergedMetricsPort},
 		{"metrics.defaultPrometheusScrapePort", c.Metrics.DefaultPrometheusScrapePort}} {
 		if p.v < 1 || p.v > 65535 {

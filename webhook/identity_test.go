@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -109,5 +110,39 @@ func TestConfigAgentTLS(t *testing.T) {
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("%s: %v, want an error saying %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestNodeAgentPortToSidecar: a node agent on another port than the
+// contract's (the chart's agent.port) is where the sidecar reports a
+// refused login; on the contract's port the sidecar needs no flag.
+func TestNodeAgentPortToSidecar(t *testing.T) {
+	for _, tc := range []struct {
+		port int
+		want []string
+	}{{contract.NodeAgentHTTPPort, nil}, {9500, []string{"-node-agent-addr", "$(HOST_IP):9500"}}} {
+		cfg := meshletCfg(func(c *Config) { c.ACLAuthMethod, c.NodeAgentPort = "meshlet-k8s", tc.port })
+		pod := app(on(contract.Service, "web"), withServiceAccountToken)
+		res := Mutate(pod, "shop", cfg)
+		if res.Denied != nil {
+			t.Fatal(res.Denied)
+		}
+		var args []string
+		got := applyPatch(t, pod, res)
+		for _, c := range append(got.Spec.InitContainers, got.Spec.Containers...) {
+			if c.Name == meshletSidecarName {
+				args = c.Args
+			}
+		}
+		i := slices.Index(args, "-node-agent-addr")
+		switch {
+		case tc.want == nil && i >= 0:
+			t.Errorf("port %d: the sidecar got %q; want the proxy's default", tc.port, args[i:])
+		case tc.want != nil && (i < 0 || !slices.Equal(args[i:i+2], tc.want)):
+			t.Errorf("port %d: the sidecar's args %q lack %q", tc.port, args, tc.want)
+		}
+	}
+	if err := meshletCfg(func(c *Config) { c.NodeAgentPort = 0 }).Validate(); err == nil || !strings.Contains(err.Error(), "node agent port 0") {
+		t.Errorf("node agent port 0: %v", err)
 	}
 }

@@ -40,6 +40,11 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 		// (checkIdentity made sure the pod has it).
 		c.Args = append(c.Args, "-acl-auth-method", cfg.ACLAuthMethod, "-acl-bearer-token-file", contract.ServiceAccountTokenFile)
 		c.VolumeMounts = append(c.VolumeMounts, m)
+		if cfg.NodeAgentPort != contract.NodeAgentHTTPPort {
+			// Where a refused login is reported; the proxy's default
+			// is the contract's port.
+			c.Args = append(c.Args, "-node-agent-addr", fmt.Sprintf("$(%s):%d", contract.EnvHostIP, cfg.NodeAgentPort))
+		}
 	}
 	if pl == placedFirst {
 		// A regular container has no startup probe to hold the app: this

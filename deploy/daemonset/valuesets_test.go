@@ -86,13 +86,13 @@ var valueSets = map[string]valueSet{
 	},
 	"acl-auth-method.yaml": {
 		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "meshlet-image": {"registry.example/meshlet/meshlet:v0.2.0"},
-			"acl-auth-method": {"consul-k8s-auth-method"}},
+			"acl-auth-method": {"consul-k8s-auth-method"}, "node-agent-port": {"9402"}},
 	},
 	// consul-k8s' names; TestConsulK8sSecureValues compares the whole
 	// rendering with meshlet's own names.
 	"consul-k8s-secure.yaml": {
 		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "acl-auth-method": {"consul-k8s-auth-method"},
-			"consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
+			"node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"}},
 	},
 	"tls-meshlet.yaml": {
@@ -132,7 +132,7 @@ var valueSets = map[string]valueSet{
 	},
 	"acl-reaper.yaml": {
 		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "meshlet-image": {"registry.example/meshlet/meshlet:v0.2.0"},
-			"acl-auth-method": {"consul-k8s-auth-method"}, "consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"},
+			"acl-auth-method": {"consul-k8s-auth-method"}, "node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"},
 			"consul-tls-server-name": {"client.dc1.consul"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
 			"tls-server-name": {"client.dc1.consul"}, "token-file": {"/consul/acl/token"}},

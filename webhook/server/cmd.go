@@ -119,6 +119,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&c.AgentTLS.HTTPSPort, "consul-https-port", 0, "the node's Consul client agent HTTPS port, on the node's IP, for data plane meshlet's sidecars; 0: they use -consul-http-port")
 	fs.StringVar(&o.consulCA, "consul-ca-file", "", "the CA of the Consul agent's HTTPS certificate (PEM), given to the sidecars in their environment, for -consul-https-port")
 	fs.StringVar(&c.AgentTLS.ServerName, "consul-tls-server-name", "", "the name the sidecars check in the Consul agent's certificate; empty: the node's IP")
+	fs.IntVar(&c.NodeAgentPort, "node-agent-port", c.NodeAgentPort, "meshlet's node agent's HTTP port on the node's IP (agent.port), where data plane meshlet's sidecars report a refused login")
 	fs.StringVar(&c.ACLAuthMethod, "acl-auth-method", c.ACLAuthMethod, "the Consul Kubernetes auth method sidecars log in with (consul.acl.authMethod); empty: Consul without ACLs. With one, a pod's Consul service must be named like its ServiceAccount")
 
 	fs.StringVar(&o.listen, "listen", ":8080", "HTTPS address: /mutate, /healthz, /readyz, /metrics")

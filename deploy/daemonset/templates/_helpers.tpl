@@ -102,6 +102,8 @@ reads "-flag false" as -flag followed by an argument.
 {{- with .Values.consul.acl.authMethod }}
 - -acl-auth-method
 - {{ . | quote }}
+- -node-agent-port
+- {{ int $.Values.agent.port | quote }}
 {{- end }}
 {{- if include "meshlet.sidecarTLS" . }}
 - -consul-https-port

@@ -32,7 +32,8 @@ until_exit() {
 kubectl delete --ignore-not-found --grace-period=1 -f examples/mesh/ >/dev/null
 consul intention delete static-client static-server >/dev/null 2>&1 || true
 consul intention delete '*' static-server >/dev/null 2>&1 || true
-secure=${CONSUL_CACERT:+1}  # make demo SECURE=1: Consul with ACLs (default deny) and TLS
+secure=  # make demo SECURE=1: Consul with ACLs (default deny) and TLS, reached over HTTPS
+case $CONSUL_HTTP_ADDR in https://*) secure=1 ;; esac
 
 run helm list --namespace meshlet
 run kubectl get pods --namespace meshlet

@@ -207,7 +207,11 @@ func (c *Cluster) writeEnv() error {
 		"export CONTAINERD_NAMESPACE=k8s.io",
 		`export PATH="` + filepath.Join(c.Root, "bin") + `:$PATH"`,
 	}, "\n") + "\n"
-	if c.Secure {
+	if !c.Secure {
+		// A shell that used a secure cluster before must not send its
+		// CA or token here.
+		env += "unset CONSUL_CACERT CONSUL_HTTP_TOKEN CONSUL_HTTP_TOKEN_FILE\n"
+	} else {
 		// The token stays in its 0600 file: the env file names it only.
 		env += "export CONSUL_CACERT=" + c.ConsulCAFile() + "\n" +
 			`export CONSUL_HTTP_TOKEN="$(cat ` + c.ConsulTokenFile() + `)"` + "\n"

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
@@ -151,13 +150,10 @@ func (c *Cluster) RestartConsulClient(ctx context.Context, forget bool) error {
 	if err := c.stop("consul-client", 15*time.Second); err != nil {
 		return fmt.Errorf("stop the Consul client agent: %w", err)
 	}
-	dataDir := c.path("consul", "client")
-	if c.Secure {
-		dataDir = c.secureFiles().clientData()
-	}
 	if forget {
+		// Both pairs keep the client agent's data in consul/client.
 		for _, d := range []string{"services", "checks", "proxy"} {
-			if err := os.RemoveAll(filepath.Join(dataDir, d)); err != nil {
+			if err := os.RemoveAll(c.path("consul", "client", d)); err != nil {
 				return err
 			}
 		}

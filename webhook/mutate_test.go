@@ -300,6 +300,11 @@ func TestMutateDenies(t *testing.T) {
 			`consul.hashicorp.com/transparent-proxy-exclude-uids: "root": expected a numeric UID`}},
 		{"quantity", app(on(contract.SidecarMemoryLimit, "lots")),
 			[]string{`consul.hashicorp.com/sidecar-proxy-memory-limit: "lots": expected a resource quantity`}},
+		// Kubernetes parses it; comparing it would take hours.
+		{"quantity with a huge exponent", app(on(contract.SidecarCPULimit, "1e777777773")),
+			[]string{`consul.hashicorp.com/sidecar-proxy-cpu-limit: "1e777777773": expected a resource quantity`}},
+		{"quantity with a tiny exponent", app(on(contract.SidecarCPURequest, "1e-777777773")),
+			[]string{`consul.hashicorp.com/sidecar-proxy-cpu-request: "1e-777777773": expected a resource quantity`}},
 		{"limit below request", app(on(contract.SidecarCPULimit, "10m", contract.SidecarCPURequest, "20m")),
 			[]string{"sidecar cpu limit 10m is below its request 20m"}},
 		{"metrics port", app(on(contract.PrometheusScrapePort, "x")),

@@ -367,7 +367,7 @@ func parseResources(ann map[string]string, r *corev1.ResourceRequirements) error
 		if !ok {
 			continue
 		}
-		qty, err := resource.ParseQuantity(strings.TrimSpace(v))
+		qty, err := parseSidecarQuantity(strings.TrimSpace(v))
 		if err != nil || qty.Sign() < 0 {
 			errs = append(errs, invalid{q.key, v, "expected a resource quantity such as 100m or 128Mi"})
 			continue
@@ -433,4 +433,25 @@ func parseMetrics(ann map[string]string, d MetricsDefaults) (*contract.Metrics, 
 		return nil, err
 	}
 	return m, nil
+}
+
+// quantityExponent is a quantity's decimal exponent (1e3, 5E-2): not the
+// SI suffix E (exa), which takes no digits.
+var quantityExponent = regexp.MustCompile(`[eE]([+-]?[0-9]+)$`)
+
+// parseSidecarQuantity parses a sidecar resource annotation. Kubernetes'
+// parser takes any exponent, and comparing or printing 1e777777773 then
+// takes hours (FuzzAnnotation found it: one pod would hang the webhook),
+// so the exponent and the length are bounded first: no sidecar asks for
+// more than exa units or less than nano.
+func parseSidecarQuantity(v string) (resource.Quantity, error) {
+	if len(v) > 32 {
+		return resource.Quantity{}, fmt.Errorf("%d characters: expected at most 32", len(v))
+	}
+	if m := quantityExponent.FindStringSubmatch(v); m != nil {
+		if e, err := strconv.Atoi(m[1]); err != nil || e > 18 || e < -9 {
+			return resource.Quantity{}, fmt.Errorf("exponent %s: expected -9 to 18", m[1])
+		}
+	}
+	return resource.ParseQuantity(v)
 }

@@ -125,7 +125,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	inf := NewPodInformer(kube.Pods(metav1.NamespaceAll))
 	r := New(o.cfg, consul.ACL(), corelisters.NewPodLister(inf.GetIndexer()), log, NewMetrics(reg))
-	if err := onPodGone(inf, r.PodGone); err != nil {
+	if err := onPodGone(inf, r.PodGone, r.ContainerRestarted); err != nil {
 		return fmt.Errorf("watch pods: %w", err)
 	}
 	id, err := identity()

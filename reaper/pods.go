@@ -38,9 +38,10 @@ func NewPodInformer(pods PodResource) cache.SharedIndexInformer {
 	return inf
 }
 
-// slimPod keeps of a pod its name, namespace, UID and phase: the cache
-// holds every pod of the cluster, and the rest of a pod (its spec, its
-// containers' statuses, its managed fields) is most of its size.
+// slimPod keeps of a pod its name, namespace, UID, phase and the sum of
+// its containers' restarts (in one container status, restartsName): the
+// cache holds every pod of the cluster, and the rest of a pod (its spec,
+// its containers' statuses, its managed fields) is most of its size.
 func slimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -50,8 +51,23 @@ func slimPod(obj any) (any, error) {
 		TypeMeta: p.TypeMeta,
 		ObjectMeta: metav1.ObjectMeta{Name: p.Name, Namespace: p.Namespace, UID: p.UID,
 			ResourceVersion: p.ResourceVersion, DeletionTimestamp: p.DeletionTimestamp},
-		Status: corev1.PodStatus{Phase: p.Status.Phase},
+		Status: corev1.PodStatus{Phase: p.Status.Phase,
+			ContainerStatuses: []corev1.ContainerStatus{{Name: restartsName, RestartCount: restarts(p)}}},
 	}, nil
+}
+
+// restartsName names the slim pod's one container status, whose restart
+// count is the sum of all its containers'.
+const restartsName = "all-containers"
+
+// restarts is the sum of a pod's containers' restarts, from a full pod or
+// a slim one.
+func restarts(p *corev1.Pod) int32 {
+	var n int32
+	for _, c := range append(append([]corev1.ContainerStatus{}, p.Status.InitContainerStatuses...), p.Status.ContainerStatuses...) {
+		n += c.RestartCount
+	}
+	return n
 }
 
 // finished: the pod's containers have all stopped and none starts again,
@@ -83,15 +99,21 @@ func livePods(lister corelisters.PodLister, toks []Token) map[string]types.UID {
 	return pods
 }
 
-// onPodGone calls gone when a pod is deleted or finishes: the moments a
-// token may become an orphan.
-func onPodGone(inf cache.SharedIndexInformer, gone func()) error {
+// onPodGone calls gone when a pod is deleted or finishes, and restarted
+// when one of its containers has restarted: the moments a token may
+// become an orphan (a restarted sidecar logs in again, and its first
+// token is left).
+func onPodGone(inf cache.SharedIndexInformer, gone, restarted func()) error {
 	_, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		UpdateFunc: func(old, cur any) {
 			o, ok1 := old.(*corev1.Pod)
 			c, ok2 := cur.(*corev1.Pod)
-			if ok1 && ok2 && !finished(o) && finished(c) {
+			switch {
+			case !ok1 || !ok2:
+			case !finished(o) && finished(c):
 				gone()
+			case restarts(c) > restarts(o):
+				restarted()
 			}
 		},
 		DeleteFunc: func(any) { gone() },

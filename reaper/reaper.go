@@ -151,6 +151,15 @@ func (r *Reaper) PodGone() {
 	}
 }
 
+// ContainerRestarted asks for a prompt pass and another once a token
+// made since would have left the grace: the pod informer calls it when a
+// pod's container restarts, and a restarted sidecar's new login, which
+// makes its first token an orphan, may come after the first pass.
+func (r *Reaper) ContainerRestarted() {
+	r.PodGone()
+	time.AfterFunc(r.cfg.Grace+time.Second, r.PodGone)
+}
+
 // Synced reports whether the pod cache was filled: until then the reaper
 // is not ready and makes no pass.
 func (r *Reaper) Synced() bool { return r.synced.Load() }

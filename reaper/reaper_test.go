@@ -230,8 +230,9 @@ func TestPassAgainstConsul(t *testing.T) {
 }
 
 // TestRunReapsPromptly: leading, the reaper deletes a young orphan once it
-// leaves the grace, and a pod's token soon after the pod is deleted,
-// without waiting for the interval; the standby replica reaps nothing.
+// leaves the grace, a restarted sidecar's first token soon after the
+// restart, and a pod's token soon after the pod is deleted, without
+// waiting for the interval; the standby replica reaps nothing.
 func TestRunReapsPromptly(t *testing.T) {
 	addr, mgmt := consulWithACLs(t)
 	jwt := authMethod(t, mgmt, testMethod)
@@ -255,7 +256,7 @@ func TestRunReapsPromptly(t *testing.T) {
 		metrics = append(metrics, m)
 		r := New(Config{AuthMethod: testMethod, Interval: time.Hour, Grace: 2 * time.Second, Debounce: 100 * time.Millisecond},
 			acl, corelisters.NewPodLister(inf.GetIndexer()), log.With("replica", id), m)
-		if err := onPodGone(inf, r.PodGone); err != nil {
+		if err := onPodGone(inf, r.PodGone, r.ContainerRestarted); err != nil {
 			t.Fatal(err)
 		}
 		e := testElector(cs, id)
@@ -278,12 +279,34 @@ func TestRunReapsPromptly(t *testing.T) {
 		t.Fatal("the live pod's token was deleted")
 	}
 
+	// web-3's sidecar restarts and logs in again: its first token is
+	// left, and goes without waiting for the interval.
+	web3b := jwt.login(t, mgmt, testMethod, "web", meta("default/web-3", "uid-web-3"))
+	p, err := cs.CoreV1().Pods("default").Get(context.Background(), "web-3", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Status.InitContainerStatuses = []corev1.ContainerStatus{{Name: "meshlet-proxy", RestartCount: 1}}
+	if _, err := cs.CoreV1().Pods("default").UpdateStatus(context.Background(), p, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t2 := time.Now()
+	eventually(t, 5*time.Second, "web-3's first token deleted after its sidecar restarted", func() error {
+		if accessors(t, mgmt, testMethod)[web3.AccessorID] {
+			return fmt.Errorf("still there after %s", time.Since(t2))
+		}
+		return nil
+	})
+	if !accessors(t, mgmt, testMethod)[web3b.AccessorID] {
+		t.Fatal("the restarted sidecar's new token was deleted")
+	}
+
 	if err := cs.CoreV1().Pods("default").Delete(context.Background(), "web-3", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	t1 := time.Now()
 	eventually(t, 5*time.Second, "web-3's token deleted after its pod", func() error {
-		if accessors(t, mgmt, testMethod)[web3.AccessorID] {
+		if accessors(t, mgmt, testMethod)[web3b.AccessorID] {
 			return fmt.Errorf("still there after %s", time.Since(t1))
 		}
 		return nil
@@ -291,7 +314,7 @@ func TestRunReapsPromptly(t *testing.T) {
 
 	// The reaper counts a deletion once Consul's answer is back, which may
 	// be after the test sees the token gone.
-	eventually(t, 5*time.Second, "one leader that counted 2 deletions", func() error {
+	eventually(t, 5*time.Second, "one leader that counted 3 deletions", func() error {
 		var leaders, deleted float64
 		for _, m := range metrics {
 			leaders += testutil.ToFloat64(m.leader)
@@ -299,7 +322,7 @@ func TestRunReapsPromptly(t *testing.T) {
 				deleted += testutil.ToFloat64(m.deleted.WithLabelValues(string(r)))
 			}
 		}
-		if leaders != 1 || deleted != 2 {
+		if leaders != 1 || deleted != 3 {
 			return fmt.Errorf("%v replicas lead, %v tokens deleted\n%s", leaders, deleted, logs.String())
 		}
 		return nil

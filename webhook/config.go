@@ -151,14 +151,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("k8sDenyNamespaces contains \"*\": no pod could be injected")
 	case c.ACLAuthMethod != "" && strings.TrimSpace(c.ACLAuthMethod) != c.ACLAuthMethod:
 		return fmt.Errorf("ACL auth method %q: expected a Consul auth method's name, without surrounding spaces", c.ACLAuthMethod)
-	case c.AgentTLS.HTTPSPort != 0 && c.DataPlane != DataPlaneMeshlet:
-		return fmt.Errorf("the Consul agent's HTTPS port %d with data plane %s: only data plane %s's sidecar talks TLS to the Consul agent yet (docs/identity.md)", c.AgentTLS.HTTPSPort, c.DataPlane, DataPlaneMeshlet)
+	case c.AgentTLS.HTTPSPort != 0 && c.DataPlane == DataPlaneEnvoy:
+		return fmt.Errorf("the Consul agent's HTTPS port %d with data plane %s: only data planes %s and %s's sidecars talk TLS to the Consul agent yet (docs/identity.md)", c.AgentTLS.HTTPSPort, c.DataPlane, DataPlaneMeshlet, DataPlaneConsul)
 	case c.AgentTLS.HTTPSPort != 0 && c.AgentTLS.CAPEM == "":
 		return fmt.Errorf("the Consul agent's HTTPS port %d without its CA: the sidecars could not verify the Consul agent", c.AgentTLS.HTTPSPort)
 	case c.AgentTLS.HTTPSPort < 0 || c.AgentTLS.HTTPSPort > 65535:
 		return fmt.Errorf("the Consul agent's HTTPS port %d: expected a port 1-65535, or 0 for none", c.AgentTLS.HTTPSPort)
-	case c.ACLAuthMethod != "" && c.DataPlane != DataPlaneMeshlet:
-		return fmt.Errorf("ACL auth method %s with data plane %s: only data plane %s's sidecar logs in to Consul yet (docs/identity.md)", c.ACLAuthMethod, c.DataPlane, DataPlaneMeshlet)
+	case c.ACLAuthMethod != "" && c.DataPlane == DataPlaneEnvoy:
+		return fmt.Errorf("ACL auth method %s with data plane %s: only data planes %s and %s's sidecars log in to Consul yet (docs/identity.md)", c.ACLAuthMethod, c.DataPlane, DataPlaneMeshlet, DataPlaneConsul)
 	}
 	for _, p := range []struct {
 		name string

@@ -85,6 +85,11 @@ func checkPod(pod *corev1.Pod) error {
 			errs = append(errs, fmt.Errorf("container name %q is the injected sidecar's; rename the container", c.Name))
 		}
 	}
+	for _, v := range pod.Spec.Volumes {
+		if v.Name == consulLoginVolume {
+			errs = append(errs, fmt.Errorf("volume name %q is the injected sidecar's; rename the volume", v.Name))
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -116,6 +121,9 @@ func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg C
 	// Named before the sidecar is added: it may go first.
 	if _, ok := pod.Annotations[defaultContainerKey]; !ok && len(pod.Spec.Containers) > 0 {
 		pod.Annotations[defaultContainerKey] = pod.Spec.Containers[0].Name
+	}
+	if consulLoginNeeded(cfg) {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, consulLoginVolumeSpec())
 	}
 	switch pl {
 	case placedNative:

@@ -132,6 +132,17 @@ var goldenCases = []struct {
 			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(9000)}}}})
 	}), "shop", consulCfg()},
 	{"meshlet", app(on()), "shop", meshletCfg()},
+	// Consul's built-in proxy on a Consul with ACLs and TLS: its login
+	// and CA in a memory volume of its own.
+	{"consul-acls-tls", app(on(contract.Service, "web", contract.Upstreams, "db:5432"), withServiceAccountToken, func(p *corev1.Pod) {
+		p.Spec.Volumes = append(p.Spec.Volumes, corev1.Volume{Name: "data", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	}), "shop", consulCfg(func(c *Config) {
+		c.ACLAuthMethod = "consul-k8s-auth-method"
+		c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n", ServerName: "client.dc1.consul"}
+	})},
+	{"consul-tls", app(on()), "shop", consulCfg(func(c *Config) {
+		c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"}
+	})},
 	// With ACLs the registration names the auth method, for the node
 	// agent's check and the sidecar's login.
 	{"meshlet-acls", app(on(contract.Service, "web"), withServiceAccountToken), "shop", meshletCfg(func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" })},

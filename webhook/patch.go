@@ -12,7 +12,8 @@ import (
 
 // patch is the JSON patch from the pod as submitted to the injected one,
 // built from what injectInto changes: annotations added, env appended,
-// HTTP probe ports moved, the sidecar inserted where pl put it. Diffing
+// HTTP probe ports moved, a volume of the sidecar's appended, the sidecar
+// inserted where pl put it. Diffing
 // the two pods' serialized forms instead made most of a review's
 // allocations (two encodes, two decodes into generic maps; BenchmarkReview
 // and docs/benchmarks.md#webhook-review have the figures), and the garbage
@@ -66,6 +67,15 @@ func patch(orig, injected *corev1.Pod, pl placement) ([]jsonpatch.Operation, err
 		}
 	}
 
+	switch n := len(orig.Spec.Volumes); {
+	case len(injected.Spec.Volumes) == n:
+	case n == 0:
+		add("/spec/volumes", injected.Spec.Volumes)
+	default:
+		for _, v := range injected.Spec.Volumes[n:] {
+			add("/spec/volumes/-", v)
+		}
+	}
 	switch {
 	case pl == placedNative && len(orig.Spec.InitContainers) == 0:
 		add("/spec/initContainers", injected.Spec.InitContainers[:1])

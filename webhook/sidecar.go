@@ -50,21 +50,6 @@ func sidecarEnv() []corev1.EnvVar {
 	}
 }
 
-// consulProxyScript runs Consul's built-in proxy for the pod's service
-// (-sidecar-for takes the service's ID; the proxy registration is found
-// from it). The proxy exits at once when its registration is not there
-// yet, and the node agent registers the pod only once it has an IP, which
-// is after this container starts: so it is retried every second here
-// rather than left to kubelet's crash back-off (10 s, then doubling).
-// SIGTERM goes to the proxy, so the pod stops promptly.
-const consulProxyScript = `trap 'kill -TERM $p 2>/dev/null; wait $p; exit 0' TERM INT
-while :; do
-  consul connect proxy -sidecar-for "$SERVICE_ID" -http-addr "$HOST_IP:%d" & p=$!
-  wait $p && exit 0
-  echo "meshlet: consul connect proxy exited ($?); retrying in 1s (is $SERVICE_ID registered on the node's agent?)" >&2
-  sleep 1
-done`
-
 // sidecarContainer is the proxy container for the configured data plane,
 // as placed at pl: non-root as the proxy UID, read-only root, no
 // capabilities, so that the pod still passes Pod Security "restricted".
@@ -98,9 +83,7 @@ func sidecarContainer(p parsed, reg contract.Registration, pod *corev1.Pod, pl p
 	case DataPlaneEnvoy:
 		return envoySidecar(c, p, reg, pod, cfg)
 	case DataPlaneConsul:
-		c.Name, c.Image = consulSidecarName, cfg.ConsulImage
-		c.Command = []string{"/bin/sh", "-c", fmt.Sprintf(consulProxyScript, cfg.AgentHTTPPort)}
-		return c, nil
+		return consulSidecar(c, pod, cfg), nil
 	case DataPlaneMeshlet:
 		return meshletSidecar(c, reg, pod, pl, cfg), nil
 	}

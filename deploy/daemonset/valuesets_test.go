@@ -95,6 +95,11 @@ var valueSets = map[string]valueSet{
 			"node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"}},
 	},
+	"consul-secure.yaml": {
+		webhookFlags: map[string][]string{"data-plane": {"consul"}, "acl-auth-method": {"consul-k8s-auth-method"},
+			"node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
+		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"}},
+	},
 	"tls-meshlet.yaml": {
 		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "meshlet-image": {"registry.example/meshlet/meshlet:v0.2.0"},
 			"consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"}, "consul-tls-server-name": {"client.dc1.consul"}},

@@ -24,6 +24,7 @@ import (
 
 	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/test/e2e/cluster"
+	"github.com/meshlet/meshlet/webhook"
 )
 
 // The tests of meshlet on a Consul with ACLs (default deny) and TLS only:
@@ -435,4 +436,74 @@ func bindingRule(t *testing.T, cl *capi.Client) *capi.ACLBindingRule {
 		t.Fatalf("binding rules of %s: %v, %d; want one", cluster.AuthMethod, err, len(rules))
 	}
 	return rules[0]
+}
+
+// TestSecureModeConsulDataPlane: data plane consul (Consul's built-in
+// proxy, from the local cluster's consul image) on the secure cluster:
+// each sidecar logs in as its pod's ServiceAccount, reaches the Consul
+// agent over HTTPS with the CA, and a client's explicit upstream answers
+// through the mesh; its token names its pod and goes when the pod does.
+func TestSecureModeConsulDataPlane(t *testing.T) {
+	requireSecureConsul(t)
+	requireLocalNode(t, "helm-upgrades the local release to data plane consul")
+	cs := clientset(t)
+	cl := consul(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	t.Cleanup(func() {
+		if err := lc.InstallMeshlet(context.Background()); err != nil {
+			t.Errorf("restore the release: %v", err)
+			return
+		}
+		waitWebhookRollout(t, context.Background(), cs)
+	})
+	if err := lc.UpgradeMeshlet(ctx, "connectInject.dataPlane=consul", "global.image="+cluster.ConsulImage); err != nil {
+		t.Fatal(err)
+	}
+	waitWebhookRollout(t, ctx, cs)
+	ns := testNamespace(t, cs, "acl-consul")
+	allowAllTo(t, "cdp-server")
+	for _, sa := range []string{"cdp-server", "cdp-client"} {
+		createServiceAccount(t, cs, ns, sa)
+	}
+	server := echoContainer("cdp-server", "hello from consul's proxy", 8080, 0)
+	server.Ports = []corev1.ContainerPort{{ContainerPort: 8080}}
+	pods := []*corev1.Pod{
+		{ObjectMeta: metav1.ObjectMeta{Name: "cdp-server", Annotations: map[string]string{contract.Inject: "true", contract.Service: "cdp-server"}},
+			Spec: corev1.PodSpec{ServiceAccountName: "cdp-server", TerminationGracePeriodSeconds: ptr.To[int64](5),
+				Containers: []corev1.Container{server}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: "cdp-client", Annotations: map[string]string{contract.Inject: "true",
+			contract.Service: "cdp-client", contract.Upstreams: "cdp-server:1234"}},
+			Spec: corev1.PodSpec{ServiceAccountName: "cdp-client", TerminationGracePeriodSeconds: ptr.To[int64](5),
+				Containers: []corev1.Container{shellContainer()}}},
+	}
+	for _, p := range pods {
+		created := createPodSpec(t, cs, ns, p)
+		if got := created.Spec.InitContainers; len(got) == 0 || got[0].Name != sidecarNames[webhook.DataPlaneConsul] {
+			t.Fatalf("pod %s: no %s sidecar first in initContainers", p.Name, sidecarNames[webhook.DataPlaneConsul])
+		}
+	}
+	for _, p := range pods {
+		waitPodState(t, ctx, cs, ns, p.Name, "Ready", podReady)
+	}
+	waitCurl(t, ctx, "the upstream through Consul's proxies", ns, "pod/cdp-client", "http://localhost:1234/", "hello from consul's proxy")
+	toks, err := podTokens(cl, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods {
+		if tok, ok := toks[p.Name]; !ok || !slices.Equal(tok.services, []string{p.Spec.ServiceAccountName}) {
+			t.Errorf("pod %s's login token: %+v (%v); want one with the service identity %s alone", p.Name, tok, ok, p.Spec.ServiceAccountName)
+		}
+	}
+	for _, p := range pods {
+		if err := cs.CoreV1().Pods(ns).Delete(ctx, p.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, ctx, "the pods gone, and their tokens with them", func(ctx context.Context) (bool, error) {
+		err := tokensMatchPods(ctx, cs, cl, ns)
+		left, lerr := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		return err == nil && lerr == nil && len(left.Items) == 0, errors.Join(err, lerr)
+	})
 }

@@ -475,7 +475,7 @@ func TestSecureModeConsulDataPlane(t *testing.T) {
 		{ObjectMeta: metav1.ObjectMeta{Name: "cdp-client", Annotations: map[string]string{contract.Inject: "true",
 			contract.Service: "cdp-client", contract.Upstreams: "cdp-server:1234"}},
 			Spec: corev1.PodSpec{ServiceAccountName: "cdp-client", TerminationGracePeriodSeconds: ptr.To[int64](5),
-				Containers: []corev1.Container{shellContainer()}}},
+				Containers: []corev1.Container{func() corev1.Container { c := shellContainer(); c.Name = "static-client"; return c }()}}},
 	}
 	for _, p := range pods {
 		created := createPodSpec(t, cs, ns, p)

@@ -184,9 +184,10 @@ func TestSecureModeImpersonation(t *testing.T) {
 
 // TestSecureModeTokensFollowPods: the auth method's tokens in Consul are
 // the injected pods alive, through scale 1→3→1, pods deleted while the
-// node agent is down, and the Deployment's deletion, within 10 s of each
-// settling. A sidecar logs out as its pod stops: no part of that needs
-// the node agent.
+// node agent is down, a force deletion, a killed sidecar and the
+// namespace's deletion, within 10 s of each settling. A sidecar logs out
+// as its pod stops, which needs no node agent; the token reaper takes
+// what a logout cannot (the force deletion, the killed sidecar).
 func TestSecureModeTokensFollowPods(t *testing.T) {
 	requireSecureConsul(t)
 	cs := clientset(t)
@@ -260,8 +261,8 @@ func TestSecureModeTokensFollowPods(t *testing.T) {
 		return false
 	})
 	settle("one pod force-deleted, the other's sidecar killed", 2)
-	kubectl(t, "delete", "-n", ns, "deploy/tok-server", "--wait=true")
-	settle("deleted", 0)
+	kubectl(t, "delete", "namespace", ns, "--wait=false")
+	settle("the namespace deleted", 0)
 }
 
 const tokenServer = `apiVersion: v1

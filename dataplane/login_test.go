@@ -2,15 +2,6 @@ package dataplane
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
-	"encoding/pem"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -23,82 +14,33 @@ import (
 	capi "github.com/hashicorp/consul/api"
 
 	"github.com/meshlet/meshlet/contract"
+	"github.com/meshlet/meshlet/test/consultest"
 )
 
-// jwtIssuer stands in for the API server's ServiceAccount token signer:
-// Consul's jwt auth method checks its signatures with its public key, where
-// the kubernetes auth method asks the API server's TokenReview. The login
-// itself, the token it gives, its identity and its logout are Consul's.
-type jwtIssuer struct{ key *ecdsa.PrivateKey }
+// jwtIssuer signs the pods' ServiceAccount tokens for a jwt auth method
+// standing in for the Kubernetes one (test/consultest).
+type jwtIssuer struct{ consultest.JWTIssuer }
 
 const testAuthMethod = "meshlet-test-jwt"
 
-// authMethod creates, with the management client cl, a jwt auth method
-// trusting a new key and a binding rule as consul-k8s' kubernetes one: the
-// service identity named like the token's ServiceAccount, none for
-// "default".
+// authMethod creates, with the management client cl, the jwt auth method
+// testAuthMethod with consul-k8s' binding rule.
 func authMethod(t *testing.T, cl *capi.Client) jwtIssuer {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-	if _, _, err := cl.ACL().AuthMethodCreate(&capi.ACLAuthMethod{Name: testAuthMethod, Type: "jwt",
-		Config: map[string]any{"JWTValidationPubKeys": []string{pub}, "JWTSupportedAlgs": []string{"ES256"},
-			"BoundAudiences": []string{"consul"}, "ClaimMappings": map[string]string{"sa": "serviceaccount"}}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := cl.ACL().BindingRuleCreate(&capi.ACLBindingRule{AuthMethod: testAuthMethod,
-		BindType: capi.BindingRuleBindTypeService, BindName: "${value.serviceaccount}",
-		Selector: "value.serviceaccount != default"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	return jwtIssuer{key}
+	return jwtIssuer{consultest.JWTAuthMethod(t, cl, testAuthMethod)}
 }
 
 // tokenFile writes a signed token of ServiceAccount sa, as kubelet projects
 // one into the pod.
 func (j jwtIssuer) tokenFile(t *testing.T, sa string) string {
 	t.Helper()
-	enc := func(v any) string {
-		b, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return base64.RawURLEncoding.EncodeToString(b)
-	}
-	now := time.Now()
-	signing := enc(map[string]string{"alg": "ES256", "typ": "JWT"}) + "." +
-		enc(map[string]any{"aud": "consul", "sub": "system:serviceaccount:default:" + sa, "sa": sa,
-			"iat": now.Unix(), "nbf": now.Add(-time.Minute).Unix(), "exp": now.Add(time.Hour).Unix()})
-	sum := sha256.Sum256([]byte(signing))
-	r, s, err := ecdsa.Sign(rand.Reader, j.key, sum[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig := make([]byte, 64)
-	r.FillBytes(sig[:32])
-	s.FillBytes(sig[32:])
 	path := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(path, []byte(signing+"."+base64.RawURLEncoding.EncodeToString(sig)+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(j.JWT(t, sa)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
 }
 
-func newUUID(t *testing.T) string {
-	t.Helper()
-	b := make([]byte, 16)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
-}
+func newUUID(t *testing.T) string { return consultest.NewUUID(t) }
 
 func loginTokens(t *testing.T, cl *capi.Client) []*capi.ACLTokenListEntry {
 	t.Helper()

@@ -1,14 +1,6 @@
 package reaper
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
-	"encoding/base64"
-	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"os"
@@ -21,6 +13,7 @@ import (
 
 	capi "github.com/hashicorp/consul/api"
 
+	"github.com/meshlet/meshlet/test/consultest"
 	"github.com/meshlet/meshlet/test/repobin"
 )
 
@@ -34,14 +27,7 @@ func freePort(t testing.TB) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func newUUID(t testing.TB) string {
-	t.Helper()
-	b := make([]byte, 16)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
-}
+func newUUID(t testing.TB) string { return consultest.NewUUID(t) }
 
 // consulWithACLs starts a single Consul server (dev mode: in memory) on
 // free loopback ports with ACLs on and deny by default, and returns its
@@ -122,70 +108,22 @@ func eventually(t testing.TB, d time.Duration, what string, f func() error) {
 	}
 }
 
-// jwtIssuer stands in for the API server's ServiceAccount token signer, as
-// in dataplane/login_test.go: Consul's jwt auth method checks its
-// signatures with its public key, where the kubernetes auth method asks
-// the API server's TokenReview; the login, its token and the token's
-// description are the same.
-type jwtIssuer struct{ key *ecdsa.PrivateKey }
+// jwtIssuer signs the pods' ServiceAccount tokens for jwt auth methods
+// standing in for the Kubernetes one (test/consultest).
+type jwtIssuer struct{ consultest.JWTIssuer }
 
 // authMethod creates a jwt auth method named name trusting a new key, with
 // consul-k8s' binding rule: a service identity named like the
 // ServiceAccount.
 func authMethod(t *testing.T, cl *capi.Client, name string) jwtIssuer {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub := string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-	if _, _, err := cl.ACL().AuthMethodCreate(&capi.ACLAuthMethod{Name: name, Type: "jwt",
-		Config: map[string]any{"JWTValidationPubKeys": []string{pub}, "JWTSupportedAlgs": []string{"ES256"},
-			"BoundAudiences": []string{"consul"}, "ClaimMappings": map[string]string{"sa": "serviceaccount"}}}, nil); err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := cl.ACL().BindingRuleCreate(&capi.ACLBindingRule{AuthMethod: name,
-		BindType: capi.BindingRuleBindTypeService, BindName: "${value.serviceaccount}",
-		Selector: "value.serviceaccount != default"}, nil); err != nil {
-		t.Fatal(err)
-	}
-	return jwtIssuer{key}
-}
-
-// jwt is a signed token of ServiceAccount sa.
-func (j jwtIssuer) jwt(t *testing.T, sa string) string {
-	t.Helper()
-	enc := func(v any) string {
-		b, err := json.Marshal(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return base64.RawURLEncoding.EncodeToString(b)
-	}
-	now := time.Now()
-	signing := enc(map[string]string{"alg": "ES256", "typ": "JWT"}) + "." +
-		enc(map[string]any{"aud": "consul", "sub": "system:serviceaccount:default:" + sa, "sa": sa,
-			"iat": now.Unix(), "nbf": now.Add(-time.Minute).Unix(), "exp": now.Add(time.Hour).Unix()})
-	sum := sha256.Sum256([]byte(signing))
-	r, s, err := ecdsa.Sign(rand.Reader, j.key, sum[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	sig := make([]byte, 64)
-	r.FillBytes(sig[:32])
-	s.FillBytes(sig[32:])
-	return signing + "." + base64.RawURLEncoding.EncodeToString(sig)
+	return jwtIssuer{consultest.JWTAuthMethod(t, cl, name)}
 }
 
 // login logs in to method as a sidecar of ServiceAccount sa would, with
 // meta (nil: none), and returns the token.
 func (j jwtIssuer) login(t *testing.T, cl *capi.Client, method, sa string, meta map[string]string) *capi.ACLToken {
 	t.Helper()
-	tok, _, err := cl.ACL().Login(&capi.ACLLoginParams{AuthMethod: method, BearerToken: j.jwt(t, sa), Meta: meta}, nil)
+	tok, _, err := cl.ACL().Login(&capi.ACLLoginParams{AuthMethod: method, BearerToken: j.JWT(t, sa), Meta: meta}, nil)
 	if err != nil {
 		t.Fatalf("login to %s with meta %v: %v", method, meta, err)
 	}

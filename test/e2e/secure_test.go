@@ -146,18 +146,7 @@ func TestSecureModeImpersonation(t *testing.T) {
 	if !injected(p) {
 		t.Fatalf("pod %s was not injected", p.Name)
 	}
-	waitFor(t, ctx, "the node agent's Event refusing the registration", func(ctx context.Context) (bool, error) {
-		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
-		if err != nil {
-			return false, err
-		}
-		for _, e := range evs.Items {
-			if e.Reason == "MeshletRegistrationFailed" && strings.Contains(e.Message, `"imp-server"`) && strings.Contains(e.Message, `"imp-client"`) {
-				return true, nil
-			}
-		}
-		return false, fmt.Errorf("%d events, none refusing imp-server for imp-client", len(evs.Items))
-	})
+	waitPodEvent(t, ctx, cs, ns, p.Name, "MeshletRegistrationFailed", `"imp-server"`, `"imp-client"`)
 	waitFor(t, ctx, "the sidecar's login token", func(ctx context.Context) (bool, error) {
 		toks, err := podTokens(cl, ns)
 		if err != nil {
@@ -404,19 +393,7 @@ func TestSecureModeFailedLogin(t *testing.T) {
 	createServiceAccount(t, cs, ns, "no-binding")
 	p := createPodSpec(t, cs, ns, pausePod("no-binding", map[string]string{contract.Inject: "true", contract.Service: "no-binding"},
 		func(p *corev1.Pod) { p.Spec.ServiceAccountName = "no-binding" }))
-	waitFor(t, ctx, "an Event naming the failed login", func(ctx context.Context) (bool, error) {
-		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
-		if err != nil {
-			return false, err
-		}
-		for _, e := range evs.Items {
-			if e.Reason == "MeshletLoginFailed" && strings.Contains(e.Message, cluster.AuthMethod) && strings.Contains(e.Message, "Permission denied") {
-				t.Logf("Event: %s", e.Message)
-				return true, nil
-			}
-		}
-		return false, fmt.Errorf("%d events, none MeshletLoginFailed naming %s and Permission denied", len(evs.Items), cluster.AuthMethod)
-	})
+	waitPodEvent(t, ctx, cs, ns, p.Name, "MeshletLoginFailed", cluster.AuthMethod, "Permission denied")
 	if got, err := cs.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{}); err != nil || podReady(got) {
 		t.Fatalf("the pod is ready (%v) though its sidecar could not log in", err)
 	}
@@ -427,6 +404,32 @@ func TestSecureModeFailedLogin(t *testing.T) {
 			t.Errorf("container %s restarted %d times: the sidecar must keep retrying, not exit", c.Name, c.RestartCount)
 		}
 	}
+}
+
+// waitPodEvent waits for an Event of reason on pod whose message says each
+// of want, and logs it.
+func waitPodEvent(t *testing.T, ctx context.Context, cs kubernetes.Interface, ns, pod, reason string, want ...string) {
+	t.Helper()
+	waitFor(t, ctx, "an Event "+reason+" on "+pod, func(ctx context.Context) (bool, error) {
+		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
+		if err != nil {
+			return false, err
+		}
+	events:
+		for _, e := range evs.Items {
+			if e.Reason != reason {
+				continue
+			}
+			for _, w := range want {
+				if !strings.Contains(e.Message, w) {
+					continue events
+				}
+			}
+			t.Logf("Event %s: %s", reason, e.Message)
+			return true, nil
+		}
+		return false, fmt.Errorf("%d events, none %s saying %q", len(evs.Items), reason, want)
+	})
 }
 
 // bindingRule is the auth method's one binding rule.

@@ -61,11 +61,20 @@ func consulSidecar(c corev1.Container, pod *corev1.Pod, cfg Config) corev1.Conta
 	if m, ok := serviceAccountTokenMount(pod); ok && cfg.ACLAuthMethod != "" {
 		tok := path.Join(consulLoginDir, "acl-token")
 		method := shellQuote(cfg.ACLAuthMethod)
-		setup = append(setup,
-			fmt.Sprintf(`until consul login -method=%s -bearer-token-file=%s -token-sink-file=%s -meta "pod=$%s/$%s" -meta "pod-uid=$%s"; do`,
+		// The name inside the script's double-quoted strings.
+		quoteless := strings.NewReplacer(`"`, "", `\`, "", "$", "", "`", "").Replace(cfg.ACLAuthMethod)
+		setup = append(setup, "last=",
+			fmt.Sprintf(`until out=$(consul login -method=%s -bearer-token-file=%s -token-sink-file=%s -meta "pod=$%s/$%s" -meta "pod-uid=$%s" 2>&1); do`,
 				method, contract.ServiceAccountTokenFile, tok, contract.EnvPodNamespace, contract.EnvPodName, contract.EnvPodUID),
-			fmt.Sprintf(`  echo "meshlet: consul login to auth method %s failed; the proxy serves nothing until it succeeds; retrying in 1s" >&2`,
-				strings.ReplaceAll(cfg.ACLAuthMethod, `"`, `'`)),
+			// Consul's answer, made safe for a JSON string.
+			`  msg=$(printf '%s' "$out" | tr -d '"\\' | tr '\n\t\r' '   ' | cut -c1-400)`,
+			fmt.Sprintf(`  echo "meshlet: consul login to auth method %s failed; the proxy serves nothing until it succeeds: $msg" >&2`, quoteless),
+			// Once per cause, to the node agent, which records it as an
+			// Event on the pod (as meshlet-proxy's reports). timeout, not
+			// wget's -T: Debian's static busybox crashes on -T.
+			fmt.Sprintf(`  if [ "$msg" != "$last" ] && timeout 3 wget -q -O /dev/null --header 'Content-Type: application/json' --post-data "{\"namespace\":\"$%s\",\"pod\":\"$%s\",\"uid\":\"$%s\",\"reason\":\"%s\",\"message\":\"login to Consul auth method %s: $msg\"}" "http://$%s:%d%s"; then last=$msg; fi`,
+				contract.EnvPodNamespace, contract.EnvPodName, contract.EnvPodUID, contract.ProblemLoginFailed, quoteless,
+				contract.EnvHostIP, cfg.NodeAgentPort, contract.SidecarProblemPath),
 			"  sleep 1",
 			"done",
 			"export CONSUL_HTTP_TOKEN_FILE="+tok)

@@ -370,13 +370,20 @@ func createServiceAccount(t testing.TB, cs kubernetes.Interface, ns, name string
 func TestSecureModeFailedLogin(t *testing.T) {
 	requireSecureConsul(t)
 	cs := clientset(t)
-	cl := consul(t)
 	ns := testNamespace(t, cs, "acl-login")
+	checkFailedLogin(t, cs, consul(t), ns, "no-binding")
+}
+
+// checkFailedLogin runs a pod of ServiceAccount sa whose login no binding
+// rule matches, until its Event says so, then lets the rule match it and
+// waits for the pod to turn ready, no container restarted.
+func checkFailedLogin(t *testing.T, cs *kubernetes.Clientset, cl *capi.Client, ns, sa string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	rule := bindingRule(t, cl)
 	excluded := *rule
-	excluded.Selector = rule.Selector + ` and serviceaccount.name!="no-binding"`
+	excluded.Selector = rule.Selector + fmt.Sprintf(` and serviceaccount.name!=%q`, sa)
 	if _, _, err := cl.ACL().BindingRuleUpdate(&excluded, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -390,9 +397,9 @@ func TestSecureModeFailedLogin(t *testing.T) {
 		}
 	}
 	t.Cleanup(restore)
-	createServiceAccount(t, cs, ns, "no-binding")
-	p := createPodSpec(t, cs, ns, pausePod("no-binding", map[string]string{contract.Inject: "true", contract.Service: "no-binding"},
-		func(p *corev1.Pod) { p.Spec.ServiceAccountName = "no-binding" }))
+	createServiceAccount(t, cs, ns, sa)
+	p := createPodSpec(t, cs, ns, pausePod(sa, map[string]string{contract.Inject: "true", contract.Service: sa},
+		func(p *corev1.Pod) { p.Spec.ServiceAccountName = sa }))
 	waitPodEvent(t, ctx, cs, ns, p.Name, "MeshletLoginFailed", cluster.AuthMethod, "Permission denied")
 	if got, err := cs.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{}); err != nil || podReady(got) {
 		t.Fatalf("the pod is ready (%v) though its sidecar could not log in", err)
@@ -446,7 +453,8 @@ func bindingRule(t *testing.T, cl *capi.Client) *capi.ACLBindingRule {
 // proxy, from the local cluster's consul image) on the secure cluster:
 // each sidecar logs in as its pod's ServiceAccount, reaches the Consul
 // agent over HTTPS with the CA, and a client's explicit upstream answers
-// through the mesh; its token names its pod and goes when the pod does.
+// through the mesh; its token names its pod and goes when the pod does;
+// a refused login is an Event on the pod.
 func TestSecureModeConsulDataPlane(t *testing.T) {
 	requireSecureConsul(t)
 	requireLocalNode(t, "helm-upgrades the local release to data plane consul")
@@ -510,4 +518,6 @@ func TestSecureModeConsulDataPlane(t *testing.T) {
 		left, lerr := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		return err == nil && lerr == nil && len(left.Items) == 0, errors.Join(err, lerr)
 	})
+	// Its refused login is an Event too, reported by its script.
+	checkFailedLogin(t, cs, cl, ns, "cdp-nobind")
 }

@@ -158,9 +158,8 @@ func (c *Cluster) RestartConsulClient(ctx context.Context, forget bool) error {
 			}
 		}
 	}
-	if c.Secure {
-		return c.restartSecureConsulClient(ctx)
-	}
+	// Both pairs keep the client agent's configuration in consul/client.hcl
+	// (the secure one with its agent token); consulReady tells them apart.
 	if err := c.start("consul-client", []string{c.bin("consul"), "agent", "-config-file=" + c.path("consul", "client.hcl")}); err != nil {
 		return fmt.Errorf("start the Consul client agent: %w", err)
 	}

@@ -113,19 +113,6 @@ func (c *Cluster) consulSecureReady(ctx context.Context) error {
 	return consulJoined(ctx, cl, NodeName)
 }
 
-// restartSecureConsulClient starts the secure client agent again with the
-// configuration startSecureClient wrote (its token in it).
-func (c *Cluster) restartSecureConsulClient(ctx context.Context) error {
-	f := c.secureFiles()
-	if _, err := os.Stat(f.clientHCL()); err != nil {
-		return fmt.Errorf("the secure client agent's configuration: %w", err)
-	}
-	if err := c.start("consul-client", []string{c.bin("consul"), "agent", "-config-file=" + f.clientHCL()}); err != nil {
-		return fmt.Errorf("start the Consul client agent: %w", err)
-	}
-	return c.waitFor(ctx, "consul", c.consulSecureReady)
-}
-
 // consulCLI runs bin/consul against the node's client agent with the
 // environment .cluster/env gives a user (the management token from its
 // file).

@@ -25,6 +25,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(args) > 0 && args[0] == "wait" {
 		return WaitMain(ctx, args[1:], stderr)
 	}
+	if len(args) > 0 && args[0] == "login" {
+		return EnvoyLoginMain(ctx, args[1:], stderr)
+	}
 	o := Options{Started: started}
 	var consul consulclient.Flags
 	var lf logs.Flags

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 
 	"github.com/meshlet/meshlet/contract"
@@ -32,6 +33,7 @@ func WaitMain(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	addr := fs.String("addr", fmt.Sprintf("127.0.0.1:%d", contract.ProxyInboundPort), "the proxy's public listener, as reached from inside the pod")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long (kubelet then restarts the sidecar)")
+	file := fs.String("file", "", "wait for this file to exist and hold something, instead of the listener (data plane envoy's login sidecar's startup probe: Envoy's token file)")
 	cont := fs.Bool("continue-on-timeout", false, "at the timeout, say so and exit 0: kubelet then starts the app rather than kill the sidecar, which may be about to serve")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -47,6 +49,9 @@ func WaitMain(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
+	if *file != "" {
+		return waitFile(ctx, *file)
+	}
 	err := waitListening(ctx, *addr)
 	if err != nil && *cont && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		fmt.Fprintf(stderr, "meshlet proxy wait: %v; letting the app start without it\n", err)
@@ -69,6 +74,24 @@ func waitListening(ctx context.Context, addr string) error {
 				return fmt.Errorf("the proxy's public listener %s did not answer in time: %w", addr, err)
 			}
 			return ctx.Err()
+		case <-time.After(waitPoll):
+		}
+	}
+}
+
+// waitFile polls path until it is a file that holds something or ctx ends.
+func waitFile(ctx context.Context, path string) error {
+	for {
+		fi, err := os.Stat(path)
+		if err == nil && fi.Mode().IsRegular() && fi.Size() > 0 {
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("%s is empty or not a regular file", path)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w", path, err)
 		case <-time.After(waitPoll):
 		}
 	}

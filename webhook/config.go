@@ -65,8 +65,8 @@ type Config struct {
 	// ports, on the node's IP (HOST_IP).
 	AgentHTTPPort, AgentGRPCPort int
 	// AgentTLS, when its HTTPSPort is set, sends the sidecar to the Consul
-	// agent's HTTPS port instead of AgentHTTPPort (data plane meshlet only
-	// yet).
+	// agent's HTTPS port instead of AgentHTTPPort, and Envoy to its gRPC
+	// TLS port instead of AgentGRPCPort.
 	AgentTLS AgentTLS
 	// ACLAuthMethod is the Consul Kubernetes auth method a pod's sidecar
 	// logs in with (consul-k8s' -acl-auth-method); empty: a Consul without
@@ -85,6 +85,9 @@ type AgentTLS struct {
 	// HTTPSPort is the Consul agent's HTTPS port, on the node's IP; 0: the
 	// sidecars use the plain HTTP port.
 	HTTPSPort int
+	// GRPCPort is the Consul agent's gRPC TLS port (8503), where data
+	// plane envoy's Envoy gets its configuration over TLS.
+	GRPCPort int
 	// CAPEM is the CA the sidecar verifies the Consul agent's certificate
 	// with, in PEM; the webhook writes it into the sidecar's environment.
 	CAPEM string
@@ -151,14 +154,20 @@ func (c Config) Validate() error {
 		return fmt.Errorf("k8sDenyNamespaces contains \"*\": no pod could be injected")
 	case c.ACLAuthMethod != "" && strings.TrimSpace(c.ACLAuthMethod) != c.ACLAuthMethod:
 		return fmt.Errorf("ACL auth method %q: expected a Consul auth method's name, without surrounding spaces", c.ACLAuthMethod)
-	case c.AgentTLS.HTTPSPort != 0 && c.DataPlane == DataPlaneEnvoy:
-		return fmt.Errorf("the Consul agent's HTTPS port %d with data plane %s: only data planes %s and %s's sidecars talk TLS to the Consul agent yet (docs/identity.md)", c.AgentTLS.HTTPSPort, c.DataPlane, DataPlaneMeshlet, DataPlaneConsul)
+	case c.AgentTLS.HTTPSPort != 0 && c.DataPlane == DataPlaneEnvoy && c.AgentTLS.GRPCPort == 0:
+		return fmt.Errorf("the Consul agent's HTTPS port %d with data plane envoy but no gRPC TLS port: Envoy would get its configuration over plain gRPC; give the agent's gRPC TLS port (8503)", c.AgentTLS.HTTPSPort)
+	case c.AgentTLS.GRPCPort != 0 && c.AgentTLS.HTTPSPort == 0:
+		return fmt.Errorf("the Consul agent's gRPC TLS port %d without its HTTPS port: TLS is on for both or neither", c.AgentTLS.GRPCPort)
+	case c.AgentTLS.GRPCPort < 0 || c.AgentTLS.GRPCPort > 65535:
+		return fmt.Errorf("the Consul agent's gRPC TLS port %d: expected a port 1-65535, or 0 for none", c.AgentTLS.GRPCPort)
 	case c.AgentTLS.HTTPSPort != 0 && c.AgentTLS.CAPEM == "":
 		return fmt.Errorf("the Consul agent's HTTPS port %d without its CA: the sidecars could not verify the Consul agent", c.AgentTLS.HTTPSPort)
 	case c.AgentTLS.HTTPSPort < 0 || c.AgentTLS.HTTPSPort > 65535:
 		return fmt.Errorf("the Consul agent's HTTPS port %d: expected a port 1-65535, or 0 for none", c.AgentTLS.HTTPSPort)
-	case c.ACLAuthMethod != "" && c.DataPlane == DataPlaneEnvoy:
-		return fmt.Errorf("ACL auth method %s with data plane %s: only data planes %s and %s's sidecars log in to Consul yet (docs/identity.md)", c.ACLAuthMethod, c.DataPlane, DataPlaneMeshlet, DataPlaneConsul)
+	case c.ACLAuthMethod != "" && c.DataPlane == DataPlaneEnvoy && !c.NativeSidecar:
+		return fmt.Errorf("ACL auth method %s with data plane envoy needs native sidecars (Kubernetes 1.29 or newer): Envoy must start after its login sidecar has written its token, which regular containers cannot order", c.ACLAuthMethod)
+	case c.ACLAuthMethod != "" && c.DataPlane == DataPlaneEnvoy && c.MeshletImage == "":
+		return fmt.Errorf("ACL auth method %s with data plane envoy needs meshlet's image: Envoy's login sidecar runs from it", c.ACLAuthMethod)
 	}
 	for _, p := range []struct {
 		name string

@@ -84,9 +84,17 @@ func TestConfigACLAuthMethod(t *testing.T) {
 	if err := consulCfg(func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" }).Validate(); err != nil {
 		t.Errorf("auth method with data plane consul: %v", err)
 	}
-	envoy := consulCfg(func(c *Config) { c.DataPlane, c.EnvoyImage, c.ACLAuthMethod = DataPlaneEnvoy, "envoy", "meshlet-k8s" })
-	if err := envoy.Validate(); err == nil || !strings.Contains(err.Error(), "with data plane envoy: only data planes meshlet and consul's sidecars log in") {
-		t.Errorf("auth method with data plane envoy: %v, want it refused", err)
+	envoy := consulCfg(func(c *Config) { c.DataPlane, c.EnvoyImage, c.ACLAuthMethod, c.MeshletImage = DataPlaneEnvoy, "envoy", "meshlet-k8s", "meshlet.local/meshlet:dev" })
+	if err := envoy.Validate(); err != nil {
+		t.Errorf("auth method with data plane envoy: %v", err)
+	}
+	envoy.NativeSidecar = false
+	if err := envoy.Validate(); err == nil || !strings.Contains(err.Error(), "ACL auth method meshlet-k8s with data plane envoy needs native sidecars") {
+		t.Errorf("auth method with data plane envoy and regular containers: %v, want it refused", err)
+	}
+	envoy.NativeSidecar, envoy.MeshletImage = true, ""
+	if err := envoy.Validate(); err == nil || !strings.Contains(err.Error(), "needs meshlet's image") {
+		t.Errorf("auth method with data plane envoy and no meshlet image: %v, want it refused", err)
 	}
 }
 
@@ -101,8 +109,17 @@ func TestConfigAgentTLS(t *testing.T) {
 		{"consul over HTTPS", consulCfg(func(c *Config) { c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: ca} }), ""},
 		{"envoy, plain HTTP", DefaultConfig(), ""},
 		{"without the CA", meshletCfg(func(c *Config) { c.AgentTLS = AgentTLS{HTTPSPort: 8501} }), "HTTPS port 8501 without its CA"},
-		{"envoy's sidecar", func() Config { c := DefaultConfig(); c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: ca}; return c }(),
-			"HTTPS port 8501 with data plane envoy: only data planes meshlet and consul's sidecars talk TLS"},
+		{"envoy over gRPC TLS", func() Config {
+			c := DefaultConfig()
+			c.AgentTLS = AgentTLS{HTTPSPort: 8501, GRPCPort: 8503, CAPEM: ca}
+			return c
+		}(), ""},
+		{"envoy without the gRPC TLS port", func() Config { c := DefaultConfig(); c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: ca}; return c }(),
+			"HTTPS port 8501 with data plane envoy but no gRPC TLS port"},
+		{"gRPC TLS alone", func() Config { c := DefaultConfig(); c.AgentTLS = AgentTLS{GRPCPort: 8503, CAPEM: ca}; return c }(),
+			"gRPC TLS port 8503 without its HTTPS port"},
+		{"gRPC TLS port out of range", meshletCfg(func(c *Config) { c.AgentTLS = AgentTLS{HTTPSPort: 8501, GRPCPort: -1, CAPEM: ca} }),
+			"gRPC TLS port -1: expected a port"},
 		{"port out of range", meshletCfg(func(c *Config) { c.AgentTLS = AgentTLS{HTTPSPort: 70000, CAPEM: ca} }), "HTTPS port 70000: expected a port"},
 	} {
 		err := tc.cfg.Validate()

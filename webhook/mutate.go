@@ -59,7 +59,8 @@ func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod)
 	if err != nil {
 		return Result{Denied: err}, nil
 	}
-	res.Patch, err = patch(pod, injected, pl)
+	res.Patch, err = patch(pod, injected, pl, len(injected.Spec.InitContainers)+len(injected.Spec.Containers)-
+		len(pod.Spec.InitContainers)-len(pod.Spec.Containers))
 	if err != nil {
 		return Result{Denied: fmt.Errorf("compute the patch: %w", err)}, nil
 	}
@@ -86,7 +87,7 @@ func checkPod(pod *corev1.Pod) error {
 		}
 	}
 	for _, v := range pod.Spec.Volumes {
-		if v.Name == consulLoginVolume {
+		if v.Name == loginVolume {
 			errs = append(errs, fmt.Errorf("volume name %q is the injected sidecar's; rename the volume", v.Name))
 		}
 	}
@@ -112,6 +113,15 @@ func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg C
 	if err != nil {
 		return nil, err
 	}
+	sidecars := []corev1.Container{sidecar}
+	if envoyLoginNeeded(cfg) {
+		m, ok := serviceAccountTokenMount(pod)
+		if !ok || pl != placedNative {
+			// checkIdentity and Config.Validate see to both.
+			return nil, fmt.Errorf("envoy's login sidecar needs the pod's ServiceAccount token (mounted: %v) and a native sidecar (placed: %v)", ok, pl)
+		}
+		sidecars = append([]corev1.Container{envoyLoginSidecar(sidecar, m, cfg)}, sidecars...)
+	}
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}
 	}
@@ -122,14 +132,16 @@ func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg C
 	if _, ok := pod.Annotations[defaultContainerKey]; !ok && len(pod.Spec.Containers) > 0 {
 		pod.Annotations[defaultContainerKey] = pod.Spec.Containers[0].Name
 	}
-	if consulLoginNeeded(cfg) {
-		pod.Spec.Volumes = append(pod.Spec.Volumes, consulLoginVolumeSpec())
+	if loginVolumeNeeded(cfg) {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, loginVolumeSpec())
 	}
 	switch pl {
 	case placedNative:
 		always := corev1.ContainerRestartPolicyAlways
-		sidecar.RestartPolicy = &always
-		pod.Spec.InitContainers = append([]corev1.Container{sidecar}, pod.Spec.InitContainers...)
+		for i := range sidecars {
+			sidecars[i].RestartPolicy = &always
+		}
+		pod.Spec.InitContainers = append(sidecars, pod.Spec.InitContainers...)
 	case placedFirst:
 		pod.Spec.Containers = append([]corev1.Container{sidecar}, pod.Spec.Containers...)
 	case placedLast:

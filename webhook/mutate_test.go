@@ -165,6 +165,30 @@ var goldenCases = []struct {
 		c.ConsulNamespaces = ConsulNamespaces{Enabled: true, DestinationNamespace: "apps"}
 		return c
 	}()},
+	// Envoy on a Consul with ACLs and TLS: its login sidecar goes first and
+	// writes the token file Envoy reads with -c; the inline bootstrap has
+	// TLS to 8503 and no gRPC service of its own. The pod's own init
+	// container stays after both.
+	{"envoy-acls-tls", app(on(contract.Service, "web"), withServiceAccountToken, func(p *corev1.Pod) {
+		p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "migrate"}}
+	}), "shop", envoySecureCfg()},
+	// TLS alone: no login, Envoy over gRPC TLS.
+	{"envoy-tls", app(on()), "shop", func() Config {
+		c := DefaultConfig()
+		c.AgentTLS = AgentTLS{HTTPSPort: 8501, GRPCPort: 8503, CAPEM: testCAPEM}
+		return c
+	}()},
+}
+
+// testCAPEM stands for the CA bundle given to the chart.
+const testCAPEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
+
+// envoySecureCfg is data plane envoy on a Consul with ACLs and TLS.
+func envoySecureCfg() Config {
+	c := DefaultConfig()
+	c.ACLAuthMethod, c.MeshletImage = "consul-k8s-auth-method", "meshlet.local/meshlet:dev"
+	c.AgentTLS = AgentTLS{HTTPSPort: 8501, GRPCPort: 8503, CAPEM: testCAPEM, ServerName: "client.dc1.consul"}
+	return c
 }
 
 // TestMutateGolden: the JSON patch (sorted by path for reading), warnings
@@ -324,6 +348,8 @@ func TestMutateDenies(t *testing.T) {
 			[]string{`consul.hashicorp.com/prometheus-scrape-path: "metrics": expected an HTTP path`}},
 		{"extra args quoting", app(on(contract.EnvoyExtraArgs, `--log-level "debug"`)),
 			[]string{"consul.hashicorp.com/envoy-extra-args", "without quotes"}},
+		{"extra args with a bootstrap", app(on(contract.EnvoyExtraArgs, `--log-level debug --config-path=/etc/envoy.yaml`)),
+			[]string{"consul.hashicorp.com/envoy-extra-args", "expected arguments other than --config-path: the webhook gives Envoy its bootstrap"}},
 		{"empty meta key", app(on(contract.ServiceMetaPrefix, "x")), []string{"expected a meta key after"}},
 		{"app as the proxy UID (pod)", app(on(), func(p *corev1.Pod) { p.Spec.SecurityContext.RunAsUser = ptr.To(int64(5995)) }),
 			[]string{`container "web" runs as UID 5995, the sidecar proxy's UID`}},

@@ -157,7 +157,7 @@ func checkUpstreamPorts(p parsed, cfg Config) error {
 	}
 	switch {
 	case cfg.DataPlane == DataPlaneEnvoy:
-		taken[envoyAdminPort] = "Envoy's admin port"
+		taken[contract.EnvoyAdminPort] = "Envoy's admin port"
 	case cfg.DataPlane == DataPlaneMeshlet && p.metrics == nil:
 		taken[contract.ProxyMetricsPort] = "the proxy's metrics port"
 	}
@@ -326,7 +326,14 @@ func parseExtraArgs(v string) ([]string, error) {
 	if strings.ContainsAny(v, `"'\`) {
 		return nil, invalid{contract.EnvoyExtraArgs, v, "expected arguments separated by spaces, without quotes or backslashes"}
 	}
-	return strings.Fields(v), nil
+	args := strings.Fields(v)
+	for _, a := range args {
+		flag, _, _ := strings.Cut(a, "=")
+		if flag == "-c" || flag == "--config-path" || flag == "--config-yaml" {
+			return nil, invalid{contract.EnvoyExtraArgs, v, "expected arguments other than " + flag + ": the webhook gives Envoy its bootstrap"}
+		}
+	}
+	return args, nil
 }
 
 func parseMeta(ann map[string]string) (map[string]string, error) {

@@ -13,7 +13,8 @@ import (
 // patch is the JSON patch from the pod as submitted to the injected one,
 // built from what injectInto changes: annotations added, env appended,
 // HTTP probe ports moved, a volume of the sidecar's appended, the sidecar
-// inserted where pl put it. Diffing
+// inserted where pl put it (n of them: data plane envoy's login sidecar
+// goes before Envoy). Diffing
 // the two pods' serialized forms instead made most of a review's
 // allocations (two encodes, two decodes into generic maps; BenchmarkReview
 // and docs/benchmarks.md#webhook-review have the figures), and the garbage
@@ -21,7 +22,7 @@ import (
 // field this build's API types do not know.
 // TestPatchReproducesInjection applies the patch to every golden and
 // fuzzed pod and compares.
-func patch(orig, injected *corev1.Pod, pl placement) ([]jsonpatch.Operation, error) {
+func patch(orig, injected *corev1.Pod, pl placement, n int) ([]jsonpatch.Operation, error) {
 	var ops []jsonpatch.Operation
 	add := func(path string, v any) { ops = append(ops, jsonpatch.NewOperation("add", path, v)) }
 
@@ -39,14 +40,14 @@ func patch(orig, injected *corev1.Pod, pl placement) ([]jsonpatch.Operation, err
 	// with their originals.
 	initOut, out := injected.Spec.InitContainers, injected.Spec.Containers
 	switch {
-	case pl == placedNative && len(initOut) > 0:
-		initOut = initOut[1:]
-	case pl == placedFirst && len(out) > 0:
+	case pl == placedNative && n >= 1 && len(initOut) >= n:
+		initOut = initOut[n:]
+	case pl == placedFirst && n == 1 && len(out) > 0:
 		out = out[1:]
-	case pl == placedLast && len(out) > 0:
+	case pl == placedLast && n == 1 && len(out) > 0:
 		out = out[:len(out)-1]
 	default:
-		return nil, fmt.Errorf("patch: no sidecar (%v) was added", pl)
+		return nil, fmt.Errorf("patch: %d sidecars (%v) cannot have been added", n, pl)
 	}
 	lists := []struct {
 		path      string
@@ -78,9 +79,11 @@ func patch(orig, injected *corev1.Pod, pl placement) ([]jsonpatch.Operation, err
 	}
 	switch {
 	case pl == placedNative && len(orig.Spec.InitContainers) == 0:
-		add("/spec/initContainers", injected.Spec.InitContainers[:1])
+		add("/spec/initContainers", injected.Spec.InitContainers[:n])
 	case pl == placedNative:
-		add("/spec/initContainers/0", injected.Spec.InitContainers[0])
+		for i := range n {
+			add(fmt.Sprintf("/spec/initContainers/%d", i), injected.Spec.InitContainers[i])
+		}
 	case pl == placedFirst:
 		add("/spec/containers/0", injected.Spec.Containers[0])
 	default:

@@ -21,7 +21,7 @@ const (
 // isSidecarName: the names are reserved, a pod's own container may not
 // take one (validate).
 func isSidecarName(name string) bool {
-	return name == envoySidecarName || name == consulSidecarName || name == meshletSidecarName
+	return name == envoySidecarName || name == consulSidecarName || name == meshletSidecarName || name == envoyLoginSidecarName
 }
 
 // The proxy's identity in Consul. Pod names of Deployment pods are not

@@ -13,12 +13,14 @@ import (
 // Data plane consul: Consul's built-in proxy, `consul connect proxy`, run
 // by a shell script in the sidecar (the consul image has /bin/sh).
 const (
-	// consulLoginVolume is an in-memory emptyDir mounted in the sidecar
-	// alone: the CA it verifies the Consul agent with (Consul's CLI takes
-	// a file) and, with ACLs, its login token, written mode 0600 by UID
-	// 5995 (umask 077). The app's containers do not mount it.
-	consulLoginVolume = "meshlet-consul-login"
-	consulLoginDir    = "/consul/login"
+	// loginVolume is an in-memory emptyDir mounted in the sidecars alone.
+	// Data plane consul: the CA it verifies the Consul agent with
+	// (Consul's CLI takes a file) and, with ACLs, its login token, written
+	// mode 0600 by UID 5995 (umask 077). Data plane envoy with ACLs: the
+	// login sidecar's part of Envoy's bootstrap, with the token, mode
+	// 0400. The app's containers do not mount it.
+	loginVolume = "meshlet-consul-login"
+	loginDir    = contract.LoginDir
 )
 
 // consulProxyScript runs Consul's built-in proxy for the pod's service
@@ -49,7 +51,7 @@ func consulSidecar(c corev1.Container, pod *corev1.Pod, cfg Config) corev1.Conta
 	setup := []string{fmt.Sprintf(`export CONSUL_HTTP_ADDR="$HOST_IP:%d"`, cfg.AgentHTTPPort)}
 	logout := ""
 	if t := cfg.AgentTLS; t.HTTPSPort != 0 {
-		ca := path.Join(consulLoginDir, "ca.pem")
+		ca := path.Join(loginDir, "ca.pem")
 		c.Env = append(c.Env, corev1.EnvVar{Name: contract.EnvConsulCACertPEM, Value: t.CAPEM})
 		setup = []string{
 			fmt.Sprintf(`printf '%%s\n' "$%s" > %s`, contract.EnvConsulCACertPEM, ca),
@@ -59,7 +61,7 @@ func consulSidecar(c corev1.Container, pod *corev1.Pod, cfg Config) corev1.Conta
 		}
 	}
 	if m, ok := serviceAccountTokenMount(pod); ok && cfg.ACLAuthMethod != "" {
-		tok := path.Join(consulLoginDir, "acl-token")
+		tok := path.Join(loginDir, "acl-token")
 		method := shellQuote(cfg.ACLAuthMethod)
 		// The name inside the script's double-quoted strings.
 		quoteless := strings.NewReplacer(`"`, "", `\`, "", "$", "", "`", "").Replace(cfg.ACLAuthMethod)
@@ -81,24 +83,31 @@ func consulSidecar(c corev1.Container, pod *corev1.Pod, cfg Config) corev1.Conta
 		logout = fmt.Sprintf("[ -s %s ] && consul logout; ", tok)
 		c.VolumeMounts = append(c.VolumeMounts, m)
 	}
-	if consulLoginNeeded(cfg) {
+	if loginVolumeNeeded(cfg) {
 		// The CA and the token: the sidecar's UID alone reads them.
 		setup = append([]string{"umask 077"}, setup...)
-		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: consulLoginVolume, MountPath: consulLoginDir})
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: loginVolume, MountPath: loginDir})
 	}
 	c.Command = []string{"/bin/sh", "-c", fmt.Sprintf(consulProxyScript, strings.Join(setup, "\n"), logout, logout)}
 	return c
 }
 
-// consulLoginNeeded: data plane consul's sidecar writes a file (its CA,
-// its token), and so gets consulLoginVolume.
-func consulLoginNeeded(cfg Config) bool {
-	return cfg.DataPlane == DataPlaneConsul && (cfg.AgentTLS.HTTPSPort != 0 || cfg.ACLAuthMethod != "")
+// loginVolumeNeeded: the sidecars write a file (data plane consul: its
+// CA, its token; envoy: the login sidecar's token file), and so get
+// loginVolume.
+func loginVolumeNeeded(cfg Config) bool {
+	switch cfg.DataPlane {
+	case DataPlaneConsul:
+		return cfg.AgentTLS.HTTPSPort != 0 || cfg.ACLAuthMethod != ""
+	case DataPlaneEnvoy:
+		return cfg.ACLAuthMethod != ""
+	}
+	return false
 }
 
-// consulLoginVolumeSpec is consulLoginVolume: memory, never the node's disk.
-func consulLoginVolumeSpec() corev1.Volume {
-	return corev1.Volume{Name: consulLoginVolume, VolumeSource: corev1.VolumeSource{
+// loginVolumeSpec is loginVolume: memory, never the node's disk.
+func loginVolumeSpec() corev1.Volume {
+	return corev1.Volume{Name: loginVolume, VolumeSource: corev1.VolumeSource{
 		EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory}}}
 }
 

@@ -12,16 +12,24 @@ import (
 
 // envoySidecar runs Envoy with its bootstrap inline (--config-yaml), so no
 // init container writes a file for it: kubelet expands $(PROXY_ID) and
-// $(HOST_IP) in the argument from the container's env.
+// $(HOST_IP) in the argument from the container's env. Over TLS it gets
+// its configuration from the Consul agent's gRPC TLS port, verified with
+// the CA inline. With ACLs the token comes from the login sidecar
+// (envoyLoginSidecar), in the file Envoy reads with -c and merges the
+// inline bootstrap into (docs/identity.md).
 func envoySidecar(c corev1.Container, p parsed, reg contract.Registration, pod *corev1.Pod, cfg Config) (corev1.Container, error) {
 	b := envoybootstrap.Config{
-		ProxyID:       proxyIDRef,
-		ServiceName:   statsServiceName(p, pod),
-		AgentHost:     hostIPRef,
-		AgentGRPCPort: cfg.AgentGRPCPort,
-		AdminBind:     "127.0.0.1",
-		AdminPort:     envoyAdminPort,
-		Namespace:     reg.ConsulNamespace,
+		ProxyID:        proxyIDRef,
+		ServiceName:    statsServiceName(p, pod),
+		AgentHost:      hostIPRef,
+		AgentGRPCPort:  cfg.AgentGRPCPort,
+		AdminBind:      "127.0.0.1",
+		AdminPort:      contract.EnvoyAdminPort,
+		Namespace:      reg.ConsulNamespace,
+		TokenFromLogin: envoyLoginNeeded(cfg),
+	}
+	if t := cfg.AgentTLS; t.GRPCPort != 0 {
+		b.AgentGRPCPort, b.AgentCAPEM, b.AgentServerName = t.GRPCPort, t.CAPEM, t.ServerName
 	}
 	yaml, err := bootstrapYAML(b)
 	if err != nil {
@@ -30,6 +38,10 @@ func envoySidecar(c corev1.Container, p parsed, reg contract.Registration, pod *
 	c.Name, c.Image = envoySidecarName, cfg.EnvoyImage
 	c.Command = []string{"envoy"}
 	c.Args = append([]string{"--config-yaml", yaml}, p.extraArgs...)
+	if b.TokenFromLogin {
+		c.Args = append([]string{"-c", contract.EnvoyADSFile}, c.Args...)
+		c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: loginVolume, MountPath: loginDir, ReadOnly: true})
+	}
 	return c, nil
 }
 
@@ -51,9 +63,6 @@ func bootstrapYAML(b envoybootstrap.Config) (string, error) {
 	bootstraps.Add(b, y)
 	return y, nil
 }
-
-// envoyAdminPort is Envoy's admin listener, on loopback only.
-const envoyAdminPort = 19000
 
 // statsServiceName is the bootstrap's node.cluster, which Envoy uses only
 // to label its stats: the connect-service annotation when given, else the

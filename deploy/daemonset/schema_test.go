@@ -81,7 +81,7 @@ func TestSchemaRejects(t *testing.T) {
 		{"two CA sources", "consul:\n  tls:\n    enabled: true\n    caCert:\n      secretName: a\n      configMapName: b\n",
 			[]string{"consul.tls.caCert", "not both"}},
 		{"CA without TLS", "consul:\n  tls:\n    caCert:\n      secretName: a\n", []string{"consul.tls.enabled is false"}},
-		{"auth method with data plane envoy", "consul:\n  acl:\n    authMethod: k8s\n", []string{`consul.acl.authMethod "k8s" with connectInject.dataPlane envoy`, "only data planes meshlet and consul"}},
+		{"auth method with data plane envoy and regular containers", "connectInject:\n  nativeSidecar: \"false\"\nconsul:\n  acl:\n    authMethod: k8s\n", []string{`consul.acl.authMethod "k8s" with connectInject.dataPlane envoy and connectInject.nativeSidecar false`, "only native sidecars"}},
 		{"misspelt reaper key", "consul:\n  acl:\n    reaper:\n      intervall: 1m\n", []string{"/consul/acl/reaper", "'intervall' not allowed"}},
 		{"reaper without replicas", "consul:\n  acl:\n    reaper:\n      replicas: 0\n", []string{"/consul/acl/reaper/replicas", "minimum"}},
 		{"reaper interval not a duration", "consul:\n  acl:\n    reaper:\n      interval: 30\n", []string{"/consul/acl/reaper/interval", "want string"}},

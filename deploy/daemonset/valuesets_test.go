@@ -92,7 +92,12 @@ var valueSets = map[string]valueSet{
 	// rendering with meshlet's own names.
 	"consul-k8s-secure.yaml": {
 		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "acl-auth-method": {"consul-k8s-auth-method"},
-			"node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
+			"node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-grpc-tls-port": {"8503"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
+		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"}},
+	},
+	"envoy-secure.yaml": {
+		webhookFlags: map[string][]string{"acl-auth-method": {"consul-k8s-auth-method"},
+			"node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-grpc-tls-port": {"8503"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"}},
 	},
 	"consul-secure.yaml": {
@@ -102,7 +107,7 @@ var valueSets = map[string]valueSet{
 	},
 	"tls-meshlet.yaml": {
 		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "meshlet-image": {"registry.example/meshlet/meshlet:v0.2.0"},
-			"consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"}, "consul-tls-server-name": {"client.dc1.consul"}},
+			"consul-https-port": {"8501"}, "consul-grpc-tls-port": {"8503"}, "consul-ca-file": {"/consul/tls/ca.crt"}, "consul-tls-server-name": {"client.dc1.consul"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
 			"tls-server-name": {"client.dc1.consul"}},
 		check: func(t *testing.T, r rendering) {

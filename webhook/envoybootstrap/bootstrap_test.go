@@ -1,6 +1,7 @@
 package envoybootstrap
 
 import (
+	"os"
 	"reflect"
 	"regexp"
 	"strings"
@@ -73,6 +74,30 @@ var goldenCases = []struct {
 		b.Token = "$(CONSUL_ACL_TOKEN)"
 		return b
 	}},
+	{"tls", func() Config {
+		b := inPod()
+		b.AgentGRPCPort, b.AgentCAPEM = 8503, testCA()
+		return b
+	}},
+	{"tls-login", inPodSecure},
+}
+
+// inPodSecure is the pod's bootstrap on a Consul with ACLs and TLS, as the
+// webhook renders it for data plane envoy with an auth method: TLS to
+// 8503, a server name, the token left to the login sidecar.
+func inPodSecure() Config {
+	b := inPod()
+	b.AgentGRPCPort, b.AgentCAPEM, b.AgentServerName, b.TokenFromLogin = 8503, testCA(), "client.dc1.consul", true
+	return b
+}
+
+// testCA is a CA made for these tests (testdata/agent-ca.pem).
+func testCA() string {
+	pem, err := os.ReadFile("testdata/agent-ca.pem")
+	if err != nil {
+		panic(err)
+	}
+	return string(pem)
 }
 
 func TestGolden(t *testing.T) {

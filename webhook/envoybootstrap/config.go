@@ -13,6 +13,8 @@ import (
 	"regexp"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/meshlet/meshlet/contract"
 )
 
 // Config is what the inline bootstrap depends on. YAML renders the same
@@ -47,14 +49,28 @@ type Config struct {
 	// pod; a `$(VAR)` reference to a Secret-backed env var keeps it out of
 	// the pod spec, though it is still in Envoy's argv on the node.
 	Token string
+
+	// AgentCAPEM, when set, is the CA bundle (PEM) Envoy verifies the
+	// Consul agent's gRPC TLS certificate with: the agent's gRPC port
+	// speaks TLS (8503). It is written inline, as Consul does, so that no
+	// file need reach the pod. AgentServerName, when set, is the name the
+	// certificate must carry (and the SNI).
+	AgentCAPEM      string
+	AgentServerName string
+
+	// TokenFromLogin leaves the ADS stream's gRPC service, and with it the
+	// token, out of the YAML: the login sidecar writes them, with the
+	// token of the pod's own login, to the file Envoy reads with -c
+	// (contract.EnvoyADSBootstrap), and Envoy merges the YAML into it.
+	TokenFromLogin bool
 }
 
 // Names Consul gives the parts of the bootstrap. The Consul agent's xDS
 // server and Consul's dashboards depend on them, so they are not ours to
 // choose.
 const (
-	localAgentCluster = "local_agent"
-	tokenHeader       = "x-consul-token"
+	localAgentCluster = contract.EnvoyLocalAgentCluster
+	tokenHeader       = contract.ConsulTokenHeader
 	defaultTenancy    = "default" // namespace and partition when unset
 )
 
@@ -103,7 +119,7 @@ func (c Config) check() error {
 	for name, v := range map[string]string{
 		"ProxyID": c.ProxyID, "ServiceName": c.ServiceName, "AgentHost": c.AgentHost,
 		"AdminBind": c.AdminBind, "Namespace": c.Namespace, "Partition": c.Partition,
-		"Datacenter": c.Datacenter, "Token": c.Token,
+		"Datacenter": c.Datacenter, "Token": c.Token, "AgentCAPEM": c.AgentCAPEM, "AgentServerName": c.AgentServerName,
 	} {
 		if strings.Contains(v, "$$") {
 			errs = append(errs, fmt.Errorf("%s %q contains $$, which kubelet would rewrite to $", name, v))
@@ -117,6 +133,15 @@ func (c Config) check() error {
 	// and LF in one.
 	if strings.ContainsAny(c.Token, "\x00\r\n") {
 		errs = append(errs, fmt.Errorf("token %q contains NUL, CR or LF, which an HTTP header value cannot hold", c.Token))
+	}
+	if c.TokenFromLogin && c.Token != "" {
+		errs = append(errs, errors.New("Token is set and TokenFromLogin too: the token comes from the login sidecar's file"))
+	}
+	if c.AgentServerName != "" && c.AgentCAPEM == "" {
+		errs = append(errs, fmt.Errorf("AgentServerName %q without AgentCAPEM: a server name is checked only over TLS", c.AgentServerName))
+	}
+	if c.AgentCAPEM != "" && !strings.Contains(c.AgentCAPEM, "-----BEGIN CERTIFICATE-----") {
+		errs = append(errs, errors.New("AgentCAPEM holds no PEM certificate"))
 	}
 	return errors.Join(errs...)
 }

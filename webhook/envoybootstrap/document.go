@@ -10,7 +10,7 @@ package envoybootstrap
 // Any fields too) and compare it with protojson's rendering of the parsed
 // message, byte for byte.
 func (c Config) doc() document {
-	return document{
+	d := document{
 		Node: node{
 			ID:      c.ProxyID,
 			Cluster: c.ServiceName,
@@ -69,6 +69,30 @@ func (c Config) doc() document {
 			Address: addressOf(c.AdminBind, c.AdminPort),
 		},
 	}
+	if c.AgentCAPEM != "" {
+		d.StaticResources.Clusters[0].TransportSocket = c.agentTLS()
+	}
+	if c.TokenFromLogin {
+		// Envoy appends a repeated field when it merges --config-yaml into
+		// the login sidecar's file: the gRPC service must come from one
+		// side only, the side that knows the token.
+		d.DynamicResources.AdsConfig.GrpcServices = nil
+	}
+	return d
+}
+
+// agentTLS verifies the Consul agent's gRPC TLS certificate with the CA
+// bundle, as Consul's bootstrap does, and, given a server name, sends it
+// as SNI and requires it among the certificate's DNS names (Envoy checks
+// no name otherwise).
+func (c Config) agentTLS() *transportSocket {
+	t := upstreamTLSContext{Type: typeURL + upstreamTLSType,
+		CommonTLSContext: commonTLSContext{ValidationContext: validationContext{TrustedCA: dataSource{InlineString: c.AgentCAPEM}}}}
+	if c.AgentServerName != "" {
+		t.SNI = c.AgentServerName
+		t.CommonTLSContext.ValidationContext.MatchTypedSubjectAltNames = []sanMatcher{{SANType: "DNS", Matcher: stringMatcher{Exact: c.AgentServerName}}}
+	}
+	return &transportSocket{Name: "tls", TypedConfig: t}
 }
 
 // Type URLs of the Any fields, and the extension name Envoy looks the
@@ -77,6 +101,7 @@ const (
 	typeURL         = "type.googleapis.com/"
 	httpOptionsType = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 	fileLogType     = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+	upstreamTLSType = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 )
 
 func addressOf(host string, port int) address {

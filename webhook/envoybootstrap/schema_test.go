@@ -7,6 +7,7 @@ import (
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	filelogv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/access_loggers/file/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	upstreamhttpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	yaml "go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -34,6 +35,15 @@ func validate(t testing.TB, bs *bootstrapv3.Bootstrap) {
 		}
 		if h.GetExplicitHttpConfig().GetHttp2ProtocolOptions() == nil {
 			t.Fatalf("typed_extension_protocol_options[%s] does not ask for HTTP/2", name)
+		}
+	}
+	if ts := bs.GetStaticResources().GetClusters()[0].GetTransportSocket(); ts != nil {
+		var u tlsv3.UpstreamTlsContext
+		if err := ts.GetTypedConfig().UnmarshalTo(&u); err != nil {
+			t.Fatalf("transport_socket %s: %v", ts.GetName(), err)
+		}
+		if err := u.ValidateAll(); err != nil {
+			t.Fatalf("transport_socket %s: %v", ts.GetName(), err)
 		}
 	}
 	for _, l := range bs.GetAdmin().GetAccessLog() {

@@ -30,6 +30,42 @@ type cluster struct {
 	ConnectTimeout                string                 `yaml:"connect_timeout"` // a Duration
 	LoadAssignment                loadAssignment         `yaml:"load_assignment"`
 	TypedExtensionProtocolOptions map[string]httpOptions `yaml:"typed_extension_protocol_options"`
+	TransportSocket               *transportSocket       `yaml:"transport_socket,omitempty"`
+}
+
+// transportSocket is TLS to the Consul agent's gRPC port.
+type transportSocket struct {
+	Name        string             `yaml:"name"`
+	TypedConfig upstreamTLSContext `yaml:"typed_config"`
+}
+
+// upstreamTLSContext is an Any holding UpstreamTlsContext.
+type upstreamTLSContext struct {
+	Type             string           `yaml:"@type"`
+	CommonTLSContext commonTLSContext `yaml:"common_tls_context"`
+	SNI              string           `yaml:"sni,omitempty"`
+}
+
+type commonTLSContext struct {
+	ValidationContext validationContext `yaml:"validation_context"`
+}
+
+type validationContext struct {
+	TrustedCA                 dataSource   `yaml:"trusted_ca"`
+	MatchTypedSubjectAltNames []sanMatcher `yaml:"match_typed_subject_alt_names,omitempty"`
+}
+
+type dataSource struct {
+	InlineString string `yaml:"inline_string"`
+}
+
+type sanMatcher struct {
+	SANType string        `yaml:"san_type"`
+	Matcher stringMatcher `yaml:"matcher"`
+}
+
+type stringMatcher struct {
+	Exact string `yaml:"exact"`
 }
 
 type loadAssignment struct {
@@ -81,7 +117,7 @@ type configSource struct {
 type apiSource struct {
 	APIType             string        `yaml:"api_type"`
 	TransportAPIVersion string        `yaml:"transport_api_version"`
-	GrpcServices        []grpcService `yaml:"grpc_services"`
+	GrpcServices        []grpcService `yaml:"grpc_services,omitempty"` // the login sidecar's with ACLs (Config.TokenFromLogin)
 }
 
 type grpcService struct {

@@ -108,6 +108,8 @@ reads "-flag false" as -flag followed by an argument.
 {{- if include "meshlet.sidecarTLS" . }}
 - -consul-https-port
 - {{ int .Values.consul.tls.httpsPort | quote }}
+- -consul-grpc-tls-port
+- {{ int .Values.consul.tls.grpcPort | quote }}
 - -consul-ca-file
 - {{ include "meshlet.consulCAFile" . }}
 {{- with .Values.consul.tls.serverName }}
@@ -165,11 +167,11 @@ reads "-flag false" as -flag followed by an argument.
 {{- end }}
 {{- end }}
 
-{{/* "true" when the sidecars (data planes meshlet and consul) talk TLS to
-the Consul agent: TLS on and its CA given, which the webhook hands them. */}}
+{{/* "true" when the sidecars talk TLS to the Consul agent: TLS on and its
+CA given, which the webhook hands them. */}}
 {{- define "meshlet.sidecarTLS" -}}
 {{- $c := .Values.consul }}
-{{- if and $c.tls.enabled (ne .Values.connectInject.dataPlane "envoy") (or $c.tls.caCert.secretName $c.tls.caCert.configMapName) }}true{{ end }}
+{{- if and $c.tls.enabled (or $c.tls.caCert.secretName $c.tls.caCert.configMapName) }}true{{ end }}
 {{- end }}
 
 {{/* Where the agent's container sees the Consul CA and the ACL token. */}}
@@ -318,8 +320,8 @@ Checks the schema cannot express; each fails the render naming the value.
 {{- if and (or $ca.secretName $ca.configMapName) (not .Values.consul.tls.enabled) }}
 {{- fail "consul.tls.caCert is set but consul.tls.enabled is false: the CA would not be used" }}
 {{- end }}
-{{- if and .Values.consul.acl.authMethod (eq .Values.connectInject.dataPlane "envoy") }}
-{{- fail (printf "consul.acl.authMethod %q with connectInject.dataPlane %s: only data planes meshlet and consul log in to Consul yet: Envoy's login is not built (docs/identity.md)" .Values.consul.acl.authMethod .Values.connectInject.dataPlane) }}
+{{- if and .Values.consul.acl.authMethod (eq .Values.connectInject.dataPlane "envoy") (eq (toString .Values.connectInject.nativeSidecar) "false") }}
+{{- fail (printf "consul.acl.authMethod %q with connectInject.dataPlane envoy and connectInject.nativeSidecar false: Envoy's login sidecar must start before Envoy, which only native sidecars can (Kubernetes 1.29 or newer)" .Values.consul.acl.authMethod) }}
 {{- end }}
 {{- $cni := .Values.agent.cni }}
 {{- range $dir := list $cni.kubeconfigDir $cni.socketDir }}

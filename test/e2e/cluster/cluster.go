@@ -63,6 +63,9 @@ func (c *Cluster) Kubeconfig() string { return c.path("admin.kubeconfig") }
 func (c *Cluster) CNIBinDir() string  { return c.path("cni", "bin") }
 func (c *Cluster) CNIConfDir() string { return c.path("cni", "net.d") }
 
+// KubeletDir is kubelet's --root-dir: pods' volumes are under it.
+func (c *Cluster) KubeletDir() string { return c.path("kubelet") }
+
 // ConsulHTTPAddr is the node's Consul client agent, as pods see it.
 func ConsulHTTPAddr() string { return fmt.Sprintf("%s:%d", NodeIP, ConsulHTTPPort) }
 

@@ -30,6 +30,9 @@ const (
 	ConsulImage       = "localhost/meshlet/consul:dev"
 	MeshletImage      = "localhost/meshlet/meshlet:dev"
 	CoreDNSImage      = "localhost/meshlet/coredns:dev"
+	// EnvoyStandInImage takes Envoy's place in data plane envoy's pods:
+	// no Envoy can run here (testdata/envoy-standin.sh says what it does).
+	EnvoyStandInImage = "localhost/meshlet/envoy-standin:dev"
 )
 
 const busyboxPath = "/bin/busybox"
@@ -77,6 +80,8 @@ func (c *Cluster) imageSpecs() ([]imageSpec, error) {
 			// otherwise (only the node agent does).
 			user: "65532:65532"},
 		{ref: CoreDNSImage, files: []imageFile{{path: "coredns", src: c.bin("coredns")}}, entrypoint: []string{"/coredns"}},
+		{ref: EnvoyStandInImage, files: append(slices.Clone(shell), imageFile{path: "usr/local/bin/envoy",
+			src: filepath.Join(c.Root, "test", "e2e", "cluster", "testdata", "envoy-standin.sh")})},
 	}, nil
 }
 

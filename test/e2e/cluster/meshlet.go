@@ -59,7 +59,7 @@ func (c *Cluster) MeshletValues() map[string]any {
 func secureConsulValues() map[string]any {
 	return map[string]any{
 		"tls": map[string]any{
-			"enabled": true, "httpsPort": ConsulHTTPSPort,
+			"enabled": true, "httpsPort": ConsulHTTPSPort, "grpcPort": ConsulGRPCTLSPort,
 			"caCert": map[string]any{"secretName": ConsulCASecret, "key": ConsulCASecretKey},
 		},
 		"acl": map[string]any{

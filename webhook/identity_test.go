@@ -84,7 +84,9 @@ func TestConfigACLAuthMethod(t *testing.T) {
 	if err := consulCfg(func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" }).Validate(); err != nil {
 		t.Errorf("auth method with data plane consul: %v", err)
 	}
-	envoy := consulCfg(func(c *Config) { c.DataPlane, c.EnvoyImage, c.ACLAuthMethod, c.MeshletImage = DataPlaneEnvoy, "envoy", "meshlet-k8s", "meshlet.local/meshlet:dev" })
+	envoy := consulCfg(func(c *Config) {
+		c.DataPlane, c.EnvoyImage, c.ACLAuthMethod, c.MeshletImage = DataPlaneEnvoy, "envoy", "meshlet-k8s", "meshlet.local/meshlet:dev"
+	})
 	if err := envoy.Validate(); err != nil {
 		t.Errorf("auth method with data plane envoy: %v", err)
 	}

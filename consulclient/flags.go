@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -30,6 +31,10 @@ type Flags struct {
 	// CAPEM is the CA in PEM from $CONSUL_CACERT_PEM, as the webhook gives
 	// it to a sidecar, in place of a file: no flag, the PEM is too long.
 	CAPEM string
+	// Roots, set by code, verifies the agent's certificate instead of the
+	// CA: the CA and the Connect CA's roots, kept current
+	// (NewConnectRoots).
+	Roots *ConnectRoots
 }
 
 // Register adds -http-addr, -ca-file, -tls-server-name and -token-file to
@@ -84,6 +89,10 @@ func (f Flags) Client(timeout time.Duration) (*capi.Client, error) {
 	hc, err := capi.NewHttpClient(cc.Transport, cc.TLSConfig)
 	if err != nil {
 		return nil, fmt.Errorf("consul client for %s: %w", f.Addr, err)
+	}
+	if f.Roots != nil {
+		cc.Scheme = "https"
+		hc = &http.Client{Transport: f.Roots.Transport(f.ServerName)}
 	}
 	hc.Timeout = timeout
 	cc.HttpClient = hc

@@ -33,6 +33,7 @@ type options struct {
 	leaseName  string
 	kubeconfig string
 	consul     consulclient.Flags
+	servers    consulclient.ServerFlags
 	log        logs.Flags
 }
 
@@ -48,6 +49,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.leaseName, "lease-name", "meshlet-token-reaper", "the leader election's Lease: only its holder reaps")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig; empty: in-cluster")
 	o.consul.Register(fs, "with acl = \"write\" (deploy/consul/token-reaper-policy.hcl)")
+	o.servers.Register(fs)
 	o.log.Register(fs)
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -60,7 +62,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 
 // validate names every bad flag and what was expected.
 func (o options) validate() error {
-	var errs []error
+	errs := []error{o.servers.Validate()}
 	if o.cfg.AuthMethod == "" {
 		errs = append(errs, errors.New("-auth-method is empty: give the Consul auth method the sidecars log in with (consul.acl.authMethod)"))
 	}
@@ -116,6 +118,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	kube, err := kubeclient.New(rc)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	if err := o.consul.UseConnectRoots(ctx, o.servers, log); err != nil {
+		return err
 	}
 	consul, err := o.consul.Client(consulTimeout)
 	if err != nil {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ type options struct {
 	cfg        Config
 	kubeconfig string
 	consul     consulclient.Flags
+	servers    consulclient.ServerFlags
 	log        logs.Flags
 }
 
@@ -41,6 +43,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig; empty: in-cluster")
 
 	o.consul.Register(fs, "for registrations")
+	o.servers.Register(fs)
 
 	n := &c.CNI
 	fs.BoolVar(&n.Enabled, "cni-install", true, "install meshlet-cni on the node and keep it chained")
@@ -72,7 +75,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	return o, o.consul.Validate()
+	return o, errors.Join(o.consul.Validate(), o.servers.Validate())
 }
 
 // restConfig is the node agent's own API access; the plugin's API server URL
@@ -128,6 +131,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	cs, err := kubeclient.New(rc)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	if err := o.consul.UseConnectRoots(ctx, o.servers, log); err != nil {
+		return err
 	}
 	consul, err := o.consul.Client(consulTimeout)
 	if err != nil {

@@ -140,6 +140,21 @@ var valueSets = map[string]valueSet{
 				{Name: "consul-token", MountPath: "/consul/acl", ReadOnly: true}})
 		},
 	},
+	"connect-roots.yaml": {
+		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "acl-auth-method": {"consul-k8s-auth-method"}, "node-agent-port": {"9402"},
+			"consul-https-port": {"8501"}, "consul-grpc-tls-port": {"8503"}, "consul-ca-file": {"/consul/tls/ca.crt"},
+			"consul-server-addr": {"consul-server.consul.svc:8501"}, "consul-server-tls-server-name": {"server.dc1.consul"}},
+		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
+			"token-file": {"/consul/acl/token"},
+			"consul-server-addr": {"consul-server.consul.svc:8501"}, "consul-server-tls-server-name": {"server.dc1.consul"}},
+		reaper: true,
+		check: func(t *testing.T, r rendering) {
+			args := container(t, r.reaper.Spec.Template.Spec, "reaper").Args
+			if i := slices.Index(args, "-consul-server-addr"); i < 0 || i+1 >= len(args) || args[i+1] != "consul-server.consul.svc:8501" {
+				t.Errorf("reaper args %q: want -consul-server-addr consul-server.consul.svc:8501", args)
+			}
+		},
+	},
 	"acl-reaper.yaml": {
 		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "meshlet-image": {"registry.example/meshlet/meshlet:v0.2.0"},
 			"acl-auth-method": {"consul-k8s-auth-method"}, "node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"},

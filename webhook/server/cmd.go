@@ -18,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 
+	"github.com/meshlet/meshlet/consulclient"
 	"github.com/meshlet/meshlet/kubeclient"
 	"github.com/meshlet/meshlet/logs"
 	"github.com/meshlet/meshlet/webhook"
@@ -44,6 +45,7 @@ type options struct {
 	log          logs.Flags
 	shutdown     time.Duration
 	consulCA     string // file of the Consul agent's CA
+	servers      consulclient.ServerFlags
 }
 
 // resourceFlags are the sidecar's default resources, one flag each;
@@ -120,6 +122,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&c.AgentTLS.GRPCPort, "consul-grpc-tls-port", 0, "the node's Consul client agent gRPC TLS port (8503), on the node's IP, for data plane envoy's Envoy with -consul-https-port; 0: none")
 	fs.StringVar(&o.consulCA, "consul-ca-file", "", "the CA of the Consul agent's HTTPS certificate (PEM), given to the sidecars in their environment, for -consul-https-port")
 	fs.StringVar(&c.AgentTLS.ServerName, "consul-tls-server-name", "", "the name the sidecars check in the Consul agent's certificate; empty: the node's IP")
+	o.servers.Register(fs)
 	fs.IntVar(&c.NodeAgentPort, "node-agent-port", c.NodeAgentPort, "meshlet's node agent's HTTP port on the node's IP (agent.port), where data plane meshlet's sidecars report a refused login")
 	fs.StringVar(&c.ACLAuthMethod, "acl-auth-method", c.ACLAuthMethod, "the Consul Kubernetes auth method sidecars log in with (consul.acl.authMethod); empty: Consul without ACLs. With one, a pod's Consul service must be named like its ServiceAccount")
 
@@ -149,6 +152,12 @@ func flags(args []string, stderr io.Writer) (options, error) {
 
 // finish validates what the flag package cannot.
 func (o *options) finish() error {
+	if err := o.servers.Validate(); err != nil {
+		return err
+	}
+	if o.servers.Addr != "" && o.consulCA == "" {
+		return fmt.Errorf("-consul-server-addr %s needs -consul-ca-file, the CA that verifies the Consul servers and the client agents", o.servers.Addr)
+	}
 	if o.consulCA != "" {
 		pem, err := readCA(o.consulCA)
 		if err != nil {
@@ -230,6 +239,19 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := o.cfg.Validate(); err != nil {
 		return fmt.Errorf("configuration: %w", err)
 	}
+	var roots *consulclient.ConnectRoots
+	if o.servers.Addr != "" {
+		// A sidecar handed the chart's CA alone could not verify a client
+		// agent whose certificate the Connect CA signed: no pod is
+		// injected before the roots are in the bundle.
+		if roots, err = consulclient.NewConnectRoots(o.servers, []byte(o.cfg.AgentTLS.CAPEM)); err != nil {
+			return err
+		}
+		if err := roots.Wait(ctx, log); err != nil {
+			return err
+		}
+		go roots.Run(ctx, consulclient.RootsRefresh, log)
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var src CertSource
@@ -247,7 +269,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	s := &Server{
-		Handler:       &Handler{Config: o.cfg, Log: log, Metrics: NewMetrics(reg, o.cfg.DataPlane)},
+		Handler:       &Handler{Config: o.cfg, Roots: roots, Log: log, Metrics: NewMetrics(reg, o.cfg.DataPlane)},
 		Certs:         src,
 		Registry:      reg,
 		Log:           log,

@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/meshlet/meshlet/consulclient"
 	"github.com/meshlet/meshlet/webhook"
 )
 
@@ -25,7 +26,11 @@ const maxReviewBytes = 4 << 20
 
 // Handler answers AdmissionReviews for pods.
 type Handler struct {
-	Config  webhook.Config
+	Config webhook.Config
+	// Roots, when set, is the CA bundle the sidecars get (the Consul CA
+	// and the Connect CA's roots, kept current) in place of
+	// Config.AgentTLS.CAPEM.
+	Roots   *consulclient.ConnectRoots
 	Log     *slog.Logger
 	Metrics *Metrics // nil: no metrics
 }
@@ -88,7 +93,11 @@ func (h *Handler) review(req *admissionv1.AdmissionRequest) (*admissionv1.Admiss
 		return resp, resultError, nil
 	}
 	log := h.Log.With("namespace", req.Namespace, "pod", podName(&pod, req), "uid", req.UID)
-	res := webhook.Mutate(&pod, req.Namespace, h.Config)
+	cfg := h.Config
+	if h.Roots != nil {
+		cfg.AgentTLS.CAPEM = h.Roots.BundlePEM()
+	}
+	res := webhook.Mutate(&pod, req.Namespace, cfg)
 	resp.Warnings = res.Warnings
 	switch {
 	case res.Denied != nil:

@@ -116,6 +116,7 @@ reads "-flag false" as -flag followed by an argument.
 - -consul-tls-server-name
 - {{ . | quote }}
 {{- end }}
+{{- include "meshlet.consulServerArgs" . }}
 {{- end }}
 - -default-sidecar-proxy-cpu-request
 - {{ include "meshlet.quantity" (($res.requests | default dict).cpu) | quote }}
@@ -196,8 +197,23 @@ name.
 - -tls-server-name
 - {{ $c.tls.serverName | quote }}
 {{- end }}
+{{- include "meshlet.consulServerArgs" . }}
 {{- else }}
 - {{ printf "$(HOST_IP):%d" (int $c.httpPort) | quote }}
+{{- end }}
+{{- end }}
+
+{{/* Where the Connect CA's roots are fetched: with TLS, a CA and
+consul.servers.address. */}}
+{{- define "meshlet.consulServerArgs" -}}
+{{- $c := .Values.consul }}
+{{- if and $c.tls.enabled (or $c.tls.caCert.secretName $c.tls.caCert.configMapName) $c.servers.address }}
+- -consul-server-addr
+- {{ $c.servers.address | quote }}
+{{- with $c.servers.tlsServerName }}
+- -consul-server-tls-server-name
+- {{ . | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 
@@ -319,6 +335,9 @@ Checks the schema cannot express; each fails the render naming the value.
 {{- end }}
 {{- if and (or $ca.secretName $ca.configMapName) (not .Values.consul.tls.enabled) }}
 {{- fail "consul.tls.caCert is set but consul.tls.enabled is false: the CA would not be used" }}
+{{- end }}
+{{- if and .Values.consul.servers.address (not (and .Values.consul.tls.enabled (or $ca.secretName $ca.configMapName))) }}
+{{- fail (printf "consul.servers.address %q is set without consul.tls.enabled and consul.tls.caCert: the Connect CA's roots are fetched there over TLS verified with that CA" .Values.consul.servers.address) }}
 {{- end }}
 {{- if and .Values.consul.acl.authMethod (eq .Values.connectInject.dataPlane "envoy") (eq (toString .Values.connectInject.nativeSidecar) "false") }}
 {{- fail (printf "consul.acl.authMethod %q with connectInject.dataPlane envoy and connectInject.nativeSidecar false: Envoy's login sidecar must start before Envoy, which only native sidecars can (Kubernetes 1.29 or newer)" .Values.consul.acl.authMethod) }}

@@ -27,8 +27,11 @@ const (
 	// ConsulNamespace holds the auth method's reviewer ServiceAccount.
 	ConsulNamespace = "consul"
 	authReviewer    = "consul-auth-method"
-	// ConsulCASecret holds, under ConsulCASecretKey, the CA bundle of
-	// the client agents' certificates (the chart's consul-ca-cert, tls.crt).
+	// ConsulCASecret holds, under ConsulCASecretKey, the CA that signs the
+	// servers' certificates, as the official chart's consul-ca-cert
+	// (tls.crt) does: not the Connect CA's roots, which sign the
+	// auto-encrypt client agents' and which meshlet fetches from the
+	// servers (consul.servers.address).
 	ConsulCASecret    = "consul-ca-cert"
 	ConsulCASecretKey = "tls.crt"
 	// NodeAgentTokenSecret holds meshlet's node agent's ACL token under
@@ -155,7 +158,7 @@ func (c *Cluster) setupMeshletConsulSecrets(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	bundle, err := os.ReadFile(c.ConsulCAFile())
+	ca, err := os.ReadFile(c.secureFiles().caCert())
 	if err != nil {
 		return err
 	}
@@ -168,7 +171,7 @@ func (c *Cluster) setupMeshletConsulSecrets(ctx context.Context) error {
 		return fmt.Errorf("create namespace %s: %w", MeshletNamespace, err)
 	}
 	for _, s := range []*corev1.Secret{
-		{ObjectMeta: metav1.ObjectMeta{Name: ConsulCASecret}, Data: map[string][]byte{ConsulCASecretKey: bundle}},
+		{ObjectMeta: metav1.ObjectMeta{Name: ConsulCASecret}, Data: map[string][]byte{ConsulCASecretKey: ca}},
 		{ObjectMeta: metav1.ObjectMeta{Name: NodeAgentTokenSecret}, Data: map[string][]byte{"token": []byte(nodeAgent)}},
 		{ObjectMeta: metav1.ObjectMeta{Name: ReaperTokenSecret}, Data: map[string][]byte{"token": []byte(reaper)}},
 	} {

@@ -58,6 +58,7 @@ func (c *Cluster) MeshletValues() map[string]any {
 // token and the token reaper's (docs/operations.md).
 func secureConsulValues() map[string]any {
 	return map[string]any{
+		"servers": map[string]any{"address": ConsulServerAddr, "tlsServerName": ConsulServerName},
 		"tls": map[string]any{
 			"enabled": true, "httpsPort": ConsulHTTPSPort, "grpcPort": ConsulGRPCTLSPort,
 			"caCert": map[string]any{"secretName": ConsulCASecret, "key": ConsulCASecretKey},

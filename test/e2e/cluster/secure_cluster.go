@@ -26,12 +26,22 @@ const (
 	consulServerHTTPS = 18501
 )
 
+// ConsulServerAddr is the secure cluster's Consul server's HTTPS API as
+// pods reach it, and ConsulServerName the name in its certificate: the
+// chart's consul.servers.address and tlsServerName.
+var (
+	ConsulServerAddr = net.JoinHostPort(NodeIP, strconv.Itoa(consulServerHTTPS))
+	ConsulServerName = localSecureConsul().serverName()
+)
+
 // localSecureConsul is the secure cluster's Consul pair.
 func localSecureConsul() secureConsul {
 	return secureConsul{
 		Datacenter:  consulDatacenter,
 		AutoEncrypt: true,
-		Server: consulAgent{Node: consulServerNode, BindIP: NodeIP, ClientAddrs: []string{"127.0.0.1"},
+		// The servers' HTTPS at the node's address too: meshlet's pods
+		// fetch the Connect CA's roots there (ConsulServerAddr).
+		Server: consulAgent{Node: consulServerNode, BindIP: NodeIP, ClientAddrs: []string{"127.0.0.1", NodeIP},
 			HTTPS: consulServerHTTPS, SerfLAN: consulServerSerf, RPC: consulServerRPC},
 		Client: consulAgent{Node: NodeName, BindIP: NodeIP, ClientAddrs: []string{NodeIP, "127.0.0.1"},
 			HTTPS: ConsulHTTPSPort, GRPCTLS: ConsulGRPCTLSPort, DNS: consulClientDNS, SerfLAN: consulClientSerf},

@@ -145,7 +145,7 @@ var valueSets = map[string]valueSet{
 			"consul-https-port": {"8501"}, "consul-grpc-tls-port": {"8503"}, "consul-ca-file": {"/consul/tls/ca.crt"},
 			"consul-server-addr": {"consul-server.consul.svc:8501"}, "consul-server-tls-server-name": {"server.dc1.consul"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
-			"token-file": {"/consul/acl/token"},
+			"token-file":         {"/consul/acl/token"},
 			"consul-server-addr": {"consul-server.consul.svc:8501"}, "consul-server-tls-server-name": {"server.dc1.consul"}},
 		reaper: true,
 		check: func(t *testing.T, r rendering) {

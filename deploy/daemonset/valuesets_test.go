@@ -102,7 +102,7 @@ var valueSets = map[string]valueSet{
 	},
 	"consul-secure.yaml": {
 		webhookFlags: map[string][]string{"data-plane": {"consul"}, "acl-auth-method": {"consul-k8s-auth-method"},
-			"node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
+			"node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-grpc-tls-port": {"8503"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"}},
 	},
 	"tls-meshlet.yaml": {
@@ -128,6 +128,9 @@ var valueSets = map[string]valueSet{
 		},
 	},
 	"tls-acl.yaml": {
+		// Data plane envoy (the default) gets TLS too: gRPC TLS, the CA.
+		webhookFlags: map[string][]string{"consul-https-port": {"8501"}, "consul-grpc-tls-port": {"8503"},
+			"consul-ca-file": {"/consul/tls/ca.crt"}, "consul-tls-server-name": {"client.dc1.consul"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
 			"tls-server-name": {"client.dc1.consul"}, "token-file": {"/consul/acl/token"}},
 		check: func(t *testing.T, r rendering) {
@@ -157,7 +160,7 @@ var valueSets = map[string]valueSet{
 	},
 	"acl-reaper.yaml": {
 		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "meshlet-image": {"registry.example/meshlet/meshlet:v0.2.0"},
-			"acl-auth-method": {"consul-k8s-auth-method"}, "node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-ca-file": {"/consul/tls/ca.crt"},
+			"acl-auth-method": {"consul-k8s-auth-method"}, "node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-grpc-tls-port": {"8503"}, "consul-ca-file": {"/consul/tls/ca.crt"},
 			"consul-tls-server-name": {"client.dc1.consul"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"},
 			"tls-server-name": {"client.dc1.consul"}, "token-file": {"/consul/acl/token"}},
@@ -176,8 +179,9 @@ var valueSets = map[string]valueSet{
 		},
 	},
 	"tls-ca-configmap.yaml": {
-		webhookFlags: map[string][]string{"consul-http-port": {"18500"}, "consul-grpc-port": {"18502"}},
-		agentFlags:   map[string][]string{"http-addr": {"https://$(HOST_IP):18501"}, "ca-file": {"/consul/tls/ca.crt"}},
+		webhookFlags: map[string][]string{"consul-http-port": {"18500"}, "consul-grpc-port": {"18502"},
+			"consul-https-port": {"18501"}, "consul-grpc-tls-port": {"8503"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
+		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):18501"}, "ca-file": {"/consul/tls/ca.crt"}},
 		check: func(t *testing.T, r rendering) {
 			checkConsulVolumes(t, r, []corev1.Volume{
 				{Name: "consul-ca", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
@@ -294,10 +298,18 @@ func checkConsulVolumes(t *testing.T, r rendering, extraVolumes []corev1.Volume,
 			t.Errorf("env %s comes from a Secret: the token is mounted as a file", e.Name)
 		}
 	}
-	// Nothing of it reaches the webhook, which has no flag for it.
+	// The webhook gets the CA, which it hands the sidecars, and never the
+	// token.
 	w := container(t, r.webhook.Spec.Template.Spec, "webhook")
-	if len(r.webhook.Spec.Template.Spec.Volumes) != 0 || len(w.VolumeMounts) != 0 {
-		t.Error("the webhook mounts the Consul CA or token")
+	for _, v := range r.webhook.Spec.Template.Spec.Volumes {
+		if v.Name != "consul-ca" {
+			t.Errorf("the webhook mounts volume %s: only the Consul CA may reach it", v.Name)
+		}
+	}
+	for _, m := range w.VolumeMounts {
+		if m.Name != "consul-ca" || m.MountPath != "/consul/tls" {
+			t.Errorf("the webhook mounts %s at %s: only the Consul CA may reach it", m.Name, m.MountPath)
+		}
 	}
 }
 

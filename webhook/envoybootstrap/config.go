@@ -135,7 +135,7 @@ func (c Config) check() error {
 		errs = append(errs, fmt.Errorf("token %q contains NUL, CR or LF, which an HTTP header value cannot hold", c.Token))
 	}
 	if c.TokenFromLogin && c.Token != "" {
-		errs = append(errs, fmt.Errorf("token %q with TokenFromLogin: the token comes from the login sidecar's file", c.Token))
+		errs = append(errs, errors.New("both a Token and TokenFromLogin: the token comes from the login sidecar's file"))
 	}
 	if c.AgentServerName != "" && c.AgentCAPEM == "" {
 		errs = append(errs, fmt.Errorf("AgentServerName %q without AgentCAPEM: a server name is checked only over TLS", c.AgentServerName))

@@ -33,13 +33,15 @@ var absent = absentT{}
 // local_agent cluster in lowerCamelCase (loadAssignment, clusterName,
 // lbEndpoints) where we use the proto names. Proto JSON parsers accept
 // both for the same field, so keys are compared after snakeKeys.
-var consulDifferences = []struct {
+type consulDifference struct {
 	path   string
 	consul any  // what Consul prints at path
 	ours   any  // what YAML() prints at path
 	wrap   bool // instead: Consul prints one object where we print a one-element list, compared element-wise
 	reason string
-}{
+}
+
+var consulDifferences = []consulDifference{
 	{
 		path:   "static_resources.clusters[0].ignore_health_on_host_removal",
 		consul: false, ours: absent,
@@ -143,9 +145,11 @@ func TestSameProtoAsConsul(t *testing.T) {
 	}
 }
 
-func readConsulFixture(t *testing.T) any {
+func readConsulFixture(t *testing.T) any { return readFixture(t, consulFixture) }
+
+func readFixture(t *testing.T, path string) any {
 	t.Helper()
-	raw, err := os.ReadFile(consulFixture)
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("%v (docs/envoy-bootstrap.md says how to capture it)", err)
 	}
@@ -198,9 +202,15 @@ func snakeKeys(v any) any {
 // consulDifferences does not document, and the documented paths that
 // did not occur.
 func compareWithConsul(consul, ours any) (diffs, unused []string) {
+	return compareWith(consul, ours, consulDifferences)
+}
+
+// compareWith is compareWithConsul with known as the documented
+// differences.
+func compareWith(consul, ours any, known []consulDifference) (diffs, unused []string) {
 	used := map[string]bool{}
-	diffs = diff("", consul, ours, used)
-	for _, d := range consulDifferences {
+	diffs = diff("", consul, ours, known, used)
+	for _, d := range known {
 		if !used[d.path] {
 			unused = append(unused, d.path)
 		}
@@ -208,8 +218,8 @@ func compareWithConsul(consul, ours any) (diffs, unused []string) {
 	return diffs, unused
 }
 
-func diff(path string, consul, ours any, used map[string]bool) []string {
-	for _, d := range consulDifferences {
+func diff(path string, consul, ours any, known []consulDifference, used map[string]bool) []string {
+	for _, d := range known {
 		if d.path != path {
 			continue
 		}
@@ -217,7 +227,7 @@ func diff(path string, consul, ours any, used map[string]bool) []string {
 			if l, ok := ours.([]any); ok && len(l) == 1 {
 				if _, isObj := consul.(map[string]any); isObj {
 					used[path] = true
-					return diff(path+"[0]", consul, l[0], used)
+					return diff(path+"[0]", consul, l[0], known, used)
 				}
 			}
 		} else if reflect.DeepEqual(consul, d.consul) && reflect.DeepEqual(ours, d.ours) {
@@ -252,7 +262,7 @@ func diff(path string, consul, ours any, used map[string]bool) []string {
 			if !ok {
 				o = absent
 			}
-			out = append(out, diff(joinPath(path, k), c, o, used)...)
+			out = append(out, diff(joinPath(path, k), c, o, known, used)...)
 		}
 		return out
 	}
@@ -267,7 +277,7 @@ func diff(path string, consul, ours any, used map[string]bool) []string {
 		}
 		var out []string
 		for i := range cl {
-			out = append(out, diff(fmt.Sprintf("%s[%d]", path, i), cl[i], ol[i], used)...)
+			out = append(out, diff(fmt.Sprintf("%s[%d]", path, i), cl[i], ol[i], known, used)...)
 		}
 		return out
 	}

@@ -1,6 +1,7 @@
 package envoybootstrap
 
 import (
+	"strings"
 	"testing"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -85,5 +86,51 @@ func TestCheckRefusesTLSAndLoginMistakes(t *testing.T) {
 		if _, err := b.YAML(); err == nil {
 			t.Errorf("%s: YAML() = nil error, want a refusal", name)
 		}
+	}
+}
+
+// consulTLSFixture is `consul connect envoy -bootstrap` for the captured
+// proxy over TLS (-grpc-addr https://…:8503, -grpc-ca-file
+// testdata/agent-ca.pem) with a token; docs/envoy-bootstrap.md says how
+// it was made, and TestSecureModeEnvoyBootstrapFixtureIsConsuls (e2e)
+// that it is still what Consul prints.
+const (
+	consulTLSFixture = "testdata/consul-bootstrap-tls.json"
+	fixtureToken     = "11111111-2222-4333-8444-555555555555"
+)
+
+// TestLoginBootstrapMatchesConsul: the bootstrap Envoy runs with on a
+// Consul with ACLs and TLS (the webhook's YAML merged into the login
+// sidecar's file, for the same proxy, CA and token) is what Consul prints
+// for it, but for the differences documented for the plain bootstrap.
+func TestLoginBootstrapMatchesConsul(t *testing.T) {
+	b := inPodSecure()
+	b.AgentServerName = "" // Consul's bootstrap has no SNI and checks no name
+	file, err := contract.EnvoyADSBootstrap(fixtureToken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bs bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal(file, &bs); err != nil {
+		t.Fatal(err)
+	}
+	proto.Merge(&bs, parse(t, kubeletExpand(yamlOf(t, b), podEnv)))
+	js, err := protojson.MarshalOptions{UseProtoNames: true}.Marshal(&bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var known []consulDifference
+	for _, d := range consulDifferences {
+		// The token is there: no empty value to leave out.
+		if !strings.HasSuffix(d.path, ".initial_metadata[0].value") {
+			known = append(known, d)
+		}
+	}
+	diffs, unused := compareWith(readFixture(t, consulTLSFixture), generic(t, string(js)), known)
+	for _, d := range diffs {
+		t.Errorf("differs from Consul's output: %s", d)
+	}
+	for _, p := range unused {
+		t.Errorf("documented difference at %s no longer occurs", p)
 	}
 }

@@ -51,7 +51,10 @@ func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod)
 	for _, k := range p.unknown {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s is not implemented by meshlet and has no effect", k))
 	}
-	if err := errors.Join(checkPod(pod), checkIdentity(pod, p.service, cfg)); err != nil {
+	if _, ok := pod.Annotations[contract.EnvoyExtraArgs]; ok && cfg.DataPlane != DataPlaneEnvoy {
+		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s has no effect: this cluster's data plane is %s, which runs no Envoy", contract.EnvoyExtraArgs, cfg.DataPlane))
+	}
+	if err := errors.Join(checkPod(pod), checkIdentity(pod, p.service, cfg), checkPortUses(pod, p, cfg)); err != nil {
 		return Result{Denied: err}, nil
 	}
 	pl := placeSidecar(pod, cfg)
@@ -210,6 +213,12 @@ func consulNamespace(k8sNamespace string, c ConsulNamespaces) string {
 	return "default"
 }
 
+// upstreamEnvName is the prefix of an upstream's environment variables:
+// its service name upper-cased, '-' and '.' as '_' (consul-k8s' names).
+func upstreamEnvName(u contract.Upstream) string {
+	return strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(u.Name))
+}
+
 // addUpstreamEnv gives every container and init container
 // <NAME>_CONNECT_SERVICE_HOST and _PORT for each upstream.
 func addUpstreamEnv(pod *corev1.Pod, ups []contract.Upstream) {
@@ -218,7 +227,7 @@ func addUpstreamEnv(pod *corev1.Pod, ups []contract.Upstream) {
 	}
 	var env []corev1.EnvVar
 	for _, u := range ups {
-		name := strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(u.Name))
+		name := upstreamEnvName(u)
 		env = append(env,
 			corev1.EnvVar{Name: name + "_CONNECT_SERVICE_HOST", Value: "127.0.0.1"},
 			corev1.EnvVar{Name: name + "_CONNECT_SERVICE_PORT", Value: strconv.Itoa(u.LocalPort)})

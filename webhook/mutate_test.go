@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -151,6 +152,8 @@ var goldenCases = []struct {
 		c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n", ServerName: "client.dc1.consul"}
 	})},
 	{"meshlet-metrics", app(on(contract.EnableMetrics, "true")), "shop", meshletCfg()},
+	// Envoy's arguments with a data plane that runs no Envoy: a warning.
+	{"meshlet-envoy-extra-args", app(on(contract.EnvoyExtraArgs, "--log-level debug")), "shop", meshletCfg()},
 	// A plain-container sidecar that holds the app: first in the list.
 	{"meshlet-regular-container", app(on()), "shop", meshletCfg(func(c *Config) { c.NativeSidecar = false })},
 	// -native-sidecar true: native even where a regular container is faster.
@@ -213,9 +216,12 @@ func TestMutateGolden(t *testing.T) {
 	}
 }
 
-// TestMutateTwiceChangesNothing: the webhook run on its own output admits
-// it unchanged, for every case it injects.
-func TestMutateTwiceChangesNothing(t *testing.T) {
+// TestMutateTwiceDenies: the webhook's own output submitted again (a pod
+// made from an injected pod's spec) carries a registration this admission
+// did not write: it is denied, naming the annotation, for every case it
+// injects, and never injected twice. (The webhook is never reinvoked:
+// reinvocationPolicy Never.)
+func TestMutateTwiceDenies(t *testing.T) {
 	for _, tc := range goldenCases {
 		res := Mutate(tc.pod, tc.ns, tc.cfg)
 		if res.Patch == nil {
@@ -223,8 +229,29 @@ func TestMutateTwiceChangesNothing(t *testing.T) {
 		}
 		injected := applyPatch(t, tc.pod, res)
 		again := Mutate(injected, tc.ns, tc.cfg)
-		if again.Patch != nil || again.Denied != nil || again.Skipped != "already injected" {
+		if again.Patch != nil || again.Denied == nil || !strings.Contains(again.Denied.Error(), contract.RegistrationKey+": ") ||
+			!strings.Contains(again.Denied.Error(), "never copied") {
 			t.Errorf("%s: second pass: patch %v, denied %v, skipped %q", tc.name, again.Patch, again.Denied, again.Skipped)
+		}
+	}
+}
+
+// TestOtherInjectorsPods: a pod consul-k8s injected (its status, its
+// redirect config, no meshlet registration) is admitted as it is, and
+// said to be another injector's.
+func TestOtherInjectorsPods(t *testing.T) {
+	for name, ann := range map[string]map[string]string{
+		"CNI mode": {contract.InjectStatus: "injected", contract.TProxyStatus: "enabled",
+			contract.RedirectConfig: `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001}`},
+		"init container mode": {contract.InjectStatus: "injected", contract.TProxyStatus: "enabled"},
+	} {
+		res := Mutate(app(on(), func(p *corev1.Pod) {
+			for k, v := range ann {
+				p.Annotations[k] = v
+			}
+		}), "shop", DefaultConfig())
+		if res.Patch != nil || res.Denied != nil || res.Skipped != SkippedOtherInjector {
+			t.Errorf("%s: patch %v, denied %v, skipped %q; want admitted as another injector's", name, res.Patch, res.Denied, res.Skipped)
 		}
 	}
 }
@@ -341,7 +368,7 @@ func TestMutateDenies(t *testing.T) {
 		{"quantity with a tiny exponent", app(on(contract.SidecarCPURequest, "1e-777777773")),
 			[]string{`consul.hashicorp.com/sidecar-proxy-cpu-request: "1e-777777773": expected a resource quantity`}},
 		{"limit below request", app(on(contract.SidecarCPULimit, "10m", contract.SidecarCPURequest, "20m")),
-			[]string{"sidecar cpu limit 10m is below its request 20m"}},
+			[]string{"sidecar cpu limit 10m (annotation consul.hashicorp.com/sidecar-proxy-cpu-limit) is below its request 20m (annotation consul.hashicorp.com/sidecar-proxy-cpu-request)"}},
 		{"metrics port", app(on(contract.PrometheusScrapePort, "x")),
 			[]string{`consul.hashicorp.com/prometheus-scrape-port: "x": expected a port number`}},
 		{"metrics path", app(on(contract.PrometheusScrapePath, "metrics")),
@@ -351,6 +378,19 @@ func TestMutateDenies(t *testing.T) {
 		{"extra args with a bootstrap", app(on(contract.EnvoyExtraArgs, `--log-level debug --config-path=/etc/envoy.yaml`)),
 			[]string{"consul.hashicorp.com/envoy-extra-args", "expected arguments other than --config-path: the webhook gives Envoy its bootstrap"}},
 		{"empty meta key", app(on(contract.ServiceMetaPrefix, "x")), []string{"expected a meta key after"}},
+		{"meta key with a dot", app(on(contract.ServiceMetaPrefix+"team.name", "x")),
+			[]string{`the meta key "team.name" must be letters, digits, '-' and '_', at most 128 characters`}},
+		{"meta key too long", app(on(contract.ServiceMetaPrefix+strings.Repeat("k", 129), "x")), []string{"at most 128 characters"}},
+		{"meta key Consul reserves", app(on(contract.ServiceMetaPrefix+"consul-version", "x")), []string{`"consul-version" starts with "consul-", which Consul reserves`}},
+		{"meta key meshlet writes", app(on(contract.ServiceMetaPrefix+"pod-name", "x")), []string{`the meta key "pod-name" is written by meshlet`}},
+		{"meta value too long", app(on(contract.ServiceMetaPrefix+"notes", strings.Repeat("v", 513))), []string{"a meta value is at most 512 characters (Consul's limit); this one has 513"}},
+		{"too many meta pairs", app(func() map[string]string {
+			m := on()
+			for i := range 61 {
+				m[fmt.Sprintf("%sk%d", contract.ServiceMetaPrefix, i)] = "v"
+			}
+			return m
+		}()), []string{"61 consul.hashicorp.com/service-meta-* annotations: Consul takes 64 meta pairs on a service and meshlet writes 4, so at most 60"}},
 		{"app as the proxy UID (pod)", app(on(), func(p *corev1.Pod) { p.Spec.SecurityContext.RunAsUser = ptr.To(int64(5995)) }),
 			[]string{`container "web" runs as UID 5995, the sidecar proxy's UID`}},
 		{"app as the proxy UID (container)", app(on(), func(p *corev1.Pod) {
@@ -423,9 +463,21 @@ func TestMutateUpstreamOnProxyPort(t *testing.T) {
 		{"the scrape port", consulCfg(), []string{contract.Upstreams, "db:9102", contract.EnableMetrics, "true", contract.PrometheusScrapePort, "9102"},
 			`local port 9102 is the proxy's metrics port (prometheus-scrape-port)`},
 		{"the second of two", consulCfg(), []string{contract.Upstreams, "a:1234, b:20000"}, `"b:20000": local port 20000`},
+		{"a rewritten probe's expose listener", meshletCfg(), []string{contract.Upstreams, "db:20400"},
+			`"db:20400": local port 20400 is the expose listener of container "web"'s readiness probe in the pod`},
+		{"an expose port no probe uses", meshletCfg(), []string{contract.Upstreams, "db:20300"}, ""},
+		{"expose ports with probes left alone", meshletCfg(), []string{contract.Upstreams, "db:20400", contract.OverwriteProbes, "false"}, ""},
+		{"the scrape port on the inbound port", meshletCfg(), []string{contract.EnableMetrics, "true", contract.PrometheusScrapePort, "20000"},
+			`consul.hashicorp.com/prometheus-scrape-port: "20000": port 20000 is the proxy's inbound port in the pod`},
+		{"the merged port on the scrape port", meshletCfg(), []string{contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true",
+			contract.PrometheusScrapePort, "9102", contract.MergedMetricsPort, "9102"},
+			`consul.hashicorp.com/merged-metrics-port: "9102": port 9102 is the proxy's metrics port (prometheus-scrape-port) in the pod`},
+		{"an upstream on the merged port", meshletCfg(), []string{contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true",
+			contract.MergedMetricsPort, "20100", contract.Upstreams, "db:20100"},
+			`"db:20100": local port 20100 is the merged metrics port (merged-metrics-port) in the pod`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res := Mutate(app(on(tc.ann...)), "shop", tc.cfg)
+			res := Mutate(app(on(tc.ann...), withReadinessProbe), "shop", tc.cfg)
 			switch {
 			case tc.want == "" && res.Denied != nil:
 				t.Fatalf("denied: %v", res.Denied)
@@ -436,6 +488,30 @@ func TestMutateUpstreamOnProxyPort(t *testing.T) {
 				t.Fatalf("denial %q does not say %q", res.Denied, tc.want)
 			}
 		})
+	}
+}
+
+func withReadinessProbe(p *corev1.Pod) {
+	p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
+		HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromString("http")}}}
+}
+
+// TestMutateUpstreamEnvCollisions: two upstreams whose environment
+// variables would be the same are denied, naming both.
+func TestMutateUpstreamEnvCollisions(t *testing.T) {
+	for _, tc := range []struct{ ups, want string }{
+		{"db:1234, db:1235:dc2", `"db:1235:dc2": its environment variables DB_CONNECT_SERVICE_HOST and _PORT would be "db:1234"'s too`},
+		{"a-b:1234, a_b:1235", `"a_b:1235": its environment variables A_B_CONNECT_SERVICE_HOST and _PORT would be "a-b:1234"'s too`},
+		{"db.ns1:1234, db.ns2:1235", `"db.ns2:1235": its environment variables DB_CONNECT_SERVICE_HOST`},
+		{"db:1234, db-2:1235", ""},
+	} {
+		res := Mutate(app(on(contract.Upstreams, tc.ups)), "shop", meshletCfg())
+		switch {
+		case tc.want == "" && res.Denied != nil:
+			t.Errorf("%s: denied: %v", tc.ups, res.Denied)
+		case tc.want != "" && (res.Denied == nil || !strings.Contains(res.Denied.Error(), tc.want)):
+			t.Errorf("%s: %v, want a denial saying %s", tc.ups, res.Denied, tc.want)
+		}
 	}
 }
 

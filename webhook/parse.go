@@ -3,6 +3,7 @@ package webhook
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"slices"
 	"strconv"
@@ -128,7 +129,6 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 	check(parseResources(ann, &p.resources))
 	p.metrics, err = parseMetrics(ann, cfg.Metrics)
 	check(err)
-	check(checkUpstreamPorts(p, cfg))
 	for _, k := range []string{contract.TProxyStatus, contract.RedirectConfig, contract.RegistrationKey} {
 		// Only meshlet writes these, at injection. Kept from the pod
 		// template when transparent proxy is off, a redirect config would
@@ -144,33 +144,6 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 	}
 	slices.Sort(p.unknown)
 	return p, errors.Join(errs...)
-}
-
-// checkUpstreamPorts refuses an upstream whose local port is one the
-// sidecar itself listens on in the pod (the inbound port on all
-// addresses, the outbound one with transparent proxy, Envoy's admin port,
-// meshlet-proxy's metrics): the proxy could not start.
-func checkUpstreamPorts(p parsed, cfg Config) error {
-	taken := map[int]string{contract.ProxyInboundPort: "the proxy's inbound port"}
-	if p.tproxy {
-		taken[contract.ProxyOutboundPort] = "the proxy's transparent outbound port"
-	}
-	switch {
-	case cfg.DataPlane == DataPlaneEnvoy:
-		taken[contract.EnvoyAdminPort] = "Envoy's admin port"
-	case cfg.DataPlane == DataPlaneMeshlet && p.metrics == nil:
-		taken[contract.ProxyMetricsPort] = "the proxy's metrics port"
-	}
-	if p.metrics != nil {
-		taken[p.metrics.ScrapePort] = "the proxy's metrics port (prometheus-scrape-port)"
-	}
-	var errs []error
-	for i, u := range p.upstreams {
-		if what, ok := taken[u.LocalPort]; ok {
-			errs = append(errs, invalid{contract.Upstreams, p.upstreamsAsWritten[i], fmt.Sprintf("local port %d is %s in the pod", u.LocalPort, what)})
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // parseBool takes what strconv.ParseBool takes, as consul-k8s does.
@@ -189,7 +162,7 @@ var nameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$`
 func parseServiceName(key, v string) (string, error) {
 	v = strings.TrimSpace(v)
 	if !nameRE.MatchString(v) {
-		return "", invalid{key, v, "expected a service name: letters, digits, '-' and '_', at most 63 characters"}
+		return "", invalid{key, v, "expected a service name: letters, digits, '-' and '_', starting and ending with a letter or digit, at most 63 characters"}
 	}
 	return v, nil
 }
@@ -240,6 +213,7 @@ func parseUpstreams(v string) (ups []contract.Upstream, asWritten []string, err 
 	const key = contract.Upstreams
 	var errs []error
 	ports := map[int]string{}
+	envs := map[string]string{}
 	for _, e := range iptables.SplitList(v) {
 		u, err := parseUpstream(e)
 		if err != nil {
@@ -250,7 +224,13 @@ func parseUpstreams(v string) (ups []contract.Upstream, asWritten []string, err 
 			errs = append(errs, invalid{key, e, fmt.Sprintf("local port %d is already taken by %q", u.LocalPort, other)})
 			continue
 		}
-		ports[u.LocalPort] = e
+		// The app finds each upstream by its environment variables; two
+		// upstreams with the same would leave one of them unreachable.
+		if other, dup := envs[upstreamEnvName(u)]; dup {
+			errs = append(errs, invalid{key, e, fmt.Sprintf("its environment variables %s_CONNECT_SERVICE_HOST and _PORT would be %q's too: the app could reach only one; drop one of the two", upstreamEnvName(u), other)})
+			continue
+		}
+		ports[u.LocalPort], envs[upstreamEnvName(u)] = e, e
 		ups, asWritten = append(ups, u), append(asWritten, e)
 	}
 	return ups, asWritten, errors.Join(errs...)
@@ -275,18 +255,18 @@ func parseUpstream(e string) (contract.Upstream, error) {
 	default:
 		name, ns, hasNS := strings.Cut(parts[0], ".")
 		if hasNS && !nameRE.MatchString(ns) {
-			return u, invalid{key, e, "the namespace after the '.' must be a name: letters, digits, '-' and '_'"}
+			return u, invalid{key, e, "the namespace after the '.' must be a name: letters, digits, '-' and '_', starting and ending with a letter or digit"}
 		}
 		u.Name, u.Namespace = name, ns
 		if len(parts) == 3 {
 			if !nameRE.MatchString(parts[2]) {
-				return u, invalid{key, e, "the datacenter must be a name: letters, digits, '-' and '_'"}
+				return u, invalid{key, e, "the datacenter must be a name: letters, digits, '-' and '_', starting and ending with a letter or digit"}
 			}
 			u.Datacenter = parts[2]
 		}
 	}
 	if !nameRE.MatchString(u.Name) {
-		return u, invalid{key, e, "the service name must be letters, digits, '-' and '_'"}
+		return u, invalid{key, e, "the service name must be letters, digits, '-' and '_', starting and ending with a letter or digit"}
 	}
 	port, ok := parsePort(parts[portAt])
 	if !ok {
@@ -296,11 +276,17 @@ func parseUpstream(e string) (contract.Upstream, error) {
 	return u, nil
 }
 
+// reversedRange is a range written high:low (or high-low).
+var reversedRange = regexp.MustCompile(`^\s*([0-9]+)\s*[:-]\s*([0-9]+)\s*$`)
+
 // The list elements are read with the parsers meshlet-cni uses for the
 // redirect config, so the webhook admits exactly what the plugin applies.
 
 func checkPortOrRange(key, e string) error {
 	if _, ok := iptables.ParsePortRange(e); !ok {
+		if m := reversedRange.FindStringSubmatch(e); m != nil {
+			return invalid{key, e, fmt.Sprintf("a range low:high runs upwards: %s:%s", m[2], m[1])}
+		}
 		return invalid{key, e, "expected a port 1-65535 or a range low:high"}
 	}
 	return nil
@@ -336,22 +322,56 @@ func parseExtraArgs(v string) ([]string, error) {
 	return args, nil
 }
 
+// Consul's limits on a service's meta (its agent refuses a registration
+// past them, and the node agent's retries would never succeed): keys of
+// letters, digits, '-' and '_', at most 128 long, none starting with
+// "consul-"; values at most 512 long; at most 64 pairs, of which meshlet
+// writes its own (contract.Meta*).
+const (
+	metaKeyMax   = 128
+	metaValueMax = 512
+	metaPairsMax = 64
+)
+
+var metaKeyRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+// meshletMeta are the meta keys the node agent writes on every
+// registration: a pod's own would be overwritten.
+var meshletMeta = []string{contract.MetaNamespace, contract.MetaPodName, contract.MetaPodUID, contract.MetaManagedBy}
+
 func parseMeta(ann map[string]string) (map[string]string, error) {
 	var meta map[string]string
 	var errs []error
-	for k, v := range ann {
+	for _, k := range slices.Sorted(maps.Keys(ann)) {
 		key, ok := strings.CutPrefix(k, contract.ServiceMetaPrefix)
 		if !ok {
 			continue
 		}
-		if key == "" {
+		v := ann[k]
+		switch {
+		case key == "":
 			errs = append(errs, invalid{k, v, "expected a meta key after " + contract.ServiceMetaPrefix})
+			continue
+		case len(key) > metaKeyMax || !metaKeyRE.MatchString(key):
+			errs = append(errs, invalid{k, v, fmt.Sprintf("the meta key %q must be letters, digits, '-' and '_', at most %d characters (Consul's limit)", key, metaKeyMax)})
+			continue
+		case strings.HasPrefix(key, "consul-"):
+			errs = append(errs, invalid{k, v, fmt.Sprintf("the meta key %q starts with \"consul-\", which Consul reserves", key)})
+			continue
+		case slices.Contains(meshletMeta, key):
+			errs = append(errs, invalid{k, v, fmt.Sprintf("the meta key %q is written by meshlet on every registration; choose another key", key)})
+			continue
+		case len(v) > metaValueMax:
+			errs = append(errs, invalid{k, shorten(v), fmt.Sprintf("a meta value is at most %d characters (Consul's limit); this one has %d", metaValueMax, len(v))})
 			continue
 		}
 		if meta == nil {
 			meta = map[string]string{}
 		}
 		meta[key] = v
+	}
+	if most := metaPairsMax - len(meshletMeta); len(meta) > most {
+		errs = append(errs, fmt.Errorf("%d %s* annotations: Consul takes %d meta pairs on a service and meshlet writes %d, so at most %d", len(meta), contract.ServiceMetaPrefix, metaPairsMax, len(meshletMeta), most))
 	}
 	return meta, errors.Join(errs...)
 }
@@ -375,8 +395,12 @@ func parseResources(ann map[string]string, r *corev1.ResourceRequirements) error
 			continue
 		}
 		qty, err := parseSidecarQuantity(strings.TrimSpace(v))
-		if err != nil || qty.Sign() < 0 {
+		switch {
+		case err != nil:
 			errs = append(errs, invalid{q.key, v, "expected a resource quantity such as 100m or 128Mi"})
+			continue
+		case qty.Sign() < 0:
+			errs = append(errs, invalid{q.key, v, "a resource quantity is 0 or more, such as 100m or 128Mi"})
 			continue
 		}
 		if *q.list == nil {
@@ -384,13 +408,21 @@ func parseResources(ann map[string]string, r *corev1.ResourceRequirements) error
 		}
 		(*q.list)[q.name] = qty
 	}
+	// Where each side came from: the pod's annotation, or the chart's
+	// default the pod did not override.
+	source := func(name corev1.ResourceName, kind string) string {
+		key := contract.Prefix + "sidecar-proxy-" + string(name) + "-" + kind
+		if _, ok := ann[key]; ok {
+			return "annotation " + key
+		}
+		return "the default connectInject.sidecarProxy.resources." + kind + "s." + string(name)
+	}
 	for _, name := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
 		lim, hasLim := r.Limits[name]
 		req, hasReq := r.Requests[name]
 		if hasLim && hasReq && lim.Cmp(req) < 0 {
-			errs = append(errs, fmt.Errorf("sidecar %s limit %s is below its request %s (annotations %s, %s)",
-				name, lim.String(), req.String(), contract.Prefix+"sidecar-proxy-"+string(name)+"-limit",
-				contract.Prefix+"sidecar-proxy-"+string(name)+"-request"))
+			errs = append(errs, fmt.Errorf("sidecar %s limit %s (%s) is below its request %s (%s): raise the limit or lower the request",
+				name, lim.String(), source(name, "limit"), req.String(), source(name, "request")))
 		}
 	}
 	return errors.Join(errs...)
@@ -428,7 +460,7 @@ func parseMetrics(ann map[string]string, d MetricsDefaults) (*contract.Metrics, 
 	}{{contract.PrometheusScrapePath, &m.ScrapePath}, {contract.ServiceMetricsPath, &m.ServiceMetricsPath}} {
 		if v, ok := ann[p.key]; ok {
 			if v = strings.TrimSpace(v); !strings.HasPrefix(v, "/") || strings.ContainsAny(v, " \t?#") {
-				errs = append(errs, invalid{p.key, v, "expected an HTTP path starting with '/'"})
+				errs = append(errs, invalid{p.key, v, "expected an HTTP path starting with '/', without spaces, '?' or '#'"})
 			}
 			*p.dst = v
 		}

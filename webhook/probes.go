@@ -30,19 +30,13 @@ func overwriteProbes(pod *corev1.Pod) []contract.ExposePath {
 			probe *corev1.Probe
 			base  int
 		}{{c.LivenessProbe, livenessExposeBase}, {c.ReadinessProbe, readinessExposeBase}, {c.StartupProbe, startupExposeBase}} {
-			if pr.probe == nil || pr.probe.HTTPGet == nil {
+			if !exposable(c, pr.probe) {
 				continue
 			}
 			g := pr.probe.HTTPGet
-			if g.Scheme == corev1.URISchemeHTTPS || g.Host != "" {
-				continue // the expose path speaks plain HTTP to the pod itself
-			}
 			local := g.Port.IntValue()
 			if g.Port.Type == intstr.String {
 				local = containerPort(c, g.Port.StrVal)
-			}
-			if local == 0 {
-				continue // a named port that does not exist: kubelet reports it
 			}
 			listener := pr.base + i
 			out = append(out, contract.ExposePath{ListenerPort: listener, Path: g.Path, LocalPathPort: local})

@@ -107,6 +107,10 @@ func (h *Handler) review(req *admissionv1.AdmissionRequest) (*admissionv1.Admiss
 		by := webhook.DeniedBy(res.Denied)
 		log.Info("pod denied", "annotations", by, "reason", res.Denied.Error())
 		return resp, resultDenied, by
+	case res.Patch == nil && res.Skipped == webhook.SkippedOtherInjector:
+		h.Metrics.otherInjector()
+		log.Info("pod not injected", "why", res.Skipped)
+		return resp, resultSkipped, nil
 	case res.Patch == nil:
 		log.Debug("pod not injected", "why", res.Skipped)
 		return resp, resultSkipped, nil

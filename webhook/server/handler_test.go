@@ -97,7 +97,12 @@ func TestHandler(t *testing.T) {
 		warning    string
 		result     string // metrics label counted
 		denialKeys []string
+		foreign    float64 // other_injector_pods_total after the review
 	}{
+		{name: "another injector's pod passes untouched, counted",
+			body: reviewBody(t, podKind, admissionv1.Create, testPod(map[string]string{contract.InjectStatus: "injected",
+				contract.RedirectConfig: `{"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001}`})),
+			status: 200, allowed: true, result: resultSkipped, foreign: 1},
 		{name: "injected", body: reviewBody(t, podKind, admissionv1.Create, testPod(inject)),
 			status: 200, allowed: true, patched: true, result: resultInjected},
 		{name: "not annotated", body: reviewBody(t, podKind, admissionv1.Create, testPod(nil)),
@@ -127,6 +132,9 @@ func TestHandler(t *testing.T) {
 			}
 			if got := testutil.ToFloat64(h.Metrics.reviews.WithLabelValues(tc.result)); got != 1 {
 				t.Errorf("reviews_total{result=%s} = %v, want 1", tc.result, got)
+			}
+			if got := testutil.ToFloat64(h.Metrics.foreign); got != tc.foreign {
+				t.Errorf("other_injector_pods_total = %v, want %v", got, tc.foreign)
 			}
 			if n, err := testutil.GatherAndCount(reg, "meshlet_webhook_review_duration_seconds"); err != nil || n != 1 {
 				t.Errorf("duration histogram: %d series, %v", n, err)

@@ -12,6 +12,7 @@ type Metrics struct {
 	denials    *prometheus.CounterVec
 	injections prometheus.Counter
 	duration   prometheus.Histogram
+	foreign    prometheus.Counter
 }
 
 // NewMetrics registers the webhook's series with reg.
@@ -38,10 +39,14 @@ func NewMetrics(reg prometheus.Registerer, dataPlane string) *Metrics {
 			Buckets: []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .1, 1},
 		}),
 	}
+	m.foreign = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshlet_webhook_other_injector_pods_total",
+		Help: "Pods admitted as they are because another injector (consul-k8s) injected them: meshlet neither injects nor registers them.",
+	})
 	for _, r := range []string{resultInjected, resultSkipped, resultDenied, resultError} {
 		m.reviews.WithLabelValues(r) // present at 0, so rate() works from the start
 	}
-	reg.MustRegister(m.reviews, m.denials, m.injections, m.duration)
+	reg.MustRegister(m.reviews, m.denials, m.injections, m.duration, m.foreign)
 	return m
 }
 
@@ -57,4 +62,10 @@ func (m *Metrics) review(result string, deniedBy []string, d time.Duration) {
 		m.injections.Inc()
 	}
 	m.duration.Observe(d.Seconds())
+}
+
+func (m *Metrics) otherInjector() {
+	if m != nil {
+		m.foreign.Inc()
+	}
 }

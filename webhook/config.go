@@ -142,6 +142,8 @@ func (c Config) Validate() error {
 	switch {
 	case c.DataPlane != DataPlaneEnvoy && c.DataPlane != DataPlaneConsul && c.DataPlane != DataPlaneMeshlet:
 		return fmt.Errorf("data plane %q: expected %s, %s or %s", c.DataPlane, DataPlaneEnvoy, DataPlaneConsul, DataPlaneMeshlet)
+	case c.DataPlane == DataPlaneConsul && (c.TransparentProxy || c.OverwriteProbes):
+		return fmt.Errorf("data plane consul (Consul's built-in proxy) has no transparent outbound listener and serves no expose paths: transparent proxy (%v) and probe rewriting (%v) must be off by default with it (connectInject.transparentProxy.defaultEnabled, defaultOverwriteProbes; the chart turns them off)", c.TransparentProxy, c.OverwriteProbes)
 	case c.DataPlane == DataPlaneEnvoy && c.EnvoyImage == "":
 		return fmt.Errorf("data plane envoy needs an Envoy image")
 	case c.DataPlane == DataPlaneConsul && c.ConsulImage == "":

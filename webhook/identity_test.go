@@ -100,6 +100,22 @@ func TestConfigACLAuthMethod(t *testing.T) {
 	}
 }
 
+// TestConfigConsulDataPlaneDefaults: Consul's built-in proxy cannot have
+// transparent proxy or probe rewriting on by default.
+func TestConfigConsulDataPlaneDefaults(t *testing.T) {
+	if err := consulCfg().Validate(); err != nil {
+		t.Fatalf("data plane consul with both off: %v", err)
+	}
+	for name, mut := range map[string]func(*Config){
+		"transparent proxy": func(c *Config) { c.TransparentProxy = true },
+		"probe rewriting":   func(c *Config) { c.OverwriteProbes = true },
+	} {
+		if err := consulCfg(mut).Validate(); err == nil || !strings.Contains(err.Error(), "must be off by default with it") {
+			t.Errorf("data plane consul with %s on: %v, want it refused", name, err)
+		}
+	}
+}
+
 func TestConfigAgentTLS(t *testing.T) {
 	ca := "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 	for _, tc := range []struct {

@@ -50,10 +50,18 @@ func on(extra ...string) map[string]string {
 func consulCfg(mutate ...func(*Config)) Config {
 	c := DefaultConfig()
 	c.DataPlane, c.ConsulImage = DataPlaneConsul, "meshlet.local/consul:dev"
+	c.TransparentProxy, c.OverwriteProbes = false, false // what Validate asks of data plane consul
 	for _, m := range mutate {
 		m(&c)
 	}
 	return c
+}
+
+// tproxyCfg is the configuration of the golden cases where transparent
+// proxy matters: data plane meshlet (consul's has none), always as a
+// native sidecar.
+func tproxyCfg(mutate ...func(*Config)) Config {
+	return meshletCfg(append([]func(*Config){func(c *Config) { c.FastStart = false }}, mutate...)...)
 }
 
 func meshletCfg(mutate ...func(*Config)) Config {
@@ -72,7 +80,7 @@ var goldenCases = []struct {
 	cfg  Config
 }{
 	{"plain-not-annotated", app(nil), "shop", consulCfg()},
-	{"opt-in", app(on()), "shop", consulCfg()},
+	{"opt-in", app(on()), "shop", tproxyCfg()},
 	{"tproxy-off", app(on(contract.TransparentProxy, "false")), "shop", consulCfg()},
 	{"every-annotation", app(on(
 		contract.Service, "web-api",
@@ -94,7 +102,7 @@ var goldenCases = []struct {
 		contract.ServiceMetricsPort, "8080",
 		contract.ServiceMetricsPath, "/stats",
 		"consul.hashicorp.com/connect-service-protocol", "http",
-	)), "shop", consulCfg()},
+	)), "shop", tproxyCfg()},
 	{"probes", app(on(), func(p *corev1.Pod) {
 		c := &p.Spec.Containers[0]
 		c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromString("http")}}}
@@ -103,19 +111,19 @@ var goldenCases = []struct {
 		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "worker", Image: "w",
 			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/w", Port: intstr.FromInt(9000), Scheme: corev1.URISchemeHTTPS}}},
 			LivenessProbe:  &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt(9000)}}}})
-	}), "shop", consulCfg()},
+	}), "shop", tproxyCfg()},
 	{"probes-not-overwritten", app(on(contract.OverwriteProbes, "false"), func(p *corev1.Pod) {
 		p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromInt(8080)}}}
-	}), "shop", consulCfg()},
+	}), "shop", tproxyCfg()},
 	{"job-with-init-container", app(on(contract.Upstreams, "db:5432"), func(p *corev1.Pod) {
 		p.Spec.RestartPolicy = corev1.RestartPolicyNever
 		p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "m"}}
-	}), "shop", consulCfg()},
-	{"regular-container", app(on()), "shop", consulCfg(func(c *Config) { c.NativeSidecar = false })},
-	{"namespace-mirroring", app(on()), "shop", consulCfg(func(c *Config) {
+	}), "shop", tproxyCfg()},
+	{"regular-container", app(on()), "shop", tproxyCfg(func(c *Config) { c.NativeSidecar = false })},
+	{"namespace-mirroring", app(on()), "shop", tproxyCfg(func(c *Config) {
 		c.ConsulNamespaces = ConsulNamespaces{Enabled: true, MirroringK8S: true, MirroringK8SPrefix: "k8s-"}
 	})},
-	{"default-inject", app(nil), "shop", consulCfg(func(c *Config) { c.DefaultInject = true })},
+	{"default-inject", app(nil), "shop", tproxyCfg(func(c *Config) { c.DefaultInject = true })},
 	{"false-wins", app(map[string]string{contract.Inject: "false"}), "shop", consulCfg(func(c *Config) { c.DefaultInject = true })},
 	{"kube-system", app(on()), "kube-system", consulCfg()},
 	{"denied-namespace", app(on()), "shop", consulCfg(func(c *Config) { c.DenyNamespaces = []string{"shop"} })},
@@ -131,7 +139,7 @@ var goldenCases = []struct {
 		c.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"true"}}}}
 		p.Spec.Containers = append(p.Spec.Containers, corev1.Container{Name: "worker", Image: "w",
 			ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/", Port: intstr.FromInt32(9000)}}}})
-	}), "shop", consulCfg()},
+	}), "shop", tproxyCfg()},
 	{"meshlet", app(on()), "shop", meshletCfg()},
 	// Consul's built-in proxy on a Consul with ACLs and TLS: its login
 	// and CA in a memory volume of its own.
@@ -378,6 +386,10 @@ func TestMutateDenies(t *testing.T) {
 		{"extra args with a bootstrap", app(on(contract.EnvoyExtraArgs, `--log-level debug --config-path=/etc/envoy.yaml`)),
 			[]string{"consul.hashicorp.com/envoy-extra-args", "expected arguments other than --config-path: the webhook gives Envoy its bootstrap"}},
 		{"empty meta key", app(on(contract.ServiceMetaPrefix, "x")), []string{"expected a meta key after"}},
+		{"transparent proxy on Consul's proxy", app(on(contract.TransparentProxy, "true")),
+			[]string{`consul.hashicorp.com/transparent-proxy: "true": data plane consul (Consul's built-in proxy) has no transparent outbound listener: give the upstreams in consul.hashicorp.com/connect-service-upstreams; or use data plane meshlet or envoy`}},
+		{"probe rewriting on Consul's proxy", app(on(contract.OverwriteProbes, "true")),
+			[]string{`consul.hashicorp.com/transparent-proxy-overwrite-probes: "true": data plane consul (Consul's built-in proxy) serves no expose paths`}},
 		{"meta key with a dot", app(on(contract.ServiceMetaPrefix+"team.name", "x")),
 			[]string{`the meta key "team.name" must be letters, digits, '-' and '_', at most 128 characters`}},
 		{"meta key too long", app(on(contract.ServiceMetaPrefix+strings.Repeat("k", 129), "x")), []string{"at most 128 characters"}},
@@ -454,9 +466,9 @@ func TestMutateUpstreamOnProxyPort(t *testing.T) {
 	}{
 		{"inbound port", consulCfg(), []string{contract.Upstreams, "db:20000"},
 			`"db:20000": local port 20000 is the proxy's inbound port in the pod`},
-		{"outbound port, transparent", consulCfg(), []string{contract.Upstreams, "db:15001"},
+		{"outbound port, transparent", meshletCfg(), []string{contract.Upstreams, "db:15001"},
 			`"db:15001": local port 15001 is the proxy's transparent outbound port in the pod`},
-		{"outbound port, not transparent", consulCfg(), []string{contract.Upstreams, "db:15001", contract.TransparentProxy, "false"}, ""},
+		{"outbound port, not transparent", meshletCfg(), []string{contract.Upstreams, "db:15001", contract.TransparentProxy, "false"}, ""},
 		{"Envoy's admin port", envoy, []string{contract.Upstreams, "db:19000"}, `local port 19000 is Envoy's admin port`},
 		{"19000 without Envoy", consulCfg(), []string{contract.Upstreams, "db:19000"}, ""},
 		{"meshlet's metrics port", meshletCfg(), []string{contract.Upstreams, "db:20200"}, `local port 20200 is the proxy's metrics port`},

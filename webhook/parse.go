@@ -93,12 +93,18 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 		check(err)
 	}
 	for _, b := range []struct {
-		key string
-		dst *bool
-	}{{contract.TransparentProxy, &p.tproxy}, {contract.OverwriteProbes, &p.overwriteProbes}} {
-		if v, ok := ann[b.key]; ok {
-			*b.dst, err = parseBool(b.key, v)
-			check(err)
+		key, without string // without: why data plane consul cannot
+		dst          *bool
+	}{{contract.TransparentProxy, "has no transparent outbound listener: give the upstreams in " + contract.Upstreams, &p.tproxy},
+		{contract.OverwriteProbes, "serves no expose paths: point the probes at a port excluded from redirection, or use exec probes", &p.overwriteProbes}} {
+		v, ok := ann[b.key]
+		if !ok {
+			continue
+		}
+		*b.dst, err = parseBool(b.key, v)
+		check(err)
+		if err == nil && *b.dst && cfg.DataPlane == DataPlaneConsul {
+			check(invalid{b.key, v, "data plane consul (Consul's built-in proxy) " + b.without + "; or use data plane meshlet or envoy"})
 		}
 	}
 	for _, l := range []struct {

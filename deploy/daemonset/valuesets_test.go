@@ -37,7 +37,15 @@ var valueSets = map[string]valueSet{
 		},
 	},
 	"data-plane-consul.yaml": {
-		webhookFlags: map[string][]string{"data-plane": {"consul"}, "consul-image": {"registry.example/hashicorp/consul:1.22.1"}},
+		// Consul's built-in proxy: transparent proxy and probe rewriting
+		// off, whatever the values.
+		webhookFlags: map[string][]string{"data-plane": {"consul"}, "consul-image": {"registry.example/hashicorp/consul:1.22.1"},
+			"enable-transparent-proxy": {"false"}, "transparent-proxy-default-overwrite-probes": {"false"}},
+		check: func(t *testing.T, r rendering) {
+			if n := notes(t, "testdata/values/data-plane-consul.yaml"); !strings.Contains(n, "transparent proxy and probe rewriting are off for its pods") {
+				t.Errorf("the notes do not say transparent proxy is off with data plane consul:\n%s", n)
+			}
+		},
 	},
 	"default-inject.yaml": {webhookFlags: map[string][]string{"default-inject": {"true"}}},
 	"namespaces.yaml": {
@@ -102,6 +110,7 @@ var valueSets = map[string]valueSet{
 	},
 	"consul-secure.yaml": {
 		webhookFlags: map[string][]string{"data-plane": {"consul"}, "acl-auth-method": {"consul-k8s-auth-method"},
+			"enable-transparent-proxy": {"false"}, "transparent-proxy-default-overwrite-probes": {"false"},
 			"node-agent-port": {"9402"}, "consul-https-port": {"8501"}, "consul-grpc-tls-port": {"8503"}, "consul-ca-file": {"/consul/tls/ca.crt"}},
 		agentFlags: map[string][]string{"http-addr": {"https://$(HOST_IP):8501"}, "ca-file": {"/consul/tls/ca.crt"}},
 	},

@@ -494,6 +494,12 @@ func TestSecureModeConsulDataPlane(t *testing.T) {
 		if got := created.Spec.InitContainers; len(got) == 0 || got[0].Name != sidecarNames[webhook.DataPlaneConsul] {
 			t.Fatalf("pod %s: no %s sidecar first in initContainers", p.Name, sidecarNames[webhook.DataPlaneConsul])
 		}
+		// Consul's built-in proxy has no transparent outbound listener:
+		// the chart's defaults leave the pod unredirected, its upstreams
+		// explicit.
+		if v, ok := created.Annotations[contract.RedirectConfig]; ok {
+			t.Errorf("pod %s has a redirect config %s with data plane consul: transparent proxy must be off", p.Name, v)
+		}
 	}
 	for _, p := range pods {
 		waitPodState(t, ctx, cs, ns, p.Name, "Ready", podReady)

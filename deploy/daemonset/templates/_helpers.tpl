@@ -83,8 +83,11 @@ reads "-flag false" as -flag followed by an argument.
 - -deny-k8s-namespace
 - {{ . | quote }}
 {{- end }}
-- -enable-transparent-proxy={{ $ci.transparentProxy.defaultEnabled }}
-- -transparent-proxy-default-overwrite-probes={{ $ci.transparentProxy.defaultOverwriteProbes }}
+{{- /* Consul's built-in proxy has no transparent outbound listener and
+serves no expose paths: off with it, whatever the values (NOTES says so). */}}
+{{- $consulDP := eq $ci.dataPlane "consul" }}
+- -enable-transparent-proxy={{ and $ci.transparentProxy.defaultEnabled (not $consulDP) }}
+- -transparent-proxy-default-overwrite-probes={{ and $ci.transparentProxy.defaultOverwriteProbes (not $consulDP) }}
 - -data-plane
 - {{ $ci.dataPlane }}
 - -native-sidecar

@@ -47,6 +47,13 @@ var valueSets = map[string]valueSet{
 			}
 		},
 	},
+	"seed-newer.yaml": {
+		check: func(t *testing.T, r rendering) {
+			if n := notes(t, "testdata/values/seed-newer.yaml"); !strings.Contains(n, "meshlet does not run consul-k8s' CRD controller") {
+				t.Errorf("the notes do not say what meshlet does with controller.enabled:\n%s", n)
+			}
+		},
+	},
 	"default-inject.yaml": {webhookFlags: map[string][]string{"default-inject": {"true"}}},
 	"namespaces.yaml": {
 		webhookFlags: map[string][]string{"allow-k8s-namespace": {"shop", "payments"}, "deny-k8s-namespace": {"payments", "legacy"}},

@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -13,16 +14,14 @@ import (
 // The sidecar's container names: consul-k8s' Envoy container name, so
 // dashboards and scripts that look for it keep working.
 const (
-	envoySidecarName   = "envoy-sidecar"
-	consulSidecarName  = "consul-sidecar"
-	meshletSidecarName = "meshlet-proxy"
+	envoySidecarName   = contract.EnvoySidecarName
+	consulSidecarName  = contract.ConsulSidecarName
+	meshletSidecarName = contract.MeshletSidecarName
 )
 
 // isSidecarName: the names are reserved, a pod's own container may not
 // take one (validate).
-func isSidecarName(name string) bool {
-	return name == envoySidecarName || name == consulSidecarName || name == meshletSidecarName || name == envoyLoginSidecarName
-}
+func isSidecarName(name string) bool { return slices.Contains(contract.SidecarContainers, name) }
 
 // The proxy's identity in Consul. Pod names of Deployment pods are not
 // known at admission, so the ID is built by kubelet from downward-API env;

@@ -11,7 +11,7 @@ import (
 
 // envoyLoginSidecarName is data plane envoy's login sidecar, which goes
 // right before Envoy (reserved like the sidecars' names).
-const envoyLoginSidecarName = "meshlet-login"
+const envoyLoginSidecarName = contract.EnvoyLoginSidecarName
 
 // envoyLoginNeeded: Envoy gets its token from a login sidecar.
 func envoyLoginNeeded(cfg Config) bool {

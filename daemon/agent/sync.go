@@ -126,6 +126,9 @@ func (s *Syncer) Reconcile(key string) error {
 			return fmt.Errorf("pod %s: %w", key, err)
 		}
 		s.Log.Info("registered", "pod", key, "service", regs.Service.Name, "id", regs.Service.ID, "address", regs.Service.Address, "address_from", addressFrom, "check", status)
+		if regs.Note != "" && (cur == nil || cur.uid != pod.UID) {
+			s.Events.Event(pod, corev1.EventTypeNormal, "MeshletServiceNamedAfterContainer", regs.Note)
+		}
 	case cur.status != status:
 		if err := s.Consul.UpdateTTLOpts(regs.Service.Check.CheckID, output, status, q); err != nil {
 			s.Metrics.consulOp("update_ttl", err)

@@ -330,3 +330,27 @@ func TestReconcileCheckLost(t *testing.T) {
 }
 
 func typesUID(s string) types.UID { return types.UID(s) }
+
+// TestReconcileNamesAfterFirstContainer: a bare pod no Service selects
+// and without connect-service (the older Consul documentation's
+// walkthrough) is registered under its first container's name, the
+// sidecar skipped, with one Normal Event saying so.
+func TestReconcileNamesAfterFirstContainer(t *testing.T) {
+	f := newFixture(t)
+	bare := injected("static-server", "u9", true)
+	bare.Labels = map[string]string{"app": "nobody-selects-me"}
+	bare.Spec.Containers = []corev1.Container{{Name: contract.MeshletSidecarName}, {Name: "static-server"}, {Name: "logger"}}
+	f.put(t, bare)
+	f.reconcile(t, "shop/static-server")
+	f.reconcile(t, "shop/static-server")
+	svcID := contract.ServiceID("shop", "static-server")
+	if r, ok := f.consul.services[svcID]; !ok || r.Name != "static-server" {
+		t.Fatalf("registered %+v; want service static-server", f.consul.services)
+	}
+	if n := len(f.events.Events); n != 1 {
+		t.Fatalf("%d Events for one registration, want 1", n)
+	}
+	if ev := <-f.events.Events; !strings.Contains(ev, "Normal MeshletServiceNamedAfterContainer") || !strings.Contains(ev, `registered as service "static-server", its first container's name`) {
+		t.Fatalf("Event %q does not say how the service was named", ev)
+	}
+}

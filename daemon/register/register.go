@@ -25,12 +25,26 @@ const healthCheckTTL = "100000h"
 // ErrNotInjected: the pod carries no registration annotation.
 var ErrNotInjected = errors.New("pod is not injected")
 
+// firstAppContainer is the name of the pod's first container that is not
+// a sidecar the webhook added; "" when there is none.
+func firstAppContainer(pod *corev1.Pod) string {
+	for _, c := range pod.Spec.Containers {
+		if !slices.Contains(contract.SidecarContainers, c.Name) {
+			return c.Name
+		}
+	}
+	return ""
+}
+
 // ErrNoIP: the pod has no IP yet; it is registered once it has one.
 var ErrNoIP = errors.New("pod has no IP yet")
 
 // Registrations are one pod's service and proxy.
 type Registrations struct {
 	Service, Proxy *capi.AgentServiceRegistration
+	// Note, when set, is worth telling the pod's owner: how the service
+	// got a name the pod did not give (an Event says it).
+	Note string `json:",omitempty"`
 }
 
 // For is what the node's Consul agent must hold for pod. services are the
@@ -51,10 +65,20 @@ func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
 	}
 	selecting := Selecting(pod, services)
 	name := reg.Service
+	from := "its " + contract.Service + " annotation"
+	var note string
 	if name == "" {
+		from = "the Kubernetes Service selecting it"
 		switch len(selecting) {
 		case 0:
-			return Registrations{}, fmt.Errorf("no Kubernetes Service selects the pod and it has no %s annotation: give it one or the other", contract.Service)
+			// The older Consul documentation's walkthrough: bare pods, the
+			// service named after the pod's first container.
+			app := firstAppContainer(pod)
+			if app == "" {
+				return Registrations{}, fmt.Errorf("no Kubernetes Service selects the pod, it has no %s annotation and no container of its own to name the service after: give it one or the other", contract.Service)
+			}
+			name, from = app, "its first container's name"
+			note = fmt.Sprintf("no Kubernetes Service selects the pod and it has no %s annotation: registered as service %q, its first container's name; give it a Service or the annotation to choose the name", contract.Service, name)
 		case 1:
 			name = selecting[0].Name
 		default:
@@ -64,10 +88,6 @@ func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
 			}
 			return Registrations{}, fmt.Errorf("the Services %s all select the pod: pick one with the %s annotation", strings.Join(names, ", "), contract.Service)
 		}
-	}
-	from := "its " + contract.Service + " annotation"
-	if reg.Service == "" {
-		from = "the Kubernetes Service selecting it"
 	}
 	if err := checkIdentity(pod, name, from, reg.AuthMethod); err != nil {
 		return Registrations{}, err
@@ -117,7 +137,7 @@ func For(pod *corev1.Pod, services []*corev1.Service) (Registrations, error) {
 	if m := reg.Metrics; m != nil {
 		proxy.Proxy.Config = map[string]any{"envoy_prometheus_bind_addr": fmt.Sprintf("0.0.0.0:%d", m.ScrapePort)}
 	}
-	return Registrations{Service: service, Proxy: proxy}, nil
+	return Registrations{Service: service, Proxy: proxy, Note: note}, nil
 }
 
 // Selecting are the Services whose selector matches the pod, sorted by

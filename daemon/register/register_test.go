@@ -140,3 +140,28 @@ func TestForBadAnnotationNamedOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestForNamesAfterFirstContainer: with no Service selecting the pod and
+// no connect-service annotation, the service takes the pod's first
+// container's name (sidecars skipped) and says so in Note; with ACLs that
+// name is held to the ServiceAccount like any other.
+func TestForNamesAfterFirstContainer(t *testing.T) {
+	containers := func(p *corev1.Pod) {
+		p.Spec.Containers = []corev1.Container{{Name: contract.MeshletSidecarName}, {Name: "static-server"}}
+	}
+	regs, err := For(pod(&contract.Registration{Port: 80}, containers), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if regs.Service.Name != "static-server" || regs.Proxy.Name != "static-server-sidecar-proxy" ||
+		!strings.Contains(regs.Note, `registered as service "static-server", its first container's name`) {
+		t.Errorf("service %q, proxy %q, note %q", regs.Service.Name, regs.Proxy.Name, regs.Note)
+	}
+	if regs, err := For(pod(&contract.Registration{Port: 80}, containers), []*corev1.Service{web}); err != nil || regs.Service.Name != "web" || regs.Note != "" {
+		t.Errorf("with a Service selecting the pod: %v, %+v; want the Service's name and no note", err, regs)
+	}
+	_, err = For(pod(&contract.Registration{Port: 80, AuthMethod: "meshlet-k8s"}, containers, func(p *corev1.Pod) { p.Spec.ServiceAccountName = "static-client" }), nil)
+	if !errors.Is(err, ErrIdentity) || !strings.Contains(err.Error(), `"static-server" (its first container's name)`) {
+		t.Errorf("ACLs, a container name not the ServiceAccount's: %v", err)
+	}
+}

@@ -169,20 +169,32 @@ func TestAgentRecovers(t *testing.T) {
 	})
 }
 
-func TestAgentEventForUnnamedService(t *testing.T) {
+// TestAgentEventForAmbiguousService: a pod two Services select, without
+// connect-service, is not registered, and an Event names both Services
+// and what to fix.
+func TestAgentEventForAmbiguousService(t *testing.T) {
 	requireCluster(t)
 	cs := clientset(t)
 	ns := testNamespace(t, cs, "agent-event")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	createPod(t, cs, ns, "lonely", map[string]string{contract.Inject: "true"}, echoContainer("app", "hi", 8080, 0))
+	for _, name := range []string{"web", "web-all"} {
+		if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "lonely"}, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}}},
+			metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	createPodSpec(t, cs, ns, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "lonely", Labels: map[string]string{"app": "lonely"},
+		Annotations: map[string]string{contract.Inject: "true"}},
+		Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{echoContainer("app", "hi", 8080, 0)}}})
 	waitFor(t, ctx, "an Event naming the problem", func(ctx context.Context) (bool, error) {
 		evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=lonely,reason=MeshletRegistrationFailed"})
 		if err != nil || len(evs.Items) == 0 {
 			return false, err
 		}
 		msg := evs.Items[0].Message
-		if !strings.Contains(msg, "no Kubernetes Service selects the pod") || !strings.Contains(msg, contract.Service) {
+		if !strings.Contains(msg, "the Services web, web-all all select the pod") || !strings.Contains(msg, contract.Service) {
 			return false, fmt.Errorf("event message %q does not say what to fix", msg)
 		}
 		return true, nil

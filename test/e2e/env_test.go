@@ -122,18 +122,30 @@ func checkPlacement(t *testing.T, p *corev1.Pod) {
 // the same (the local cluster, kind), or a copy.
 func meshManifest(t *testing.T, name string) string {
 	t.Helper()
-	path := filepath.Join(root, "examples", "mesh", name)
+	return exampleManifest(t, "mesh", name)
+}
+
+// exampleManifest is examples/<dir>/<name>, written again with the
+// suite's test images when they are not the local cluster's.
+func exampleManifest(t *testing.T, dir, name string) string {
+	t.Helper()
+	path := filepath.Join(root, "examples", dir, name)
 	if suite.Images == target.DefaultImages {
 		return path
 	}
-	return writeManifest(t, readMeshManifest(t, name))
+	return writeManifest(t, readExample(t, dir, name))
 }
 
 // readMeshManifest is examples/mesh/<name>'s content with the suite's
 // test images in place of the local cluster's.
 func readMeshManifest(t *testing.T, name string) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(root, "examples", "mesh", name))
+	return readExample(t, "mesh", name)
+}
+
+func readExample(t *testing.T, dir, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(root, "examples", dir, name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +154,7 @@ func readMeshManifest(t *testing.T, name string) string {
 		// Written another way, the image would stay the local cluster's
 		// and its pods would never start: fail here instead.
 		if line := "image: " + img[0] + "\n"; strings.Count(s, img[0]) != strings.Count(s, line) {
-			t.Fatalf("examples/mesh/%s: expected %s only on \"image: %s\" lines", name, img[0], img[0])
+			t.Fatalf("examples/%s/%s: expected %s only on \"image: %s\" lines", dir, name, img[0], img[0])
 		}
 		s = strings.ReplaceAll(s, "image: "+img[0]+"\n", "image: "+img[1]+"\n")
 	}

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +37,8 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	fs.SetOutput(stderr)
 	fs.StringVar(&o.ProxyID, "proxy-id", os.Getenv(contract.EnvProxyID), "the proxy's service ID on the node's Consul agent (default $PROXY_ID, set by the webhook)")
 	fs.StringVar(&o.Metrics, "metrics-addr", net.JoinHostPort("127.0.0.1", strconv.Itoa(contract.ProxyMetricsPort)), "HTTP address of /metrics and /ready; empty: none")
+	fs.StringVar(&o.MetricsPath, "metrics-path", "/metrics", "the path of the metrics on -metrics-addr (prometheus-scrape-path)")
+	fs.StringVar(&o.MergeAppMetrics, "merge-app-metrics", "", "the app's metrics page, http://host:port/path: each scrape returns the proxy's metrics and the app's (enable-metrics-merging); empty: the proxy's alone")
 	fs.DurationVar(&o.Drain, "drain", 5*time.Second, "on SIGTERM, how long open connections may finish")
 	fs.DurationVar(&o.Linger, "linger", 0, "on SIGTERM, keep serving until the app has stopped (its port refuses, no connection open), at most this long; for a sidecar stopped together with the app")
 	var lg Login
@@ -59,6 +63,10 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("-drain %s: expected a duration ≥ 0", o.Drain)
 	case o.Linger < 0:
 		return fmt.Errorf("-linger %s: expected a duration ≥ 0", o.Linger)
+	case !strings.HasPrefix(o.MetricsPath, "/") || o.MetricsPath == "/ready":
+		return fmt.Errorf("-metrics-path %q: expected a path starting with '/', other than /ready", o.MetricsPath)
+	case o.MergeAppMetrics != "" && !validAppMetricsURL(o.MergeAppMetrics):
+		return fmt.Errorf("-merge-app-metrics %q: expected http://host:port/path", o.MergeAppMetrics)
 	case lg.AuthMethod != "" && consul.TokenFile != "":
 		return fmt.Errorf("-acl-auth-method %s and -token-file %s exclude each other: the proxy acts with the token its login gives", lg.AuthMethod, consul.TokenFile)
 	case lg.AuthMethod != "" && lg.BearerTokenFile == "":
@@ -105,4 +113,11 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	o.Registry = prometheus.NewRegistry()
 	o.Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return Run(ctx, client, o, log)
+}
+
+// validAppMetricsURL: an http URL with a host and port (the app on the
+// pod's loopback).
+func validAppMetricsURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && u.Scheme == "http" && u.Port() != "" && u.Hostname() != "" && strings.HasPrefix(u.Path, "/")
 }

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,11 @@ type Options struct {
 	ProxyID string
 	// Metrics is the HTTP address of /metrics and /ready; "" for none.
 	Metrics string
+	// MetricsPath is where the metrics are served there ("": /metrics).
+	MetricsPath string
+	// MergeAppMetrics, when set, is the app's metrics page (a URL): each
+	// scrape returns the proxy's metrics and the app's together.
+	MergeAppMetrics string
 	// Drain is how long open connections may finish after SIGTERM.
 	Drain time.Duration
 	// Linger, when > 0, keeps every listener open after SIGTERM while the
@@ -118,7 +124,12 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 	}
 	if o.Metrics != "" {
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{}))
+		path := cmp.Or(o.MetricsPath, "/metrics")
+		if o.MergeAppMetrics != "" {
+			mux.Handle(path, newMergeHandler(o.Registry, o.MergeAppMetrics))
+		} else {
+			mux.Handle(path, promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{}))
+		}
 		mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
 		srv := &http.Server{Addr: o.Metrics, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		ln, err := net.Listen("tcp", o.Metrics)

@@ -51,6 +51,14 @@ func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod)
 	for _, k := range p.unknown {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s is not implemented by meshlet and has no effect", k))
 	}
+	if m := p.metrics; m != nil && m.Merging {
+		switch {
+		case cfg.DataPlane != DataPlaneMeshlet:
+			res.Warnings = append(res.Warnings, fmt.Sprintf("metrics merging (%s) is not built for data plane %s: the scrape port serves no merged page; use data plane meshlet or scrape the app directly", contract.EnableMetricsMerging, cfg.DataPlane))
+		case m.ServiceMetricsPort == 0 && p.port == 0:
+			res.Warnings = append(res.Warnings, fmt.Sprintf("metrics merging (%s): the pod has no service port and no %s: only the proxy's metrics are served", contract.EnableMetricsMerging, contract.ServiceMetricsPort))
+		}
+	}
 	if _, ok := pod.Annotations[contract.EnvoyExtraArgs]; ok && cfg.DataPlane != DataPlaneEnvoy {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s has no effect: this cluster's data plane is %s, which runs no Envoy", contract.EnvoyExtraArgs, cfg.DataPlane))
 	}

@@ -160,6 +160,11 @@ var goldenCases = []struct {
 		c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n", ServerName: "client.dc1.consul"}
 	})},
 	{"meshlet-metrics", app(on(contract.EnableMetrics, "true")), "shop", meshletCfg()},
+	// Merging: the proxy fetches the app's page and serves both, at the
+	// path the scraper is sent to.
+	{"meshlet-metrics-merging", app(on(contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true",
+		contract.ServiceMetricsPort, "9102", contract.ServiceMetricsPath, "/stats", contract.PrometheusScrapePath, "/scrape")), "shop", meshletCfg()},
+	{"envoy-metrics-merging", app(on(contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true")), "shop", DefaultConfig()},
 	// Envoy's arguments with a data plane that runs no Envoy: a warning.
 	{"meshlet-envoy-extra-args", app(on(contract.EnvoyExtraArgs, "--log-level debug")), "shop", meshletCfg()},
 	// A plain-container sidecar that holds the app: first in the list.

@@ -1,6 +1,7 @@
 package webhook
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"strconv"
@@ -22,12 +23,19 @@ const meshletProxyCommand = "/meshlet-proxy"
 func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.Pod, pl placement, cfg Config) corev1.Container {
 	c.Name, c.Image = meshletSidecarName, cfg.MeshletImage
 	metrics := net.JoinHostPort("127.0.0.1", strconv.Itoa(contract.ProxyMetricsPort))
+	var metricsArgs []string
 	if m := reg.Metrics; m != nil {
 		// Where the pod's prometheus.io annotations send the scraper.
 		metrics = ":" + strconv.Itoa(m.ScrapePort)
+		if m.ScrapePath != "/metrics" {
+			metricsArgs = append(metricsArgs, "-metrics-path", m.ScrapePath)
+		}
+		if u := appMetricsURL(reg); u != "" {
+			metricsArgs = append(metricsArgs, "-merge-app-metrics", u)
+		}
 	}
 	c.Command = []string{meshletProxyCommand}
-	c.Args = []string{"-http-addr", fmt.Sprintf("$(%s):%d", contract.EnvHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}
+	c.Args = append([]string{"-http-addr", fmt.Sprintf("$(%s):%d", contract.EnvHostIP, cfg.AgentHTTPPort), "-metrics-addr", metrics}, metricsArgs...)
 	if t := cfg.AgentTLS; t.HTTPSPort != 0 {
 		c.Args[1] = fmt.Sprintf("https://$(%s):%d", contract.EnvHostIP, t.HTTPSPort)
 		c.Env = append(c.Env, corev1.EnvVar{Name: contract.EnvConsulCACertPEM, Value: t.CAPEM})
@@ -73,6 +81,21 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 		}
 	}
 	return c
+}
+
+// appMetricsURL is the app's metrics page the proxy merges into its own
+// (service-metrics-port, default the service's port; service-metrics-path,
+// default /metrics); "" when merging is off or the app has no port.
+func appMetricsURL(reg contract.Registration) string {
+	m := reg.Metrics
+	if m == nil || !m.Merging {
+		return ""
+	}
+	port := cmp.Or(m.ServiceMetricsPort, reg.Port)
+	if port == 0 {
+		return ""
+	}
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) + cmp.Or(m.ServiceMetricsPath, "/metrics")
 }
 
 // holdTimeout bounds the regular container's hold (above): the

@@ -62,7 +62,7 @@ func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod)
 	if _, ok := pod.Annotations[contract.EnvoyExtraArgs]; ok && cfg.DataPlane != DataPlaneEnvoy {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s has no effect: this cluster's data plane is %s, which runs no Envoy", contract.EnvoyExtraArgs, cfg.DataPlane))
 	}
-	if err := errors.Join(checkPod(pod), checkIdentity(pod, p.service, cfg), checkPortUses(pod, p, cfg)); err != nil {
+	if err := errors.Join(checkPod(pod), checkIdentity(pod, p.service, cfg), checkPortUses(pod, p, cfg), checkUpstreamForms(p, cfg)); err != nil {
 		return Result{Denied: err}, nil
 	}
 	pl := placeSidecar(pod, cfg)

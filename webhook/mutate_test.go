@@ -102,7 +102,7 @@ var goldenCases = []struct {
 		contract.ServiceMetricsPort, "8080",
 		contract.ServiceMetricsPath, "/stats",
 		"consul.hashicorp.com/connect-service-protocol", "http",
-	)), "shop", tproxyCfg()},
+	)), "shop", DefaultConfig()}, // envoy: every upstream form
 	{"probes", app(on(), func(p *corev1.Pod) {
 		c := &p.Spec.Containers[0]
 		c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromString("http")}}}
@@ -511,6 +511,31 @@ func TestMutateUpstreamOnProxyPort(t *testing.T) {
 func withReadinessProbe(p *corev1.Pod) {
 	p.Spec.Containers[0].ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{
 		HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromString("http")}}}
+}
+
+// TestMutateUpstreamFormsOnMeshlet: the upstream forms meshlet's proxy
+// does not serve are denied on data plane meshlet, naming the upstream
+// and what to do; the other data planes take them.
+func TestMutateUpstreamFormsOnMeshlet(t *testing.T) {
+	for _, tc := range []struct{ ups, want string }{
+		{"prepared_query:geo-db:7000", `"prepared_query:geo-db:7000": a prepared query, which data plane meshlet's proxy does not reach yet`},
+		{"db:1234:dc2", `"db:1234:dc2": a service in datacenter dc2, which data plane meshlet's proxy does not reach yet`},
+		{"db.team-a:1234", `"db.team-a:1234": a service in Consul namespace team-a`},
+		{"db:1234", ""},
+	} {
+		res := Mutate(app(on(contract.Upstreams, tc.ups)), "shop", meshletCfg())
+		switch {
+		case tc.want == "" && res.Denied != nil:
+			t.Errorf("%s: denied: %v", tc.ups, res.Denied)
+		case tc.want != "" && (res.Denied == nil || !strings.Contains(res.Denied.Error(), tc.want)):
+			t.Errorf("%s: %v, want a denial saying %s", tc.ups, res.Denied, tc.want)
+		}
+		for _, cfg := range []Config{DefaultConfig(), consulCfg()} {
+			if res := Mutate(app(on(contract.Upstreams, tc.ups)), "shop", cfg); res.Denied != nil {
+				t.Errorf("%s on data plane %s: denied: %v", tc.ups, cfg.DataPlane, res.Denied)
+			}
+		}
+	}
 }
 
 // TestMutateUpstreamEnvCollisions: two upstreams whose environment

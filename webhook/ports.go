@@ -54,6 +54,33 @@ func checkPortUses(pod *corev1.Pod, p parsed, cfg Config) error {
 	return errors.Join(errs...)
 }
 
+// checkUpstreamForms refuses, on data plane meshlet, the upstream forms
+// its proxy does not serve (it would exit at start, the pod admitted and
+// then broken): prepared queries, another datacenter, a Consul Enterprise
+// namespace. Envoy and Consul's proxy get them from Consul as they are.
+func checkUpstreamForms(p parsed, cfg Config) error {
+	if cfg.DataPlane != DataPlaneMeshlet {
+		return nil
+	}
+	var errs []error
+	for i, u := range p.upstreams {
+		var what string
+		switch {
+		case u.PreparedQuery:
+			what = "a prepared query"
+		case u.Datacenter != "":
+			what = "a service in datacenter " + u.Datacenter
+		case u.Namespace != "":
+			what = "a service in Consul namespace " + u.Namespace
+		default:
+			continue
+		}
+		errs = append(errs, invalid{contract.Upstreams, p.upstreamsAsWritten[i],
+			what + ", which data plane meshlet's proxy does not reach yet: use data plane envoy or consul, or name a service of the local datacenter"})
+	}
+	return errors.Join(errs...)
+}
+
 // exposeListeners are the ports overwriteProbes gives the pod's HTTP
 // probes, each with what it is, without changing the pod.
 func exposeListeners(pod *corev1.Pod) map[int]string {

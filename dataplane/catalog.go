@@ -36,6 +36,16 @@ type Instance struct {
 type meshIndex struct {
 	byVIP     map[netip.Addr]ServiceKey
 	instances map[ServiceKey][]Instance
+	// byAddr is each instance by its address (a pod's IP): a connection
+	// to a pod IP, as a StatefulSet's clients make through a headless
+	// Service (web-0.web), goes to that very instance.
+	byAddr map[netip.Addr]instanceOf
+}
+
+// instanceOf is one instance and its service.
+type instanceOf struct {
+	key ServiceKey
+	in  Instance
 }
 
 // virtualTags are the tagged addresses that name a service's virtual IP:
@@ -47,8 +57,9 @@ var virtualTags = []string{"virtual", "consul-virtual"}
 // A virtual address claimed by two services goes to neither: sending a
 // connection to the wrong service is worse than passing it through.
 func buildIndex(byProxy map[string][]*capi.ServiceEntry) *meshIndex {
-	idx := &meshIndex{byVIP: map[netip.Addr]ServiceKey{}, instances: map[ServiceKey][]Instance{}}
+	idx := &meshIndex{byVIP: map[netip.Addr]ServiceKey{}, instances: map[ServiceKey][]Instance{}, byAddr: map[netip.Addr]instanceOf{}}
 	conflict := map[netip.Addr]bool{}
+	addrConflict := map[netip.Addr]bool{}
 	for _, entries := range byProxy {
 		for _, e := range entries {
 			s := e.Service
@@ -83,15 +94,27 @@ func buildIndex(byProxy map[string][]*capi.ServiceEntry) *meshIndex {
 			if e.Node != nil {
 				dc = e.Node.Datacenter
 			}
-			idx.instances[key] = append(idx.instances[key], Instance{
+			in := Instance{
 				Addr:    netip.AddrPortFrom(ip.Unmap(), uint16(s.Port)),
 				ID:      ServiceID{Partition: s.Partition, Namespace: orDefault(s.Namespace), Datacenter: dc, Service: key.Name},
 				Healthy: e.Checks.AggregatedStatus() == capi.HealthPassing,
-			})
+			}
+			idx.instances[key] = append(idx.instances[key], in)
+			// An address the service has no address of its own for is its
+			// node's, shared by every service there: not one instance's.
+			if s.Address != "" {
+				if prev, ok := idx.byAddr[in.Addr.Addr()]; ok && prev.key != key {
+					addrConflict[in.Addr.Addr()] = true
+				}
+				idx.byAddr[in.Addr.Addr()] = instanceOf{key, in}
+			}
 		}
 	}
 	for vip := range conflict {
 		delete(idx.byVIP, vip)
+	}
+	for a := range addrConflict {
+		delete(idx.byAddr, a)
 	}
 	for k := range idx.instances {
 		sort.Slice(idx.instances[k], func(i, j int) bool { return idx.instances[k][i].Addr.Compare(idx.instances[k][j].Addr) < 0 })
@@ -128,6 +151,12 @@ func (c *Catalog) Synced() <-chan struct{} { return c.synced }
 func (c *Catalog) Lookup(ip netip.Addr) (ServiceKey, bool) {
 	k, ok := c.idx.Load().byVIP[ip.Unmap()]
 	return k, ok
+}
+
+// LookupInstance is the mesh instance at ip (a pod's IP), and its service.
+func (c *Catalog) LookupInstance(ip netip.Addr) (ServiceKey, Instance, bool) {
+	i, ok := c.idx.Load().byAddr[ip.Unmap()]
+	return i.key, i.in, ok
 }
 
 // Instances are the service's sidecars, healthy or not.

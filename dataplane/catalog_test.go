@@ -56,4 +56,22 @@ func TestBuildIndex(t *testing.T) {
 	if bad := idx.instances[ServiceKey{Name: "bad"}]; len(bad) != 0 {
 		t.Errorf("bad instances = %+v; want none (no valid address)", bad)
 	}
+	// Instances by their own address: a pod's IP names one instance; the
+	// node's address, which an instance without one of its own falls back
+	// to, names none.
+	for addr, want := range map[string]string{"10.244.0.5": "web", "10.244.0.6": "web", "10.244.0.7": "a"} {
+		if got, ok := idx.byAddr[netip.MustParseAddr(addr)]; !ok || got.key.Name != want || got.in.Addr.Addr().String() != addr {
+			t.Errorf("byAddr[%s] = %+v, %v; want an instance of %s", addr, got, ok, want)
+		}
+	}
+	if got, ok := idx.byAddr[netip.MustParseAddr("10.0.0.1")]; ok {
+		t.Errorf("byAddr[the node's address] = %+v; want none", got)
+	}
+	shared := buildIndex(map[string][]*capi.ServiceEntry{
+		"a-sidecar-proxy": {entry("a", "10.244.0.9", 20000, capi.HealthPassing, nil)},
+		"b-sidecar-proxy": {entry("b", "10.244.0.9", 21000, capi.HealthPassing, nil)},
+	})
+	if got, ok := shared.byAddr[netip.MustParseAddr("10.244.0.9")]; ok {
+		t.Errorf("an address two services share = %+v; want none", got)
+	}
 }

@@ -86,8 +86,9 @@ func redirect(t *testing.T, n ns.NetNS) {
 
 // TestTransparentProxyInNetns: two pods with meshlet-cni's rules, each
 // with `meshlet proxy` as UID 5995, on real Consul agents. The client app
-// dials the server's virtual address and reaches the server app through
-// both proxies; intentions apply to the next connection; other
+// dials the server's virtual address, and its pod IP (a StatefulSet's pod
+// through a headless Service), and reaches the server app through both
+// proxies; intentions apply to the next connection, by either address; other
 // destinations pass through, IPv6 included; a caller outside the mesh
 // cannot reach the server's app port.
 func TestTransparentProxyInNetns(t *testing.T) {
@@ -118,6 +119,16 @@ func TestTransparentProxyInNetns(t *testing.T) {
 	const served = "static-server 127.0.0.1:8080" // the server proxy dials the app on loopback
 	eventually(t, 60*time.Second, "the client app to reach the server app through both proxies", func() error {
 		got, err := netnstest.DialAs(t, n.A, appUID, vip)
+		if err != nil || got != served {
+			return fmt.Errorf("got %q, %v", got, err)
+		}
+		return nil
+	})
+	// The server pod's own IP, as a StatefulSet's client dials web-0.web
+	// through a headless Service: through both proxies, to that instance.
+	podIP := netnstest.HostPort(podB4, 8080)
+	eventually(t, 10*time.Second, "the client app to reach the server pod's IP through both proxies", func() error {
+		got, err := netnstest.DialAs(t, n.A, appUID, podIP)
 		if err != nil || got != served {
 			return fmt.Errorf("got %q, %v", got, err)
 		}
@@ -156,6 +167,9 @@ func TestTransparentProxyInNetns(t *testing.T) {
 		}
 		return nil
 	})
+	if got, err := netnstest.DialAs(t, n.A, appUID, podIP); err == nil || !strings.Contains(err.Error(), "exit status 52") {
+		t.Errorf("the deny intention, the server pod's IP dialed: got %q, %v; want an empty reply", got, err)
+	}
 	if _, err := cl.Connect().IntentionDeleteExact("static-client", "static-server", nil); err != nil {
 		t.Fatal(err)
 	}

@@ -178,6 +178,21 @@ func (p *Proxy) outbound(c net.Conn) {
 		p.toService(log, dirOutbound, c, key)
 		return
 	}
+	if key, in, ok := p.Catalog.LookupInstance(dst.Addr()); ok {
+		// A pod's own IP (a StatefulSet's pod through its headless
+		// Service): that very instance, over mTLS, whatever its health,
+		// since the caller chose it. Its proxy serves the app's port.
+		log = log.With("service", key.String(), "instance", in.Addr.String())
+		up, err := p.dialInstance(in)
+		if err != nil {
+			p.result(log, dirOutbound, resError, err)
+			reset(c)
+			return
+		}
+		p.result(log, dirOutbound, resOK, nil)
+		p.carry(dirOutbound, c, up)
+		return
+	}
 	if local, _ := netip.ParseAddrPort(c.LocalAddr().String()); dst == local {
 		// Straight to the listener, not redirected: it would loop.
 		p.result(log, dirPassthrough, resError, errors.New("connection addressed to the outbound listener itself"))

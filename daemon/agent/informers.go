@@ -81,9 +81,11 @@ func (is *informerSet) wait() { is.done.Wait() }
 // slimPod keeps of a pod only what the node agent reads: its metadata (not the
 // managed fields, often the largest part), whether it uses the host
 // network, its ServiceAccount (with ACLs, the only service it may be
-// registered as), and its phase, conditions and IPs. Containers, volumes and
-// container statuses are most of a pod, and an injected pod's are larger
-// still; with 110 pods on a node they would be most of the node agent's heap.
+// registered as), its containers' names (a pod no Service selects is
+// registered under its first one's), and its phase, conditions and IPs.
+// Containers, volumes and container statuses are most of a pod, and an
+// injected pod's are larger still; with 110 pods on a node they would be
+// most of the node agent's heap.
 func slimPod(obj any) (any, error) {
 	p, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -91,11 +93,15 @@ func slimPod(obj any) (any, error) {
 	}
 	meta := p.ObjectMeta
 	meta.ManagedFields = nil
+	containers := make([]corev1.Container, len(p.Spec.Containers))
+	for i, c := range p.Spec.Containers {
+		containers[i] = corev1.Container{Name: c.Name}
+	}
 	return &corev1.Pod{
 		TypeMeta:   p.TypeMeta,
 		ObjectMeta: meta,
 		Spec: corev1.PodSpec{NodeName: p.Spec.NodeName, HostNetwork: p.Spec.HostNetwork,
-			ServiceAccountName: p.Spec.ServiceAccountName},
+			ServiceAccountName: p.Spec.ServiceAccountName, Containers: containers},
 		Status: corev1.PodStatus{Phase: p.Status.Phase, Conditions: p.Status.Conditions,
 			PodIP: p.Status.PodIP, PodIPs: p.Status.PodIPs},
 	}, nil

@@ -15,7 +15,8 @@ import (
 
 // TestSlimPodKeepsWhatTheAgentReads: the registrations, the repair's
 // decision and the pod cache come out the same from the slimmed pod as
-// from the full one; containers and managed fields are gone.
+// from the full one; containers (but their names) and managed fields are
+// gone.
 func TestSlimPodKeepsWhatTheAgentReads(t *testing.T) {
 	full := injected("web-1", "u1", true)
 	full.OwnerReferences = []metav1.OwnerReference{{Kind: "ReplicaSet", Name: "web", Controller: ptrTrue()}}
@@ -28,8 +29,9 @@ func TestSlimPodKeepsWhatTheAgentReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	slim := obj.(*corev1.Pod)
-	if len(slim.Spec.Containers) != 0 || slim.ManagedFields != nil || slim.Status.ContainerStatuses != nil {
-		t.Fatalf("slimPod kept containers, managed fields or container statuses: %+v", slim)
+	if len(slim.Spec.Containers) != 1 || slim.Spec.Containers[0].Name != "app" || slim.Spec.Containers[0].Image != "" ||
+		slim.ManagedFields != nil || slim.Status.ContainerStatuses != nil {
+		t.Fatalf("slimPod kept more of the containers than their names, managed fields or container statuses: %+v", slim)
 	}
 	svcs := []*corev1.Service{{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop"},
 		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "web"}, ClusterIP: "10.96.0.20", Ports: []corev1.ServicePort{{Port: 80}}}}}
@@ -80,6 +82,24 @@ func TestSlimPodKeepsTheServiceAccount(t *testing.T) {
 		if (errFull == nil) != (sa == "web") || (errFull == nil) != (errSlim == nil) {
 			t.Errorf("ServiceAccount %s: the full pod registers with %v, the slim one with %v; want both to succeed only for web", sa, errFull, errSlim)
 		}
+	}
+}
+
+// TestSlimPodKeepsContainerNames: a pod no Service selects registers under
+// its first container's name, from the slim pod as from the full one.
+func TestSlimPodKeepsContainerNames(t *testing.T) {
+	full := injected("static-server", "u1", true)
+	full.Spec = corev1.PodSpec{NodeName: "n1", Containers: []corev1.Container{{Name: contract.MeshletSidecarName, Image: "m"}, {Name: "static-server", Image: "x"}}}
+	obj, err := slimPod(full.DeepCopy())
+	if err != nil {
+		t.Fatal(err)
+	}
+	regs, err := register.For(obj.(*corev1.Pod), nil)
+	if err != nil || regs.Service.Name != "static-server" {
+		t.Fatalf("the slim pod registers as %+v, %v; want service static-server", regs.Service, err)
+	}
+	if c := obj.(*corev1.Pod).Spec.Containers; len(c) != 2 || c[1].Image != "" {
+		t.Errorf("slim containers %+v: want the names alone", c)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
 	"github.com/meshlet/meshlet/contract"
@@ -80,4 +81,50 @@ func TestStatefulSetByPodName(t *testing.T) {
 		t.Fatalf("consul intention delete: %v: %s", err, out)
 	}
 	reachEach("after the intention's deletion")
+}
+
+// TestDaemonSetMeshed: a DaemonSet's pod is injected and registered like
+// a Deployment's, under the Service that selects it, and a meshed client
+// reaches it through that Service.
+func TestDaemonSetMeshed(t *testing.T) {
+	requireDataPlane(t, webhook.DataPlaneMeshlet, webhook.DataPlaneEnvoy)
+	cs := clientset(t)
+	cl := consul(t)
+	ns := testNamespace(t, cs, "ds")
+	leaveNoRegistrations(t, cs, cl, ns)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	labels := map[string]string{"app": "node-echo"}
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "node-echo"},
+		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	app := echoContainer("node-echo", "hello from the daemonset", 8080, 0)
+	app.Ports = []corev1.ContainerPort{{ContainerPort: 8080}}
+	if _, err := cs.AppsV1().DaemonSets(ns).Create(ctx, &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "node-echo"},
+		Spec: appsv1.DaemonSetSpec{Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{contract.Inject: "true"}},
+				Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{app}}}}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	client := shellContainer()
+	client.Name = "static-client"
+	createPod(t, cs, ns, "static-client", map[string]string{contract.Inject: "true"}, client)
+	waitPodState(t, ctx, cs, ns, "static-client", "Ready", podReady)
+	var pod *corev1.Pod
+	waitFor(t, ctx, "the DaemonSet's pod Ready", func(ctx context.Context) (bool, error) {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=node-echo"})
+		if err != nil || len(pods.Items) == 0 {
+			return false, err
+		}
+		pod = &pods.Items[0]
+		return injected(pod) && podReady(pod), fmt.Errorf("pod %s: injected %v, ready %v", pod.Name, injected(pod), podReady(pod))
+	})
+	waitFor(t, ctx, "node-echo and its proxy in the catalog at the pod's IP", func(context.Context) (bool, error) {
+		err := catalogMatches(cl, ns, "node-echo", map[string]string{pod.Name: pod.Status.PodIP})
+		return err == nil, err
+	})
+	waitCurl(t, ctx, "the DaemonSet's pod through the mesh", ns, "pod/static-client", "http://node-echo/", "hello from the daemonset")
 }

@@ -430,3 +430,68 @@ func annotationConstants(t *testing.T) []string {
 	}
 	return names
 }
+
+// The columns naming a data plane say what the row's example does on it,
+// as the webhook answers: works (injected, no warning about it), warned
+// (injected with a warning naming the annotation) or denied.
+var dataPlaneColumns = []string{DataPlaneEnvoy, DataPlaneConsul, DataPlaneMeshlet}
+
+// dataPlaneConfigs are the webhook's configurations per data plane, as
+// the chart renders them (consul: no transparent proxy).
+func dataPlaneConfigs() []Config {
+	return []Config{DefaultConfig(), consulCfg(), meshletCfg()}
+}
+
+// outcome is what the webhook does with key: value on a pod under cfg.
+func outcome(key, value string, cfg Config) string {
+	ann := on(key, value)
+	if key == contract.Inject {
+		ann = map[string]string{key: value}
+	}
+	res := Mutate(app(ann), "shop", cfg)
+	switch {
+	case res.Denied != nil:
+		return "denied"
+	case slices.ContainsFunc(res.Warnings, func(w string) bool { return strings.Contains(w, key) }):
+		return "warned"
+	}
+	return "works"
+}
+
+// TestAnnotationsDocDataPlanes: each row's data plane columns say what
+// the webhook does with its example on that data plane.
+func TestAnnotationsDocDataPlanes(t *testing.T) {
+	_, tables := readAnnotationsDoc(t)
+	n := 0
+	for _, tb := range tables {
+		if tb.col(colDenied) < 0 {
+			continue
+		}
+		ex := tb.col(colExample)
+		for i, dp := range dataPlaneColumns {
+			c := tb.col(dp)
+			if c < 0 {
+				t.Errorf("the table headed %q has no column %q", tb.header, dp)
+				continue
+			}
+			for _, r := range tb.rows {
+				names, examples := annotationNames(r.cells[0]), spans(r.cells[ex])
+				if len(names) != 1 || len(examples) != 1 || len(r.cells) != len(tb.header) {
+					continue // readRows reports these
+				}
+				key, value, ok := keyValue(names[0], examples[0])
+				if !ok {
+					continue
+				}
+				n++
+				want := strings.Trim(strings.TrimSpace(r.cells[c]), "`")
+				if got := outcome(key, value, dataPlaneConfigs()[i]); got != want {
+					t.Errorf("line %d (%s): data plane %s: the page says %q, the webhook: %s", r.line, names[0], dp, want, got)
+				}
+			}
+		}
+	}
+	if n == 0 {
+		t.Error("no data plane cell checked")
+	}
+}

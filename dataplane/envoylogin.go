@@ -156,15 +156,32 @@ func (l *envoyLogin) start(ctx context.Context) (*capi.ACLToken, error) {
 	if err != nil {
 		return nil, err
 	}
-	tok, _, err := c.ACL().TokenReadSelf(nil)
-	if err == nil && tok != nil {
-		l.log.Info("keeping the token of a previous run, which Consul still knows", "accessor_id", tok.AccessorID)
-		tok.SecretID = secret
-		return tok, nil
+	// Until Consul says whether it knows the token: a new login while it
+	// is only unreachable would leave Envoy's token behind.
+	wait := 100 * time.Millisecond
+	for {
+		tok, _, err := c.ACL().TokenReadSelf(nil)
+		switch {
+		case err == nil && tok != nil:
+			l.log.Info("keeping the token of a previous run, which Consul still knows", "accessor_id", tok.AccessorID)
+			tok.SecretID = secret
+			return tok, nil
+		case aclNotFound(err):
+			l.log.Info("the token of a previous run is gone; logging in again")
+			return l.newLogin(ctx, true)
+		}
+		l.log.Warn("cannot ask Consul about the token of a previous run yet; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("the token of a previous run: %w (last: %v)", ctx.Err(), err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, loginRetry)
 	}
-	l.log.Info("the token of a previous run is gone; logging in again", "err", err)
-	return l.newLogin(ctx, true)
 }
+
+// aclNotFound: Consul answered that it does not know the token.
+func aclNotFound(err error) bool { return err != nil && strings.Contains(err.Error(), "ACL not found") }
 
 // newLogin logs in until it succeeds, writes the file and, when Envoy may
 // be running with an older token, makes it restart with the new one.
@@ -207,7 +224,7 @@ func (l *envoyLogin) revoked(tok *capi.ACLToken) bool {
 		return false
 	}
 	_, _, err = c.ACL().TokenReadSelf(nil)
-	return err != nil && strings.Contains(err.Error(), "ACL not found")
+	return aclNotFound(err)
 }
 
 // adminClient reaches Envoy's admin listener on the pod's loopback.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -240,5 +241,37 @@ func TestWaitFile(t *testing.T) {
 	}
 	if err := WaitMain(context.Background(), []string{"-file", f, "-timeout", "100ms"}, &out); err != nil {
 		t.Errorf("written file: %v", err)
+	}
+}
+
+// TestEnvoyLoginWaitsForConsul: restarted while Consul does not answer,
+// the login sidecar keeps asking about the token it wrote before rather
+// than log in again (which would leave that token behind), and leaves the
+// file alone.
+func TestEnvoyLoginWaitsForConsul(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := l.Addr().String()
+	l.Close()
+	file := filepath.Join(t.TempDir(), "envoy-ads.json")
+	if err := writeADSFile(file, "6a1b9c2e-0d3f-4e5a-8b7c-9d0e1f2a3b4c"); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(file)
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	var logs bytes.Buffer
+	err = EnvoyLoginMain(ctx, []string{"-http-addr", closed, "-acl-auth-method", "m", "-acl-bearer-token-file", file,
+		"-envoy-ads-file", file, "-node-agent-addr", ""}, &logs)
+	if err == nil || !strings.Contains(err.Error(), "the token of a previous run") {
+		t.Fatalf("err %v, want it still asking about the previous run's token\n%s", err, logs.String())
+	}
+	if after, _ := os.ReadFile(file); !bytes.Equal(before, after) {
+		t.Error("the token file changed while Consul did not answer")
+	}
+	if !aclNotFound(errors.New(`Unexpected response code: 403 (ACL not found)`)) || aclNotFound(errors.New("connection refused")) || aclNotFound(nil) {
+		t.Error("aclNotFound misreads Consul's answers")
 	}
 }

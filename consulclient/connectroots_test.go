@@ -22,19 +22,12 @@ import (
 
 	capi "github.com/hashicorp/consul/api"
 
+	"github.com/meshlet/meshlet/test/consultest"
 	"github.com/meshlet/meshlet/test/repobin"
 	"github.com/meshlet/meshlet/test/testpki"
 )
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return consultest.FreePort(t) }
 
 // tlsConsulServer runs a Consul server with Connect on, serving HTTPS only
 // with a certificate of chart (for server.dc1.consul and 127.0.0.1), as

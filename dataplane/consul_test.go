@@ -23,19 +23,12 @@ import (
 
 	"github.com/meshlet/meshlet/contract"
 	podreg "github.com/meshlet/meshlet/daemon/register"
+	"github.com/meshlet/meshlet/test/consultest"
 	"github.com/meshlet/meshlet/test/repobin"
 )
 
 // freePort is a TCP port nothing listens on now.
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+func freePort(t testing.TB) int { return consultest.FreePort(t) }
 
 // consulAgents starts a real Consul server and a client agent joined to
 // it, on loopback with free ports, as the local cluster lays them out, and

@@ -53,10 +53,11 @@ else
   echo "    $(grep -E '^fuzz: elapsed' "$logdir/fuzz.log" | tail -1)"
 fi
 # TestSecureMode* need Consul with ACLs and TLS: the second run boots the
-# local cluster so (SECURE=1) and runs them with the seed's walkthrough.
+# local cluster so (SECURE=1) and runs them with the seed's walkthrough and
+# the older document's (denied there: its pods run as ServiceAccount default).
 run_suite e2e 30m -p 1 -skip '^TestSecureMode' ./test/e2e/...
 export SECURE=1
-run_suite e2e-secure 20m -run '^(TestSeedWalkthrough|TestSecureMode)' ./test/e2e/
+run_suite e2e-secure 20m -run '^(TestSeedWalkthrough|TestOlderDocWalkthrough|TestSecureMode)' ./test/e2e/
 unset SECURE
 
 logs=("$logdir"/{unit,e2e,e2e-secure}.log)

@@ -17,15 +17,7 @@ import (
 	"github.com/meshlet/meshlet/test/repobin"
 )
 
-func freePort(t testing.TB) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
+func freePort(t testing.TB) int { return consultest.FreePort(t) }
 
 func newUUID(t testing.TB) string { return consultest.NewUUID(t) }
 

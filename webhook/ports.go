@@ -19,6 +19,9 @@ import (
 // metrics port, the expose listeners of rewritten probes. The proxy could
 // not bind both; the message names both uses.
 func checkPortUses(pod *corev1.Pod, p parsed, cfg Config) error {
+	if len(p.upstreams) == 0 && p.metrics == nil {
+		return nil // nothing the annotations place could collide
+	}
 	taken := map[int]string{contract.ProxyInboundPort: "the proxy's inbound port"}
 	if p.tproxy {
 		taken[contract.ProxyOutboundPort] = "the proxy's transparent outbound port"
@@ -50,33 +53,6 @@ func checkPortUses(pod *corev1.Pod, p parsed, cfg Config) error {
 		if other, ok := taken[u.LocalPort]; ok {
 			errs = append(errs, invalid{contract.Upstreams, p.upstreamsAsWritten[i], fmt.Sprintf("local port %d is %s in the pod", u.LocalPort, other)})
 		}
-	}
-	return errors.Join(errs...)
-}
-
-// checkUpstreamForms refuses, on data plane meshlet, the upstream forms
-// its proxy does not serve (it would exit at start, the pod admitted and
-// then broken): prepared queries, another datacenter, a Consul Enterprise
-// namespace. Envoy and Consul's proxy get them from Consul as they are.
-func checkUpstreamForms(p parsed, cfg Config) error {
-	if cfg.DataPlane != DataPlaneMeshlet {
-		return nil
-	}
-	var errs []error
-	for i, u := range p.upstreams {
-		var what string
-		switch {
-		case u.PreparedQuery:
-			what = "a prepared query"
-		case u.Datacenter != "":
-			what = "a service in datacenter " + u.Datacenter
-		case u.Namespace != "":
-			what = "a service in Consul namespace " + u.Namespace
-		default:
-			continue
-		}
-		errs = append(errs, invalid{contract.Upstreams, p.upstreamsAsWritten[i],
-			what + ", which data plane meshlet's proxy does not reach yet: use data plane envoy or consul, or name a service of the local datacenter"})
 	}
 	return errors.Join(errs...)
 }

@@ -611,3 +611,21 @@ func percentile(d []time.Duration, q float64) float64 {
 	slices.Sort(s)
 	return float64(s[int(float64(len(s)-1)*q)].Microseconds()) / 1000
 }
+
+// upgradeRelease helm-upgrades the local release with sets and waits for
+// the webhook's rollout; the release's own values come back, rolled out,
+// when tb ends.
+func upgradeRelease(tb testing.TB, ctx context.Context, cs *kubernetes.Clientset, sets ...string) {
+	tb.Helper()
+	tb.Cleanup(func() {
+		if err := lc.InstallMeshlet(context.Background()); err != nil {
+			tb.Errorf("restore the release: %v", err)
+			return
+		}
+		waitWebhookRollout(tb, context.Background(), cs)
+	})
+	if err := lc.UpgradeMeshlet(ctx, sets...); err != nil {
+		tb.Fatal(err)
+	}
+	waitWebhookRollout(tb, ctx, cs)
+}

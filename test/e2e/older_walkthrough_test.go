@@ -18,15 +18,22 @@ import (
 // ServiceAccount. The server is registered as static-server, its first
 // container's name, with an Event saying so; `kubectl exec static-client
 // -- curl -s localhost:1234` answers "hello world"; a deny intention makes
-// the next request exit 52; deleting it brings hello world back.
+// the next request exit 52; deleting it brings hello world back. On a
+// Consul with ACLs its pods, which run as ServiceAccount default, are
+// denied at admission, saying why, rather than admitted and left
+// unready.
 func TestOlderDocWalkthrough(t *testing.T) {
 	requireDataPlane(t, webhook.DataPlaneMeshlet, webhook.DataPlaneEnvoy)
-	if suite.ACLs() {
-		t.Skip("the older document's pods run as ServiceAccount default, to which Consul's ACLs give no identity (the secure run does not select this test)")
-	}
 	cs := clientset(t)
 	cl := consul(t)
 	ns := testNamespace(t, cs, "older")
+	if suite.ACLs() {
+		out, err := kubectlErr("apply", "-n", ns, "-f", exampleManifest(t, "mesh-older", "static-server.yaml"))
+		if err == nil || !strings.Contains(out, `the pod runs as ServiceAccount "default"`) {
+			t.Fatalf("with ACLs, the older document's server: %v: %s; want it denied for running as ServiceAccount default", err, out)
+		}
+		return
+	}
 	leaveNoRegistrations(t, cs, cl, ns)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

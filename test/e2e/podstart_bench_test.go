@@ -35,17 +35,7 @@ func BenchmarkPodStart(b *testing.B) {
 	b.Run("default-regular-container", func(b *testing.B) { benchPodStart(b, cs, ns, false) })
 
 	ctx := context.Background()
-	b.Cleanup(func() {
-		if err := lc.InstallMeshlet(context.Background()); err != nil {
-			b.Errorf("restore the release: %v", err)
-			return
-		}
-		waitWebhookRollout(b, context.Background(), cs)
-	})
-	if err := lc.UpgradeMeshlet(ctx, "connectInject.nativeSidecar=true"); err != nil {
-		b.Fatal(err)
-	}
-	waitWebhookRollout(b, ctx, cs)
+	upgradeRelease(b, ctx, cs, "connectInject.nativeSidecar=true")
 	b.Run("native-sidecar", func(b *testing.B) { benchPodStart(b, cs, ns, true) })
 }
 

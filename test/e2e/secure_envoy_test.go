@@ -57,17 +57,7 @@ func TestSecureModeEnvoyDataPlane(t *testing.T) {
 	cl := consul(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	t.Cleanup(func() {
-		if err := lc.InstallMeshlet(context.Background()); err != nil {
-			t.Errorf("restore the release: %v", err)
-			return
-		}
-		waitWebhookRollout(t, context.Background(), cs)
-	})
-	if err := lc.UpgradeMeshlet(ctx, "connectInject.dataPlane=envoy", "global.imageEnvoy="+cluster.EnvoyStandInImage); err != nil {
-		t.Fatal(err)
-	}
-	waitWebhookRollout(t, ctx, cs)
+	upgradeRelease(t, ctx, cs, "connectInject.dataPlane=envoy", "global.imageEnvoy="+cluster.EnvoyStandInImage)
 	ns := testNamespace(t, cs, "acl-envoy")
 	createServiceAccount(t, cs, ns, "edp-web")
 	web := echoContainer("edp-web", "hello", 8080, 0)

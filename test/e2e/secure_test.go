@@ -462,17 +462,7 @@ func TestSecureModeConsulDataPlane(t *testing.T) {
 	cl := consul(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	t.Cleanup(func() {
-		if err := lc.InstallMeshlet(context.Background()); err != nil {
-			t.Errorf("restore the release: %v", err)
-			return
-		}
-		waitWebhookRollout(t, context.Background(), cs)
-	})
-	if err := lc.UpgradeMeshlet(ctx, "connectInject.dataPlane=consul", "global.image="+cluster.ConsulImage); err != nil {
-		t.Fatal(err)
-	}
-	waitWebhookRollout(t, ctx, cs)
+	upgradeRelease(t, ctx, cs, "connectInject.dataPlane=consul", "global.image="+cluster.ConsulImage)
 	ns := testNamespace(t, cs, "acl-consul")
 	allowAllTo(t, "cdp-server")
 	for _, sa := range []string{"cdp-server", "cdp-client"} {

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
 	"github.com/meshlet/meshlet/contract"
@@ -31,11 +32,8 @@ func TestStatefulSetByPodName(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	labels := map[string]string{"app": "web"}
-	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "web"},
-		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: labels,
-			Ports: []corev1.ServicePort{{Port: 8080}}}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createService(t, ctx, cs, ns, "web", corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: labels,
+		Ports: []corev1.ServicePort{{Port: 8080}}})
 	app := corev1.Container{Name: "web", Image: suite.Images.StaticServer, ImagePullPolicy: pullPolicy(),
 		Args:  []string{"-text=$(POD_NAME)", "-listen=:8080"},
 		Env:   []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
@@ -48,10 +46,8 @@ func TestStatefulSetByPodName(t *testing.T) {
 		metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	client := shellContainer()
-	client.Name = "static-client"
-	createPod(t, cs, ns, "static-client", map[string]string{contract.Inject: "true"}, client)
-	for _, p := range []string{"web-0", "web-1", "static-client"} {
+	meshedClient(t, ctx, cs, ns)
+	for _, p := range []string{"web-0", "web-1"} {
 		waitPodState(t, ctx, cs, ns, p, "Ready", podReady)
 	}
 	curl := func(replica string) (string, error) {
@@ -95,11 +91,8 @@ func TestDaemonSetMeshed(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	labels := map[string]string{"app": "node-echo"}
-	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "node-echo"},
-		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}}},
-		metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	createService(t, ctx, cs, ns, "node-echo", corev1.ServiceSpec{Selector: labels,
+		Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}})
 	app := echoContainer("node-echo", "hello from the daemonset", 8080, 0)
 	app.Ports = []corev1.ContainerPort{{ContainerPort: 8080}}
 	if _, err := cs.AppsV1().DaemonSets(ns).Create(ctx, &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "node-echo"},
@@ -109,10 +102,7 @@ func TestDaemonSetMeshed(t *testing.T) {
 		metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	client := shellContainer()
-	client.Name = "static-client"
-	createPod(t, cs, ns, "static-client", map[string]string{contract.Inject: "true"}, client)
-	waitPodState(t, ctx, cs, ns, "static-client", "Ready", podReady)
+	meshedClient(t, ctx, cs, ns)
 	var pod *corev1.Pod
 	waitFor(t, ctx, "the DaemonSet's pod Ready", func(ctx context.Context) (bool, error) {
 		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=node-echo"})
@@ -127,4 +117,24 @@ func TestDaemonSetMeshed(t *testing.T) {
 		return err == nil, err
 	})
 	waitCurl(t, ctx, "the DaemonSet's pod through the mesh", ns, "pod/static-client", "http://node-echo/", "hello from the daemonset")
+}
+
+// meshedClient creates the meshed pod static-client (a shell with curl;
+// its Consul service static-client, named after its container) in ns and
+// waits for it to be Ready.
+func meshedClient(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, ns string) {
+	t.Helper()
+	client := shellContainer()
+	client.Name = "static-client"
+	createPod(t, cs, ns, "static-client", map[string]string{contract.Inject: "true"}, client)
+	waitPodState(t, ctx, cs, ns, "static-client", "Ready", podReady)
+}
+
+// createService creates the Service name in ns.
+func createService(t *testing.T, ctx context.Context, cs *kubernetes.Clientset, ns, name string, spec corev1.ServiceSpec) {
+	t.Helper()
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: name}, Spec: spec},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -66,7 +66,7 @@ func buildIndex(byProxy map[string][]*capi.ServiceEntry) *meshIndex {
 			if s == nil || s.Kind != capi.ServiceKindConnectProxy || s.Proxy == nil || s.Proxy.DestinationServiceName == "" {
 				continue
 			}
-			key := ServiceKey{Partition: s.Partition, Namespace: s.Namespace, Name: s.Proxy.DestinationServiceName}
+			key, in, ok := instanceFrom(e)
 			for _, tag := range virtualTags {
 				ta, ok := s.TaggedAddresses[tag]
 				if !ok {
@@ -82,22 +82,8 @@ func buildIndex(byProxy map[string][]*capi.ServiceEntry) *meshIndex {
 				}
 				idx.byVIP[vip] = key
 			}
-			addr := s.Address
-			if addr == "" && e.Node != nil {
-				addr = e.Node.Address
-			}
-			ip, err := netip.ParseAddr(addr)
-			if err != nil || s.Port <= 0 || s.Port > 65535 {
+			if !ok {
 				continue
-			}
-			dc := ""
-			if e.Node != nil {
-				dc = e.Node.Datacenter
-			}
-			in := Instance{
-				Addr:    netip.AddrPortFrom(ip.Unmap(), uint16(s.Port)),
-				ID:      ServiceID{Partition: s.Partition, Namespace: orDefault(s.Namespace), Datacenter: dc, Service: key.Name},
-				Healthy: e.Checks.AggregatedStatus() == capi.HealthPassing,
 			}
 			idx.instances[key] = append(idx.instances[key], in)
 			// An address the service has no address of its own for is its
@@ -117,9 +103,41 @@ func buildIndex(byProxy map[string][]*capi.ServiceEntry) *meshIndex {
 		delete(idx.byAddr, a)
 	}
 	for k := range idx.instances {
-		sort.Slice(idx.instances[k], func(i, j int) bool { return idx.instances[k][i].Addr.Compare(idx.instances[k][j].Addr) < 0 })
+		sortInstances(idx.instances[k])
 	}
 	return idx
+}
+
+// instanceFrom is the instance a sidecar proxy's entry describes, and
+// the service it fronts; false for an entry that is not a sidecar's or
+// has no address to dial.
+func instanceFrom(e *capi.ServiceEntry) (ServiceKey, Instance, bool) {
+	s := e.Service
+	if s == nil || s.Kind != capi.ServiceKindConnectProxy || s.Proxy == nil || s.Proxy.DestinationServiceName == "" {
+		return ServiceKey{}, Instance{}, false
+	}
+	key := ServiceKey{Partition: s.Partition, Namespace: s.Namespace, Name: s.Proxy.DestinationServiceName}
+	addr := s.Address
+	if addr == "" && e.Node != nil {
+		addr = e.Node.Address
+	}
+	ip, err := netip.ParseAddr(addr)
+	if err != nil || s.Port <= 0 || s.Port > 65535 {
+		return key, Instance{}, false
+	}
+	dc := ""
+	if e.Node != nil {
+		dc = e.Node.Datacenter
+	}
+	return key, Instance{
+		Addr:    netip.AddrPortFrom(ip.Unmap(), uint16(s.Port)),
+		ID:      ServiceID{Partition: s.Partition, Namespace: orDefault(s.Namespace), Datacenter: dc, Service: key.Name},
+		Healthy: e.Checks.AggregatedStatus() == capi.HealthPassing,
+	}, true
+}
+
+func sortInstances(ins []Instance) {
+	sort.Slice(ins, func(i, j int) bool { return ins[i].Addr.Compare(ins[j].Addr) < 0 })
 }
 
 // Catalog keeps a meshIndex current: one blocking query lists the proxy

@@ -28,11 +28,19 @@ type Config struct {
 }
 
 // Upstream is an explicit upstream: a listener on the pod's loopback for
-// one mesh service.
+// one mesh service, of the local datacenter unless Datacenter names
+// another, or for the services a prepared query returns.
 type Upstream struct {
 	Bind    string
-	Service ServiceKey
+	Service ServiceKey // a prepared query's: its name in Name
+	// Datacenter is another datacenter's name; "" for the local one.
+	Datacenter    string
+	PreparedQuery bool
 }
+
+// remote reports whether u's instances are not in the local catalog the
+// proxy follows: another datacenter's, or a prepared query's.
+func (u Upstream) remote() bool { return u.PreparedQuery || u.Datacenter != "" }
 
 // ExposePath serves one HTTP path of the application, without mTLS, on a
 // port of its own: kubelet's probes, rewritten by the webhook.
@@ -82,13 +90,17 @@ func ConfigFrom(s *capi.AgentService) (Config, error) {
 		c.Outbound = net.JoinHostPort("", strconv.Itoa(port))
 	}
 	for _, u := range p.Upstreams {
-		if u.DestinationType == capi.UpstreamDestTypePreparedQuery {
-			return Config{}, fmt.Errorf("proxy %s: upstream %s is a prepared query, which meshlet proxy does not serve (use the envoy data plane)", s.ID, u.DestinationName)
+		pq := u.DestinationType == capi.UpstreamDestTypePreparedQuery
+		if !pq && u.DestinationType != "" && u.DestinationType != capi.UpstreamDestTypeService {
+			return Config{}, fmt.Errorf("proxy %s: upstream %s has destination type %q, expected service or prepared_query", s.ID, u.DestinationName, u.DestinationType)
 		}
-		// The catalog and health watches read the local datacenter only:
-		// a same-named service there must not stand in for a remote one.
-		if u.Datacenter != "" && u.Datacenter != s.Datacenter {
-			return Config{}, fmt.Errorf("proxy %s: upstream %s is in datacenter %s, and meshlet proxy serves the local datacenter (%s) only (use the envoy data plane)", s.ID, u.DestinationName, u.Datacenter, s.Datacenter)
+		// The local datacenter's services come from the catalog the proxy
+		// follows; another's are followed one by one (resolve.go). A
+		// query is executed in the datacenter it names, the local one
+		// when none.
+		dc := u.Datacenter
+		if dc == s.Datacenter {
+			dc = ""
 		}
 		if u.DestinationPeer != "" {
 			return Config{}, fmt.Errorf("proxy %s: upstream %s is on cluster peer %s, which meshlet proxy does not serve (use the envoy data plane)", s.ID, u.DestinationName, u.DestinationPeer)
@@ -112,7 +124,7 @@ func ConfigFrom(s *capi.AgentService) (Config, error) {
 			part = s.Partition
 		}
 		c.Upstreams = append(c.Upstreams, Upstream{Bind: net.JoinHostPort(addr, strconv.Itoa(u.LocalBindPort)),
-			Service: ServiceKey{Partition: part, Namespace: ns, Name: u.DestinationName}})
+			Service: ServiceKey{Partition: part, Namespace: ns, Name: u.DestinationName}, Datacenter: dc, PreparedQuery: pq})
 	}
 	for _, e := range p.Expose.Paths {
 		if e.ListenerPort <= 0 || e.ListenerPort > 65535 || e.LocalPathPort <= 0 || e.LocalPathPort > 65535 {

@@ -44,7 +44,11 @@ func TestConfigFrom(t *testing.T) {
 		{name: "no public port", in: proxy(func(s *capi.AgentService) { s.Port = 0 }), err: "public listener port 0"},
 		{name: "prepared query upstream", in: proxy(func(s *capi.AgentService) {
 			s.Proxy.Upstreams = []capi.Upstream{{DestinationType: capi.UpstreamDestTypePreparedQuery, DestinationName: "q", LocalBindPort: 1}}
-		}), err: "upstream q is a prepared query"},
+		}), want: Config{ProxyID: "shop_web-sidecar-proxy", Service: ServiceKey{Name: "web"}, Public: ":20000", LocalApp: "127.0.0.1:8080",
+			Upstreams: []Upstream{{Bind: "127.0.0.1:1", Service: ServiceKey{Name: "q"}, PreparedQuery: true}}}},
+		{name: "unknown destination type", in: proxy(func(s *capi.AgentService) {
+			s.Proxy.Upstreams = []capi.Upstream{{DestinationType: "peer", DestinationName: "q", LocalBindPort: 1}}
+		}), err: `upstream q has destination type "peer", expected service or prepared_query`},
 		{name: "upstream in the local datacenter, named", in: proxy(func(s *capi.AgentService) {
 			s.Datacenter = "dc1"
 			s.Proxy.Upstreams = []capi.Upstream{{DestinationName: "db", Datacenter: "dc1", LocalBindPort: 1234}}
@@ -53,7 +57,8 @@ func TestConfigFrom(t *testing.T) {
 		{name: "upstream in another datacenter", in: proxy(func(s *capi.AgentService) {
 			s.Datacenter = "dc1"
 			s.Proxy.Upstreams = []capi.Upstream{{DestinationName: "db", Datacenter: "dc2", LocalBindPort: 1234}}
-		}), err: "upstream db is in datacenter dc2, and meshlet proxy serves the local datacenter (dc1) only"},
+		}), want: Config{ProxyID: "shop_web-sidecar-proxy", Service: ServiceKey{Name: "web"}, Public: ":20000", LocalApp: "127.0.0.1:8080",
+			Upstreams: []Upstream{{Bind: "127.0.0.1:1234", Service: ServiceKey{Name: "db"}, Datacenter: "dc2"}}}},
 		{name: "upstream on a peer", in: proxy(func(s *capi.AgentService) {
 			s.Proxy.Upstreams = []capi.Upstream{{DestinationName: "db", DestinationPeer: "east", LocalBindPort: 1234}}
 		}), err: "upstream db is on cluster peer east"},

@@ -55,18 +55,23 @@ func consulAgentsIn(t testing.TB, n ns.NetNS, bind string, opts ...consulOpts) (
 	dir := t.TempDir()
 	// Free ports of this netns serve in n too: a fresh netns uses none.
 	serf := freePort(t)
+	wan := -1
+	if o.wan != 0 {
+		wan = o.wan
+	}
 	server := fmt.Sprintf(`datacenter = "dc1"
+primary_datacenter = "dc1"
 node_name = "server"
 server = true
 bootstrap_expect = 1
 data_dir = %q
 bind_addr = %q
 client_addr = %q
-ports { http = %d, https = -1, grpc = -1, grpc_tls = -1, dns = -1, serf_lan = %d, serf_wan = -1, server = %d }
+ports { http = %d, https = -1, grpc = -1, grpc_tls = -1, dns = -1, serf_lan = %d, serf_wan = %d, server = %d }
 connect { enabled = true }
 performance { raft_multiplier = 1 }
 disable_update_check = true
-`, filepath.Join(dir, "server"), bind, bind, freePort(t), serf, freePort(t))
+`, filepath.Join(dir, "server"), bind, bind, freePort(t), serf, wan, freePort(t))
 	httpPort := freePort(t)
 	clientAddr := bind
 	if n != nil {
@@ -91,40 +96,7 @@ disable_update_check = true
 		client = o.tls.configure(t, dir, client, httpPort)
 	}
 	for name, cfg := range map[string]string{"server": server, "client": client} {
-		path := filepath.Join(dir, name+".hcl")
-		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		logf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(bin, "agent", "-config-file="+path)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-		start := cmd.Start
-		if n != nil {
-			start = func() error { return n.Do(func(ns.NetNS) error { return cmd.Start() }) }
-		}
-		if err := start(); err != nil {
-			t.Fatal(err)
-		}
-		pid, log := cmd.Process.Pid, logf.Name()
-		t.Cleanup(func() {
-			_ = syscall.Kill(pid, syscall.SIGTERM)
-			done := make(chan struct{})
-			go func() { _ = cmd.Wait(); close(done) }()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				_ = syscall.Kill(pid, syscall.SIGKILL)
-				<-done
-			}
-			if t.Failed() {
-				b, _ := os.ReadFile(log)
-				t.Logf("consul %s log:\n%s", filepath.Base(log), tail(b, 3000))
-			}
-		})
+		startConsulAgent(t, bin, n, dir, name, cfg)
 	}
 	cfg := capi.DefaultConfig()
 	cfg.Address = net.JoinHostPort(bind, strconv.Itoa(httpPort))
@@ -163,6 +135,48 @@ disable_update_check = true
 		return err
 	})
 	return cl, httpPort
+}
+
+// startConsulAgent runs `consul agent` with cfg (in netns n, nil: this
+// one) until the test ends, stopped by its PID; its log, under dir, is
+// shown if the test failed.
+func startConsulAgent(t testing.TB, bin string, n ns.NetNS, dir, name, cfg string) {
+	t.Helper()
+	path := filepath.Join(dir, name+".hcl")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "agent", "-config-file="+path)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	start := cmd.Start
+	if n != nil {
+		start = func() error { return n.Do(func(ns.NetNS) error { return cmd.Start() }) }
+	}
+	if err := start(); err != nil {
+		t.Fatal(err)
+	}
+	pid, log := cmd.Process.Pid, logf.Name()
+	t.Cleanup(func() {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			<-done
+		}
+		logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(log)
+			t.Logf("consul %s log:\n%s", filepath.Base(log), tail(b, 3000))
+		}
+	})
 }
 
 func tail(b []byte, n int) []byte {

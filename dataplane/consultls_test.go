@@ -24,6 +24,9 @@ type consulOpts struct {
 	// consulAgentsIn returns, with a certificate of a CA made for the test;
 	// the client returned trusts that CA.
 	tls *consulTLS
+	// wan, when set, is the server's WAN gossip port: a second
+	// datacenter's server joins there (secondDatacenter).
+	wan int
 }
 
 // consulTLS is the client agent's HTTPS: CAPEM is filled in by configure.

@@ -175,7 +175,7 @@ func (p *Proxy) outbound(c net.Conn) {
 	}
 	log = log.With("destination", dst.String())
 	if key, ok := p.Catalog.Lookup(dst.Addr()); ok {
-		p.toService(log, dirOutbound, c, key)
+		p.toService(log, dirOutbound, c, key.String(), p.Catalog.Instances(key))
 		return
 	}
 	if key, in, ok := p.Catalog.LookupInstance(dst.Addr()); ok {
@@ -209,10 +209,10 @@ func (p *Proxy) outbound(c net.Conn) {
 	p.carry(dirPassthrough, c, up)
 }
 
-// toService carries c to a healthy instance of key over mTLS.
-func (p *Proxy) toService(log *slog.Logger, dir string, c net.Conn, key ServiceKey) {
-	log = log.With("service", key.String())
-	up, err := p.dialService(key)
+// toService carries c to a healthy one of a service's instances over mTLS.
+func (p *Proxy) toService(log *slog.Logger, dir string, c net.Conn, service string, instances []Instance) {
+	log = log.With("service", service)
+	up, err := p.dialService(service, instances)
 	if err != nil {
 		res := resError
 		if errors.Is(err, errNoHealthy) {
@@ -228,17 +228,17 @@ func (p *Proxy) toService(log *slog.Logger, dir string, c net.Conn, key ServiceK
 
 var errNoHealthy = errors.New("no healthy instance")
 
-// dialService opens mTLS to a healthy instance of key, trying up to
-// maxAttempts of them, round robin.
-func (p *Proxy) dialService(key ServiceKey) (net.Conn, error) {
+// dialService opens mTLS to a healthy one of a service's instances,
+// trying up to maxAttempts of them, round robin.
+func (p *Proxy) dialService(service string, instances []Instance) (net.Conn, error) {
 	var healthy []Instance
-	for _, in := range p.Catalog.Instances(key) {
+	for _, in := range instances {
 		if in.Healthy {
 			healthy = append(healthy, in)
 		}
 	}
 	if len(healthy) == 0 {
-		return nil, fmt.Errorf("service %s: %w", key, errNoHealthy)
+		return nil, fmt.Errorf("service %s: %w", service, errNoHealthy)
 	}
 	start := int(p.next.Add(1) % uint64(len(healthy)))
 	var errs []error
@@ -250,7 +250,7 @@ func (p *Proxy) dialService(key ServiceKey) (net.Conn, error) {
 		}
 		errs = append(errs, err)
 	}
-	return nil, fmt.Errorf("service %s: %w", key, errors.Join(errs...))
+	return nil, fmt.Errorf("service %s: %w", service, errors.Join(errs...))
 }
 
 func (p *Proxy) dialInstance(in Instance) (net.Conn, error) {
@@ -270,10 +270,24 @@ func (p *Proxy) dialInstance(in Instance) (net.Conn, error) {
 	return c, nil
 }
 
-// upstream is a connection to an explicit upstream's listener.
-func (p *Proxy) upstream(key ServiceKey) func(net.Conn) {
+// upstream is a connection to an explicit upstream's listener: to the
+// local catalog's instances of its service, or, for another datacenter's
+// service or a prepared query, to those its resolver follows.
+func (p *Proxy) upstream(u Upstream, r *Resolver) func(net.Conn) {
+	name := u.Service.String()
+	switch {
+	case u.PreparedQuery:
+		name = "prepared query " + u.Service.Name
+	case u.Datacenter != "":
+		name += " in datacenter " + u.Datacenter
+	}
 	return func(c net.Conn) {
-		p.toService(p.Log.With("direction", dirUpstream, "app", c.RemoteAddr().String()), dirUpstream, c, key)
+		log := p.Log.With("direction", dirUpstream, "app", c.RemoteAddr().String())
+		if r != nil {
+			p.toService(log, dirUpstream, c, name, r.Instances())
+			return
+		}
+		p.toService(log, dirUpstream, c, name, p.Catalog.Instances(u.Service))
 	}
 }
 

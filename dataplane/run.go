@@ -72,7 +72,17 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 	cat := NewCatalog(consul, log)
 	go id.Run(wctx)
 	go cat.Run(wctx)
-	for what, ch := range map[string]<-chan struct{}{"certificate and CA roots": id.Ready(), "mesh services": cat.Synced()} {
+	waits := map[string]<-chan struct{}{"certificate and CA roots": id.Ready(), "mesh services": cat.Synced()}
+	resolvers := map[string]*Resolver{}
+	for _, u := range cfg.Upstreams {
+		if u.remote() {
+			r := NewResolver(consul, u, log)
+			resolvers[u.Bind] = r
+			go r.Run(wctx)
+			waits["upstream on "+u.Bind] = r.Synced()
+		}
+	}
+	for what, ch := range waits {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -110,7 +120,7 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 		}
 	}
 	for _, u := range cfg.Upstreams {
-		if err := listen(u.Bind, dirUpstream, p.upstream(u.Service)); err != nil {
+		if err := listen(u.Bind, dirUpstream, p.upstream(u, resolvers[u.Bind])); err != nil {
 			return err
 		}
 	}

@@ -515,11 +515,13 @@ func withReadinessProbe(p *corev1.Pod) {
 
 // TestMutateUpstreamFormsOnMeshlet: the upstream forms meshlet's proxy
 // does not serve are denied on data plane meshlet, naming the upstream
-// and what to do; the other data planes take them.
+// and what to do; the other data planes take them. Prepared queries and
+// other datacenters it serves (dataplane TestProxyPreparedQuery,
+// TestProxyOtherDatacenter).
 func TestMutateUpstreamFormsOnMeshlet(t *testing.T) {
 	for _, tc := range []struct{ ups, want string }{
-		{"prepared_query:geo-db:7000", `"prepared_query:geo-db:7000": a prepared query, which data plane meshlet's proxy does not reach yet`},
-		{"db:1234:dc2", `"db:1234:dc2": a service in datacenter dc2, which data plane meshlet's proxy does not reach yet`},
+		{"prepared_query:geo-db:7000", ""},
+		{"db:1234:dc2", ""},
 		{"db.team-a:1234", `"db.team-a:1234": a service in Consul namespace team-a`},
 		{"db:1234", ""},
 	} {

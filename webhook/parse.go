@@ -503,8 +503,8 @@ func parseSidecarQuantity(v string) (resource.Quantity, error) {
 
 // checkUpstreamForms refuses, on data plane meshlet, the upstream forms
 // its proxy does not serve (it would exit at start, the pod admitted and
-// then broken): prepared queries, another datacenter, a Consul Enterprise
-// namespace. Envoy and Consul's proxy get them from Consul as they are.
+// then broken): a Consul Enterprise namespace. Envoy and Consul's proxy
+// get them from Consul as they are.
 func checkUpstreamForms(p parsed, cfg Config) error {
 	if cfg.DataPlane != DataPlaneMeshlet {
 		return nil
@@ -513,10 +513,6 @@ func checkUpstreamForms(p parsed, cfg Config) error {
 	for i, u := range p.upstreams {
 		var what string
 		switch {
-		case u.PreparedQuery:
-			what = "a prepared query"
-		case u.Datacenter != "":
-			what = "a service in datacenter " + u.Datacenter
 		case u.Namespace != "":
 			what = "a service in Consul namespace " + u.Namespace
 		default:

@@ -14,14 +14,18 @@ import (
 // 8500 (HTTP) and 8502 (gRPC). Here both are host processes on the bridge
 // address; the server keeps its ports off the client's defaults.
 const (
-	consulServerNode   = "consul-server"
-	consulServerHTTP   = 18500
-	consulServerSerf   = 18301
-	consulServerRPC    = 18300
+	consulServerNode = "consul-server"
+	consulServerHTTP = 18500
+	consulServerSerf = 18301
+	consulServerRPC  = 18300
+	// ConsulServerWAN is the server's WAN gossip port, where a second
+	// datacenter's server joins (TestOtherDatacenterUpstream).
+	ConsulServerWAN    = 18302
 	consulClientSerf   = 8301
 	consulDatacenter   = "dc1"
 	consulClientDNS    = 8600
 	consulServerConfig = `datacenter = %q
+primary_datacenter = %[1]q
 node_name = %q
 server = true
 bootstrap_expect = 1
@@ -36,7 +40,7 @@ ports {
   grpc_tls = -1
   dns = -1
   serf_lan = %d
-  serf_wan = -1
+  serf_wan = %d
   server = %d
 }
 connect { enabled = true }
@@ -76,7 +80,7 @@ func (c *Cluster) startConsul(ctx context.Context) error {
 		}
 	}
 	srv := fmt.Sprintf(consulServerConfig, consulDatacenter, consulServerNode, srvDir, NodeIP, NodeIP,
-		consulServerHTTP, consulServerSerf, consulServerRPC)
+		consulServerHTTP, consulServerSerf, ConsulServerWAN, consulServerRPC)
 	cli := fmt.Sprintf(consulClientConfig, consulDatacenter, NodeName, cliDir, NodeIP, NodeIP, NodeIP,
 		ConsulHTTPPort, ConsulGRPCPort, consulClientDNS, consulClientSerf, NodeIP, consulServerSerf)
 	if err := os.WriteFile(c.path("consul", "server.hcl"), []byte(srv), 0o644); err != nil {

@@ -68,8 +68,10 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 	defer stopWatches()
 	metrics := NewMetrics(o.Registry)
 	id := NewIdentity(consul.Agent(), cfg.Service.Name, log)
+	id.Namespace = cfg.Service.Namespace
 	id.Loaded = metrics.loaded
 	cat := NewCatalog(consul, log)
+	cat.Namespaces = followedNamespaces(cfg)
 	go id.Run(wctx)
 	go cat.Run(wctx)
 	for what, ch := range map[string]<-chan struct{}{"certificate and CA roots": id.Ready(), "mesh services": cat.Synced()} {

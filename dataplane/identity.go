@@ -25,8 +25,8 @@ type Identity struct {
 	// Consul Enterprise namespace Namespace ("": none, Consul without
 	// namespaces).
 	Service, Namespace string
-	Agent   *capi.Agent
-	Log     *slog.Logger
+	Agent              *capi.Agent
+	Log                *slog.Logger
 	// Loaded, when set, is told of each leaf certificate and root list
 	// loaded (for the metrics).
 	Loaded func(what string, leaf *x509.Certificate)

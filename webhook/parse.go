@@ -503,8 +503,10 @@ func parseSidecarQuantity(v string) (resource.Quantity, error) {
 
 // checkUpstreamForms refuses, on data plane meshlet, the upstream forms
 // its proxy does not serve (it would exit at start, the pod admitted and
-// then broken): prepared queries, another datacenter, a Consul Enterprise
-// namespace. Envoy and Consul's proxy get them from Consul as they are.
+// then broken): prepared queries, another datacenter; and a Consul
+// Enterprise namespace while namespaces are off, where it means nothing
+// (with them on, the proxy follows the upstream's namespace). Envoy and
+// Consul's proxy get them from Consul as they are.
 func checkUpstreamForms(p parsed, cfg Config) error {
 	if cfg.DataPlane != DataPlaneMeshlet {
 		return nil
@@ -517,8 +519,10 @@ func checkUpstreamForms(p parsed, cfg Config) error {
 			what = "a prepared query"
 		case u.Datacenter != "":
 			what = "a service in datacenter " + u.Datacenter
-		case u.Namespace != "":
-			what = "a service in Consul namespace " + u.Namespace
+		case u.Namespace != "" && !cfg.ConsulNamespaces.Enabled:
+			errs = append(errs, invalid{contract.Upstreams, p.upstreamsAsWritten[i],
+				"a service in Consul namespace " + u.Namespace + ", but Consul namespaces are off (global.enableConsulNamespaces): name the service alone, or turn namespaces on (Consul Enterprise)"})
+			continue
 		default:
 			continue
 		}

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
@@ -283,5 +284,25 @@ func TestProxyConsulNamespaces(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestProxyNamespaceOnConsulWithoutThem: -consul-namespace against a real
+// Consul without Enterprise, which refuses every ns=: the proxy stops at
+// once saying so, rather than poll for a registration it cannot read.
+func TestProxyNamespaceOnConsulWithoutThem(t *testing.T) {
+	_, port := consulAgentsIn(t, nil, "127.0.0.1")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var logs syncBuffer
+	err := Main(ctx, []string{"-http-addr", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
+		"-proxy-id", "shop_web-1-sidecar-proxy", "-metrics-addr", "", "-consul-namespace", "team-a"}, &logs)
+	if ctx.Err() != nil {
+		t.Fatalf("the proxy still ran after 20 s against a Consul that refuses its namespace\n%s", logs.String())
+	}
+	for _, want := range []string{"refuses Consul Enterprise namespaces", "global.enableConsulNamespaces", "Namespaces are a Consul Enterprise feature"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("the proxy stopped with %v, want it to say %q", err, want)
+		}
 	}
 }

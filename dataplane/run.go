@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
@@ -181,9 +182,13 @@ func waitRegistration(ctx context.Context, consul *capi.Agent, id string, log *s
 			return s, nil
 		}
 		var se capi.StatusError
-		if !errors.As(err, &se) || se.Code != http.StatusNotFound {
+		switch {
+		case errors.As(err, &se) && se.Code == http.StatusBadRequest && strings.Contains(se.Body, "Consul Enterprise feature"):
+			// -consul-namespace on a Consul without them: no retry helps.
+			return nil, fmt.Errorf("proxy %s: the Consul agent refuses Consul Enterprise namespaces (is it Consul Enterprise? without it, turn global.enableConsulNamespaces off): %w", id, err)
+		case !errors.As(err, &se) || se.Code != http.StatusNotFound:
 			log.Warn("read the proxy's registration", "err", err)
-		} else if time.Since(lastLog) >= 10*time.Second {
+		case time.Since(lastLog) >= 10*time.Second:
 			lastLog = time.Now()
 			log.Info("waiting for the node agent to register the proxy", "waited", time.Since(start).Round(time.Second))
 		}

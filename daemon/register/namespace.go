@@ -1,7 +1,9 @@
 package register
 
 import (
+	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 
 	capi "github.com/hashicorp/consul/api"
@@ -57,9 +59,14 @@ func (n *Namespaces) Ensure(ns string) (created bool, err error) {
 			want.ACLs = &capi.NamespaceACLConfig{PolicyDefaults: []capi.ACLLink{{Name: n.CrossNamespacePolicy}}}
 		}
 		if _, _, err := n.API.Create(want, nil); err != nil {
+			var se capi.StatusError
+			if errors.As(err, &se) && se.Code == http.StatusNotFound {
+				// Consul without Enterprise has no namespace endpoint.
+				return false, fmt.Errorf("create Consul namespace %s: the Consul agent has no namespaces (is it Consul Enterprise? without it, turn global.enableConsulNamespaces off): %w", ns, err)
+			}
 			// Another node's agent may have created it meanwhile.
 			if again, _, rerr := n.API.Read(ns, nil); rerr != nil || again == nil || again.DeletedAt != nil {
-				return false, fmt.Errorf("create Consul namespace %s (the node agent's token needs operator:write, or create the namespace beforehand): %w", ns, err)
+				return false, fmt.Errorf("create Consul namespace %s (the node agent's token needs operator:write, and acl:write for a default policy; or create the namespace beforehand): %w", ns, err)
 			}
 		} else {
 			created = true

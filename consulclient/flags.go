@@ -35,6 +35,10 @@ type Flags struct {
 	// CA: the CA and the Connect CA's roots, kept current
 	// (NewConnectRoots).
 	Roots *ConnectRoots
+	// Namespace, set by code, is the Consul Enterprise namespace every
+	// request carries (ns=) unless it names another; "": none, as Consul
+	// without Enterprise namespaces requires (it refuses any ns=).
+	Namespace string
 }
 
 // Register adds -http-addr, -ca-file, -tls-server-name and -token-file to
@@ -85,6 +89,9 @@ func (f Flags) Client(timeout time.Duration) (*capi.Client, error) {
 	}
 	if f.Token != "" {
 		cc.Token, cc.TokenFile = f.Token, ""
+	}
+	if f.Namespace != "" {
+		cc.Namespace = f.Namespace
 	}
 	hc, err := capi.NewHttpClient(cc.Transport, cc.TLSConfig)
 	if err != nil {

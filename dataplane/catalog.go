@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -140,16 +141,22 @@ func sortInstances(ins []Instance) {
 	sort.Slice(ins, func(i, j int) bool { return ins[i].Addr.Compare(ins[j].Addr) < 0 })
 }
 
-// Catalog keeps a meshIndex current: one blocking query lists the proxy
-// services, and one per proxy service follows its instances and health.
-// Connections read the index; they never query Consul themselves.
+// Catalog keeps a meshIndex current: per Consul namespace it follows,
+// one blocking query lists the proxy services, and one per proxy service
+// follows its instances and health. Connections read the index; they
+// never query Consul themselves.
 type Catalog struct {
 	consul *capi.Client
 	log    *slog.Logger
+	// Namespaces are the Consul Enterprise namespaces followed, set
+	// before Run: the proxy's own and its upstreams' (followedNamespaces).
+	// Empty: the client's own alone, with no ns= sent, as Consul without
+	// Enterprise namespaces requires.
+	Namespaces []string
 
 	idx     atomic.Pointer[meshIndex]
 	mu      sync.Mutex
-	entries map[string][]*capi.ServiceEntry
+	entries map[string][]*capi.ServiceEntry // by entryKey
 	synced  chan struct{}
 	once    sync.Once
 }
@@ -161,8 +168,26 @@ func NewCatalog(consul *capi.Client, log *slog.Logger) *Catalog {
 	return c
 }
 
+// followedNamespaces are the Consul namespaces a proxy of cfg follows:
+// its own (its transparent proxy's reach, as its Kubernetes namespace's
+// Services) and each explicit upstream's. Without Enterprise namespaces
+// every one is "", and so is the only one.
+func followedNamespaces(cfg Config) []string {
+	nss := []string{cfg.Service.Namespace}
+	for _, u := range cfg.Upstreams {
+		if !slices.Contains(nss, u.Service.Namespace) {
+			nss = append(nss, u.Service.Namespace)
+		}
+	}
+	return nss
+}
+
+// entryKey is a proxy service's key in entries: its name is unique
+// within its namespace only.
+func entryKey(ns, name string) string { return ns + "/" + name }
+
 // Synced is closed once the list of proxy services and each one's
-// instances have been read once.
+// instances have been read once, in every namespace followed.
 func (c *Catalog) Synced() <-chan struct{} { return c.synced }
 
 // Lookup is the mesh service whose virtual address is ip.
@@ -185,6 +210,37 @@ const proxyFilter = `ServiceKind == "connect-proxy"`
 
 // Run follows the catalog until ctx ends.
 func (c *Catalog) Run(ctx context.Context) {
+	nss := c.Namespaces
+	if len(nss) == 0 {
+		nss = []string{""}
+	}
+	var first, all sync.WaitGroup
+	first.Add(len(nss))
+	all.Add(len(nss))
+	for _, ns := range nss {
+		go func() {
+			defer all.Done()
+			c.follow(ctx, ns, sync.OnceFunc(first.Done))
+		}()
+	}
+	go func() {
+		first.Wait()
+		if ctx.Err() == nil {
+			c.once.Do(func() { close(c.synced) })
+		}
+	}()
+	all.Wait()
+}
+
+// follow lists namespace ns's proxy services ("": the client's own) and
+// follows each one's instances until ctx ends; synced is called once
+// the first list and its services were read, or when follow returns.
+func (c *Catalog) follow(ctx context.Context, ns string, synced func()) {
+	defer synced()
+	log := c.log
+	if ns != "" {
+		log = log.With("consul_namespace", ns)
+	}
 	watching := map[string]context.CancelFunc{}
 	defer func() {
 		for _, cancel := range watching {
@@ -194,11 +250,11 @@ func (c *Catalog) Run(ctx context.Context) {
 	var index uint64
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		q := (&capi.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute, Filter: proxyFilter}).WithContext(ctx)
+		q := (&capi.QueryOptions{Namespace: ns, WaitIndex: index, WaitTime: 5 * time.Minute, Filter: proxyFilter}).WithContext(ctx)
 		names, meta, err := c.consul.Catalog().Services(q)
 		if err != nil {
 			if ctx.Err() == nil {
-				c.log.Error("list the mesh's proxy services", "err", err, "retry_in", backoff)
+				log.Error("list the mesh's proxy services", "err", err, "retry_in", backoff)
 				sleep(ctx, backoff)
 				backoff = min(2*backoff, 30*time.Second)
 			}
@@ -214,23 +270,23 @@ func (c *Catalog) Run(ctx context.Context) {
 			wctx, cancel := context.WithCancel(ctx)
 			watching[name] = cancel
 			first.Add(1)
-			go c.watchService(wctx, name, &first)
+			go c.watchService(wctx, log, ns, name, &first)
 		}
 		for name, cancel := range watching {
 			if _, ok := names[name]; !ok {
 				cancel()
 				delete(watching, name)
-				c.set(context.Background(), name, nil)
+				c.set(context.Background(), entryKey(ns, name), nil)
 			}
 		}
 		first.Wait()
-		c.once.Do(func() { close(c.synced) })
+		synced()
 	}
 }
 
 // watchService follows one proxy service's instances; first is told once
 // they were read (or could not be).
-func (c *Catalog) watchService(ctx context.Context, name string, first *sync.WaitGroup) {
+func (c *Catalog) watchService(ctx context.Context, log *slog.Logger, ns, name string, first *sync.WaitGroup) {
 	var index uint64
 	backoff := 100 * time.Millisecond
 	told := false
@@ -242,11 +298,11 @@ func (c *Catalog) watchService(ctx context.Context, name string, first *sync.Wai
 	}
 	defer tell()
 	for ctx.Err() == nil {
-		q := (&capi.QueryOptions{WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
+		q := (&capi.QueryOptions{Namespace: ns, WaitIndex: index, WaitTime: 5 * time.Minute}).WithContext(ctx)
 		entries, meta, err := c.consul.Health().Service(name, "", false, q)
 		if err != nil {
 			if ctx.Err() == nil {
-				c.log.Error("follow a proxy service", "service", name, "err", err, "retry_in", backoff)
+				log.Error("follow a proxy service", "service", name, "err", err, "retry_in", backoff)
 				tell()
 				sleep(ctx, backoff)
 				backoff = min(2*backoff, 30*time.Second)
@@ -259,7 +315,7 @@ func (c *Catalog) watchService(ctx context.Context, name string, first *sync.Wai
 		} else {
 			index = meta.LastIndex
 		}
-		c.set(ctx, name, entries)
+		c.set(ctx, entryKey(ns, name), entries)
 		tell()
 	}
 }
@@ -267,16 +323,16 @@ func (c *Catalog) watchService(ctx context.Context, name string, first *sync.Wai
 // set stores a proxy service's entries; from a watcher whose service left
 // the list (ctx cancelled, checked under the lock the removal takes too) it
 // stores nothing, so a late answer cannot bring the service back.
-func (c *Catalog) set(ctx context.Context, name string, entries []*capi.ServiceEntry) {
+func (c *Catalog) set(ctx context.Context, key string, entries []*capi.ServiceEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if ctx.Err() != nil {
 		return
 	}
 	if entries == nil {
-		delete(c.entries, name)
+		delete(c.entries, key)
 	} else {
-		c.entries[name] = entries
+		c.entries[key] = entries
 	}
 	c.idx.Store(buildIndex(c.entries))
 }

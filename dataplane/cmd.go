@@ -44,6 +44,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	var lg Login
 	fs.StringVar(&lg.AuthMethod, "acl-auth-method", "", "log in to this Consul Kubernetes auth method with the pod's ServiceAccount token and use the token it gives for every Consul call (docs/identity.md); empty: no login")
 	fs.StringVar(&lg.BearerTokenFile, "acl-bearer-token-file", contract.ServiceAccountTokenFile, "the pod's ServiceAccount token, for -acl-auth-method")
+	fs.StringVar(&lg.Namespace, "acl-auth-method-namespace", "", "Consul Enterprise: the namespace of -acl-auth-method; empty: -consul-namespace")
+	var consulNS string
+	fs.StringVar(&consulNS, "consul-namespace", os.Getenv("CONSUL_NAMESPACE"), "Consul Enterprise: the namespace of the proxy's registration, sent with every Consul call (default $CONSUL_NAMESPACE); empty: none, as Consul without Enterprise namespaces requires")
 	var nodeAgent string
 	if ip := os.Getenv(contract.EnvHostIP); ip != "" {
 		nodeAgent = net.JoinHostPort(ip, strconv.Itoa(contract.NodeAgentHTTPPort))
@@ -71,7 +74,12 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("-acl-auth-method %s and -token-file %s exclude each other: the proxy acts with the token its login gives", lg.AuthMethod, consul.TokenFile)
 	case lg.AuthMethod != "" && lg.BearerTokenFile == "":
 		return fmt.Errorf("-acl-auth-method %s needs -acl-bearer-token-file, the pod's ServiceAccount token", lg.AuthMethod)
+	case lg.Namespace != "" && lg.AuthMethod == "":
+		return fmt.Errorf("-acl-auth-method-namespace %s without -acl-auth-method: no login to place", lg.Namespace)
+	case lg.Namespace != "" && consulNS == "":
+		return fmt.Errorf("-acl-auth-method-namespace %s without -consul-namespace: Consul namespaces are off", lg.Namespace)
 	}
+	consul.Namespace = consulNS
 	if nodeAgent != "" {
 		if _, _, err := net.SplitHostPort(nodeAgent); err != nil {
 			return fmt.Errorf("-node-agent-addr %q: expected host:port", nodeAgent)
@@ -103,7 +111,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		// The token goes with the pod: logged out once the proxy has
 		// stopped serving (after its linger and drain).
 		defer func() {
-			if err := logout(client, tok.SecretID); err != nil {
+			if err := logout(client, tok.SecretID, lg.Namespace); err != nil {
 				log.Warn("the proxy's Consul token is left for the reaper", "accessor_id", tok.AccessorID, "err", err)
 				return
 			}

@@ -207,7 +207,7 @@ func (l *envoyLogin) newLogin(ctx context.Context, envoyMayRun bool) (*capi.ACLT
 func (l *envoyLogin) logout(tok *capi.ACLToken) {
 	c, err := l.client(tok.SecretID)
 	if err == nil {
-		err = logout(c, tok.SecretID)
+		err = logout(c, tok.SecretID, l.login.Namespace)
 	}
 	if err != nil {
 		l.log.Warn("Envoy's Consul token is left for the reaper", "accessor_id", tok.AccessorID, "err", err)

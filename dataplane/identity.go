@@ -21,10 +21,12 @@ import (
 // kept current from the Consul agent with blocking queries: a rotated
 // leaf or a new root applies to the next handshake, with no restart.
 type Identity struct {
-	// Service is the name whose leaf certificate the proxy presents.
-	Service string
-	Agent   *capi.Agent
-	Log     *slog.Logger
+	// Service is the name whose leaf certificate the proxy presents, in
+	// Consul Enterprise namespace Namespace ("": none, Consul without
+	// namespaces).
+	Service, Namespace string
+	Agent              *capi.Agent
+	Log                *slog.Logger
 	// Loaded, when set, is told of each leaf certificate and root list
 	// loaded (for the metrics).
 	Loaded func(what string, leaf *x509.Certificate)
@@ -96,6 +98,7 @@ func (id *Identity) watch(ctx context.Context, what string, load func(*capi.Quer
 }
 
 func (id *Identity) loadLeaf(q *capi.QueryOptions) (uint64, error) {
+	q.Namespace = id.Namespace
 	leaf, meta, err := id.Agent.ConnectCALeaf(id.Service, q)
 	if err != nil {
 		return 0, fmt.Errorf("leaf certificate for %s: %w", id.Service, err)

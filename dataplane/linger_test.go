@@ -133,6 +133,8 @@ func TestMainFlags(t *testing.T) {
 		{[]string{"-proxy-id", "p", "-acl-auth-method", "k8s", "-token-file", "/t"}, "-acl-auth-method k8s and -token-file /t exclude each other"},
 		{[]string{"-proxy-id", "p", "-acl-auth-method", "k8s", "-acl-bearer-token-file", ""}, "-acl-auth-method k8s needs -acl-bearer-token-file"},
 		{[]string{"-proxy-id", "p", "-node-agent-addr", "10.0.0.1"}, `-node-agent-addr "10.0.0.1": expected host:port`},
+		{[]string{"-proxy-id", "p", "-acl-auth-method-namespace", "default", "-consul-namespace", "team-a"}, "-acl-auth-method-namespace default without -acl-auth-method"},
+		{[]string{"-proxy-id", "p", "-acl-auth-method", "k8s", "-acl-auth-method-namespace", "default"}, "-acl-auth-method-namespace default without -consul-namespace"},
 	} {
 		err := Main(context.Background(), tc.args, &bytes.Buffer{})
 		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {

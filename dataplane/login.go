@@ -28,6 +28,10 @@ type Login struct {
 	// Meta goes on the token, so that a token left by a pod that went
 	// without logging out names it (pod=<namespace>/<name>, pod-uid).
 	Meta map[string]string
+	// Namespace is the Consul Enterprise namespace the auth method is in
+	// ("": the client's own): with namespace mirroring one auth method in
+	// "default" serves every namespace, its rules placing each token.
+	Namespace string
 }
 
 // loginRetry bounds the wait between attempts: a login refused for a
@@ -77,7 +81,8 @@ func login(consul *capi.Client, l Login) (*capi.ACLToken, error) {
 	if bearer == "" {
 		return nil, fmt.Errorf("the pod's ServiceAccount token %s is empty", l.BearerTokenFile)
 	}
-	tok, _, err := consul.ACL().Login(&capi.ACLLoginParams{AuthMethod: l.AuthMethod, BearerToken: bearer, Meta: l.Meta}, nil)
+	tok, _, err := consul.ACL().Login(&capi.ACLLoginParams{AuthMethod: l.AuthMethod, BearerToken: bearer, Meta: l.Meta},
+		&capi.WriteOptions{Namespace: l.Namespace})
 	if err != nil {
 		return nil, err
 	}
@@ -87,9 +92,10 @@ func login(consul *capi.Client, l Login) (*capi.ACLToken, error) {
 	return tok, nil
 }
 
-// logout destroys the proxy's token, so that it does not outlive the pod.
-func logout(consul *capi.Client, secret string) error {
-	if _, err := consul.ACL().Logout(&capi.WriteOptions{Token: secret}); err != nil {
+// logout destroys the proxy's token, so that it does not outlive the pod;
+// it is sent to the namespace the login went to (ns, "": the client's).
+func logout(consul *capi.Client, secret, ns string) error {
+	if _, err := consul.ACL().Logout(&capi.WriteOptions{Token: secret, Namespace: ns}); err != nil {
 		return fmt.Errorf("logout from Consul: %w", err)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
@@ -68,8 +69,10 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 	defer stopWatches()
 	metrics := NewMetrics(o.Registry)
 	id := NewIdentity(consul.Agent(), cfg.Service.Name, log)
+	id.Namespace = cfg.Service.Namespace
 	id.Loaded = metrics.loaded
 	cat := NewCatalog(consul, log)
+	cat.Namespaces = followedNamespaces(cfg)
 	go id.Run(wctx)
 	go cat.Run(wctx)
 	waits := map[string]<-chan struct{}{"certificate and CA roots": id.Ready(), "mesh services": cat.Synced()}
@@ -189,9 +192,13 @@ func waitRegistration(ctx context.Context, consul *capi.Agent, id string, log *s
 			return s, nil
 		}
 		var se capi.StatusError
-		if !errors.As(err, &se) || se.Code != http.StatusNotFound {
+		switch {
+		case errors.As(err, &se) && se.Code == http.StatusBadRequest && strings.Contains(se.Body, "Consul Enterprise feature"):
+			// -consul-namespace on a Consul without them: no retry helps.
+			return nil, fmt.Errorf("proxy %s: the Consul agent refuses Consul Enterprise namespaces (is it Consul Enterprise? without it, turn global.enableConsulNamespaces off): %w", id, err)
+		case !errors.As(err, &se) || se.Code != http.StatusNotFound:
 			log.Warn("read the proxy's registration", "err", err)
-		} else if time.Since(lastLog) >= 10*time.Second {
+		case time.Since(lastLog) >= 10*time.Second:
 			lastLog = time.Now()
 			log.Info("waiting for the node agent to register the proxy", "waited", time.Since(start).Round(time.Second))
 		}

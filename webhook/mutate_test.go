@@ -155,6 +155,17 @@ var goldenCases = []struct {
 	// With ACLs the registration names the auth method, for the node
 	// agent's check and the sidecar's login.
 	{"meshlet-acls", app(on(contract.Service, "web"), withServiceAccountToken), "shop", meshletCfg(func(c *Config) { c.ACLAuthMethod = "meshlet-k8s" })},
+	// Consul Enterprise: the proxy's calls in the pod's Consul namespace,
+	// its login in the auth method's (the destination namespace; with
+	// mirroring, "default"), an upstream in another namespace admitted.
+	{"meshlet-namespaces-acls", app(on(contract.Service, "web", contract.Upstreams, "db.data:5432"), withServiceAccountToken), "shop", meshletCfg(func(c *Config) {
+		c.ACLAuthMethod = "meshlet-k8s"
+		c.ConsulNamespaces = ConsulNamespaces{Enabled: true, DestinationNamespace: "apps"}
+	})},
+	{"meshlet-namespace-mirroring-acls", app(on(contract.Service, "web"), withServiceAccountToken), "shop", meshletCfg(func(c *Config) {
+		c.ACLAuthMethod = "meshlet-k8s"
+		c.ConsulNamespaces = ConsulNamespaces{Enabled: true, MirroringK8S: true, MirroringK8SPrefix: "k8s-"}
+	})},
 	// TLS to the Consul agent: its HTTPS port, its CA in the environment.
 	{"meshlet-tls", app(on()), "shop", meshletCfg(func(c *Config) {
 		c.AgentTLS = AgentTLS{HTTPSPort: 8501, CAPEM: "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n", ServerName: "client.dc1.consul"}
@@ -513,16 +524,16 @@ func withReadinessProbe(p *corev1.Pod) {
 		HTTPGet: &corev1.HTTPGetAction{Path: "/ready", Port: intstr.FromString("http")}}}
 }
 
-// TestMutateUpstreamFormsOnMeshlet: the upstream forms meshlet's proxy
-// does not serve are denied on data plane meshlet, naming the upstream
-// and what to do; the other data planes take them. Prepared queries and
-// other datacenters it serves (dataplane TestProxyPreparedQuery,
-// TestProxyOtherDatacenter).
+// TestMutateUpstreamFormsOnMeshlet: an upstream in a Consul namespace,
+// while namespaces are off, is denied on data plane meshlet, naming the
+// upstream and what to do; prepared queries and other datacenters it
+// serves (dataplane TestProxyPreparedQuery, TestProxyOtherDatacenter);
+// the other data planes take every form.
 func TestMutateUpstreamFormsOnMeshlet(t *testing.T) {
 	for _, tc := range []struct{ ups, want string }{
 		{"prepared_query:geo-db:7000", ""},
 		{"db:1234:dc2", ""},
-		{"db.team-a:1234", `"db.team-a:1234": a service in Consul namespace team-a`},
+		{"db.team-a:1234", `"db.team-a:1234": a service in Consul namespace team-a, but Consul namespaces are off (global.enableConsulNamespaces): name the service alone`},
 		{"db:1234", ""},
 	} {
 		res := Mutate(app(on(contract.Upstreams, tc.ups)), "shop", meshletCfg())
@@ -536,6 +547,27 @@ func TestMutateUpstreamFormsOnMeshlet(t *testing.T) {
 			if res := Mutate(app(on(contract.Upstreams, tc.ups)), "shop", cfg); res.Denied != nil {
 				t.Errorf("%s on data plane %s: denied: %v", tc.ups, cfg.DataPlane, res.Denied)
 			}
+		}
+	}
+}
+
+// TestMutateNamespaceUpstreamOnMeshlet: with Consul namespaces on, data
+// plane meshlet's proxy takes an upstream in another namespace: the
+// registration carries it, and the proxy follows that namespace
+// (dataplane's TestProxyConsulNamespaces).
+func TestMutateNamespaceUpstreamOnMeshlet(t *testing.T) {
+	for _, ns := range []ConsulNamespaces{{Enabled: true, DestinationNamespace: "apps"}, {Enabled: true, MirroringK8S: true}} {
+		res := Mutate(app(on(contract.Upstreams, "db.team-a:1234")), "shop", meshletCfg(func(c *Config) { c.ConsulNamespaces = ns }))
+		if res.Denied != nil || res.Patch == nil {
+			t.Fatalf("namespaces %+v: denied %v, skipped %q", ns, res.Denied, res.Skipped)
+		}
+		pod := applyPatch(t, app(on(contract.Upstreams, "db.team-a:1234")), res)
+		reg, err := contract.DecodeRegistration(pod.Annotations[contract.RegistrationKey])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(reg.Upstreams) != 1 || reg.Upstreams[0].Namespace != "team-a" || reg.Upstreams[0].Name != "db" {
+			t.Errorf("namespaces %+v: upstreams %+v, want db in team-a", ns, reg.Upstreams)
 		}
 	}
 }

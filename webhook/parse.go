@@ -501,25 +501,21 @@ func parseSidecarQuantity(v string) (resource.Quantity, error) {
 	return resource.ParseQuantity(v)
 }
 
-// checkUpstreamForms refuses, on data plane meshlet, the upstream forms
-// its proxy does not serve (it would exit at start, the pod admitted and
-// then broken): a Consul Enterprise namespace. Envoy and Consul's proxy
-// get them from Consul as they are.
+// checkUpstreamForms refuses, on data plane meshlet, an upstream in a
+// Consul Enterprise namespace while namespaces are off, where it means
+// nothing (with them on, the proxy follows the upstream's namespace; it
+// serves prepared queries and other datacenters too). Envoy and Consul's
+// proxy get every form from Consul as it is.
 func checkUpstreamForms(p parsed, cfg Config) error {
 	if cfg.DataPlane != DataPlaneMeshlet {
 		return nil
 	}
 	var errs []error
 	for i, u := range p.upstreams {
-		var what string
-		switch {
-		case u.Namespace != "":
-			what = "a service in Consul namespace " + u.Namespace
-		default:
-			continue
+		if u.Namespace != "" && !cfg.ConsulNamespaces.Enabled {
+			errs = append(errs, invalid{contract.Upstreams, p.upstreamsAsWritten[i],
+				"a service in Consul namespace " + u.Namespace + ", but Consul namespaces are off (global.enableConsulNamespaces): name the service alone, or turn namespaces on (Consul Enterprise)"})
 		}
-		errs = append(errs, invalid{contract.Upstreams, p.upstreamsAsWritten[i],
-			what + ", which data plane meshlet's proxy does not reach yet: use data plane envoy or consul, or name a service of the local datacenter"})
 	}
 	return errors.Join(errs...)
 }

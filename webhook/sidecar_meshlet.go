@@ -43,10 +43,19 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 			c.Args = append(c.Args, "-tls-server-name", t.ServerName)
 		}
 	}
+	if reg.ConsulNamespace != "" {
+		// Consul Enterprise: its registration, leaf and authorizations are
+		// in the pod's Consul namespace. Without namespaces no flag, and
+		// the proxy sends no ns=, which Consul without them refuses.
+		c.Args = append(c.Args, "-consul-namespace", reg.ConsulNamespace)
+	}
 	if m, ok := serviceAccountTokenMount(pod); ok && cfg.ACLAuthMethod != "" {
 		// Its own identity: a login with the pod's ServiceAccount token
 		// (checkIdentity made sure the pod has it).
 		c.Args = append(c.Args, "-acl-auth-method", cfg.ACLAuthMethod, "-acl-bearer-token-file", contract.ServiceAccountTokenFile)
+		if reg.ConsulNamespace != "" {
+			c.Args = append(c.Args, "-acl-auth-method-namespace", authMethodNamespace(reg.ConsulNamespace, cfg.ConsulNamespaces))
+		}
 		c.VolumeMounts = append(c.VolumeMounts, m)
 		if cfg.NodeAgentPort != contract.NodeAgentHTTPPort {
 			// Where a refused login is reported; the proxy's default
@@ -81,6 +90,18 @@ func meshletSidecar(c corev1.Container, reg contract.Registration, pod *corev1.P
 		}
 	}
 	return c
+}
+
+// authMethodNamespace is the Consul namespace of the auth method a pod in
+// Consul namespace ns logs in to: with mirroring, the one auth method in
+// "default", whose namespace rules put each token in its pod's namespace;
+// otherwise the destination namespace, the pod's own. The official
+// Consul chart creates the auth method there.
+func authMethodNamespace(ns string, c ConsulNamespaces) string {
+	if c.MirroringK8S {
+		return "default"
+	}
+	return ns
 }
 
 // appMetricsURL is the app's metrics page the proxy merges into its own

@@ -25,6 +25,7 @@ import (
 
 	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/daemon/podcache"
+	"github.com/meshlet/meshlet/daemon/register"
 	"github.com/meshlet/meshlet/daemon/repair"
 	"github.com/meshlet/meshlet/kubeclient"
 )
@@ -85,6 +86,9 @@ func New(cfg Config, client kubeclient.Interface, consul *capi.Client, log *slog
 		Consul: consul.Agent(), Pods: a.inf.podLister(), Services: a.inf.serviceLister(),
 		Metrics: a.metrics, Log: a.log, ListNamespace: cfg.consulListNamespace(),
 		Requeue: func(key string) { a.queue.Add(key) },
+	}
+	if cfg.ConsulNamespaces {
+		a.sync.Namespaces = &register.Namespaces{API: consul.Namespaces(), CrossNamespacePolicy: cfg.CrossNamespacePolicy}
 	}
 	if a.podc != nil {
 		a.podc.Sandboxes = a.sync

@@ -38,7 +38,8 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&c.PodName, "pod-name", os.Getenv("POD_NAME"), "the agent's own pod (default $POD_NAME)")
 	fs.IntVar(&c.Workers, "workers", 4, "pods synced concurrently")
 	fs.DurationVar(&c.ResyncInterval, "resync-interval", 5*time.Second, "how often the Consul agent's registrations are compared with the node's pods")
-	fs.BoolVar(&c.ConsulNamespaces, "enable-namespaces", false, "Consul Enterprise namespaces (global.enableConsulNamespaces)")
+	fs.BoolVar(&c.ConsulNamespaces, "enable-namespaces", false, "Consul Enterprise namespaces (global.enableConsulNamespaces): a pod's namespace is created when missing")
+	fs.StringVar(&c.CrossNamespacePolicy, "consul-cross-namespace-acl-policy", "", "with -enable-namespaces and ACLs: the policy made a default of each namespace the agent creates, so that its pods may read the others' services (the official Consul chart's cross-namespace-policy)")
 	fs.StringVar(&c.Listen, "listen", ":"+strconv.Itoa(contract.NodeAgentHTTPPort), "HTTP address of /healthz, /readyz, /metrics and the sidecars' problem reports ("+contract.SidecarProblemPath+"); empty: none")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig; empty: in-cluster")
 

@@ -28,6 +28,7 @@ func TestFlagsRefuseBadInput(t *testing.T) {
 		{[]string{"-repair-interval", "10ms"}, "-repair-interval 10ms: expected at least 1s"},
 		{[]string{"-iptables-mode", "nftables"}, `-iptables-mode "nftables": expected auto, nft or legacy`},
 		{[]string{"-node-name", ""}, "-node-name is empty"},
+		{[]string{"-consul-cross-namespace-acl-policy", "cross-namespace-policy"}, "-consul-cross-namespace-acl-policy cross-namespace-policy without -enable-namespaces"},
 		{[]string{"-cni-api-server", ""}, "-cni-api-server is empty"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {

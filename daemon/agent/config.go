@@ -25,8 +25,12 @@ type Config struct {
 	// compared with the pods.
 	ResyncInterval time.Duration
 	// ConsulNamespaces: Consul Enterprise namespaces are on; the resync
-	// lists every namespace.
+	// lists every namespace, and a pod's namespace is created when
+	// missing.
 	ConsulNamespaces bool
+	// CrossNamespacePolicy is the ACL policy made a default of each
+	// namespace the node agent creates ("": none).
+	CrossNamespacePolicy string
 	// Listen serves /healthz, /readyz, /metrics and the sidecars' problem
 	// reports; empty: not served.
 	Listen string
@@ -102,6 +106,9 @@ func (c Config) validate() error {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			errs = append(errs, fmt.Errorf("-listen %q: expected host:port", c.Listen))
 		}
+	}
+	if c.CrossNamespacePolicy != "" && !c.ConsulNamespaces {
+		errs = append(errs, fmt.Errorf("-consul-cross-namespace-acl-policy %s without -enable-namespaces: no namespace is created", c.CrossNamespacePolicy))
 	}
 	if c.CNI.Enabled {
 		errs = append(errs, c.CNI.validate()...)

@@ -61,6 +61,9 @@ type Syncer struct {
 	// ListNamespace is the Consul namespace Resync lists ("*" with
 	// Enterprise namespaces, "" without).
 	ListNamespace string
+	// Namespaces, with Enterprise namespaces (nil without), creates the
+	// namespace a pod goes to before its registration, when missing.
+	Namespaces *register.Namespaces
 	// Requeue puts a pod key back on the work queue.
 	Requeue func(key string)
 
@@ -123,6 +126,13 @@ func (s *Syncer) Reconcile(key string) error {
 			s.Log.Info("pod replaced", "pod", key, "uid", pod.UID)
 		}
 		if err := s.register(regs); err != nil {
+			var nsErr namespaceError
+			if errors.As(err, &nsErr) {
+				// Retried, and said on the pod (the recorder folds repeats
+				// into one Event with a count): a missing namespace is
+				// someone's to fix.
+				s.Events.Event(pod, corev1.EventTypeWarning, "MeshletNamespaceFailed", "not registered with Consul: "+err.Error())
+			}
 			return fmt.Errorf("pod %s: %w", key, err)
 		}
 		s.Log.Info("registered", "pod", key, "service", regs.Service.Name, "id", regs.Service.ID, "address", regs.Service.Address, "address_from", addressFrom, "check", status)
@@ -153,10 +163,31 @@ func (s *Syncer) Reconcile(key string) error {
 	return nil
 }
 
-// register is register.Register, each request counted.
+// register is register.Register, each request counted, after the
+// namespace it goes to is made to exist (Namespaces).
 func (s *Syncer) register(regs register.Registrations) error {
-	return register.Register(s.Consul, regs, func(err error) { s.Metrics.consulOp("register", err) })
+	ns := regs.Service.Namespace
+	if s.Namespaces != nil {
+		created, err := s.Namespaces.Ensure(ns)
+		if err != nil {
+			return namespaceError{err}
+		}
+		if created {
+			s.Log.Info("created Consul namespace", "consul_namespace", ns, "policy_default", s.Namespaces.CrossNamespacePolicy)
+		}
+	}
+	err := register.Register(s.Consul, regs, func(err error) { s.Metrics.consulOp("register", err) })
+	if err != nil && s.Namespaces != nil {
+		s.Namespaces.Forget(ns) // it may have been deleted: the retry looks again
+	}
+	return err
 }
+
+// namespaceError is a failure to make a pod's Consul namespace exist.
+type namespaceError struct{ err error }
+
+func (e namespaceError) Error() string { return e.err.Error() }
+func (e namespaceError) Unwrap() error { return e.err }
 
 // deregister removes what the node agent registered for key, proxy
 // first.

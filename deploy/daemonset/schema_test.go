@@ -93,6 +93,8 @@ func TestSchemaRejects(t *testing.T) {
 		{"manageSystemACLs with data plane envoy and regular containers", "connectInject:\n  nativeSidecar: \"false\"\nglobal:\n  acls:\n    manageSystemACLs: true\n",
 			[]string{`consul.acl.authMethod "consul-k8s-auth-method" with connectInject.dataPlane envoy and connectInject.nativeSidecar false`}},
 		{"misspelt consul-k8s TLS key", "global:\n  tls:\n    enableAutoEncrypted: true\n", []string{"/global/tls", "'enableAutoEncrypted' not allowed"}},
+		{"cross-namespace policy without namespaces", "consul:\n  acl:\n    crossNamespacePolicy: cross-namespace-policy\n",
+			[]string{`consul.acl.crossNamespacePolicy "cross-namespace-policy" is set but global.enableConsulNamespaces is false`}},
 		{"kubeconfig in the conf dir", "agent:\n  cni:\n    kubeconfigDir: /etc/cni/net.d/meshlet\n",
 			[]string{"/etc/cni/net.d/meshlet is inside the CNI conf dir"}},
 	} {

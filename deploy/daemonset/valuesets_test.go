@@ -87,6 +87,13 @@ var valueSets = map[string]valueSet{
 		webhookFlags: map[string][]string{"enable-namespaces": {"true"}, "consul-destination-namespace": {"mesh"}},
 		agentFlags:   map[string][]string{"enable-namespaces": {"true"}},
 	},
+	// consul-k8s' values with ACLs: the agent makes the official chart's
+	// cross-namespace policy a default of the namespaces it creates.
+	"consul-namespaces-acls.yaml": {
+		webhookFlags: map[string][]string{"data-plane": {"meshlet"}, "node-agent-port": {"9402"}, "enable-namespaces": {"true"},
+			"enable-k8s-namespace-mirroring": {"true"}, "acl-auth-method": {"consul-k8s-auth-method"}},
+		agentFlags: map[string][]string{"enable-namespaces": {"true"}, "consul-cross-namespace-acl-policy": {"cross-namespace-policy"}},
+	},
 	"transparent-proxy-off.yaml": {
 		webhookFlags: map[string][]string{"enable-transparent-proxy": {"false"}, "transparent-proxy-default-overwrite-probes": {"false"}},
 	},

@@ -233,6 +233,10 @@ consul.servers.address. */}}
 - {{ include "meshlet.consulTokenFile" . }}
 {{- end }}
 - -enable-namespaces={{ .Values.global.enableConsulNamespaces }}
+{{- if and .Values.global.enableConsulNamespaces $c.acl.crossNamespacePolicy }}
+- -consul-cross-namespace-acl-policy
+- {{ $c.acl.crossNamespacePolicy | quote }}
+{{- end }}
 - -cni-bin-dir
 - /host/opt/cni/bin
 - -cni-conf-dir
@@ -322,6 +326,9 @@ and meshlet's own given different values fail, naming both.
 {{- end }}
 {{- $_ := set $c.acl "authMethod" . }}
 {{- end }}
+{{- if and (.Values.global.acls | default dict).manageSystemACLs .Values.global.enableConsulNamespaces (not $c.acl.crossNamespacePolicy) }}
+{{- $_ := set $c.acl "crossNamespacePolicy" "cross-namespace-policy" }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -331,6 +338,11 @@ Checks the schema cannot express; each fails the render naming the value.
 {{- include "meshlet.consulK8sValues" . }}
 {{- with .Values.connectInject.envoyExtraArgs }}
 {{- fail (printf "connectInject.envoyExtraArgs %q: meshlet webhook has no flag for default Envoy arguments; set the consul.hashicorp.com/envoy-extra-args annotation on the pods instead, and leave this null" (toString .)) }}
+{{- end }}
+{{- with .Values.consul.acl.crossNamespacePolicy }}
+{{- if not $.Values.global.enableConsulNamespaces }}
+{{- fail (printf "consul.acl.crossNamespacePolicy %q is set but global.enableConsulNamespaces is false: no Consul namespace is created to attach it to" .) }}
+{{- end }}
 {{- end }}
 {{- $ca := .Values.consul.tls.caCert }}
 {{- if and $ca.secretName $ca.configMapName }}

@@ -105,6 +105,7 @@ func TestEnvoyMetricsMerging(t *testing.T) {
 				fmt.Errorf("HTTP %d, %v, %s missing: %.300s", resp.StatusCode, err, want, page)
 		})
 		got := parseExposition(t, "pod "+name+"'s scrape", page)
+		t.Logf("pod %s: %s: a valid page of %d families, %d bytes", name, url, len(got), len(page))
 		for fam, want := range envoy {
 			if !proto.Equal(got[fam], want) {
 				t.Errorf("pod %s: Envoy's family %s on the scraped page:\n%v\nwant, as Envoy wrote it:\n%v", name, fam, got[fam], want)

@@ -40,18 +40,19 @@ const (
 
 // The containers the webhook adds: consul-k8s' names for Envoy's and
 // Consul's proxies (dashboards and scripts look for them), meshlet's
-// proxy, and data plane envoy's login sidecar. A pod's own containers may
-// not take them, and the node agent skips them when it looks for the
-// app's.
+// proxy, and data plane envoy's login and metrics-merging sidecars. A
+// pod's own containers may not take them, and the node agent skips them
+// when it looks for the app's.
 const (
-	EnvoySidecarName      = "envoy-sidecar"
-	ConsulSidecarName     = "consul-sidecar"
-	MeshletSidecarName    = "meshlet-proxy"
-	EnvoyLoginSidecarName = "meshlet-login"
+	EnvoySidecarName        = "envoy-sidecar"
+	ConsulSidecarName       = "consul-sidecar"
+	MeshletSidecarName      = "meshlet-proxy"
+	EnvoyLoginSidecarName   = "meshlet-login"
+	EnvoyMetricsSidecarName = "meshlet-metrics"
 )
 
-// SidecarContainers are the four names above.
-var SidecarContainers = []string{EnvoySidecarName, ConsulSidecarName, MeshletSidecarName, EnvoyLoginSidecarName}
+// SidecarContainers are the five names above.
+var SidecarContainers = []string{EnvoySidecarName, ConsulSidecarName, MeshletSidecarName, EnvoyLoginSidecarName, EnvoyMetricsSidecarName}
 
 // ServiceAccountTokenFile is where Kubernetes mounts a pod's
 // ServiceAccount token in its containers: the webhook gives the sidecar a

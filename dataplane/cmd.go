@@ -21,7 +21,9 @@ import (
 )
 
 // Main is `meshlet proxy`: it serves until ctx ends. `meshlet proxy wait`
-// waits for a proxy to serve (WaitMain).
+// waits for a proxy to serve (WaitMain); `login` is data plane envoy's
+// login sidecar (EnvoyLoginMain), `merge-metrics` its metrics sidecar
+// (MergeMetricsMain).
 func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	started := time.Now()
 	if len(args) > 0 && args[0] == "wait" {
@@ -29,6 +31,9 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if len(args) > 0 && args[0] == "login" {
 		return EnvoyLoginMain(ctx, args[1:], stderr)
+	}
+	if len(args) > 0 && args[0] == "merge-metrics" {
+		return MergeMetricsMain(ctx, args[1:], stderr)
 	}
 	o := Options{Started: started}
 	var consul consulclient.Flags

@@ -16,35 +16,54 @@ import (
 )
 
 // Metrics merging (the seed's enable-metrics-merging): one scrape of the
-// proxy's metrics port returns the proxy's metrics and the app's, fetched
+// pod's scrape port returns the proxy's metrics and the app's, fetched
 // from the app's own endpoint at that moment, as one valid Prometheus
 // exposition. The app's page being down, slow, not 2xx or not valid
 // leaves the proxy's metrics alone and counts the failure: a broken page
 // from the app never makes the scrape fail or the page invalid.
+//
+// One merger serves both data planes that merge: meshlet-proxy, whose own
+// registry holds the proxy's metrics, and data plane envoy's metrics
+// sidecar (`meshlet-proxy merge-metrics`), which fetches Envoy's page from
+// its admin listener as it fetches the app's.
 
-// appMetricsTimeout bounds the fetch of the app's page: well under
-// Prometheus' default scrape timeout (10s), so that a slow app still
-// leaves time to answer with the proxy's own.
+// appMetricsTimeout bounds the fetch of each page the merger reads (the
+// app's, Envoy's): the two together stay under Prometheus' default scrape
+// timeout (10s), so that a slow app still leaves time to answer with the
+// proxy's own.
 const appMetricsTimeout = 3 * time.Second
 
-// appMetricsMax bounds the app's page read into memory.
+// appMetricsMax bounds a page read into memory.
 const appMetricsMax = 16 << 20
+
+// The reasons of meshlet_proxy_metrics_merge_failures_total.
+const (
+	mergeUnreachable = "unreachable"
+	mergeTimeout     = "timeout"
+	mergeStatus      = "status"
+	mergeInvalid     = "invalid"
+	mergeConflict    = "conflict"
+)
 
 // mergeHandler serves the proxy's metrics merged with the app's.
 type mergeHandler struct {
-	gather   prometheus.Gatherer // the proxy's
-	appURL   string              // the app's metrics page
+	own prometheus.Gatherer // the serving process' registry
+	// proxyURL is Envoy's page (its admin's /stats/prometheus); "" when
+	// the proxy's metrics are own's (meshlet-proxy).
+	proxyURL string
+	appURL   string // the app's metrics page; "": none to merge
 	client   *http.Client
 	failures *prometheus.CounterVec
 }
 
-// newMergeHandler registers its failure counter with reg.
-func newMergeHandler(reg *prometheus.Registry, appURL string) *mergeHandler {
-	h := &mergeHandler{gather: reg, appURL: appURL, client: &http.Client{Timeout: appMetricsTimeout},
+// newMergeHandler registers its failure counter with reg, whose metrics
+// it serves with the pages at proxyURL (may be "") and appURL.
+func newMergeHandler(reg *prometheus.Registry, proxyURL, appURL string) *mergeHandler {
+	h := &mergeHandler{own: reg, proxyURL: proxyURL, appURL: appURL, client: &http.Client{Timeout: appMetricsTimeout},
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshlet_proxy_metrics_merge_failures_total",
-			Help: "Scrapes where the app's metrics could not be merged whole, by why: unreachable, timeout, status (not 2xx), invalid (not a Prometheus text page): the proxy's alone; conflict: the app's families named like the proxy's left out."},
+			Help: "Scrapes where the app's metrics could not be merged whole, by why: unreachable, timeout, status (not 2xx), invalid (not a Prometheus text page): the proxy's alone; conflict: the app's families named like the proxy's (or like their _bucket, _sum, _count samples) left out."},
 			[]string{"reason"})}
-	for _, r := range []string{"unreachable", "timeout", "status", "invalid", "conflict"} {
+	for _, r := range []string{mergeUnreachable, mergeTimeout, mergeStatus, mergeInvalid, mergeConflict} {
 		h.failures.WithLabelValues(r)
 	}
 	reg.MustRegister(h.failures)
@@ -52,24 +71,41 @@ func newMergeHandler(reg *prometheus.Registry, appURL string) *mergeHandler {
 }
 
 func (h *mergeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	app, reason := h.appFamilies(r.Context())
-	if reason != "" {
-		h.failures.WithLabelValues(reason).Inc()
+	var proxy []*dto.MetricFamily
+	if h.proxyURL != "" {
+		fams, _, err := fetchFamilies(r.Context(), h.client, h.proxyURL)
+		if err != nil {
+			// The proxy's metrics are the page: without them the scrape
+			// fails, and Prometheus' up says the proxy is not answering,
+			// rather than every proxy series vanishing from a page that
+			// looks whole.
+			http.Error(w, "the proxy's metrics: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		proxy = sortedFamilies(fams)
 	}
-	own, err := h.gather.Gather()
+	var app []*dto.MetricFamily
+	if h.appURL != "" {
+		fams, reason, _ := fetchFamilies(r.Context(), h.client, h.appURL)
+		if reason != "" {
+			h.failures.WithLabelValues(reason).Inc()
+		}
+		app = sortedFamilies(fams)
+	}
+	own, err := h.own.Gather()
 	if err != nil {
 		http.Error(w, "gathering the proxy's metrics: "+err.Error(), http.StatusInternalServerError)
 		return
 	}
-	families, conflict := mergeFamilies(own, app)
-	if conflict {
+	families, dropped := mergeFamilies(own, proxy, app)
+	if dropped[2] > 0 {
 		// Counted on the page it is about: gathered again.
-		h.failures.WithLabelValues("conflict").Inc()
-		if own, err = h.gather.Gather(); err != nil {
+		h.failures.WithLabelValues(mergeConflict).Inc()
+		if own, err = h.own.Gather(); err != nil {
 			http.Error(w, "gathering the proxy's metrics: "+err.Error(), http.StatusInternalServerError)
 			return
 		}
-		families, _ = mergeFamilies(own, app)
+		families, _ = mergeFamilies(own, proxy, app)
 	}
 	format := expfmt.NewFormat(expfmt.TypeTextPlain)
 	w.Header().Set("Content-Type", string(format))
@@ -81,38 +117,39 @@ func (h *mergeHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// appFamilies fetches and parses the app's page; reason says why not.
-func (h *mergeHandler) appFamilies(ctx context.Context) (map[string]*dto.MetricFamily, string) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, h.appURL, nil)
+// fetchFamilies fetches and parses the Prometheus text page at url; on
+// failure reason is the failure counter's label and err says what went
+// wrong.
+func fetchFamilies(ctx context.Context, client *http.Client, url string) (fams map[string]*dto.MetricFamily, reason string, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, "unreachable"
+		return nil, mergeUnreachable, fmt.Errorf("%s: %w", url, err)
 	}
 	// The text format only: it is what the parser reads.
 	req.Header.Set("Accept", string(expfmt.NewFormat(expfmt.TypeTextPlain)))
-	resp, err := h.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		var ne interface{ Timeout() bool }
 		if errors.As(err, &ne) && ne.Timeout() {
-			return nil, "timeout"
+			return nil, mergeTimeout, err
 		}
-		return nil, "unreachable"
+		return nil, mergeUnreachable, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, "status"
+		return nil, mergeStatus, fmt.Errorf("GET %s: HTTP %s", url, resp.Status)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, appMetricsMax+1))
 	if err != nil {
-		return nil, "unreachable"
+		return nil, mergeUnreachable, fmt.Errorf("GET %s: %w", url, err)
 	}
 	if len(body) > appMetricsMax {
-		return nil, "invalid"
+		return nil, mergeInvalid, fmt.Errorf("GET %s: more than %d bytes", url, appMetricsMax)
 	}
-	fams, err := parseText(string(body))
-	if err != nil {
-		return nil, "invalid"
+	if fams, err = parseText(string(body)); err != nil {
+		return nil, mergeInvalid, fmt.Errorf("GET %s: %w", url, err)
 	}
-	return fams, ""
+	return fams, "", nil
 }
 
 // parseText parses a Prometheus text page, refusing what the encoder
@@ -121,7 +158,7 @@ func parseText(s string) (map[string]*dto.MetricFamily, error) {
 	var p expfmt.TextParser
 	fams, err := p.TextToMetricFamilies(strings.NewReader(s))
 	if err != nil {
-		return nil, fmt.Errorf("the app's metrics: %w", err)
+		return nil, fmt.Errorf("not a Prometheus text page: %w", err)
 	}
 	for name, f := range fams {
 		if len(f.GetMetric()) == 0 {
@@ -131,22 +168,54 @@ func parseText(s string) (map[string]*dto.MetricFamily, error) {
 	return fams, nil
 }
 
-// mergeFamilies is the proxy's families and the app's, sorted by name; a
-// family of the app's named like one of the proxy's is left out (two
-// families of one name would make the page invalid), and conflict says so.
-func mergeFamilies(own []*dto.MetricFamily, app map[string]*dto.MetricFamily) (out []*dto.MetricFamily, conflict bool) {
-	out = append(out, own...)
-	names := map[string]bool{}
-	for _, f := range own {
-		names[f.GetName()] = true
-	}
-	for name, f := range app {
-		if names[name] {
-			conflict = true
-			continue
-		}
+func sortedFamilies(fams map[string]*dto.MetricFamily) []*dto.MetricFamily {
+	out := make([]*dto.MetricFamily, 0, len(fams))
+	for _, f := range fams {
 		out = append(out, f)
 	}
 	slices.SortFunc(out, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
-	return out, conflict
+	return out
+}
+
+// mergeFamilies is the families of pages, each page's in turn, sorted by
+// name. A family that would write a sample name another one already took
+// is left out (dropped[i] counts page i's): two families of one name, or a
+// histogram h and a counter h_count, make a page the parser refuses.
+// Pages are in order of precedence: the serving process' own, the
+// proxy's, the app's.
+func mergeFamilies(pages ...[]*dto.MetricFamily) (out []*dto.MetricFamily, dropped []int) {
+	dropped = make([]int, len(pages))
+	taken := map[string]bool{}
+	for i, page := range pages {
+	families:
+		for _, f := range page {
+			names := sampleNames(f)
+			for _, n := range names {
+				if taken[n] {
+					dropped[i]++
+					continue families
+				}
+			}
+			for _, n := range names {
+				taken[n] = true
+			}
+			out = append(out, f)
+		}
+	}
+	slices.SortFunc(out, func(a, b *dto.MetricFamily) int { return strings.Compare(a.GetName(), b.GetName()) })
+	return out, dropped
+}
+
+// sampleNames are the names f takes on a text page: its own (its TYPE
+// line), and a histogram's _bucket, _sum and _count, a summary's _sum and
+// _count, which the parser reads as f's.
+func sampleNames(f *dto.MetricFamily) []string {
+	n := f.GetName()
+	switch f.GetType() {
+	case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
+		return []string{n, n + "_bucket", n + "_sum", n + "_count"}
+	case dto.MetricType_SUMMARY:
+		return []string{n, n + "_sum", n + "_count"}
+	}
+	return []string{n}
 }

@@ -27,7 +27,7 @@ func scrapeMerged(t *testing.T, appURL string, timeout time.Duration) (string, *
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	NewMetrics(reg).conns.WithLabelValues(dirInbound, resOK).Add(2)
-	h := newMergeHandler(reg, appURL)
+	h := newMergeHandler(reg, "", appURL)
 	if timeout > 0 {
 		h.client.Timeout = timeout
 	}

@@ -139,7 +139,7 @@ func Run(ctx context.Context, consul *capi.Client, o Options, log *slog.Logger) 
 		mux := http.NewServeMux()
 		path := cmp.Or(o.MetricsPath, "/metrics")
 		if o.MergeAppMetrics != "" {
-			mux.Handle(path, newMergeHandler(o.Registry, o.MergeAppMetrics))
+			mux.Handle(path, newMergeHandler(o.Registry, "", o.MergeAppMetrics))
 		} else {
 			mux.Handle(path, promhttp.HandlerFor(o.Registry, promhttp.HandlerOpts{}))
 		}

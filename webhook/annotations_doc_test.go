@@ -437,16 +437,30 @@ func annotationConstants(t *testing.T) []string {
 var dataPlaneColumns = []string{DataPlaneEnvoy, DataPlaneConsul, DataPlaneMeshlet}
 
 // dataPlaneConfigs are the webhook's configurations per data plane, as
-// the chart renders them (consul: no transparent proxy).
+// the chart renders them (consul: no transparent proxy; every data plane
+// given meshlet's image).
 func dataPlaneConfigs() []Config {
-	return []Config{DefaultConfig(), consulCfg(), meshletCfg()}
+	return []Config{envoyCfg(), consulCfg(), meshletCfg()}
 }
+
+// mergingAnnotations act only with metrics merging on: their rows' examples
+// are tried with enable-metrics and enable-metrics-merging on, so that a
+// data plane cell says what the annotation does where it has something to
+// do.
+var mergingAnnotations = []string{contract.EnableMetricsMerging, contract.MergedMetricsPort,
+	contract.ServiceMetricsPort, contract.ServiceMetricsPath}
 
 // outcome is what the webhook does with key: value on a pod under cfg.
 func outcome(key, value string, cfg Config) string {
 	ann := on(key, value)
 	if key == contract.Inject {
 		ann = map[string]string{key: value}
+	}
+	if slices.Contains(mergingAnnotations, key) {
+		ann[contract.EnableMetrics] = "true"
+		if key != contract.EnableMetricsMerging {
+			ann[contract.EnableMetricsMerging] = "true"
+		}
 	}
 	res := Mutate(app(ann), "shop", cfg)
 	switch {

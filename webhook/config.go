@@ -34,7 +34,8 @@ type Config struct {
 	EnvoyImage  string // imageEnvoy
 	ConsulImage string // the image with the consul binary (DataPlaneConsul)
 	// MeshletImage is meshlet's image, whose entrypoint is the meshlet
-	// binary (DataPlaneMeshlet).
+	// binary: DataPlaneMeshlet's sidecar, and DataPlaneEnvoy's login and
+	// metrics-merging sidecars.
 	MeshletImage string
 	// NativeSidecar runs the proxy as a native sidecar (an init container
 	// with restartPolicy Always; Kubernetes 1.29+): up before the app and
@@ -170,6 +171,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("ACL auth method %s with data plane envoy needs native sidecars (Kubernetes 1.29 or newer): Envoy must start after its login sidecar has written its token, which regular containers cannot order", c.ACLAuthMethod)
 	case c.ACLAuthMethod != "" && c.DataPlane == DataPlaneEnvoy && c.MeshletImage == "":
 		return fmt.Errorf("ACL auth method %s with data plane envoy needs meshlet's image: Envoy's login sidecar runs from it", c.ACLAuthMethod)
+	case c.Metrics.DefaultEnableMerging && c.DataPlane == DataPlaneEnvoy && c.MeshletImage == "":
+		return fmt.Errorf("metrics merging on by default (metrics.defaultEnableMerging) with data plane envoy needs meshlet's image: the merging sidecar beside Envoy runs from it")
 	}
 	for _, p := range []struct {
 		name string

@@ -51,13 +51,8 @@ func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod)
 	for _, k := range p.unknown {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s is not implemented by meshlet and has no effect", k))
 	}
-	if m := p.metrics; m != nil && m.Merging {
-		switch {
-		case cfg.DataPlane != DataPlaneMeshlet:
-			res.Warnings = append(res.Warnings, fmt.Sprintf("metrics merging (%s) is not built for data plane %s: the scrape port serves no merged page; use data plane meshlet or scrape the app directly", contract.EnableMetricsMerging, cfg.DataPlane))
-		case m.ServiceMetricsPort == 0 && p.port == 0:
-			res.Warnings = append(res.Warnings, fmt.Sprintf("metrics merging (%s): the pod has no service port and no %s: only the proxy's metrics are served", contract.EnableMetricsMerging, contract.ServiceMetricsPort))
-		}
+	if w := mergingWarning(pod, p, cfg); w != "" {
+		res.Warnings = append(res.Warnings, w)
 	}
 	if _, ok := pod.Annotations[contract.EnvoyExtraArgs]; ok && cfg.DataPlane != DataPlaneEnvoy {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s has no effect: this cluster's data plane is %s, which runs no Envoy", contract.EnvoyExtraArgs, cfg.DataPlane))
@@ -76,6 +71,36 @@ func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod)
 		return Result{Denied: fmt.Errorf("compute the patch: %w", err)}, nil
 	}
 	return res, injected
+}
+
+// mergingWarning is why metrics merging, on for the pod, serves less than
+// the annotations ask; "" when it serves them. Data plane consul: Consul's
+// built-in proxy serves no metrics page to merge into (it has no HTTP
+// listener at all), so the merging annotations have no effect there.
+func mergingWarning(pod *corev1.Pod, p parsed, cfg Config) string {
+	m := p.metrics
+	if m == nil || !m.Merging {
+		return ""
+	}
+	switch {
+	case cfg.DataPlane == DataPlaneConsul:
+		var noEffect []string
+		for _, k := range []string{contract.ServiceMetricsPort, contract.ServiceMetricsPath} {
+			if _, ok := pod.Annotations[k]; ok {
+				noEffect = append(noEffect, k)
+			}
+		}
+		w := fmt.Sprintf("metrics merging (%s) is not possible with data plane consul: Consul's built-in proxy serves no Prometheus page to merge the app's into, and the scrape port serves nothing", contract.EnableMetricsMerging)
+		if len(noEffect) > 0 {
+			w += "; " + strings.Join(noEffect, " and ") + " have no effect"
+		}
+		return w + "; scrape the app directly, or use data plane envoy or meshlet"
+	case cfg.DataPlane == DataPlaneEnvoy && cfg.MeshletImage == "":
+		return fmt.Sprintf("metrics merging (%s) with data plane envoy runs meshlet's image beside Envoy, and this webhook was given none (-meshlet-image): nothing serves the scrape port", contract.EnableMetricsMerging)
+	case m.ServiceMetricsPort == 0 && p.port == 0:
+		return fmt.Sprintf("metrics merging (%s): the pod has no service port and no %s: only the proxy's metrics are served", contract.EnableMetricsMerging, contract.ServiceMetricsPort)
+	}
+	return ""
 }
 
 // checkPod refuses what cannot be meshed.
@@ -110,7 +135,8 @@ func checkPod(pod *corev1.Pod) error {
 const defaultContainerKey = "kubectl.kubernetes.io/default-container"
 
 // injectInto injects pod, a copy it may change: the upstreams' env, the
-// HTTP probes moved to expose listeners, the sidecar at pl, and the
+// HTTP probes moved to expose listeners, the sidecars at pl (data plane
+// envoy's login sidecar before Envoy, its metrics sidecar after), and the
 // annotations the CNI plugin and the node agent read.
 func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg Config) (*corev1.Pod, error) {
 	reg := contract.Registration{Service: p.service, Port: p.port, DataPlane: cfg.DataPlane,
@@ -125,6 +151,9 @@ func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg C
 		return nil, err
 	}
 	sidecars := []corev1.Container{sidecar}
+	if envoyMetricsNeeded(p, cfg) {
+		sidecars = append(sidecars, envoyMetricsSidecar(sidecar, reg, cfg))
+	}
 	if envoyLoginNeeded(cfg) {
 		m, ok := serviceAccountTokenMount(pod)
 		if !ok || pl != placedNative {
@@ -154,9 +183,9 @@ func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg C
 		}
 		pod.Spec.InitContainers = append(sidecars, pod.Spec.InitContainers...)
 	case placedFirst:
-		pod.Spec.Containers = append([]corev1.Container{sidecar}, pod.Spec.Containers...)
+		pod.Spec.Containers = append(sidecars, pod.Spec.Containers...)
 	case placedLast:
-		pod.Spec.Containers = append(pod.Spec.Containers, sidecar)
+		pod.Spec.Containers = append(pod.Spec.Containers, sidecars...)
 	default:
 		return nil, fmt.Errorf("no place for the sidecar: %v", pl)
 	}

@@ -57,6 +57,17 @@ func consulCfg(mutate ...func(*Config)) Config {
 	return c
 }
 
+// envoyCfg is data plane envoy as the chart renders it: with meshlet's
+// image, which its login and metrics-merging sidecars run from.
+func envoyCfg(mutate ...func(*Config)) Config {
+	c := DefaultConfig()
+	c.MeshletImage = "meshlet.local/meshlet:dev"
+	for _, m := range mutate {
+		m(&c)
+	}
+	return c
+}
+
 // tproxyCfg is the configuration of the golden cases where transparent
 // proxy matters: data plane meshlet (consul's has none), always as a
 // native sidecar.
@@ -102,7 +113,7 @@ var goldenCases = []struct {
 		contract.ServiceMetricsPort, "8080",
 		contract.ServiceMetricsPath, "/stats",
 		"consul.hashicorp.com/connect-service-protocol", "http",
-	)), "shop", DefaultConfig()}, // envoy: every upstream form
+	)), "shop", envoyCfg()}, // envoy: every upstream form
 	{"probes", app(on(), func(p *corev1.Pod) {
 		c := &p.Spec.Containers[0]
 		c.LivenessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/live", Port: intstr.FromString("http")}}}
@@ -175,7 +186,23 @@ var goldenCases = []struct {
 	// path the scraper is sent to.
 	{"meshlet-metrics-merging", app(on(contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true",
 		contract.ServiceMetricsPort, "9102", contract.ServiceMetricsPath, "/stats", contract.PrometheusScrapePath, "/scrape")), "shop", meshletCfg()},
-	{"envoy-metrics-merging", app(on(contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true")), "shop", DefaultConfig()},
+	// Data plane envoy: the metrics sidecar after Envoy serves the scrape
+	// port and path, merging Envoy's page with the app's.
+	{"envoy-metrics-merging", app(on(contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true",
+		contract.ServiceMetricsPort, "9102", contract.PrometheusScrapePath, "/scrape")), "shop", envoyCfg()},
+	// Regular containers: Envoy, then the metrics sidecar, after the app.
+	{"envoy-metrics-merging-regular-containers", app(on(contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true")), "shop",
+		envoyCfg(func(c *Config) { c.NativeSidecar = false })},
+	// With ACLs: login sidecar, Envoy, metrics sidecar.
+	{"envoy-metrics-merging-acls", app(on(contract.Service, "web", contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true"),
+		withServiceAccountToken), "shop", envoySecureCfg()},
+	// A webhook not given meshlet's image has nothing to merge with: a
+	// warning, no sidecar.
+	{"envoy-metrics-merging-no-meshlet-image", app(on(contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true")), "shop", DefaultConfig()},
+	// Consul's built-in proxy has no metrics page: a warning naming what
+	// has no effect.
+	{"consul-metrics-merging", app(on(contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true",
+		contract.ServiceMetricsPort, "9102", contract.ServiceMetricsPath, "/stats")), "shop", consulCfg()},
 	// Envoy's arguments with a data plane that runs no Envoy: a warning.
 	{"meshlet-envoy-extra-args", app(on(contract.EnvoyExtraArgs, "--log-level debug")), "shop", meshletCfg()},
 	// A plain-container sidecar that holds the app: first in the list.

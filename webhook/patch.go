@@ -14,7 +14,7 @@ import (
 // built from what injectInto changes: annotations added, env appended,
 // HTTP probe ports moved, a volume of the sidecar's appended, the sidecar
 // inserted where pl put it (n of them: data plane envoy's login sidecar
-// goes before Envoy). Diffing
+// goes before Envoy, its metrics sidecar after). Diffing
 // the two pods' serialized forms instead made most of a review's
 // allocations (two encodes, two decodes into generic maps; BenchmarkReview
 // and docs/benchmarks.md#webhook-review have the figures), and the garbage
@@ -42,10 +42,10 @@ func patch(orig, injected *corev1.Pod, pl placement, n int) ([]jsonpatch.Operati
 	switch {
 	case pl == placedNative && n >= 1 && len(initOut) >= n:
 		initOut = initOut[n:]
-	case pl == placedFirst && n == 1 && len(out) > 0:
-		out = out[1:]
-	case pl == placedLast && n == 1 && len(out) > 0:
-		out = out[:len(out)-1]
+	case pl == placedFirst && n >= 1 && len(out) >= n:
+		out = out[n:]
+	case pl == placedLast && n >= 1 && len(out) >= n:
+		out = out[:len(out)-n]
 	default:
 		return nil, fmt.Errorf("patch: %d sidecars (%v) cannot have been added", n, pl)
 	}
@@ -85,9 +85,13 @@ func patch(orig, injected *corev1.Pod, pl placement, n int) ([]jsonpatch.Operati
 			add(fmt.Sprintf("/spec/initContainers/%d", i), injected.Spec.InitContainers[i])
 		}
 	case pl == placedFirst:
-		add("/spec/containers/0", injected.Spec.Containers[0])
+		for i := range n {
+			add(fmt.Sprintf("/spec/containers/%d", i), injected.Spec.Containers[i])
+		}
 	default:
-		add("/spec/containers/-", injected.Spec.Containers[len(injected.Spec.Containers)-1])
+		for _, c := range injected.Spec.Containers[len(injected.Spec.Containers)-n:] {
+			add("/spec/containers/-", c)
+		}
 	}
 	return ops, nil
 }

@@ -93,7 +93,7 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&c.DataPlane, "data-plane", c.DataPlane, "the sidecar: envoy, consul (Consul's built-in proxy) or meshlet (meshlet proxy, L4 with transparent proxy)")
 	fs.StringVar(&c.EnvoyImage, "envoy-image", c.EnvoyImage, "Envoy image (imageEnvoy)")
 	fs.StringVar(&c.ConsulImage, "consul-image", c.ConsulImage, "image with the consul binary, for data plane consul")
-	fs.StringVar(&c.MeshletImage, "meshlet-image", c.MeshletImage, "meshlet's image (entrypoint: the meshlet binary), for data plane meshlet")
+	fs.StringVar(&c.MeshletImage, "meshlet-image", c.MeshletImage, "meshlet's image (entrypoint: the meshlet binary): data plane meshlet's sidecar, data plane envoy's login and metrics-merging sidecars")
 	fs.StringVar(&o.native, "native-sidecar", "auto", "run the proxy as a native sidecar: auto (when the API server is 1.29 or newer, except where a regular container starts the pod faster), true (always) or false (never)")
 	fs.BoolVar(&c.TransparentProxy, "enable-transparent-proxy", c.TransparentProxy, "transparent proxy unless a pod says otherwise (connectInject.transparentProxy.defaultEnabled)")
 	fs.BoolVar(&c.OverwriteProbes, "transparent-proxy-default-overwrite-probes", c.OverwriteProbes, "rewrite HTTP probes to expose paths (connectInject.transparentProxy.defaultOverwriteProbes)")

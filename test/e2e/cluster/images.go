@@ -81,7 +81,9 @@ func (c *Cluster) imageSpecs() ([]imageSpec, error) {
 			user: "65532:65532"},
 		{ref: CoreDNSImage, files: []imageFile{{path: "coredns", src: c.bin("coredns")}}, entrypoint: []string{"/coredns"}},
 		{ref: EnvoyStandInImage, files: append(slices.Clone(shell), imageFile{path: "usr/local/bin/envoy",
-			src: filepath.Join(c.Root, "test", "e2e", "cluster", "testdata", "envoy-standin.sh")})},
+			src: filepath.Join(c.Root, "test", "e2e", "cluster", "testdata", "envoy-standin.sh")},
+			// The Envoy page its admin listener serves: a recorded one.
+			imageFile{path: "envoy-admin/stats/prometheus", src: filepath.Join(c.Root, "dataplane", "testdata", "envoy-stats-prometheus.txt")})},
 	}, nil
 }
 

@@ -171,8 +171,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("ACL auth method %s with data plane envoy needs native sidecars (Kubernetes 1.29 or newer): Envoy must start after its login sidecar has written its token, which regular containers cannot order", c.ACLAuthMethod)
 	case c.ACLAuthMethod != "" && c.DataPlane == DataPlaneEnvoy && c.MeshletImage == "":
 		return fmt.Errorf("ACL auth method %s with data plane envoy needs meshlet's image: Envoy's login sidecar runs from it", c.ACLAuthMethod)
-	case c.Metrics.DefaultEnableMerging && c.DataPlane == DataPlaneEnvoy && c.MeshletImage == "":
-		return fmt.Errorf("metrics merging on by default (metrics.defaultEnableMerging) with data plane envoy needs meshlet's image: the merging sidecar beside Envoy runs from it")
+	case (c.Metrics.DefaultEnabled || c.Metrics.DefaultEnableMerging) && c.DataPlane == DataPlaneEnvoy && c.MeshletImage == "":
+		return fmt.Errorf("metrics on by default (metrics.defaultEnabled, defaultEnableMerging) with data plane envoy need meshlet's image: the sidecar beside Envoy that serves the scrape port runs from it")
 	}
 	for _, p := range []struct {
 		name string

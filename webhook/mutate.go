@@ -73,13 +73,23 @@ func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod)
 	return res, injected
 }
 
-// mergingWarning is why metrics merging, on for the pod, serves less than
-// the annotations ask; "" when it serves them. Data plane consul: Consul's
-// built-in proxy serves no metrics page to merge into (it has no HTTP
-// listener at all), so the merging annotations have no effect there.
+// mergingWarning is why metrics, on for the pod, serve less than the
+// annotations ask; "" when they serve them. Data plane consul: Consul's
+// built-in proxy serves no metrics page (it has no HTTP listener at all),
+// so the scrape port serves nothing and the merging annotations have no
+// effect there.
 func mergingWarning(pod *corev1.Pod, p parsed, cfg Config) string {
 	m := p.metrics
-	if m == nil || !m.Merging {
+	if m == nil {
+		return ""
+	}
+	if !m.Merging {
+		switch {
+		case cfg.DataPlane == DataPlaneConsul:
+			return fmt.Sprintf("metrics (%s) with data plane consul: Consul's built-in proxy serves no Prometheus page, and the scrape port serves nothing; scrape the app directly, or use data plane envoy or meshlet", contract.EnableMetrics)
+		case cfg.DataPlane == DataPlaneEnvoy && cfg.MeshletImage == "":
+			return fmt.Sprintf("metrics (%s) with data plane envoy are served by meshlet's image beside Envoy, and this webhook was given none (-meshlet-image): nothing serves the scrape port", contract.EnableMetrics)
+		}
 		return ""
 	}
 	switch {

@@ -13,11 +13,13 @@ import (
 // after Envoy (reserved like the sidecars' names).
 const envoyMetricsSidecarName = contract.EnvoyMetricsSidecarName
 
-// envoyMetricsNeeded: with data plane envoy, metrics merging is the
-// metrics sidecar's. Without meshlet's image the webhook has nothing to
-// run it from (mutate warns).
+// envoyMetricsNeeded: with data plane envoy, the scrape port is the
+// metrics sidecar's whenever metrics are on: Envoy's page alone, or with
+// the app's merged in (Envoy's inline bootstrap has no Prometheus
+// listener of its own). Without meshlet's image the webhook has nothing
+// to run it from (mutate warns).
 func envoyMetricsNeeded(p parsed, cfg Config) bool {
-	return cfg.DataPlane == DataPlaneEnvoy && p.metrics != nil && p.metrics.Merging && cfg.MeshletImage != ""
+	return cfg.DataPlane == DataPlaneEnvoy && p.metrics != nil && cfg.MeshletImage != ""
 }
 
 // envoyMetricsSidecar is `meshlet-proxy merge-metrics` from meshlet's

@@ -10,10 +10,11 @@ import (
 	"github.com/meshlet/meshlet/contract"
 )
 
-// TestEnvoyMetricsSidecar: data plane envoy with merging on gets the
+// TestEnvoyMetricsSidecar: data plane envoy with metrics on gets the
 // metrics sidecar right after Envoy, wherever Envoy goes, serving the
 // scrape port and path the pod's prometheus.io annotations name, with the
-// app's page; with merging off, or another data plane, none.
+// app's page when merging is on, Envoy's alone when off; with metrics
+// off, or another data plane, none.
 func TestEnvoyMetricsSidecar(t *testing.T) {
 	merging := func(extra ...string) map[string]string {
 		return on(append([]string{contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true"}, extra...)...)
@@ -31,7 +32,8 @@ func TestEnvoyMetricsSidecar(t *testing.T) {
 			[]string{envoySidecarName, envoyMetricsSidecarName}, "containers"},
 		{"with a login", merging(contract.Service, "web"), envoySecureCfg(),
 			[]string{envoyLoginSidecarName, envoySidecarName, envoyMetricsSidecarName}, "initContainers"},
-		{"merging off", on(contract.EnableMetrics, "true"), envoyCfg(), []string{envoySidecarName}, "initContainers"},
+		{"merging off", on(contract.EnableMetrics, "true"), envoyCfg(), []string{envoySidecarName, envoyMetricsSidecarName}, "initContainers"},
+		{"metrics off", on(contract.EnableMetricsMerging, "true"), envoyCfg(), []string{envoySidecarName}, "initContainers"},
 		{"data plane meshlet", merging(), meshletCfg(func(c *Config) { c.FastStart = false }), []string{meshletSidecarName}, "initContainers"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -69,6 +71,9 @@ func TestEnvoyMetricsSidecar(t *testing.T) {
 			if tc.ann[contract.ServiceMetricsPort] == "9102" && !strings.Contains(args, "-merge-app-metrics http://127.0.0.1:9102/metrics") {
 				t.Errorf("args %q: want the app's page from service-metrics-port 9102", args)
 			}
+			if merges := tc.ann[contract.EnableMetricsMerging] == "true"; merges != strings.Contains(args, "-merge-app-metrics") {
+				t.Errorf("args %q: the app's page is merged: %v, want %v (merging on)", args, !merges, merges)
+			}
 			if c.Image != tc.cfg.MeshletImage || !slices.Equal(c.Command, []string{meshletProxyCommand, "merge-metrics"}) {
 				t.Errorf("image %s, command %v: want meshlet's image running %s merge-metrics", c.Image, c.Command, meshletProxyCommand)
 			}
@@ -88,22 +93,43 @@ func TestEnvoyMetricsSidecar(t *testing.T) {
 	}
 }
 
-// TestConfigMergingNeedsMeshletImage: merging on by default with data
-// plane envoy and no meshlet image is refused at start; a pod asking for
-// merging under such a webhook is warned that nothing serves its scrape
-// port.
+// TestConfigMergingNeedsMeshletImage: metrics or merging on by default
+// with data plane envoy and no meshlet image is refused at start; a pod
+// asking for either under such a webhook is warned that nothing serves
+// its scrape port. With data plane consul, metrics alone are warned too.
 func TestConfigMergingNeedsMeshletImage(t *testing.T) {
-	c := DefaultConfig()
-	c.Metrics.DefaultEnableMerging = true
-	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "metrics.defaultEnableMerging") || !strings.Contains(err.Error(), "meshlet's image") {
-		t.Errorf("merging by default, data plane envoy, no meshlet image: %v", err)
+	for _, set := range []func(*MetricsDefaults){
+		func(m *MetricsDefaults) { m.DefaultEnableMerging = true },
+		func(m *MetricsDefaults) { m.DefaultEnabled = true },
+	} {
+		c := DefaultConfig()
+		set(&c.Metrics)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "metrics.defaultEnabled, defaultEnableMerging") || !strings.Contains(err.Error(), "meshlet's image") {
+			t.Errorf("%+v, data plane envoy, no meshlet image: %v", c.Metrics, err)
+		}
+		c.MeshletImage = "meshlet.local/meshlet:dev"
+		if err := c.Validate(); err != nil {
+			t.Errorf("with meshlet's image: %v", err)
+		}
 	}
-	c.MeshletImage = "meshlet.local/meshlet:dev"
-	if err := c.Validate(); err != nil {
-		t.Errorf("with meshlet's image: %v", err)
-	}
-	res := Mutate(app(on(contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true")), "shop", DefaultConfig())
-	if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0], contract.EnableMetricsMerging) || !strings.Contains(res.Warnings[0], "-meshlet-image") {
-		t.Errorf("warnings %q: want one naming %s and -meshlet-image", res.Warnings, contract.EnableMetricsMerging)
+	for _, tc := range []struct {
+		ann  map[string]string
+		cfg  Config
+		want []string
+	}{
+		{on(contract.EnableMetrics, "true", contract.EnableMetricsMerging, "true"), DefaultConfig(), []string{contract.EnableMetricsMerging, "-meshlet-image"}},
+		{on(contract.EnableMetrics, "true"), DefaultConfig(), []string{contract.EnableMetrics, "-meshlet-image"}},
+		{on(contract.EnableMetrics, "true"), consulCfg(), []string{contract.EnableMetrics, "data plane consul", "the scrape port serves nothing"}},
+	} {
+		res := Mutate(app(tc.ann), "shop", tc.cfg)
+		if len(res.Warnings) != 1 {
+			t.Errorf("%v on data plane %s: warnings %q, want one", tc.ann, tc.cfg.DataPlane, res.Warnings)
+			continue
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(res.Warnings[0], w) {
+				t.Errorf("%v on data plane %s: warning %q does not name %q", tc.ann, tc.cfg.DataPlane, res.Warnings[0], w)
+			}
+		}
 	}
 }

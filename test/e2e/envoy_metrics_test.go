@@ -37,6 +37,7 @@ import (
 // family named like one of Envoy's is left out and counted. A pod whose
 // app serves no metrics (its port closed) gets Envoy's page alone, the
 // failure counted on it; its scrape port and path are not the defaults.
+// A pod with metrics on and merging off gets Envoy's page alone.
 func TestEnvoyMetricsMerging(t *testing.T) {
 	requireLocalNode(t, "helm-upgrades the local release to data plane envoy with the Envoy stand-in, and scrapes the pods' IPs from the node")
 	recorded, err := os.ReadFile(filepath.Join(root, "dataplane", "testdata", "envoy-stats-prometheus.txt"))
@@ -62,9 +63,13 @@ func TestEnvoyMetricsMerging(t *testing.T) {
 		"merged": {contract.ServiceMetricsPort: "9102", contract.PrometheusScrapePath: "/scrape"},
 		"app-silent": {contract.ServiceMetricsPort: "9103", contract.PrometheusScrapePort: "20222",
 			contract.PrometheusScrapePath: "/stats/merged"},
+		"envoy-only": {contract.ServiceMetricsPort: "9102", contract.EnableMetricsMerging: "false", contract.PrometheusScrapePath: "/metrics"},
 	}
 	for name, ann := range pods {
-		ann[contract.Inject], ann[contract.EnableMetrics], ann[contract.EnableMetricsMerging] = "true", "true", "true"
+		ann[contract.Inject], ann[contract.EnableMetrics] = "true", "true"
+		if _, ok := ann[contract.EnableMetricsMerging]; !ok {
+			ann[contract.EnableMetricsMerging] = "true"
+		}
 		created := createPodSpec(t, cs, ns, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: ann},
 			Spec: corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{app}}})
 		ic := created.Spec.InitContainers
@@ -139,6 +144,15 @@ func TestEnvoyMetricsMerging(t *testing.T) {
 	}
 	if n := len(got); n != len(envoy)+1 {
 		t.Errorf("app-silent: %d families on the page, want Envoy's %d and the merger's counter", n, len(envoy))
+	}
+
+	// Merging off: Envoy's page, the app's (serving) not fetched.
+	got = scrape("envoy-only", "envoy_server_live")
+	if got["app_requests_total"] != nil {
+		t.Error("envoy-only: the app's page was merged with merging off")
+	}
+	if n := len(got); n != len(envoy)+1 {
+		t.Errorf("envoy-only: %d families on the page, want Envoy's %d and the merger's counter", n, len(envoy))
 	}
 }
 

@@ -211,6 +211,16 @@ func keyValue(name, v string) (key, value string, ok bool) {
 	return name, v, !strings.Contains(name, "<")
 }
 
+// docConsulDNSIP stands for the Consul DNS Service's ClusterIP: with the
+// chart's default flags the webhook looks that Service up, and the page's
+// answers are those of a cluster where it exists.
+const docConsulDNSIP = "10.96.0.53"
+
+func withConsulDNS(c Config) Config {
+	c.ConsulDNS.IP = docConsulDNSIP
+	return c
+}
+
 // mutateWith runs the webhook, with its default configuration, on a pod
 // that opts in and carries key: value.
 func mutateWith(key, value string) Result {
@@ -218,7 +228,7 @@ func mutateWith(key, value string) Result {
 	if key == contract.Inject {
 		ann = map[string]string{key: value}
 	}
-	return Mutate(app(ann), "shop", DefaultConfig())
+	return Mutate(app(ann), "shop", withConsulDNS(DefaultConfig()))
 }
 
 // TestAnnotationsDoc: every documented bad value is denied with the
@@ -439,7 +449,7 @@ var dataPlaneColumns = []string{DataPlaneEnvoy, DataPlaneConsul, DataPlaneMeshle
 // dataPlaneConfigs are the webhook's configurations per data plane, as
 // the chart renders them (consul: no transparent proxy).
 func dataPlaneConfigs() []Config {
-	return []Config{DefaultConfig(), consulCfg(), meshletCfg()}
+	return []Config{withConsulDNS(DefaultConfig()), withConsulDNS(consulCfg()), withConsulDNS(meshletCfg())}
 }
 
 // outcome is what the webhook does with key: value on a pod under cfg.

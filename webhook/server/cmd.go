@@ -268,11 +268,14 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		go roots.Run(ctx, consulclient.RootsRefresh, log)
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var dns *consulDNS
 	if o.dnsService != "" {
-		if dns, err = newConsulDNS(client, o.dnsService, log); err != nil {
+		if dns, err = newConsulDNS(client, o.dnsService, !o.cfg.ConsulDNS.Default, log); err != nil {
 			return err
 		}
+		reg.MustRegister(dns.known)
 		// Known before the first admission where it can be: a pod denied
 		// for the webhook's own start would be a surprise.
 		first, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -280,8 +283,6 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 		cancel()
 		go dns.Run(ctx)
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var src CertSource
 	if o.selfManaged {
 		src, err = certs.NewSelfManaged(certs.SelfManagedConfig{ServiceName: o.serviceName, ServiceNamespace: o.serviceNS,

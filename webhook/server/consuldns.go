@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -32,6 +33,12 @@ type consulDNS struct {
 	namespace string
 	name      string
 	log       *slog.Logger
+	// quiet logs the Service's absence at info rather than warn: no pod's
+	// DNS goes there by default, and many clusters have no Consul DNS.
+	quiet bool
+	// known is 1 while the Service's address is known, for an alert on
+	// the pods that are denied meanwhile.
+	known prometheus.Gauge
 
 	mu  sync.RWMutex
 	ip  string // "" until known
@@ -47,12 +54,15 @@ func parseServiceRef(ref string) (namespace, name string, err error) {
 	return namespace, name, nil
 }
 
-func newConsulDNS(client kubeclient.Interface, ref string, log *slog.Logger) (*consulDNS, error) {
+func newConsulDNS(client kubeclient.Interface, ref string, quiet bool, log *slog.Logger) (*consulDNS, error) {
 	ns, name, err := parseServiceRef(ref)
 	if err != nil {
 		return nil, err
 	}
-	return &consulDNS{services: client.Services(ns), namespace: ns, name: name, log: log,
+	known := prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshlet_webhook_consul_dns_known",
+		Help:        "1 while the Consul DNS Service's ClusterIP is known; 0 while pods whose DNS would go there are denied.",
+		ConstLabels: prometheus.Labels{"service": ref}})
+	return &consulDNS{services: client.Services(ns), namespace: ns, name: name, log: log, quiet: quiet, known: known,
 		why: fmt.Sprintf("Service %s/%s has not been read yet", ns, name)}, nil
 }
 
@@ -90,11 +100,20 @@ func (d *consulDNS) refresh(ctx context.Context) {
 	changed := d.ip != ip || (ip == "" && d.why != why)
 	d.ip, d.why = ip, why
 	d.mu.Unlock()
+	if ip != "" {
+		d.known.Set(1)
+	} else {
+		d.known.Set(0)
+	}
 	if changed {
 		if ip != "" {
 			d.log.Info("Consul DNS", "service", ref, "address", ip)
 		} else {
-			d.log.Warn("Consul DNS unavailable: pods whose DNS would go there are denied", "service", ref, "why", why)
+			level := slog.LevelWarn
+			if d.quiet {
+				level = slog.LevelInfo
+			}
+			d.log.Log(ctx, level, "Consul DNS unavailable: pods whose DNS would go there are denied", "service", ref, "why", why)
 		}
 	}
 }

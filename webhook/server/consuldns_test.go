@@ -16,6 +16,7 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/meshlet/meshlet/contract"
 	"github.com/meshlet/meshlet/kubeclient/kubeclienttest"
@@ -50,7 +51,7 @@ func TestConsulDNSService(t *testing.T) {
 			"Service consul/consul-dns, in front of the Consul agents' DNS, does not exist"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			d, err := newConsulDNS(kubeclienttest.FromClientset(fake.NewClientset(tc.objects...)), "consul/consul-dns", slog.New(slog.NewTextHandler(io.Discard, nil)))
+			d, err := newConsulDNS(kubeclienttest.FromClientset(fake.NewClientset(tc.objects...)), "consul/consul-dns", false, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -62,6 +63,9 @@ func TestConsulDNSService(t *testing.T) {
 			if ip != tc.ip || !strings.HasPrefix(why, tc.why) || (tc.why == "") != (why == "") {
 				t.Errorf("Current() = %q, %q; want %q, %q", ip, why, tc.ip, tc.why)
 			}
+			if got, want := testutil.ToFloat64(d.known), map[bool]float64{true: 1, false: 0}[tc.ip != ""]; got != want {
+				t.Errorf("meshlet_webhook_consul_dns_known = %v, want %v", got, want)
+			}
 		})
 	}
 }
@@ -71,7 +75,7 @@ func TestConsulDNSService(t *testing.T) {
 // before one is, and a deleted Service takes the address away.
 func TestConsulDNSServiceReadErrors(t *testing.T) {
 	cs := fake.NewClientset()
-	d, err := newConsulDNS(kubeclienttest.FromClientset(cs), "consul/consul-dns", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	d, err := newConsulDNS(kubeclienttest.FromClientset(cs), "consul/consul-dns", false, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +128,7 @@ func TestParseServiceRef(t *testing.T) {
 // gets its ClusterIP in the redirect config once it exists.
 func TestHandlerConsulDNS(t *testing.T) {
 	cs := fake.NewClientset()
-	d, err := newConsulDNS(kubeclienttest.FromClientset(cs), "consul/consul-dns", slog.New(slog.DiscardHandler))
+	d, err := newConsulDNS(kubeclienttest.FromClientset(cs), "consul/consul-dns", false, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

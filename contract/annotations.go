@@ -30,6 +30,10 @@ const (
 	PrometheusScrapePath = prefix + "prometheus-scrape-path"
 	ServiceMetricsPort   = prefix + "service-metrics-port"
 	ServiceMetricsPath   = prefix + "service-metrics-path"
+	// ConsulDNS sends the pod's DNS to Consul DNS ("true") or leaves it
+	// with the cluster DNS ("false"); absent: the webhook's default
+	// (consul-k8s' dns.enableRedirection).
+	ConsulDNS = prefix + "consul-dns"
 )
 
 // Prefix is what every Consul annotation starts with: one meshlet does not

@@ -45,6 +45,14 @@ type Plan struct {
 	ExcludeCIDRs4        []netip.Prefix
 	ExcludeCIDRs6        []netip.Prefix
 	DNS                  netip.AddrPort // zero: no DNS redirection
+	// DNSEvery sends every DNS query of the pod (UDP and TCP port 53, to
+	// any nameserver) to DNS; false: only queries to DNS's address on port
+	// 53. consul's meaning of ConsulDNSPort: 0 is the former, which
+	// consul-k8s' client-agent webhooks write (ConsulDNSIP the Consul DNS
+	// Service's ClusterIP, the pod's resolv.conf left alone), a port the
+	// latter (its dataplane webhooks point the pod's resolv.conf at
+	// 127.0.0.1 and send it to the dataplane's DNS port).
+	DNSEvery bool
 }
 
 // PortRange is a port (From == To) or an inclusive range.
@@ -151,6 +159,7 @@ func (c Config) Validate() (*Plan, error) {
 			bad("ConsulDNSPort", strconv.Itoa(c.ConsulDNSPort), "a port (1-65535)")
 		default:
 			p.DNS = netip.AddrPortFrom(addr.Unmap(), uint16(dnsPort))
+			p.DNSEvery = c.ConsulDNSPort == 0
 		}
 	} else if c.ConsulDNSPort != 0 {
 		errs = append(errs, fmt.Errorf("ConsulDNSPort is %d but ConsulDNSIP is empty", c.ConsulDNSPort))

@@ -36,8 +36,8 @@ func TestValidate(t *testing.T) {
 			p.ExcludeCIDRs4 = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.168.1.1/32"), netip.MustParsePrefix("172.16.0.0/12")}
 			p.ExcludeCIDRs6 = []netip.Prefix{netip.MustParsePrefix("fd00::/64"), netip.MustParsePrefix("2001:db8::1/128")}
 		}},
-		{name: "DNS default port", mutate: func(c *Config) { c.ConsulDNSIP = "10.96.0.53" },
-			want: func(p *Plan) { p.DNS = netip.MustParseAddrPort("10.96.0.53:53") }},
+		{name: "DNS without a port: every query", mutate: func(c *Config) { c.ConsulDNSIP = "10.96.0.53" },
+			want: func(p *Plan) { p.DNS, p.DNSEvery = netip.MustParseAddrPort("10.96.0.53:53"), true }},
 		{name: "DNS port", mutate: func(c *Config) { c.ConsulDNSIP = "fd00::53"; c.ConsulDNSPort = 8600 },
 			want: func(p *Plan) { p.DNS = netip.MustParseAddrPort("[fd00::53]:8600") }},
 		{name: "bad proxy uid", mutate: func(c *Config) { c.ProxyUserID = "envoy" },

@@ -321,6 +321,7 @@ func TestNetlinkEncodesLikeIptablesNFT(t *testing.T) {
 			ExcludeUIDs:          []string{"1000", "2000-2010"},
 			ConsulDNSIP:          "10.96.0.53", ConsulDNSPort: 8600},
 		"dns v6": {ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001, ConsulDNSIP: "fd00::53"},
+		"dns every": {ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001, ConsulDNSIP: "10.96.0.53"},
 	}
 	for name, cfg := range cfgs {
 		t.Run(name, func(t *testing.T) {

@@ -164,7 +164,10 @@ func (p *Plan) Rules(f Family) Ruleset {
 	port53 := &PortRange{53, 53}
 	if dns {
 		rs.Chains = append(rs.Chains, ChainDNS)
-		dst := netip.PrefixFrom(p.DNS.Addr(), p.DNS.Addr().BitLen())
+		var dst netip.Prefix // zero: every nameserver
+		if !p.DNSEvery {
+			dst = netip.PrefixFrom(p.DNS.Addr(), p.DNS.Addr().BitLen())
+		}
 		for _, proto := range []Protocol{UDP, TCP} {
 			add("to-consul-dns", Rule{Chain: ChainDNS, Dst: dst, Proto: proto, DPort: port53, Target: "DNAT", ToAddr: p.DNS})
 		}

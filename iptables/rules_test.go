@@ -16,6 +16,11 @@ var goldenConfigs = map[string]Config{
 		ExcludeUIDs:          []string{"1000", "2000-2010"}},
 	"dns": {ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001,
 		ConsulDNSIP: "10.244.0.1", ConsulDNSPort: 8600},
+	// What meshlet's webhook writes with Consul DNS redirection (and
+	// consul-k8s' client-agent webhooks): the Consul DNS Service's
+	// ClusterIP, no port; every query of the pod goes there.
+	"dns-every": {ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001,
+		ConsulDNSIP: "10.96.0.53"},
 }
 
 func TestGoldenRules(t *testing.T) {

@@ -211,6 +211,16 @@ func keyValue(name, v string) (key, value string, ok bool) {
 	return name, v, !strings.Contains(name, "<")
 }
 
+// docConsulDNSIP stands for the Consul DNS Service's ClusterIP: with the
+// chart's default flags the webhook looks that Service up, and the page's
+// answers are those of a cluster where it exists.
+const docConsulDNSIP = "10.96.0.53"
+
+func withConsulDNS(c Config) Config {
+	c.ConsulDNS.IP = docConsulDNSIP
+	return c
+}
+
 // mutateWith runs the webhook, with its default configuration, on a pod
 // that opts in and carries key: value.
 func mutateWith(key, value string) Result {
@@ -218,7 +228,7 @@ func mutateWith(key, value string) Result {
 	if key == contract.Inject {
 		ann = map[string]string{key: value}
 	}
-	return Mutate(app(ann), "shop", DefaultConfig())
+	return Mutate(app(ann), "shop", withConsulDNS(DefaultConfig()))
 }
 
 // TestAnnotationsDoc: every documented bad value is denied with the
@@ -440,7 +450,7 @@ var dataPlaneColumns = []string{DataPlaneEnvoy, DataPlaneConsul, DataPlaneMeshle
 // the chart renders them (consul: no transparent proxy; every data plane
 // given meshlet's image).
 func dataPlaneConfigs() []Config {
-	return []Config{envoyCfg(), consulCfg(), meshletCfg()}
+	return []Config{withConsulDNS(envoyCfg()), withConsulDNS(consulCfg()), withConsulDNS(meshletCfg())}
 }
 
 // mergingAnnotations act only with metrics merging on: their rows' examples

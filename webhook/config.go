@@ -2,6 +2,7 @@ package webhook
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 
@@ -75,6 +76,9 @@ type Config struct {
 	// pod's ServiceAccount, so with one a pod's Consul service must be
 	// named like its ServiceAccount (checkIdentity).
 	ACLAuthMethod string
+	// ConsulDNS is where injected pods' DNS goes when it goes to Consul
+	// (consul-k8s' dns.enableRedirection and the consul-dns annotation).
+	ConsulDNS ConsulDNS
 	// NodeAgentPort is meshlet's node agent's HTTP port on the node's IP
 	// (the chart's agent.port), where data plane meshlet's sidecar reports
 	// a refused login for the node agent to record as an Event.
@@ -95,6 +99,24 @@ type AgentTLS struct {
 	// ServerName is checked in the Consul agent's certificate; empty: the
 	// node's IP the sidecar dials.
 	ServerName string
+}
+
+// ConsulDNS is Consul DNS redirection: with it, meshlet-cni sends every
+// DNS query of the pod (UDP and TCP port 53, whatever nameserver) to IP on
+// port 53, a Service in front of the Consul agents' DNS; the agents answer
+// *.consul and recurse every other name to the cluster DNS. The rules ride
+// on transparent proxy's: a pod without it keeps the cluster DNS.
+type ConsulDNS struct {
+	// Default sends the DNS of pods without a consul-dns annotation to
+	// Consul (consul-k8s' -enable-consul-dns, dns.enableRedirection).
+	Default bool
+	// IP is Consul DNS's address (the Consul DNS Service's ClusterIP) at
+	// this admission; empty: not known, and Unavailable says why. A pod
+	// that would have its DNS sent there is then denied: admitted, it
+	// would lose every name, the cluster's included.
+	IP string
+	// Unavailable says why IP is empty, in a denial's words.
+	Unavailable string
 }
 
 // MetricsDefaults are connectInject.metrics.*.
@@ -145,6 +167,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("data plane %q: expected %s, %s or %s", c.DataPlane, DataPlaneEnvoy, DataPlaneConsul, DataPlaneMeshlet)
 	case c.DataPlane == DataPlaneConsul && (c.TransparentProxy || c.OverwriteProbes):
 		return fmt.Errorf("data plane consul (Consul's built-in proxy) has no transparent outbound listener and serves no expose paths: transparent proxy (%v) and probe rewriting (%v) must be off by default with it (connectInject.transparentProxy.defaultEnabled, defaultOverwriteProbes; the chart turns them off)", c.TransparentProxy, c.OverwriteProbes)
+	case c.DataPlane == DataPlaneConsul && c.ConsulDNS.Default:
+		return fmt.Errorf("data plane consul (Consul's built-in proxy) has no transparent proxy, whose rules send a pod's DNS to Consul DNS: Consul DNS redirection cannot be on by default with it (dns.enableRedirection)")
+	case c.ConsulDNS.IP != "" && !validIP(c.ConsulDNS.IP):
+		return fmt.Errorf("the Consul DNS address %q: expected an IP address (the Consul DNS Service's ClusterIP)", c.ConsulDNS.IP)
 	case c.DataPlane == DataPlaneEnvoy && c.EnvoyImage == "":
 		return fmt.Errorf("data plane envoy needs an Envoy image")
 	case c.DataPlane == DataPlaneConsul && c.ConsulImage == "":
@@ -185,4 +211,11 @@ func (c Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// validIP is what meshlet-cni takes as ConsulDNSIP: an address without a
+// zone.
+func validIP(s string) bool {
+	a, err := netip.ParseAddr(s)
+	return err == nil && a.Zone() == ""
 }

@@ -17,7 +17,7 @@ var fuzzKeys = []string{
 	contract.SidecarCPULimit, contract.SidecarCPURequest, contract.SidecarMemoryLimit,
 	contract.SidecarMemoryRequest, contract.EnableMetrics, contract.EnableMetricsMerging,
 	contract.MergedMetricsPort, contract.PrometheusScrapePort, contract.PrometheusScrapePath,
-	contract.ServiceMetricsPort, contract.ServiceMetricsPath,
+	contract.ServiceMetricsPort, contract.ServiceMetricsPath, contract.ConsulDNS,
 }
 
 // FuzzAnnotation: whatever one annotation says, the webhook does not

@@ -54,6 +54,9 @@ func mutate(pod *corev1.Pod, namespace string, cfg Config) (Result, *corev1.Pod)
 	if w := mergingWarning(pod, p, cfg); w != "" {
 		res.Warnings = append(res.Warnings, w)
 	}
+	if p.consulDNSWarning != "" {
+		res.Warnings = append(res.Warnings, p.consulDNSWarning)
+	}
 	if _, ok := pod.Annotations[contract.EnvoyExtraArgs]; ok && cfg.DataPlane != DataPlaneEnvoy {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("annotation %s has no effect: this cluster's data plane is %s, which runs no Envoy", contract.EnvoyExtraArgs, cfg.DataPlane))
 	}
@@ -201,7 +204,7 @@ func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg C
 	}
 	if p.tproxy {
 		pod.Annotations[contract.TProxyStatus] = contract.TProxyEnabled
-		c := redirectConfig(p, reg)
+		c := redirectConfig(p, reg, cfg)
 		// meshlet-cni validates the config the same way at ADD: a config it
 		// would refuse must be refused here, not leave the pod stuck later.
 		if _, err := c.Validate(); err != nil {
@@ -228,8 +231,12 @@ func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg C
 
 // redirectConfig is what meshlet-cni applies: the user's exclusions, plus
 // the ports kubelet and Prometheus must reach directly (exposed probes,
-// metrics), which would otherwise land on the proxy's mTLS listener.
-func redirectConfig(p parsed, reg contract.Registration) iptables.Config {
+// metrics), which would otherwise land on the proxy's mTLS listener, and
+// Consul DNS. That is written without a port, which meshlet-cni (and
+// consul's rules) read as every DNS query of the pod, to any nameserver:
+// the pod keeps its resolv.conf, search list included, and Consul
+// recurses the cluster's names to the cluster DNS.
+func redirectConfig(p parsed, reg contract.Registration, cfg Config) iptables.Config {
 	c := iptables.Config{
 		ProxyUserID:          strconv.Itoa(contract.ProxyUID),
 		ProxyInboundPort:     contract.ProxyInboundPort,
@@ -244,6 +251,9 @@ func redirectConfig(p parsed, reg contract.Registration) iptables.Config {
 	}
 	if m := p.metrics; m != nil {
 		c.ExcludeInboundPorts = append(c.ExcludeInboundPorts, strconv.Itoa(m.ScrapePort))
+	}
+	if p.consulDNS {
+		c.ConsulDNSIP = cfg.ConsulDNS.IP
 	}
 	return c
 }

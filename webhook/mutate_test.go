@@ -226,12 +226,32 @@ var goldenCases = []struct {
 	{"envoy-acls-tls", app(on(contract.Service, "web"), withServiceAccountToken, func(p *corev1.Pod) {
 		p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "migrate"}}
 	}), "shop", envoySecureCfg()},
+	// Consul DNS (dns.enableRedirection): the Service's ClusterIP in the
+	// redirect config, without a port: every DNS query of the pod.
+	{"consul-dns-default", app(on()), "shop", consulDNSCfg(true)},
+	{"consul-dns-annotation", app(on(contract.ConsulDNS, "true")), "shop", consulDNSCfg(false)},
+	{"consul-dns-opt-out", app(on(contract.ConsulDNS, "false")), "shop", consulDNSCfg(true)},
+	// The default on a pod without transparent proxy: a warning, the
+	// cluster DNS.
+	{"consul-dns-tproxy-off", app(on(contract.TransparentProxy, "false")), "shop", consulDNSCfg(true)},
+	{"consul-dns-tproxy-off-annotated", app(on(contract.TransparentProxy, "false", contract.ConsulDNS, "true")), "shop", consulDNSCfg(false)},
+	{"consul-dns-data-plane-consul", app(on(contract.ConsulDNS, "true")), "shop", consulCfg(func(c *Config) { c.ConsulDNS.IP = "10.96.0.53" })},
+	{"consul-dns-unavailable", app(on()), "shop", consulDNSCfg(true, func(c *Config) {
+		c.ConsulDNS.IP, c.ConsulDNS.Unavailable = "", "Service consul/consul-dns, in front of the Consul agents' DNS, does not exist"
+	})},
+	{"consul-dns-unavailable-annotated", app(on(contract.ConsulDNS, "1")), "shop", consulDNSCfg(false, func(c *Config) { c.ConsulDNS.IP = "" })},
 	// TLS alone: no login, Envoy over gRPC TLS.
 	{"envoy-tls", app(on()), "shop", func() Config {
 		c := DefaultConfig()
 		c.AgentTLS = AgentTLS{HTTPSPort: 8501, GRPCPort: 8503, CAPEM: testCAPEM}
 		return c
 	}()},
+}
+
+// consulDNSCfg is data plane meshlet with the Consul DNS Service found,
+// redirection on by default or not.
+func consulDNSCfg(byDefault bool, mutate ...func(*Config)) Config {
+	return tproxyCfg(append([]func(*Config){func(c *Config) { c.ConsulDNS = ConsulDNS{Default: byDefault, IP: "10.96.0.53"} }}, mutate...)...)
 }
 
 // testCAPEM stands for the CA bundle given to the chart.

@@ -29,6 +29,8 @@ type parsed struct {
 	upstreams          []contract.Upstream
 	upstreamsAsWritten []string // each upstream as the annotation wrote it, for messages
 	tproxy             bool
+	consulDNS          bool   // the pod's DNS goes to Consul DNS (parseConsulDNS)
+	consulDNSWarning   string // why the default Consul DNS does not apply; "": it does, or is off
 	overwriteProbes    bool
 	excludeInbound     []string
 	excludeOutbound    []string
@@ -55,8 +57,8 @@ var known = map[string]bool{
 	contract.EnableMetrics: true, contract.EnableMetricsMerging: true,
 	contract.MergedMetricsPort: true, contract.PrometheusScrapePort: true,
 	contract.PrometheusScrapePath: true, contract.ServiceMetricsPort: true,
-	contract.ServiceMetricsPath: true,
-	contract.InjectStatus:       true, contract.TProxyStatus: true, contract.RedirectConfig: true,
+	contract.ServiceMetricsPath: true, contract.ConsulDNS: true,
+	contract.InjectStatus: true, contract.TProxyStatus: true, contract.RedirectConfig: true,
 }
 
 // parseInject reads connect-inject alone: the decision needs it before
@@ -107,6 +109,7 @@ func parse(pod *corev1.Pod, cfg Config) (parsed, error) {
 			check(invalid{b.key, v, "data plane consul (Consul's built-in proxy) " + b.without + "; or use data plane meshlet or envoy"})
 		}
 	}
+	check(parseConsulDNS(ann, &p, cfg))
 	for _, l := range []struct {
 		key   string
 		dst   *[]string

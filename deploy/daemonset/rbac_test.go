@@ -50,6 +50,14 @@ func TestRBAC(t *testing.T) {
 			if r.reaper != nil {
 				want = slices.Concat(want, reaper)
 			}
+			// The Consul DNS Service the webhook is told to read, by name.
+			if r.webhook != nil {
+				args := flags(t, container(t, r.webhook.Spec.Template.Spec, "webhook").Args)
+				if svc := args["consul-dns-service"]; len(svc) == 1 {
+					_, name, _ := strings.Cut(svc[0], "/")
+					want = append(slices.Clone(want), `ClusterRole meshlet-webhook: apiGroups [""] resources [services] resourceNames [`+name+`] verbs [get]`)
+				}
+			}
 			got := grants(r.objects)
 			// fullnameOverride renames, and grants nothing else.
 			if prefix := strings.TrimSuffix(r.agent.Name, "-agent"); prefix != "meshlet" {

@@ -55,6 +55,29 @@ var valueSets = map[string]valueSet{
 		},
 	},
 	"default-inject.yaml": {webhookFlags: map[string][]string{"default-inject": {"true"}}},
+	"dns-redirection.yaml": {
+		webhookFlags: map[string][]string{"enable-consul-dns": {"true"}},
+		check: func(t *testing.T, r rendering) {
+			n := notes(t, "testdata/values/dns-redirection.yaml")
+			for _, want := range []string{"every injected pod's DNS (UDP and TCP port 53) goes to Consul DNS at\nthe ClusterIP of Service consul/consul-dns",
+				"must recurse every other name to the\ncluster DNS (recursors"} {
+				if !strings.Contains(n, want) {
+					t.Errorf("the notes do not say %q:\n%s", want, n)
+				}
+			}
+		},
+	},
+	"dns-cluster-ip.yaml": {
+		webhookFlags: map[string][]string{"enable-consul-dns": {"true"}, "consul-dns-ip": {"10.96.0.53"}, "consul-dns-service": nil},
+	},
+	"dns-disabled.yaml": {
+		webhookFlags: map[string][]string{"consul-dns-service": nil},
+		check: func(t *testing.T, r rendering) {
+			if n := notes(t, "testdata/values/dns-disabled.yaml"); strings.Contains(n, "Consul DNS") {
+				t.Errorf("the notes speak of Consul DNS with dns.enabled false:\n%s", n)
+			}
+		},
+	},
 	"namespaces.yaml": {
 		webhookFlags: map[string][]string{"allow-k8s-namespace": {"shop", "payments"}, "deny-k8s-namespace": {"payments", "legacy"}},
 		check: func(t *testing.T, r rendering) {

@@ -45,6 +45,7 @@ type options struct {
 	log          logs.Flags
 	shutdown     time.Duration
 	consulCA     string // file of the Consul agent's CA
+	dnsService   string // namespace/name of the Consul DNS Service
 	servers      consulclient.ServerFlags
 }
 
@@ -124,6 +125,9 @@ func flags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&c.AgentTLS.ServerName, "consul-tls-server-name", "", "the name the sidecars check in the Consul agent's certificate; empty: the node's IP")
 	o.servers.Register(fs)
 	fs.IntVar(&c.NodeAgentPort, "node-agent-port", c.NodeAgentPort, "meshlet's node agent's HTTP port on the node's IP (agent.port), where data plane meshlet's sidecars report a refused login")
+	fs.BoolVar(&c.ConsulDNS.Default, "enable-consul-dns", c.ConsulDNS.Default, "send injected pods' DNS to Consul DNS unless a pod's consul-dns annotation says otherwise (dns.enableRedirection); needs transparent proxy")
+	fs.StringVar(&o.dnsService, "consul-dns-service", "", "namespace/name of the Service in front of the Consul agents' DNS on port 53 (the official chart's <release>-dns), whose ClusterIP pods' DNS is sent to")
+	fs.StringVar(&c.ConsulDNS.IP, "consul-dns-ip", "", "Consul DNS's address on port 53, instead of -consul-dns-service (dns.clusterIP)")
 	fs.StringVar(&c.ACLAuthMethod, "acl-auth-method", c.ACLAuthMethod, "the Consul Kubernetes auth method sidecars log in with (consul.acl.authMethod); empty: Consul without ACLs. With one, a pod's Consul service must be named like its ServiceAccount")
 
 	fs.StringVar(&o.listen, "listen", ":8080", "HTTPS address: /mutate, /healthz, /readyz, /metrics")
@@ -164,6 +168,18 @@ func (o *options) finish() error {
 			return fmt.Errorf("-consul-ca-file: %w", err)
 		}
 		o.cfg.AgentTLS.CAPEM = pem
+	}
+	switch d := &o.cfg.ConsulDNS; {
+	case o.dnsService != "" && d.IP != "":
+		return errors.New("-consul-dns-service and -consul-dns-ip exclude each other: give the Service, or its address")
+	case o.dnsService != "":
+		if _, _, err := parseServiceRef(o.dnsService); err != nil {
+			return fmt.Errorf("-consul-dns-service %w", err)
+		}
+	case d.IP == "" && d.Default:
+		return errors.New("-enable-consul-dns needs Consul DNS's address: -consul-dns-service or -consul-dns-ip")
+	case d.IP == "":
+		d.Unavailable = webhook.NoConsulDNS
 	}
 	res := corev1.ResourceRequirements{Requests: corev1.ResourceList{}, Limits: corev1.ResourceList{}}
 	for i, f := range resourceFlags {
@@ -224,7 +240,7 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	needClient := o.selfManaged || o.native == "auto"
+	needClient := o.selfManaged || o.native == "auto" || o.dnsService != ""
 	var client kubeclient.Interface
 	if needClient {
 		if client, err = o.kubeClient(); err != nil {
@@ -254,6 +270,19 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var dns *consulDNS
+	if o.dnsService != "" {
+		if dns, err = newConsulDNS(client, o.dnsService, !o.cfg.ConsulDNS.Default, log); err != nil {
+			return err
+		}
+		reg.MustRegister(dns.known)
+		// Known before the first admission where it can be: a pod denied
+		// for the webhook's own start would be a surprise.
+		first, cancel := context.WithTimeout(ctx, 5*time.Second)
+		dns.refresh(first)
+		cancel()
+		go dns.Run(ctx)
+	}
 	var src CertSource
 	if o.selfManaged {
 		src, err = certs.NewSelfManaged(certs.SelfManagedConfig{ServiceName: o.serviceName, ServiceNamespace: o.serviceNS,
@@ -268,8 +297,12 @@ func Main(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	h := &Handler{Config: o.cfg, Roots: roots, Log: log, Metrics: NewMetrics(reg, o.cfg.DataPlane)}
+	if dns != nil {
+		h.ConsulDNS = dns
+	}
 	s := &Server{
-		Handler:       &Handler{Config: o.cfg, Roots: roots, Log: log, Metrics: NewMetrics(reg, o.cfg.DataPlane)},
+		Handler:       h,
 		Certs:         src,
 		Registry:      reg,
 		Log:           log,

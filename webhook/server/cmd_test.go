@@ -55,6 +55,22 @@ func TestFlags(t *testing.T) {
 			err: `-consul-server-addr "consul-server": expected host:port`},
 		{name: "gRPC TLS port", args: append([]string{"-consul-grpc-tls-port", "8503"}, files...),
 			check: func(o options) bool { return o.cfg.AgentTLS.GRPCPort == 8503 }},
+		{name: "Consul DNS off, no address: pods asking for it are told why", args: files,
+			check: func(o options) bool {
+				return !o.cfg.ConsulDNS.Default && o.cfg.ConsulDNS.Unavailable == webhook.NoConsulDNS
+			}},
+		{name: "Consul DNS by Service", args: append([]string{"-enable-consul-dns", "-consul-dns-service", "consul/consul-dns"}, files...),
+			check: func(o options) bool {
+				return o.cfg.ConsulDNS.Default && o.dnsService == "consul/consul-dns" && o.cfg.ConsulDNS.Unavailable == ""
+			}},
+		{name: "Consul DNS by address", args: append([]string{"-enable-consul-dns=true", "-consul-dns-ip", "10.96.0.53"}, files...),
+			check: func(o options) bool { return o.cfg.ConsulDNS.Default && o.cfg.ConsulDNS.IP == "10.96.0.53" }},
+		{name: "Consul DNS by both", args: append([]string{"-consul-dns-service", "consul/consul-dns", "-consul-dns-ip", "10.96.0.53"}, files...),
+			err: "-consul-dns-service and -consul-dns-ip exclude each other"},
+		{name: "Consul DNS on without an address", args: append([]string{"-enable-consul-dns"}, files...),
+			err: "-enable-consul-dns needs Consul DNS's address: -consul-dns-service or -consul-dns-ip"},
+		{name: "Consul DNS Service not namespace/name", args: append([]string{"-consul-dns-service", "consul-dns"}, files...),
+			err: `-consul-dns-service "consul-dns": expected namespace/name of a Service, such as consul/consul-dns`},
 		{name: "bad quantity", args: append([]string{"-default-sidecar-proxy-memory-limit", "lots"}, files...),
 			err: `-default-sidecar-proxy-memory-limit "lots": expected a resource quantity`},
 		{name: "bad native", args: append([]string{"-native-sidecar", "yes"}, files...), err: `-native-sidecar "yes": expected auto, true or false`},

@@ -30,9 +30,12 @@ type Handler struct {
 	// Roots, when set, is the CA bundle the sidecars get (the Consul CA
 	// and the Connect CA's roots, kept current) in place of
 	// Config.AgentTLS.CAPEM.
-	Roots   *consulclient.ConnectRoots
-	Log     *slog.Logger
-	Metrics *Metrics // nil: no metrics
+	Roots *consulclient.ConnectRoots
+	// ConsulDNS, when set, is where Config.ConsulDNS.IP comes from at each
+	// admission (the Consul DNS Service's ClusterIP, kept current).
+	ConsulDNS interface{ Current() (ip, why string) }
+	Log       *slog.Logger
+	Metrics   *Metrics // nil: no metrics
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -96,6 +99,9 @@ func (h *Handler) review(req *admissionv1.AdmissionRequest) (*admissionv1.Admiss
 	cfg := h.Config
 	if h.Roots != nil {
 		cfg.AgentTLS.CAPEM = h.Roots.BundlePEM()
+	}
+	if h.ConsulDNS != nil {
+		cfg.ConsulDNS.IP, cfg.ConsulDNS.Unavailable = h.ConsulDNS.Current()
 	}
 	res := webhook.Mutate(&pod, req.Namespace, cfg)
 	resp.Warnings = res.Warnings

@@ -102,6 +102,16 @@ serves no expose paths: off with it, whatever the values (NOTES says so). */}}
 - {{ int .Values.consul.httpPort | quote }}
 - -consul-grpc-port
 - {{ int .Values.consul.grpcPort | quote }}
+- -enable-consul-dns={{ include "meshlet.dnsRedirection" . | eq "true" }}
+{{- if include "meshlet.dnsEnabled" . }}
+{{- with .Values.dns.clusterIP }}
+- -consul-dns-ip
+- {{ . | quote }}
+{{- else }}
+- -consul-dns-service
+- {{ .Values.consul.dns.service | quote }}
+{{- end }}
+{{- end }}
 {{- with .Values.consul.acl.authMethod }}
 - -acl-auth-method
 - {{ . | quote }}
@@ -148,6 +158,33 @@ serves no expose paths: off with it, whatever the values (NOTES says so). */}}
 - -log-level
 - {{ default .Values.global.logLevel $ci.logLevel }}
 - -log-json={{ .Values.global.logJSON }}
+{{- end }}
+
+{{/*
+Consul DNS (consul-k8s' dns.*). "true" when pods may have their DNS sent
+to Consul: dns.enabled true or "-" (consul-k8s' global.enabled).
+*/}}
+{{- define "meshlet.dnsEnabled" -}}
+{{- if ne (toString .Values.dns.enabled) "false" }}true{{ end }}
+{{- end }}
+
+{{/* "true" when every injected pod's DNS goes to Consul by default:
+dns.enableRedirection true, or "-" (newer consul-k8s' default) with
+transparent proxy on by default; never with dns.enabled false, nor with
+data plane consul, which has no transparent proxy (an explicit true fails
+meshlet.validate there). */}}
+{{- define "meshlet.dnsRedirection" -}}
+{{- $r := toString .Values.dns.enableRedirection }}
+{{- $tproxy := and .Values.connectInject.transparentProxy.defaultEnabled (ne .Values.connectInject.dataPlane "consul") }}
+{{- if and (include "meshlet.dnsEnabled" .) (or (eq $r "true") (and (eq $r "-") $tproxy)) }}true{{ end }}
+{{- end }}
+
+{{/* The name of the Consul DNS Service the webhook reads, when it reads
+one. */}}
+{{- define "meshlet.dnsServiceName" -}}
+{{- if and .Values.connectInject.enabled (include "meshlet.dnsEnabled" .) (not .Values.dns.clusterIP) }}
+{{- last (splitList "/" .Values.consul.dns.service) }}
+{{- end }}
 {{- end }}
 
 {{/* The Consul agent's CA as a volume, when TLS is on and a CA is given. */}}
@@ -356,6 +393,19 @@ Checks the schema cannot express; each fails the render naming the value.
 {{- end }}
 {{- if and .Values.consul.acl.authMethod (eq .Values.connectInject.dataPlane "envoy") (eq (toString .Values.connectInject.nativeSidecar) "false") }}
 {{- fail (printf "consul.acl.authMethod %q with connectInject.dataPlane envoy and connectInject.nativeSidecar false: Envoy's login sidecar must start before Envoy, which only native sidecars can (Kubernetes 1.29 or newer)" .Values.consul.acl.authMethod) }}
+{{- end }}
+{{- $dnsRedir := toString .Values.dns.enableRedirection }}
+{{- if and (eq $dnsRedir "true") (eq .Values.connectInject.dataPlane "consul") }}
+{{- fail "dns.enableRedirection true with connectInject.dataPlane consul: Consul DNS redirection is part of the transparent-proxy rules, and Consul's built-in proxy has no transparent proxy; use data plane meshlet or envoy, or leave dns.enableRedirection false" }}
+{{- end }}
+{{- if and (eq $dnsRedir "true") (not (include "meshlet.dnsEnabled" .)) }}
+{{- fail "dns.enableRedirection true with dns.enabled false: no pod's DNS can go to Consul then (consul-k8s redirects only with both); set dns.enabled, or leave dns.enableRedirection false" }}
+{{- end }}
+{{- if and .Values.dns.clusterIP (not (include "meshlet.dnsEnabled" .)) }}
+{{- fail (printf "dns.clusterIP %q is set but dns.enabled is false: the address would not be used" .Values.dns.clusterIP) }}
+{{- end }}
+{{- if and (eq $dnsRedir "true") (not .Values.connectInject.transparentProxy.defaultEnabled) }}
+{{- fail "dns.enableRedirection true with connectInject.transparentProxy.defaultEnabled false: Consul DNS redirection is part of the transparent-proxy rules, so no pod would get it by default; turn transparent proxy on, or leave dns.enableRedirection false and annotate the pods that want it (with transparent proxy on)" }}
 {{- end }}
 {{- $cni := .Values.agent.cni }}
 {{- range $dir := list $cni.kubeconfigDir $cni.socketDir }}

@@ -118,6 +118,9 @@ func (c *Cluster) Up(ctx context.Context) (err error) {
 	if err := c.waitReady(ctx); err != nil {
 		return err
 	}
+	if err := c.createConsulDNS(ctx); err != nil {
+		return err
+	}
 	if err := c.InstallMeshlet(ctx); err != nil {
 		return err
 	}

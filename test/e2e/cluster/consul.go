@@ -12,7 +12,11 @@ import (
 // Consul runs as the official chart lays it out: a server, and a client
 // agent on every node reachable at the node address (HOST_IP in pods) on
 // 8500 (HTTP) and 8502 (gRPC). Here both are host processes on the bridge
-// address; the server keeps its ports off the client's defaults.
+// address; the server keeps its ports off the client's defaults. The
+// client agent's DNS (8600) is behind Service consul/consul-dns
+// (consuldns.go) and recurses every name outside consul. to the cluster
+// DNS, as the official chart's agents do with dns.enableRedirection: pods
+// whose DNS goes to Consul still resolve the cluster's names.
 const (
 	consulServerNode = "consul-server"
 	consulServerHTTP = 18500
@@ -65,6 +69,7 @@ ports {
 }
 retry_join = ["%s:%d"]
 retry_interval = "1s"
+recursors = [%q]
 disable_update_check = true
 `
 )
@@ -82,7 +87,7 @@ func (c *Cluster) startConsul(ctx context.Context) error {
 	srv := fmt.Sprintf(consulServerConfig, consulDatacenter, consulServerNode, srvDir, NodeIP, NodeIP,
 		consulServerHTTP, consulServerSerf, ConsulServerWAN, consulServerRPC)
 	cli := fmt.Sprintf(consulClientConfig, consulDatacenter, NodeName, cliDir, NodeIP, NodeIP, NodeIP,
-		ConsulHTTPPort, ConsulGRPCPort, consulClientDNS, consulClientSerf, NodeIP, consulServerSerf)
+		ConsulHTTPPort, ConsulGRPCPort, consulClientDNS, consulClientSerf, NodeIP, consulServerSerf, ClusterDNS)
 	if err := os.WriteFile(c.path("consul", "server.hcl"), []byte(srv), 0o644); err != nil {
 		return err
 	}

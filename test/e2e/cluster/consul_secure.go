@@ -28,6 +28,9 @@ type consulAgent struct {
 	DNS         int
 	SerfLAN     int
 	RPC         int
+	// Recursor is where its DNS sends names outside consul.: the cluster
+	// DNS; empty: none.
+	Recursor string
 }
 
 // secureConsulFiles are the pair's files under one directory (the

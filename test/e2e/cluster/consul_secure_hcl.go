@@ -45,6 +45,9 @@ ports {
 retry_join = [{{q .}}]
 retry_interval = "1s"
 {{- end}}
+{{- with .Agent.Recursor}}
+recursors = [{{q .}}]
+{{- end}}
 acl {
   enabled = true
   default_policy = "deny"

@@ -91,7 +91,8 @@ const bridgeMAC = "02:42:0a:f4:00:01"
 
 // setupHost creates the node's bridge with the node address and makes
 // Service addresses unroutable unless kube-proxy translates them, so a
-// packet to an unknown ClusterIP can never follow the default route out.
+// packet to an unknown ClusterIP can never follow the default route out;
+// the cluster DNS's goes onto the bridge.
 func (c *Cluster) setupHost() error {
 	steps := [][]string{
 		// A fixed address: a bridge whose address the kernel picks takes
@@ -101,6 +102,11 @@ func (c *Cluster) setupHost() error {
 		{"ip", "addr", "add", NodeIP + "/24", "dev", Bridge},
 		{"ip", "link", "set", Bridge, "up"},
 		{"ip", "route", "add", "unreachable", ServiceCIDR},
+		// The cluster DNS alone is routed, onto the bridge, where
+		// kube-proxy's rules take it to CoreDNS: the node's Consul agent
+		// recurses names outside consul. there (consul.go). Gone with the
+		// bridge.
+		{"ip", "route", "add", ClusterDNS + "/32", "dev", Bridge, "src", NodeIP},
 	}
 	for _, s := range steps {
 		if err := run(s[0], s[1:]...); err != nil {

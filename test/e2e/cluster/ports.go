@@ -47,6 +47,7 @@ var plainConsulPorts = func() []hostPort {
 	return []hostPort{
 		tcp(NodeIP, consulServerRPC, "consul-server"),
 		tcp(NodeIP, consulServerSerf, "consul-server"), udp(NodeIP, consulServerSerf, "consul-server"),
+		tcp(NodeIP, ConsulServerWAN, "consul-server"), udp(NodeIP, ConsulServerWAN, "consul-server"),
 		tcp(lo, consulServerHTTP, "consul-server"),
 		tcp(NodeIP, consulClientSerf, "consul-client"), udp(NodeIP, consulClientSerf, "consul-client"),
 		tcp(NodeIP, ConsulHTTPPort, "consul-client"), tcp(lo, ConsulHTTPPort, "consul-client"),

@@ -44,7 +44,7 @@ func localSecureConsul() secureConsul {
 		Server: consulAgent{Node: consulServerNode, BindIP: NodeIP, ClientAddrs: []string{"127.0.0.1", NodeIP},
 			HTTPS: consulServerHTTPS, SerfLAN: consulServerSerf, RPC: consulServerRPC},
 		Client: consulAgent{Node: NodeName, BindIP: NodeIP, ClientAddrs: []string{NodeIP, "127.0.0.1"},
-			HTTPS: ConsulHTTPSPort, GRPCTLS: ConsulGRPCTLSPort, DNS: consulClientDNS, SerfLAN: consulClientSerf},
+			HTTPS: ConsulHTTPSPort, GRPCTLS: ConsulGRPCTLSPort, DNS: consulClientDNS, SerfLAN: consulClientSerf, Recursor: ClusterDNS},
 	}
 }
 

@@ -131,10 +131,11 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 }
 
 // dnsAnswers asks a ready CoreDNS pod behind kube-dns, at the pod's own
-// address (the host cannot route ClusterIPs: setupHost makes the range
-// unreachable), for the API server's Service name and checks the answer is
-// its ClusterIP: then the kubernetes plugin has synced with the API server
-// and kube-proxy has an endpoint to send ClusterDNS to.
+// address (the host routes no ClusterIP but ClusterDNS, whose kube-proxy
+// rule is among what is waited for), for the API server's Service name and
+// checks the answer is its ClusterIP: then the kubernetes plugin has
+// synced with the API server and kube-proxy has an endpoint to send
+// ClusterDNS to.
 func dnsAnswers(ctx context.Context, cs kubernetes.Interface) error {
 	addr, err := dnsEndpoint(ctx, cs)
 	if err != nil {

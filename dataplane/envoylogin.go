@@ -41,6 +41,7 @@ func EnvoyLoginMain(ctx context.Context, args []string, stderr io.Writer) error 
 	fs.SetOutput(stderr)
 	fs.StringVar(&l.login.AuthMethod, "acl-auth-method", "", "the Consul Kubernetes auth method to log in to with the pod's ServiceAccount token")
 	fs.StringVar(&l.login.BearerTokenFile, "acl-bearer-token-file", contract.ServiceAccountTokenFile, "the pod's ServiceAccount token")
+	fs.StringVar(&l.login.Namespace, "acl-auth-method-namespace", "", "Consul Enterprise: the namespace of -acl-auth-method, where the login and logout go; empty: none, as Consul without Enterprise namespaces requires")
 	fs.StringVar(&l.file, "envoy-ads-file", contract.EnvoyADSFile, "where to write Envoy's ADS gRPC service with the token, for Envoy's -c")
 	fs.StringVar(&l.envoyAdmin, "envoy-admin-addr", net.JoinHostPort("127.0.0.1", strconv.Itoa(contract.EnvoyAdminPort)), "Envoy's admin listener: its xDS connection is watched there, and Envoy is restarted there after a new login")
 	fs.DurationVar(&l.interval, "watch-interval", 10*time.Second, "how often Envoy's xDS connection is looked at; the token is checked with Consul only while Envoy is disconnected")

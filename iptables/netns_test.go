@@ -320,7 +320,7 @@ func TestNetlinkEncodesLikeIptablesNFT(t *testing.T) {
 			ExcludeOutboundCIDRs: []string{"172.16.0.0/12", "10.96.0.1", "100.64.0.0/10", "0.0.0.0/0", "fd00:10:96::/108", "2001:db8::/32", "::/0"},
 			ExcludeUIDs:          []string{"1000", "2000-2010"},
 			ConsulDNSIP:          "10.96.0.53", ConsulDNSPort: 8600},
-		"dns v6": {ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001, ConsulDNSIP: "fd00::53"},
+		"dns v6":    {ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001, ConsulDNSIP: "fd00::53"},
 		"dns every": {ProxyUserID: "5995", ProxyInboundPort: 20000, ProxyOutboundPort: 15001, ConsulDNSIP: "10.96.0.53"},
 	}
 	for name, cfg := range cfgs {

@@ -173,7 +173,7 @@ func injectInto(pod *corev1.Pod, namespace string, p parsed, pl placement, cfg C
 			// checkIdentity and Config.Validate see to both.
 			return nil, fmt.Errorf("envoy's login sidecar needs the pod's ServiceAccount token (mounted: %v) and a native sidecar (placed: %v)", ok, pl)
 		}
-		sidecars = append([]corev1.Container{envoyLoginSidecar(sidecar, m, cfg)}, sidecars...)
+		sidecars = append([]corev1.Container{envoyLoginSidecar(sidecar, m, reg.ConsulNamespace, cfg)}, sidecars...)
 	}
 	if pod.Annotations == nil {
 		pod.Annotations = map[string]string{}

@@ -226,6 +226,13 @@ var goldenCases = []struct {
 	{"envoy-acls-tls", app(on(contract.Service, "web"), withServiceAccountToken, func(p *corev1.Pod) {
 		p.Spec.InitContainers = []corev1.Container{{Name: "migrate", Image: "migrate"}}
 	}), "shop", envoySecureCfg()},
+	// Envoy's login sidecar logs in where meshlet's proxy would: in the
+	// auth method's namespace (with mirroring, "default").
+	{"envoy-namespace-mirroring-acls", app(on(contract.Service, "web"), withServiceAccountToken), "shop", func() Config {
+		c := envoySecureCfg()
+		c.ConsulNamespaces = ConsulNamespaces{Enabled: true, MirroringK8S: true, MirroringK8SPrefix: "k8s-"}
+		return c
+	}()},
 	// Consul DNS (dns.enableRedirection): the Service's ClusterIP in the
 	// redirect config, without a port: every DNS query of the pod.
 	{"consul-dns-default", app(on()), "shop", consulDNSCfg(true)},

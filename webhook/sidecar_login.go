@@ -24,8 +24,10 @@ func envoyLoginNeeded(cfg Config) bool {
 // token reaper knows the token's pod), writes Envoy's token file to the
 // login volume, and stays to log out when the pod goes. Its startup
 // probe passes once the file is there, and only then does kubelet start
-// Envoy. base carries the sidecars' environment and security context.
-func envoyLoginSidecar(base corev1.Container, tokenMount corev1.VolumeMount, cfg Config) corev1.Container {
+// Envoy. base carries the sidecars' environment and security context;
+// consulNS is the pod's Consul Enterprise namespace ("": namespaces off),
+// where the auth method is found as meshlet's own sidecar finds it.
+func envoyLoginSidecar(base corev1.Container, tokenMount corev1.VolumeMount, consulNS string, cfg Config) corev1.Container {
 	c := corev1.Container{
 		Name: envoyLoginSidecarName, Image: cfg.MeshletImage,
 		Env: append([]corev1.EnvVar{}, base.Env...), SecurityContext: base.SecurityContext.DeepCopy(),
@@ -48,6 +50,9 @@ func envoyLoginSidecar(base corev1.Container, tokenMount corev1.VolumeMount, cfg
 		"-acl-bearer-token-file", contract.ServiceAccountTokenFile, "-envoy-ads-file", contract.EnvoyADSFile}
 	if t := cfg.AgentTLS; t.HTTPSPort != 0 && t.ServerName != "" {
 		c.Args = append(c.Args, "-tls-server-name", t.ServerName)
+	}
+	if consulNS != "" {
+		c.Args = append(c.Args, "-acl-auth-method-namespace", authMethodNamespace(consulNS, cfg.ConsulNamespaces))
 	}
 	if cfg.NodeAgentPort != contract.NodeAgentHTTPPort {
 		c.Args = append(c.Args, "-node-agent-addr", fmt.Sprintf("$(%s):%d", contract.EnvHostIP, cfg.NodeAgentPort))

@@ -5,12 +5,10 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -24,7 +22,6 @@ import (
 	"github.com/meshlet/meshlet/contract"
 	podreg "github.com/meshlet/meshlet/daemon/register"
 	"github.com/meshlet/meshlet/test/consultest"
-	"github.com/meshlet/meshlet/test/repobin"
 )
 
 // freePort is a TCP port nothing listens on now.
@@ -51,7 +48,6 @@ func consulAgentsIn(t testing.TB, n ns.NetNS, bind string, opts ...consulOpts) (
 		o = opts[0]
 	}
 	t.Helper()
-	bin := repobin.Need(t, "consul", "make tools")
 	dir := t.TempDir()
 	// Free ports of this netns serve in n too: a fresh netns uses none.
 	serf := freePort(t)
@@ -96,7 +92,7 @@ disable_update_check = true
 		client = o.tls.configure(t, dir, client, httpPort)
 	}
 	for name, cfg := range map[string]string{"server": server, "client": client} {
-		startConsulAgent(t, bin, n, dir, name, cfg)
+		startConsulAgent(t, n, dir, name, cfg)
 	}
 	cfg := capi.DefaultConfig()
 	cfg.Address = net.JoinHostPort(bind, strconv.Itoa(httpPort))
@@ -138,52 +134,14 @@ disable_update_check = true
 }
 
 // startConsulAgent runs `consul agent` with cfg (in netns n, nil: this
-// one) until the test ends, stopped by its PID; its log, under dir, is
-// shown if the test failed.
-func startConsulAgent(t testing.TB, bin string, n ns.NetNS, dir, name, cfg string) {
+// one) until the test ends, stopped by its PID.
+func startConsulAgent(t testing.TB, n ns.NetNS, dir, name, cfg string) {
 	t.Helper()
-	path := filepath.Join(dir, name+".hcl")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, name+".log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "agent", "-config-file="+path)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	start := cmd.Start
+	var start func(*exec.Cmd) error
 	if n != nil {
-		start = func() error { return n.Do(func(ns.NetNS) error { return cmd.Start() }) }
+		start = func(cmd *exec.Cmd) error { return n.Do(func(ns.NetNS) error { return cmd.Start() }) }
 	}
-	if err := start(); err != nil {
-		t.Fatal(err)
-	}
-	pid, log := cmd.Process.Pid, logf.Name()
-	t.Cleanup(func() {
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			<-done
-		}
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(log)
-			t.Logf("consul %s log:\n%s", filepath.Base(log), tail(b, 3000))
-		}
-	})
-}
-
-func tail(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
-	}
-	return b
+	consultest.StartAgent(t, dir, name, cfg, nil, start)
 }
 
 // eventually retries f every 100 ms until it returns nil or d passes.

@@ -12,7 +12,6 @@ import (
 	capi "github.com/hashicorp/consul/api"
 
 	"github.com/meshlet/meshlet/contract"
-	"github.com/meshlet/meshlet/test/repobin"
 )
 
 // reaches waits until a request through the upstream on addr is answered
@@ -80,7 +79,6 @@ func TestProxyPreparedQuery(t *testing.T) {
 // an API client of that server, where dc2's services are registered.
 func secondDatacenter(t *testing.T, dc1 *capi.Client, wan int) *capi.Client {
 	t.Helper()
-	bin := repobin.Need(t, "consul", "make tools")
 	dir := t.TempDir()
 	httpPort := freePort(t)
 	cfg := fmt.Sprintf(`datacenter = "dc2"
@@ -98,7 +96,7 @@ connect { enabled = true }
 performance { raft_multiplier = 1 }
 disable_update_check = true
 `, filepath.Join(dir, "data"), httpPort, freePort(t), freePort(t), freePort(t), wan)
-	startConsulAgent(t, bin, nil, dir, "server-dc2", cfg)
+	startConsulAgent(t, nil, dir, "server-dc2", cfg)
 	c := capi.DefaultConfig()
 	c.Address = net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort))
 	cl, err := capi.NewClient(c)

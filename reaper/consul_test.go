@@ -4,17 +4,13 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
 
 	"github.com/meshlet/meshlet/test/consultest"
-	"github.com/meshlet/meshlet/test/repobin"
 )
 
 func freePort(t testing.TB) int { return consultest.FreePort(t) }
@@ -27,8 +23,6 @@ func newUUID(t testing.TB) string { return consultest.NewUUID(t) }
 // server is stopped by its PID when the test ends.
 func consulWithACLs(t *testing.T) (string, *capi.Client) {
 	t.Helper()
-	bin := repobin.Need(t, "consul", "make tools")
-	dir := t.TempDir()
 	mgmt := newUUID(t)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
 	_, httpPort, _ := net.SplitHostPort(addr)
@@ -43,36 +37,7 @@ acl {
   tokens { initial_management = %q }
 }
 `, httpPort, freePort(t), freePort(t), mgmt)
-	path := filepath.Join(dir, "consul.hcl")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "consul.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "agent", "-dev", "-config-file="+path)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pid := cmd.Process.Pid
-	t.Cleanup(func() {
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("consul log:\n%s", b[max(0, len(b)-3000):])
-		}
-	})
+	consultest.StartAgent(t, t.TempDir(), "consul", cfg, []string{"-dev"}, nil)
 	cl, err := capi.NewClient(&capi.Config{Address: addr, Token: mgmt})
 	if err != nil {
 		t.Fatal(err)

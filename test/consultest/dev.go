@@ -3,17 +3,11 @@ package consultest
 import (
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
-
-	"github.com/meshlet/meshlet/test/repobin"
 )
 
 // DevAgent starts bin/consul as a dev agent (a server in memory, Consul
@@ -23,8 +17,6 @@ import (
 // failed.
 func DevAgent(t testing.TB) (string, *capi.Client) {
 	t.Helper()
-	bin := repobin.Need(t, "consul", "make tools")
-	dir := t.TempDir()
 	port := FreePort(t)
 	cfg := fmt.Sprintf(`node_name = "dev"
 bind_addr = "127.0.0.1"
@@ -32,36 +24,7 @@ client_addr = "127.0.0.1"
 ports { http = %d, https = -1, grpc = -1, grpc_tls = -1, dns = -1, serf_lan = %d, serf_wan = -1, server = %d }
 disable_update_check = true
 `, port, FreePort(t), FreePort(t))
-	path := filepath.Join(dir, "consul.hcl")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "consul.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "agent", "-dev", "-config-file="+path)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pid := cmd.Process.Pid
-	t.Cleanup(func() {
-		_ = syscall.Kill(pid, syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("consul log:\n%s", b[max(0, len(b)-3000):])
-		}
-	})
+	StartAgent(t, t.TempDir(), "consul", cfg, []string{"-dev"}, nil)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	cl, err := capi.NewClient(&capi.Config{Address: addr})
 	if err != nil {

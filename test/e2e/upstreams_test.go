@@ -39,17 +39,7 @@ func TestPreparedQueryUpstream(t *testing.T) {
 	}
 	t.Cleanup(func() { _, _ = cl.PreparedQuery().Delete(id, nil) })
 
-	client := readMeshManifest(t, "static-client-upstream.yaml")
-	const seed = `'consul.hashicorp.com/connect-service-upstreams': 'static-server:1234'`
-	if !strings.Contains(client, seed) {
-		t.Fatalf("examples/mesh/static-client-upstream.yaml no longer has %s", seed)
-	}
-	client = strings.Replace(client, seed, fmt.Sprintf(`'consul.hashicorp.com/connect-service-upstreams': 'prepared_query:%s:1234'`, name), 1)
-	kubectl(t, "apply", "-n", ns, "-f", meshManifest(t, "static-server.yaml"))
-	kubectl(t, "apply", "-n", ns, "-f", writeManifest(t, client))
-	kubectl(t, "rollout", "status", "-n", ns, "deploy/static-server", "deploy/static-client", "--timeout=120s")
-
-	curl := []string{"exec", "-n", ns, "deploy/static-client", "-c", "static-client", "--", "curl", "-s", "localhost:1234"}
+	curl := seedClientWithUpstream(t, ns, "prepared_query:"+name+":1234")
 	waitFor(t, ctx, "hello world through the prepared query", func(context.Context) (bool, error) {
 		out, err := kubectlErr(curl...)
 		return err == nil && strings.TrimSpace(out) == helloWorld, fmt.Errorf("%q, %v", out, err)
@@ -103,17 +93,7 @@ func TestOtherDatacenterUpstream(t *testing.T) {
 	startHostProcess(t, filepath.Join(root, "bin", "meshlet-proxy"), "-proxy-id", proxyID, "-http-addr", dc2.httpAddr,
 		"-metrics-addr", fmt.Sprintf("127.0.0.1:%d", consultest.FreePort(t)), "-node-agent-addr", "")
 
-	client := readMeshManifest(t, "static-client-upstream.yaml")
-	const seed = `'consul.hashicorp.com/connect-service-upstreams': 'static-server:1234'`
-	if !strings.Contains(client, seed) {
-		t.Fatalf("examples/mesh/static-client-upstream.yaml no longer has %s", seed)
-	}
-	client = strings.Replace(client, seed, `'consul.hashicorp.com/connect-service-upstreams': 'static-server:1234:dc2'`, 1)
-	kubectl(t, "apply", "-n", ns, "-f", meshManifest(t, "static-server.yaml"))
-	kubectl(t, "apply", "-n", ns, "-f", writeManifest(t, client))
-	kubectl(t, "rollout", "status", "-n", ns, "deploy/static-server", "deploy/static-client", "--timeout=120s")
-
-	curl := []string{"exec", "-n", ns, "deploy/static-client", "-c", "static-client", "--", "curl", "-s", "localhost:1234"}
+	curl := seedClientWithUpstream(t, ns, "static-server:1234:dc2")
 	waitFor(t, ctx, "dc2's hello world through the upstream", func(context.Context) (bool, error) {
 		out, err := kubectlErr(curl...)
 		return err == nil && strings.TrimSpace(out) == "hello world from dc2", fmt.Errorf("%q, %v", out, err)
@@ -127,6 +107,24 @@ func TestOtherDatacenterUpstream(t *testing.T) {
 		out, err := kubectlErr(curl...)
 		return err != nil && strings.Contains(out, "command terminated with exit code 52"), fmt.Errorf("%q, %v", out, err)
 	})
+}
+
+// seedClientWithUpstream applies the seed's static-server and its
+// explicit-upstream client in ns, the client's upstream written as
+// upstream (on local port 1234), waits for both, and returns the kubectl
+// arguments of the seed's `curl -s localhost:1234` in the client.
+func seedClientWithUpstream(t *testing.T, ns, upstream string) []string {
+	t.Helper()
+	client := readMeshManifest(t, "static-client-upstream.yaml")
+	const seed = `'consul.hashicorp.com/connect-service-upstreams': 'static-server:1234'`
+	if !strings.Contains(client, seed) {
+		t.Fatalf("examples/mesh/static-client-upstream.yaml no longer has %s", seed)
+	}
+	client = strings.Replace(client, seed, fmt.Sprintf(`'consul.hashicorp.com/connect-service-upstreams': '%s'`, upstream), 1)
+	kubectl(t, "apply", "-n", ns, "-f", meshManifest(t, "static-server.yaml"))
+	kubectl(t, "apply", "-n", ns, "-f", writeManifest(t, client))
+	kubectl(t, "rollout", "status", "-n", ns, "deploy/static-server", "deploy/static-client", "--timeout=120s")
+	return []string{"exec", "-n", ns, "deploy/static-client", "-c", "static-client", "--", "curl", "-s", "localhost:1234"}
 }
 
 // datacenter is a Consul server's API client and HTTP address.

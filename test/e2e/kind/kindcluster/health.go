@@ -30,9 +30,9 @@ func (c *Cluster) waitHealthy(ctx context.Context) error {
 // checkNamespace holds checkPodNetwork's pods while it runs.
 const checkNamespace = "meshlet-kind-check"
 
-// checkPodNetwork proves pod traffic between the workers: an http-echo
-// pod on each worker, answering with its node's name, is fetched by IP
-// from the pod on the other worker.
+// checkPodNetwork proves pod traffic between the workers: on each worker
+// an http-echo pod answering with its node's name, and a client pod that
+// fetches the other worker's http-echo by its pod IP.
 func (c *Cluster) checkPodNetwork(ctx context.Context) error {
 	t0 := time.Now()
 	var manifest strings.Builder
@@ -41,17 +41,26 @@ func (c *Cluster) checkPodNetwork(ctx context.Context) error {
 		fmt.Fprintf(&manifest, `---
 apiVersion: v1
 kind: Pod
-metadata: {name: echo-%d, namespace: %s}
+metadata: {name: echo-%[1]d, namespace: %[2]s}
 spec:
-  nodeName: %s
+  nodeName: %[3]s
   terminationGracePeriodSeconds: 0
   containers:
     - name: echo
-      image: %s
+      image: %[4]s
       imagePullPolicy: Never
-      args: ["-listen=:5678", "-text=%s"]
+      args: ["-listen=:5678", "-text=%[3]s"]
       readinessProbe: {httpGet: {path: /, port: 5678}, periodSeconds: 1}
-`, i, checkNamespace, node, cluster.StaticServerImage, node)
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client-%[1]d, namespace: %[2]s}
+spec:
+  nodeName: %[3]s
+  terminationGracePeriodSeconds: 0
+  containers:
+    - {name: client, image: %[5]s, imagePullPolicy: Never, command: [sleep, "3600"]}
+`, i, checkNamespace, node, cluster.StaticServerImage, cluster.StaticClientImage)
 	}
 	if _, err := c.kubectl(ctx, strings.NewReader(manifest.String()), "apply", "-f", "-"); err != nil {
 		return err
@@ -73,15 +82,15 @@ spec:
 	for i := range Workers {
 		j := 1 - i
 		url := fmt.Sprintf("http://%s:5678/", ips[j])
-		out, err := c.kubectl(ctx, nil, "-n", checkNamespace, "exec", fmt.Sprintf("echo-%d", i), "--",
-			"wget", "-q", "-T", "5", "-O", "-", url)
+		out, err := c.kubectl(ctx, nil, "-n", checkNamespace, "exec", fmt.Sprintf("client-%d", i), "--",
+			"curl", "-sS", "-m", "5", url)
 		if err != nil {
-			return fmt.Errorf("pod on %s cannot reach the pod on %s (%s): %w", Workers[i], Workers[j], url, err)
+			return fmt.Errorf("a pod on %s cannot reach the pod on %s (%s): %w", Workers[i], Workers[j], url, err)
 		}
 		if out != Workers[j] {
-			return fmt.Errorf("pod on %s fetched %s: got %q, want %q", Workers[i], url, out, Workers[j])
+			return fmt.Errorf("a pod on %s fetched %s: got %q, want %q", Workers[i], url, out, Workers[j])
 		}
 	}
-	c.Log.Info("pods on each worker reach each other by IP", "ips", ips, "took", time.Since(t0).Round(time.Millisecond))
+	c.Log.Info("pods on each worker reach a pod on the other by IP", "echo IPs", ips, "took", time.Since(t0).Round(time.Millisecond))
 	return nil
 }

@@ -28,8 +28,8 @@ type nodeData struct {
 	KubeRouterImage string
 }
 
-// fileSpecs lists everything copied onto the base image.
-func (b *Builder) fileSpecs(k k8sImages, archive string) ([]fileSpec, error) {
+// nodeFiles lists everything copied onto the base image.
+func (b *Builder) nodeFiles(k k8sImages, archive string) ([]fileSpec, error) {
 	kr, err := b.kubeRouterImage()
 	if err != nil {
 		return nil, err
@@ -89,7 +89,7 @@ func (b *Builder) fileSpecs(k k8sImages, archive string) ([]fileSpec, error) {
 // container of the base image gets the files, runs setup.sh, and is
 // committed.
 func (b *Builder) nodeImage(ctx context.Context, base, archive string, k k8sImages) (string, error) {
-	nf, err := b.fileSpecs(k, archive)
+	nf, err := b.nodeFiles(k, archive)
 	if err != nil {
 		return "", err
 	}

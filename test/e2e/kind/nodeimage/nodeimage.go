@@ -54,6 +54,9 @@ func (b *Builder) Build(ctx context.Context) (string, error) {
 	if err := checkTools(); err != nil {
 		return "", err
 	}
+	if _, err := docker(ctx, "version", "--format", "{{.Server.Version}}"); err != nil {
+		return "", fmt.Errorf("no Docker engine answers: %w", err)
+	}
 	k8s, err := b.kubeadmImages(ctx)
 	if err != nil {
 		return "", err

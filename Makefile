@@ -5,9 +5,9 @@ GO ?= go
 BIN := $(CURDIR)/bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -s -w -X main.version=$(VERSION)
-CNI_PLUGINS := $(addprefix github.com/containernetworking/plugins/plugins/,main/bridge ipam/host-local main/loopback)
+CNI_PLUGINS := $(addprefix github.com/containernetworking/plugins/plugins/,main/bridge ipam/host-local main/loopback meta/portmap)
 
-.PHONY: all tools build images cluster-up cluster-down cluster-status demo test unit e2e bench lint clean
+.PHONY: all tools build images cluster-up cluster-down cluster-status kind-up kind-down kind-image demo test unit e2e bench lint clean
 
 all: build
 
@@ -19,7 +19,7 @@ tools:
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
-	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ ./test/images/pause ./test/images/curl ./test/e2e/cmd/localcluster
+	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ ./test/images/pause ./test/images/curl ./test/e2e/cmd/localcluster ./test/e2e/cmd/kindcluster
 	@mkdir -p $(BIN)/cni
 	$(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/cni/ $(CNI_PLUGINS)
 
@@ -37,6 +37,21 @@ cluster-up: tools build
 cluster-down:
 	@if [ -x $(BIN)/localcluster ]; then $(BIN)/localcluster down; \
 	else $(GO) run ./test/e2e/cmd/localcluster down; fi
+
+## kind-image: the offline kind node image (test/e2e/kind/nodeimage; needs Docker), cached by content
+kind-image: tools build
+	@./hack/tools.sh kind_node
+	@$(BIN)/kindcluster image
+
+## kind-up: a kind cluster on that image: 1 control plane, 2 workers, kube-router (writes .kind/env)
+kind-up: tools build
+	@./hack/tools.sh kind_node
+	@$(BIN)/kindcluster up
+
+## kind-down: delete it, its Docker network and .kind
+kind-down:
+	@if [ -x $(BIN)/kindcluster ]; then $(BIN)/kindcluster down; \
+	else $(GO) run ./test/e2e/cmd/kindcluster down; fi
 
 ## demo: boot the cluster and show it working (SECURE=1: on Consul with ACLs and TLS)
 demo: cluster-up

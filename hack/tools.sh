@@ -18,7 +18,7 @@ step() { # step NAME CMD...: run and time one step
 }
 
 apt_packages=(etcd-server containerd runc iptables
-  conntrack socat openssl iproute2 util-linux busybox-static nftables shellcheck)
+  conntrack socat openssl iproute2 util-linux busybox-static nftables shellcheck mmdebstrap)
 install_apt() {
   local missing=()
   for p in "${apt_packages[@]}"; do
@@ -34,18 +34,20 @@ install_apt() {
   done
 }
 
-# build_go WRAPPER_DIR LDFLAGS PKG... : build the packages of a wrapper module into bin/.
+# build_go WRAPPER_DIR LDFLAGS PKG... : build the packages of a wrapper module
+# into bin/ (into $OUT instead when set).
 build_go() {
   local dir=$1 ldflags=$2; shift 2
-  local name key
+  local name key out=${OUT:-$bin}
   name=$(basename "$dir")
-  key=$(cat "$root/$dir/go.mod" "$root/$dir/go.sum" <(echo "$ldflags" "$*") | sha256sum | cut -c1-16)
+  key=$(cat "$root/$dir/go.mod" "$root/$dir/go.sum" <(echo "$ldflags" "$*" ${OUT:+"$OUT"}) | sha256sum | cut -c1-16)
   local ok=1
-  for p in "$@"; do [ -x "$bin/$(basename "$p")" ] || ok=0; done
+  for p in "$@"; do [ -x "$out/$(basename "$p")" ] || ok=0; done
   if [ $ok = 1 ] && [ "$(cat "$bin/.stamps/$name" 2>/dev/null)" = "$key" ]; then
     echo "    cached ($key)"; return
   fi
-  (cd "$root/$dir" && go build -trimpath -ldflags "$ldflags" -o "$bin/" "$@") 2>&1 |
+  mkdir -p "$out"
+  (cd "$root/$dir" && go build -trimpath -ldflags "$ldflags" -o "$out/" "$@") 2>&1 |
     { grep -v '^go: downloading' || true; }
   [ "${PIPESTATUS[0]}" = 0 ] || return 1
   echo "$key" >"$bin/.stamps/$name"
@@ -63,7 +65,7 @@ all() {
   step "kubernetes $k8s_version" build_go test/tools/k8s "$k8s_ldflags" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubelet \
-    k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-proxy
+    k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-proxy k8s.io/kubernetes/cmd/kubeadm
   step "consul" build_go test/tools/consul "$consul_ldflags" github.com/hashicorp/consul
   step "http-echo" build_go test/tools/http-echo "-s -w" github.com/hashicorp/http-echo
   step "coredns" build_go test/tools/coredns "-s -w" github.com/coredns/coredns
@@ -78,6 +80,29 @@ kind_prereqs() {
   step "consul" build_go test/tools/consul "$consul_ldflags" github.com/hashicorp/consul
   step "helm" build_go test/tools/helm "-s -w" helm.sh/helm/v3/cmd/helm
   step "kind" build_go test/tools/kind "-s -w" sigs.k8s.io/kind
+}
+
+# pinned_version WRAPPER_DIR MODULE: the version the wrapper module requires.
+pinned_version() { awk -v m="$2" '{ for (i = 1; i < NF; i++) if ($i == m) print $(i + 1) }' "$root/$1/go.mod"; }
+
+# What the kind node image holds besides the Kubernetes binaries (make
+# kind-up; test/e2e/kind/nodeimage): the versions of etcd and CoreDNS that
+# kubeadm names, crictl, and kube-router, the kind cluster's CNI. Into
+# bin/kindnode/: bin/coredns is the local cluster's own, newer CoreDNS.
+kind_node() {
+  local crictl_v kr_v
+  crictl_v=$(pinned_version test/tools/crictl sigs.k8s.io/cri-tools)
+  kr_v=$(pinned_version test/tools/kube-router github.com/cloudnativelabs/kube-router/v2)
+  step "kind" build_go test/tools/kind "-s -w" sigs.k8s.io/kind
+  export OUT="$bin/kindnode"
+  step "etcd (kind node)" build_go test/tools/etcd "-s -w" github.com/meshlet/meshlet/test/tools/etcd/cmd/etcd
+  step "coredns (kind node)" build_go test/tools/coredns-kubeadm "-s -w" github.com/coredns/coredns
+  step "crictl" build_go test/tools/crictl "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$crictl_v" \
+    sigs.k8s.io/cri-tools/cmd/crictl
+  step "kube-router" build_go test/tools/kube-router \
+    "-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$kr_v" \
+    github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+  unset OUT
 }
 
 t0=$SECONDS

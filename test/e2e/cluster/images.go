@@ -104,6 +104,11 @@ func busyboxFiles() ([]imageFile, error) {
 	return files, nil
 }
 
+// ImageArchive returns a docker-archive holding every test image, rebuilt
+// only when the content of one of its input binaries changed: the kind
+// cluster (test/e2e/kind/kindcluster) loads these very images too.
+func (c *Cluster) ImageArchive() (string, error) { return c.imageArchive() }
+
 // imageArchive returns a docker-archive holding every test image, rebuilt
 // only when the content of one of its input binaries changed.
 func (c *Cluster) imageArchive() (string, error) {

@@ -1,7 +1,8 @@
 //go:build tools
 
-// Package tools pins the Kubernetes components the local cluster runs. Nothing
-// here is shipped: `make tools` builds these commands into bin/.
+// Package tools pins the Kubernetes components the local cluster runs, and
+// kubeadm for the kind node image. Nothing here is shipped: `make tools`
+// builds these commands into bin/.
 package tools
 
 import (
@@ -9,6 +10,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubeadm"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 	_ "k8s.io/kubernetes/cmd/kubelet"
 )

@@ -73,15 +73,20 @@ func pinned(t *testing.T, root, file, node string) string {
 }
 
 // TestKindSeedWalkthroughAcrossNodes runs the seed's walkthrough with
-// static-server on the first worker and static-client on the second:
-// hello world across nodes, a deny intention makes the very next request
-// exit 52, deleting it brings hello world back; each instance is
+// static-server on one worker and static-client on the other, both ways
+// round: hello world across nodes, a deny intention makes the very next
+// request exit 52, deleting it brings hello world back; each instance is
 // registered on its own node's Consul client agent.
 func TestKindSeedWalkthroughAcrossNodes(t *testing.T) {
 	c := kindCluster(t)
+	w1, w2 := kindcluster.Workers[0], kindcluster.Workers[1]
+	t.Run("server-on-"+w1, func(t *testing.T) { seedAcross(t, c, w1, w2) })
+	t.Run("server-on-"+w2, func(t *testing.T) { seedAcross(t, c, w2, w1) })
+}
+
+func seedAcross(t *testing.T, c *kindcluster.Cluster, serverNode, clientNode string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	serverNode, clientNode := kindcluster.Workers[0], kindcluster.Workers[1]
 	ip, err := c.NodeIP(ctx, serverNode)
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +97,7 @@ func TestKindSeedWalkthroughAcrossNodes(t *testing.T) {
 	}
 	ns := fmt.Sprintf("seed-kind-%d", time.Now().UnixNano()%100000)
 	mustKubectl(t, c, "create", "namespace", ns)
-	t.Cleanup(func() { kubectl(t, c, "delete", "namespace", ns, "--wait=true", "--timeout=120s") })
+	t.Cleanup(func() { kubectl(t, c, "delete", "namespace", ns, "--wait=false") })
 
 	t0 := time.Now()
 	for _, m := range []struct{ file, node string }{{"static-server.yaml", serverNode}, {"static-client.yaml", clientNode}} {

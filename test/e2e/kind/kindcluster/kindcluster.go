@@ -3,8 +3,9 @@
 // offline node image (test/e2e/kind/nodeimage), with kube-router as the
 // primary CNI and the local cluster's test images loaded into every node.
 // Up returns once every node is Ready, CoreDNS and kube-router run, and a
-// pod on each worker reaches a pod on the other by its IP. The cluster's
-// state (kubeconfig, env) lives in <root>/.kind.
+// pod on each worker reaches a pod on the other by its IP, then installs
+// Consul (test/e2e/kind/consul/consul.yaml) and meshlet's chart (mesh.go).
+// The cluster's state (kubeconfig, env, helm's own) lives in <root>/.kind.
 package kindcluster
 
 import (

@@ -43,7 +43,7 @@ kind-image: tools build
 	@./hack/tools.sh kind_node
 	@$(BIN)/kindcluster image
 
-## kind-up: a kind cluster on that image: 1 control plane, 2 workers, kube-router (writes .kind/env)
+## kind-up: a kind cluster on that image: 1 control plane, 2 workers, kube-router, Consul (a client agent per node) and meshlet by helm (writes .kind/env)
 kind-up: tools build
 	@./hack/tools.sh kind_node
 	@$(BIN)/kindcluster up

@@ -55,12 +55,34 @@ fi
 # TestSecureMode* need Consul with ACLs and TLS: the second run boots the
 # local cluster so (SECURE=1) and runs them with the seed's walkthrough and
 # the older document's (denied there: its pods run as ServiceAccount default).
-run_suite e2e 30m -p 1 -skip '^TestSecureMode' ./test/e2e/...
+# The kind packages run in their own part, below, on their own cluster.
+mapfile -t e2e < <(go list ./test/e2e/... | grep -v '/test/e2e/kind')
+run_suite e2e 30m -p 1 -skip '^TestSecureMode' "${e2e[@]}"
 export SECURE=1
 run_suite e2e-secure 20m -run '^(TestSeedWalkthrough|TestOlderDocWalkthrough|TestSecureMode)' ./test/e2e/
 unset SECURE
+# The kind part (docs/kind-offline.md): a kind cluster of one control plane
+# and two workers on the offline node image, Consul and meshlet installed on
+# it (make kind-up), the kind packages' tests, then make kind-down. It needs a
+# Docker engine: without one it is said here, and the kind tests do not run.
+kind_logs=()
+if docker info >/dev/null 2>&1; then
+  echo "==> kind-up (make kind-up: node image, cluster, Consul, meshlet)"
+  t1=$SECONDS
+  if make -s kind-up >"$logdir/kind-up.log" 2>&1; then
+    echo "    kind-up: $((SECONDS - t1))s"
+    run_suite kind 20m -p 1 ./test/e2e/kind/...
+    kind_logs=("$logdir/kind.log")
+  else
+    echo "    kind-up FAILED: full log $logdir/kind-up.log"; tail -40 "$logdir/kind-up.log" | sed 's/^/    | /'; rc=1
+  fi
+  make -s kind-down >"$logdir/kind-down.log" 2>&1 || { echo "    kind-down FAILED: full log $logdir/kind-down.log"; rc=1; }
+else
+  echo "==> kind: NOT RUN: no Docker engine answers ('docker info' failed); the kind cluster's tests need one"
+  if [ "${CI:-}" = true ]; then echo "CI must run the kind part: failing."; rc=1; fi
+fi
 
-logs=("$logdir"/{unit,e2e,e2e-secure}.log)
+logs=("$logdir"/{unit,e2e,e2e-secure}.log "${kind_logs[@]}")
 passed=$(cat "${logs[@]}" | grep -cE '^\s*--- PASS')
 failed=$(cat "${logs[@]}" | grep -cE '^\s*--- FAIL')
 skipped=$(cat "${logs[@]}" | grep -cE '^\s*--- SKIP')

@@ -79,9 +79,9 @@ func TestStatefulSetByPodName(t *testing.T) {
 	reachEach("after the intention's deletion")
 }
 
-// TestDaemonSetMeshed: a DaemonSet's pod is injected and registered like
-// a Deployment's, under the Service that selects it, and a meshed client
-// reaches it through that Service.
+// TestDaemonSetMeshed: a DaemonSet's pods are injected and registered like
+// a Deployment's, under the Service that selects them, and a meshed client
+// reaches them through that Service.
 func TestDaemonSetMeshed(t *testing.T) {
 	requireDataPlane(t, webhook.DataPlaneMeshlet, webhook.DataPlaneEnvoy)
 	cs := clientset(t)
@@ -103,17 +103,31 @@ func TestDaemonSetMeshed(t *testing.T) {
 		t.Fatal(err)
 	}
 	meshedClient(t, ctx, cs, ns)
-	var pod *corev1.Pod
-	waitFor(t, ctx, "the DaemonSet's pod Ready", func(ctx context.Context) (bool, error) {
-		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=node-echo"})
-		if err != nil || len(pods.Items) == 0 {
+	// One pod per schedulable node: one on the local cluster, one per
+	// worker on kind; each is registered, each on its own node's agent.
+	want := map[string]string{}
+	waitFor(t, ctx, "the DaemonSet's pods Ready", func(ctx context.Context) (bool, error) {
+		ds, err := cs.AppsV1().DaemonSets(ns).Get(ctx, "node-echo", metav1.GetOptions{})
+		if err != nil {
 			return false, err
 		}
-		pod = &pods.Items[0]
-		return injected(pod) && podReady(pod), fmt.Errorf("pod %s: injected %v, ready %v", pod.Name, injected(pod), podReady(pod))
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=node-echo"})
+		if err != nil {
+			return false, err
+		}
+		clear(want)
+		for i := range pods.Items {
+			pod := &pods.Items[i]
+			if !injected(pod) || !podReady(pod) {
+				return false, fmt.Errorf("pod %s: injected %v, ready %v", pod.Name, injected(pod), podReady(pod))
+			}
+			want[pod.Name] = pod.Status.PodIP
+		}
+		n := int(ds.Status.DesiredNumberScheduled)
+		return n > 0 && len(want) == n, fmt.Errorf("%d of %d pods injected and Ready", len(want), n)
 	})
-	waitFor(t, ctx, "node-echo and its proxy in the catalog at the pod's IP", func(context.Context) (bool, error) {
-		err := catalogMatches(cl, ns, "node-echo", map[string]string{pod.Name: pod.Status.PodIP})
+	waitFor(t, ctx, "node-echo and its proxy in the catalog at each pod's IP", func(context.Context) (bool, error) {
+		err := catalogMatches(cl, ns, "node-echo", want)
 		return err == nil, err
 	})
 	waitCurl(t, ctx, "the DaemonSet's pod through the mesh", ns, "pod/static-client", "http://node-echo/", "hello from the daemonset")

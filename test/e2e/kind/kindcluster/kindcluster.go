@@ -3,8 +3,9 @@
 // offline node image (test/e2e/kind/nodeimage), with kube-router as the
 // primary CNI and the local cluster's test images loaded into every node.
 // Up returns once every node is Ready, CoreDNS and kube-router run, and a
-// pod on each worker reaches a pod on the other by its IP. The cluster's
-// state (kubeconfig, env) lives in <root>/.kind.
+// pod on each worker reaches a pod on the other by its IP, then installs
+// Consul (test/e2e/kind/consul/consul.yaml) and meshlet's chart (mesh.go).
+// The cluster's state (kubeconfig, env, helm's own) lives in <root>/.kind.
 package kindcluster
 
 import (
@@ -119,6 +120,12 @@ func (c *Cluster) Up(ctx context.Context) error {
 	if err := c.checkPodNetwork(ctx); err != nil {
 		return err
 	}
+	if err := c.installMesh(ctx); err != nil {
+		return err
+	}
+	if err := c.appendMeshEnv(ctx); err != nil {
+		return err
+	}
 	c.Log.Info("kind cluster up", "took", time.Since(t0).Round(time.Millisecond),
 		"env", "source "+c.dir("env"))
 	return nil
@@ -197,6 +204,35 @@ func (c *Cluster) writeEnv(shim string) error {
 		`export PATH="` + path + `:$PATH"`,
 	}, "\n") + "\n"
 	return os.WriteFile(c.dir("env"), []byte(env), 0o644)
+}
+
+// appendMeshEnv adds to .kind/env where each worker's Consul client agent
+// answers, and the e2e suite's flags for the first worker
+// (KIND_E2E_FLAGS): go test ./test/e2e/ -args $KIND_E2E_FLAGS.
+func (c *Cluster) appendMeshEnv(ctx context.Context) error {
+	var lines []string
+	for i, w := range Workers {
+		ip, err := c.NodeIP(ctx, w)
+		if err != nil {
+			return err
+		}
+		addr := fmt.Sprintf("%s:%d", ip, ConsulHTTPPort)
+		lines = append(lines, fmt.Sprintf("export KIND_CONSUL_ADDR_WORKER%d=%s", i+1, addr))
+		if i == 0 {
+			lines = append(lines, "export CONSUL_HTTP_ADDR=http://"+addr,
+				fmt.Sprintf(`export KIND_E2E_FLAGS="-e2e.kubeconfig=%s -e2e.consul-addr=%s -e2e.data-plane=meshlet -e2e.meshlet-namespace=%s"`,
+					c.Kubeconfig(), addr, MeshletNamespace))
+		}
+	}
+	f, err := os.OpenFile(c.dir("env"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(strings.Join(lines, "\n") + "\n"); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // loadTestImages imports the local cluster's test images (meshlet,

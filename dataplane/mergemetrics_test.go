@@ -95,21 +95,8 @@ func recordedEnvoyAdmin(t *testing.T) (url string, page map[string]*dto.MetricFa
 func scrapeEnvoyMerged(t *testing.T, envoyURL, appURL string, timeout time.Duration) (int, string, *mergeHandler) {
 	t.Helper()
 	h := newMergeHandler(prometheus.NewRegistry(), envoyURL, appURL)
-	if timeout > 0 {
-		h.client.Timeout = timeout
-	}
-	srv := httptest.NewServer(h)
-	defer srv.Close()
-	resp, err := http.Get(srv.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b), h
+	code, page := scrapeOnce(t, h, timeout)
+	return code, page, h
 }
 
 // TestMergeEnvoyMetrics: Envoy's recorded page merged with an app's, as

@@ -28,6 +28,20 @@ func scrapeMerged(t *testing.T, appURL string, timeout time.Duration) (string, *
 	reg := prometheus.NewRegistry()
 	NewMetrics(reg).conns.WithLabelValues(dirInbound, resOK).Add(2)
 	h := newMergeHandler(reg, "", appURL)
+	code, b := scrapeOnce(t, h, timeout)
+	if code != 200 {
+		t.Fatalf("scrape: HTTP %d %s", code, b)
+	}
+	if _, err := parseText(b); err != nil {
+		t.Fatalf("the merged page is not valid: %v\n%s", err, b)
+	}
+	return b, h
+}
+
+// scrapeOnce serves h, its page fetches bounded by timeout (0: h's own),
+// and scrapes it once.
+func scrapeOnce(t *testing.T, h *mergeHandler, timeout time.Duration) (int, string) {
+	t.Helper()
 	if timeout > 0 {
 		h.client.Timeout = timeout
 	}
@@ -38,14 +52,11 @@ func scrapeMerged(t *testing.T, appURL string, timeout time.Duration) (string, *
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("scrape: HTTP %d %s", resp.StatusCode, b)
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if _, err := parseText(string(b)); err != nil {
-		t.Fatalf("the merged page is not valid: %v\n%s", err, b)
-	}
-	return string(b), h
+	return resp.StatusCode, string(b)
 }
 
 func appServing(t *testing.T, h http.HandlerFunc) string {

@@ -60,20 +60,11 @@ func NewCA(t testing.TB, cn string) *CA {
 // ips, with its key, both in PEM.
 func (c *CA) Leaf(t testing.TB, cn string, names []string, ips []net.IP) (certPEM, keyPEM []byte) {
 	t.Helper()
-	k := key(t)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: cn},
 		DNSNames: names, IPAddresses: ips, KeyUsage: x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.Cert, &k.PublicKey, c.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kd, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kd})
+	return c.sign(t, tmpl)
 }
 
 // URILeaf is a certificate the CA signs whose one URI SAN is uri, as
@@ -85,11 +76,17 @@ func (c *CA) URILeaf(t testing.TB, uri string) (certPEM, keyPEM []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := key(t)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial.Add(1)), URIs: []*url.URL{u},
 		KeyUsage:    x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		NotBefore:   time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	return c.sign(t, tmpl)
+}
+
+// sign makes tmpl a certificate of c with a new key: both in PEM.
+func (c *CA) sign(t testing.TB, tmpl *x509.Certificate) (certPEM, keyPEM []byte) {
+	t.Helper()
+	k := key(t)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.Cert, &k.PublicKey, c.Key)
 	if err != nil {
 		t.Fatal(err)

@@ -17,8 +17,8 @@ const (
 	ConsulManifest = "test/e2e/kind/consul/consul.yaml"
 	// MeshletValues are the chart values for kind.
 	MeshletValues    = "test/e2e/kind/consul/meshlet-values.yaml"
-	meshletChart     = "deploy/daemonset"
-	meshletRelease   = "meshlet"
+	MeshletChart     = "deploy/daemonset"
+	MeshletRelease   = "meshlet"
 	MeshletNamespace = "meshlet"
 	// ConsulHTTPPort is where each node's client agent answers, on the
 	// node's IP (hostNetwork).
@@ -42,7 +42,7 @@ func (c *Cluster) installMesh(ctx context.Context) error {
 	}
 	c.Log.Info("Consul ready: a server, a client agent on every node", "took", time.Since(t0).Round(time.Millisecond))
 	step := time.Now()
-	if out, err := c.helm(ctx, "install", meshletRelease, filepath.Join(c.Root, meshletChart),
+	if out, err := c.Helm(ctx, "install", MeshletRelease, filepath.Join(c.Root, MeshletChart),
 		"-n", MeshletNamespace, "--create-namespace", "-f", filepath.Join(c.Root, MeshletValues),
 		"--wait", "--timeout", "180s"); err != nil {
 		return fmt.Errorf("install meshlet: %w: %s", err, out)
@@ -55,8 +55,8 @@ func (c *Cluster) installMesh(ctx context.Context) error {
 	return nil
 }
 
-// helm runs bin/helm against the cluster, with helm's state in .kind.
-func (c *Cluster) helm(ctx context.Context, args ...string) (string, error) {
+// Helm runs bin/helm against the cluster, with helm's state in .kind.
+func (c *Cluster) Helm(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, filepath.Join(c.Root, "bin", "helm"), append(args, "--kubeconfig", c.Kubeconfig())...)
 	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+c.dir("helm", "cache"),
 		"HELM_CONFIG_HOME="+c.dir("helm", "config"), "HELM_DATA_HOME="+c.dir("helm", "data"))

@@ -13,6 +13,7 @@ type Metrics struct {
 	bytes  *prometheus.CounterVec
 	loads  *prometheus.CounterVec
 	expiry prometheus.Gauge
+	dials  *prometheus.CounterVec
 }
 
 // Directions of a connection.
@@ -35,6 +36,13 @@ const (
 	resPortCheck = "port_check"
 )
 
+// Results of one dial to an instance (a connection may make several).
+const (
+	dialOK     = "ok"
+	dialFailed = "failed"
+	dialOutrun = "outrun" // another instance answered first
+)
+
 // NewMetrics registers the proxy's metrics with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m := &Metrics{
@@ -49,7 +57,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Leaf certificates and CA root lists loaded from the Consul agent (a rotation adds one)."}, []string{"what"})
 	m.expiry = prometheus.NewGauge(prometheus.GaugeOpts{Name: "meshlet_proxy_leaf_expiry_timestamp_seconds",
 		Help: "When the proxy's current leaf certificate expires (Unix time)."})
-	reg.MustRegister(m.conns, m.active, m.bytes, m.loads, m.expiry)
+	m.dials = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "meshlet_proxy_instance_dials_total",
+		Help: "Dials to a service's instances, by result (ok, failed, outrun: another instance answered first)."}, []string{"result"})
+	reg.MustRegister(m.conns, m.active, m.bytes, m.loads, m.expiry, m.dials)
 	return m
 }
 

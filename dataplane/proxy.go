@@ -41,10 +41,11 @@ type Proxy struct {
 	// its callbacks read the identity of the moment.
 	ServerTLS *tls.Config
 
-	next  atomic.Uint64 // round robin over instances
-	conns sync.WaitGroup
-	mu    sync.Mutex
-	open  map[net.Conn]struct{}
+	next    atomic.Uint64 // round robin over instances
+	ejected ejections     // instances to try last (dial.go)
+	conns   sync.WaitGroup
+	mu      sync.Mutex
+	open    map[net.Conn]struct{}
 }
 
 // track registers c until the returned func is called; Drain closes what
@@ -229,7 +230,8 @@ func (p *Proxy) toService(log *slog.Logger, dir string, c net.Conn, service stri
 var errNoHealthy = errors.New("no healthy instance")
 
 // dialService opens mTLS to a healthy one of a service's instances,
-// trying up to maxAttempts of them, round robin.
+// trying up to maxAttempts of them, round robin, those whose dial failed
+// lately last, a slow dial raced by the next (dial.go).
 func (p *Proxy) dialService(service string, instances []Instance) (net.Conn, error) {
 	var healthy []Instance
 	for _, in := range instances {
@@ -241,16 +243,32 @@ func (p *Proxy) dialService(service string, instances []Instance) (net.Conn, err
 		return nil, fmt.Errorf("service %s: %w", service, errNoHealthy)
 	}
 	start := int(p.next.Add(1) % uint64(len(healthy)))
-	var errs []error
-	for i := range min(maxAttempts, len(healthy)) {
-		in := healthy[(start+i)%len(healthy)]
-		c, err := p.dialInstance(in)
-		if err == nil {
-			return c, nil
-		}
-		errs = append(errs, err)
+	cands := p.ejected.order(healthy, start, maxAttempts, time.Now())
+	c, err := raceDial(cands, hedgeDelay, p.dialInstance, p.outrun, p.dialed)
+	if err != nil {
+		return nil, fmt.Errorf("service %s: %w", service, err)
 	}
-	return nil, fmt.Errorf("service %s: %w", service, errors.Join(errs...))
+	return c, nil
+}
+
+// outrun: another instance answered first while this one's dial was
+// still under way; tried after the others for a while (dial.go).
+func (p *Proxy) outrun(in Instance) {
+	p.ejected.eject(in.Addr, time.Now())
+	p.Metrics.dials.WithLabelValues(dialOutrun).Inc()
+}
+
+// dialed is the end of one instance's dial: failed, it is tried after the
+// others for a while; connected, no longer.
+func (p *Proxy) dialed(in Instance, err error) {
+	if err != nil {
+		p.ejected.eject(in.Addr, time.Now())
+		p.Metrics.dials.WithLabelValues(dialFailed).Inc()
+		p.Log.Debug("dial to an instance failed; tried after the others for a while", "instance", in.Addr.String(), "err", err, "for", ejectFor)
+		return
+	}
+	p.ejected.restore(in.Addr)
+	p.Metrics.dials.WithLabelValues(dialOK).Inc()
 }
 
 func (p *Proxy) dialInstance(in Instance) (net.Conn, error) {

@@ -62,6 +62,21 @@ func (s *Server) Mux() *http.ServeMux {
 	return mux
 }
 
+// closeWhileStopping answers with "Connection: close" from the stop
+// signal on. The API server keeps HTTP/1.1 connections to a replica it
+// reached through the Service's ClusterIP; closed by the client after a
+// response, a connection cannot be closed by this server's drain while
+// the API server writes the next review on it (it would see a broken
+// pipe, and admission fails). HTTP/2 has GOAWAY for that.
+func (s *Server) closeWhileStopping(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.stopping.Load() && r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
 func (s *Server) ready() error {
 	if s.stopping.Load() {
 		return errors.New("shutting down")
@@ -77,7 +92,7 @@ func (s *Server) TLSConfig() *tls.Config {
 // Serve serves on ln until ctx ends, then drains.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
-		Handler:           s.Mux(),
+		Handler:           s.closeWhileStopping(s.Mux()),
 		TLSConfig:         s.TLSConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,

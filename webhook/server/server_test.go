@@ -165,7 +165,9 @@ func TestServerHTTPS(t *testing.T) {
 }
 
 // After the stop signal the server reports unready while it still serves,
-// so the API server stops choosing it before the port closes.
+// so the API server stops choosing it before the port closes, and it asks
+// HTTP/1.1 clients to close each connection after its answer, so that its
+// drain does not close one under a client's next request.
 func TestServerUnreadyWhileStopping(t *testing.T) {
 	certs := newStaticCert(t)
 	srv := serve(t, certs, 2*time.Second)
@@ -174,6 +176,21 @@ func TestServerUnreadyWhileStopping(t *testing.T) {
 	if code, _ := get(t, c, base+PathReadyz); code != 200 {
 		t.Fatalf("/readyz before stop: %d", code)
 	}
+	connClose := func() bool {
+		t.Helper()
+		resp, err := c.Get(base + PathHealthz)
+		if err != nil {
+			t.Fatalf("GET %s: %v", PathHealthz, err)
+		}
+		resp.Body.Close()
+		if resp.ProtoMajor != 1 {
+			t.Fatalf("the test's client spoke %s, want HTTP/1.1", resp.Proto)
+		}
+		return resp.Close
+	}
+	if connClose() {
+		t.Fatal("Connection: close before the stop signal")
+	}
 	srv.cancel()
 	deadline := time.Now().Add(time.Second)
 	for !s.stopping.Load() && time.Now().Before(deadline) {
@@ -181,6 +198,9 @@ func TestServerUnreadyWhileStopping(t *testing.T) {
 	}
 	if code, body := get(t, c, base+PathReadyz); code != 503 || !strings.Contains(body, "shutting down") {
 		t.Fatalf("/readyz while stopping: %d %q, want 503", code, body)
+	}
+	if !connClose() {
+		t.Error("while stopping, an answer without Connection: close")
 	}
 	if err := <-srv.done; err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -160,47 +159,26 @@ func requireDefaultDeny(t *testing.T, ctx context.Context, c *kindcluster.Cluste
 // ServiceAccount's service identity alone.
 func checkLoginTokens(t *testing.T, c *kindcluster.Cluster, cl *capi.Client, ns string) {
 	t.Helper()
-	toks, _, err := cl.ACL().TokenListFiltered(capi.ACLTokenFilterOptions{AuthMethod: cluster.AuthMethod}, nil)
+	toks, err := cluster.PodLoginTokens(cl, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string][]string{} // pod name: service identities
-	for _, tok := range toks {
-		i := strings.Index(tok.Description, "{")
-		var meta map[string]string
-		if i < 0 || json.Unmarshal([]byte(tok.Description[i:]), &meta) != nil {
-			t.Errorf("token %s of %s: description %q holds no login meta", tok.AccessorID, cluster.AuthMethod, tok.Description)
-			continue
-		}
-		podNS, name, _ := strings.Cut(meta["pod"], "/")
-		if podNS != ns {
-			continue
-		}
-		if _, dup := got[name]; dup {
-			t.Errorf("pod %s/%s holds two tokens", ns, name)
-		}
-		uid := strings.TrimSpace(mustKubectl(t, c, "-n", ns, "get", "pod", name, "-o", "jsonpath={.metadata.uid}"))
-		if meta["pod-uid"] != uid {
-			t.Errorf("pod %s/%s's token names UID %q, the pod's is %q", ns, name, meta["pod-uid"], uid)
-		}
-		got[name] = nil
-		for _, si := range tok.ServiceIdentities {
-			got[name] = append(got[name], si.ServiceName)
-		}
-	}
 	for _, app := range []string{"static-server", "static-client"} {
-		pod := strings.TrimSpace(mustKubectl(t, c, "-n", ns, "get", "pods", "-l", "app="+app, "-o", "jsonpath={.items[*].metadata.name}"))
-		ids, ok := got[pod]
-		if !ok {
-			t.Errorf("pod %s/%s (%s) holds no token of %s: %v", ns, pod, app, cluster.AuthMethod, got)
-			continue
-		}
-		if !slices.Equal(ids, []string{app}) {
-			t.Errorf("pod %s/%s's token grants the service identities %v, want [%s] alone", ns, pod, ids, app)
+		pod := strings.TrimSpace(mustKubectl(t, c, "-n", ns, "get", "pods", "-l", "app="+app,
+			"-o", "jsonpath={range .items[*]}{.metadata.name} {.metadata.uid}{end}"))
+		name, uid, _ := strings.Cut(pod, " ")
+		tok, ok := toks[name]
+		switch {
+		case !ok:
+			t.Errorf("pod %s/%s (%s) holds no token of %s: %v", ns, name, app, cluster.AuthMethod, toks)
+		case tok.UID != uid:
+			t.Errorf("pod %s/%s's token names UID %q, the pod's is %q", ns, name, tok.UID, uid)
+		case !slices.Equal(tok.Services, []string{app}):
+			t.Errorf("pod %s/%s's token grants the service identities %v, want [%s] alone", ns, name, tok.Services, app)
 		}
 	}
-	if len(got) != 2 {
-		t.Errorf("tokens of %s for pods of %s: %v, want the two pods'", cluster.AuthMethod, ns, got)
+	if len(toks) != 2 {
+		t.Errorf("tokens of %s for pods of %s: %v, want the two pods'", cluster.AuthMethod, ns, toks)
 	}
-	t.Logf("login tokens of %s: %v", ns, got)
+	t.Logf("login tokens of %s: %v", ns, toks)
 }

@@ -73,7 +73,7 @@ type tree struct {
 }
 
 // Directories never read: generated, fetched or another module's.
-var skipDirs = map[string]bool{".git": true, "bin": true, ".cluster": true, "testdata": true, "node_modules": true}
+var skipDirs = map[string]bool{".git": true, "bin": true, ".cluster": true, ".kind": true, "testdata": true, "node_modules": true}
 
 func readTree(root string) (*tree, error) {
 	tr := &tree{root: root, tests: map[string]bool{}, targets: map[string]bool{}}

@@ -43,10 +43,10 @@ kind-image: tools build
 	@./hack/tools.sh kind_node
 	@$(BIN)/kindcluster image
 
-## kind-up: a kind cluster on that image: 1 control plane, 2 workers, kube-router, Consul (a client agent per node) and meshlet by helm (writes .kind/env)
+## kind-up: a kind cluster on that image: 1 control plane, 2 workers, kube-router, Consul (a client agent per node) and meshlet by helm (writes .kind/env); SECURE=1: Consul with ACLs and TLS
 kind-up: tools build
 	@./hack/tools.sh kind_node
-	@$(BIN)/kindcluster up
+	@SECURE=$(SECURE) $(BIN)/kindcluster up
 
 ## kind-down: delete it, its Docker network and .kind
 kind-down:

@@ -63,7 +63,8 @@ run_suite e2e-secure 20m -run '^(TestSeedWalkthrough|TestOlderDocWalkthrough|Tes
 unset SECURE
 # The kind part (docs/kind-offline.md): a kind cluster of one control plane
 # and two workers on the offline node image, Consul and meshlet installed on
-# it (make kind-up), the kind packages' tests, then make kind-down. It needs a
+# it (make kind-up), the kind packages' tests, then the same cluster with the
+# secure Consul (make kind-up SECURE=1) and its tests, then make kind-down. It needs a
 # Docker engine: without one it is said here, and the kind tests do not run.
 kind_logs=()
 if docker info >/dev/null 2>&1; then
@@ -71,10 +72,21 @@ if docker info >/dev/null 2>&1; then
   t1=$SECONDS
   if make -s kind-up >"$logdir/kind-up.log" 2>&1; then
     echo "    kind-up: $((SECONDS - t1))s"
-    run_suite kind 20m -p 1 ./test/e2e/kind/...
+    run_suite kind 20m -p 1 -skip '^TestKindSecure' ./test/e2e/kind/...
     kind_logs=("$logdir/kind.log")
   else
     echo "    kind-up FAILED: full log $logdir/kind-up.log"; tail -40 "$logdir/kind-up.log" | sed 's/^/    | /'; rc=1
+  fi
+  # The same cluster with the secure Consul (ACLs default deny, TLS only):
+  # TestKindSecure* run there, and only there.
+  echo "==> kind-up SECURE=1 (the same cluster, Consul with ACLs and TLS)"
+  t1=$SECONDS
+  if make -s kind-up SECURE=1 >"$logdir/kind-up-secure.log" 2>&1; then
+    echo "    kind-up SECURE=1: $((SECONDS - t1))s"
+    run_suite kind-secure 10m -run '^TestKindSecure' ./test/e2e/kind/
+    kind_logs+=("$logdir/kind-secure.log")
+  else
+    echo "    kind-up SECURE=1 FAILED: full log $logdir/kind-up-secure.log"; tail -40 "$logdir/kind-up-secure.log" | sed 's/^/    | /'; rc=1
   fi
   make -s kind-down >"$logdir/kind-down.log" 2>&1 || { echo "    kind-down FAILED: full log $logdir/kind-down.log"; rc=1; }
 else

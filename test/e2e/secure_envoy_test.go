@@ -81,15 +81,15 @@ func TestSecureModeEnvoyDataPlane(t *testing.T) {
 		t.Errorf("the token file is mode %v, owner %v: want 0400, UID %d (Envoy's alone)", fi.Mode().Perm(), fi.Sys(), contract.ProxyUID)
 	}
 	bs := envoyBootstrapOf(t, pod, file)
-	toks, err := podTokens(cl, ns)
+	toks, err := cluster.PodLoginTokens(cl, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	lt, ok := toks["edp-web"]
-	if !ok || lt.uid != string(pod.UID) || len(lt.services) != 1 || lt.services[0] != "edp-web" {
+	if !ok || lt.UID != string(pod.UID) || len(lt.Services) != 1 || lt.Services[0] != "edp-web" {
 		t.Fatalf("the pod's login token: %+v (%v); want one of its UID with the service identity edp-web alone", lt, ok)
 	}
-	tok, _, err := cl.ACL().TokenRead(lt.accessor, nil)
+	tok, _, err := cl.ACL().TokenRead(lt.Accessor, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -148,7 +147,7 @@ func TestSecureModeImpersonation(t *testing.T) {
 	}
 	waitPodEvent(t, ctx, cs, ns, p.Name, "MeshletRegistrationFailed", `"imp-server"`, `"imp-client"`)
 	waitFor(t, ctx, "the sidecar's login token", func(ctx context.Context) (bool, error) {
-		toks, err := podTokens(cl, ns)
+		toks, err := cluster.PodLoginTokens(cl, ns)
 		if err != nil {
 			return false, err
 		}
@@ -156,8 +155,8 @@ func TestSecureModeImpersonation(t *testing.T) {
 		if !ok {
 			return false, fmt.Errorf("no token names pod %s/%s: %v", ns, p.Name, toks)
 		}
-		if !slices.Equal(tok.services, []string{"imp-client"}) {
-			t.Fatalf("the impostor's token grants the service identities %v, want [imp-client] alone", tok.services)
+		if !slices.Equal(tok.Services, []string{"imp-client"}) {
+			t.Fatalf("the impostor's token grants the service identities %v, want [imp-client] alone", tok.Services)
 		}
 		return true, nil
 	})
@@ -284,46 +283,10 @@ spec:
           args: ["-text=hello world", "-listen=:8080"]
 `
 
-// loginToken is what a sidecar's login token says of its pod.
-type loginToken struct {
-	accessor, uid string
-	services      []string
-}
-
-// podTokens are the auth method's tokens naming a pod of ns, by pod name:
-// Consul keeps a login's meta (pod, pod-uid) in the token's description.
-func podTokens(cl *capi.Client, ns string) (map[string]loginToken, error) {
-	toks, _, err := cl.ACL().TokenListFiltered(capi.ACLTokenFilterOptions{AuthMethod: cluster.AuthMethod}, nil)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]loginToken{}
-	for _, tok := range toks {
-		i := strings.Index(tok.Description, "{")
-		var meta map[string]string
-		if i < 0 || json.Unmarshal([]byte(tok.Description[i:]), &meta) != nil {
-			return nil, fmt.Errorf("token %s of %s: description %q holds no login meta", tok.AccessorID, cluster.AuthMethod, tok.Description)
-		}
-		podNS, name, _ := strings.Cut(meta["pod"], "/")
-		if podNS != ns {
-			continue
-		}
-		if _, dup := out[name]; dup {
-			return nil, fmt.Errorf("pod %s/%s holds two tokens", ns, name)
-		}
-		lt := loginToken{accessor: tok.AccessorID, uid: meta["pod-uid"]}
-		for _, si := range tok.ServiceIdentities {
-			lt.services = append(lt.services, si.ServiceName)
-		}
-		out[name] = lt
-	}
-	return out, nil
-}
-
 // tokensMatchPods: one token per pod of ns alive (not terminated), with
 // the pod's UID, and none for a pod gone.
 func tokensMatchPods(ctx context.Context, cs kubernetes.Interface, cl *capi.Client, ns string) error {
-	toks, err := podTokens(cl, ns)
+	toks, err := cluster.PodLoginTokens(cl, ns)
 	if err != nil {
 		return err
 	}
@@ -342,13 +305,13 @@ func tokensMatchPods(ctx context.Context, cs kubernetes.Interface, cl *capi.Clie
 		switch {
 		case !ok:
 			errs = append(errs, fmt.Errorf("pod %s has no token", p.Name))
-		case tok.uid != string(p.UID):
-			errs = append(errs, fmt.Errorf("pod %s's token names UID %s, the pod's is %s", p.Name, tok.uid, p.UID))
+		case tok.UID != string(p.UID):
+			errs = append(errs, fmt.Errorf("pod %s's token names UID %s, the pod's is %s", p.Name, tok.UID, p.UID))
 		}
 	}
 	for name, tok := range toks {
 		if !alive[name] {
-			errs = append(errs, fmt.Errorf("token %s of pod %s, which is gone", tok.accessor, name))
+			errs = append(errs, fmt.Errorf("token %s of pod %s, which is gone", tok.Accessor, name))
 		}
 	}
 	return errors.Join(errs...)
@@ -495,12 +458,12 @@ func TestSecureModeConsulDataPlane(t *testing.T) {
 		waitPodState(t, ctx, cs, ns, p.Name, "Ready", podReady)
 	}
 	waitCurl(t, ctx, "the upstream through Consul's proxies", ns, "pod/cdp-client", "http://localhost:1234/", "hello from consul's proxy")
-	toks, err := podTokens(cl, ns)
+	toks, err := cluster.PodLoginTokens(cl, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range pods {
-		if tok, ok := toks[p.Name]; !ok || !slices.Equal(tok.services, []string{p.Spec.ServiceAccountName}) {
+		if tok, ok := toks[p.Name]; !ok || !slices.Equal(tok.Services, []string{p.Spec.ServiceAccountName}) {
 			t.Errorf("pod %s's login token: %+v (%v); want one with the service identity %s alone", p.Name, tok, ok, p.Spec.ServiceAccountName)
 		}
 	}

@@ -2,24 +2,29 @@ package cluster
 
 import "path/filepath"
 
-// secureConsul is a Consul server and client agent shaped like the official
+// SecureConsul is a Consul server and client agent shaped like the official
 // Helm chart's secure install: ACLs with default deny (the chart's
 // global.acls.manageSystemACLs), TLS everywhere with plain HTTP and plain
 // gRPC turned off (global.tls.enabled, httpsOnly), and the client agent's
 // certificate either from the server (global.tls.enableAutoEncrypt) or signed
-// by the harness's CA, as the chart's client-tls-init does. cluster-up
-// still runs consul.go's plain pair: SECURE=1, which hands one of these to
-// startConsul, is the next step of issue 20.
-type secureConsul struct {
+// by the harness's CA, as the chart's client-tls-init does. The local
+// cluster (SECURE=1) boots one pair as processes; the kind cluster (package
+// kindcluster) renders the same configuration for its pods, one client
+// agent per node.
+type SecureConsul struct {
 	Datacenter  string
 	AutoEncrypt bool
-	Server      consulAgent
-	Client      consulAgent
+	Server      ConsulAgent
+	Client      ConsulAgent
+	// ServerJoin is where the client agent joins the server (retry_join);
+	// empty: the server's BindIP and SerfLAN port.
+	ServerJoin string
 }
 
-// consulAgent is where one Consul agent lives. A zero port is turned off;
-// RPC is the server's only.
-type consulAgent struct {
+// ConsulAgent is where one Consul agent lives. A zero port is turned off;
+// RPC is the server's only. BindIP may be a go-sockaddr template (such as
+// {{ GetPrivateIP }}) where the address is only known in the agent's pod.
+type ConsulAgent struct {
 	Node        string
 	BindIP      string   // serf and server RPC, also advertised
 	ClientAddrs []string // HTTPS, gRPC TLS and DNS
@@ -55,9 +60,9 @@ func (f secureConsulFiles) caBundle() string { return filepath.Join(f.dir, "ca-b
 
 // hostPorts are the ports the pair binds, for the bind test before it
 // starts and the check of what its processes hold.
-func (s secureConsul) hostPorts() []hostPort {
+func (s SecureConsul) hostPorts() []hostPort {
 	var out []hostPort
-	add := func(a consulAgent, comp string) {
+	add := func(a ConsulAgent, comp string) {
 		bind := func(proto, addr string, port int) {
 			if port != 0 {
 				out = append(out, hostPort{proto, addr, port, comp})

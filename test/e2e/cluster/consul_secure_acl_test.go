@@ -19,7 +19,7 @@ import (
 // checkSecureACLs: the client agent's token carries its node identity; with
 // default deny, a service the management token registers is invisible to
 // an anonymous reader, and an anonymous registration is refused.
-func checkSecureACLs(t *testing.T, ctx context.Context, s secureConsul, f secureConsulFiles, tok *capi.ACLToken) {
+func checkSecureACLs(t *testing.T, ctx context.Context, s SecureConsul, f secureConsulFiles, tok *capi.ACLToken) {
 	b, err := os.ReadFile(f.managementToken())
 	if err != nil {
 		t.Fatal(err)

@@ -17,7 +17,7 @@ import (
 // server starts, so every call from the first is authenticated, and there
 // is no one-shot /v1/acl/bootstrap whose lost reply would lock the harness
 // out (the chart does the same when global.acls.bootstrapToken is given).
-func (c *Cluster) startSecureConsul(ctx context.Context, s secureConsul) (*capi.ACLToken, error) {
+func (c *Cluster) startSecureConsul(ctx context.Context, s SecureConsul) (*capi.ACLToken, error) {
 	f := secureConsulFiles{c.path("consul")}
 	for _, d := range []string{f.serverData(), f.clientData(), f.tlsDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -57,7 +57,7 @@ func (c *Cluster) startSecureConsul(ctx context.Context, s secureConsul) (*capi.
 // takes the management token, and gives it an agent token for its own node,
 // as the chart's server-acl-init does: the agent's own updates of its node
 // in the catalog run with that token, under default deny.
-func (c *Cluster) startSecureServer(ctx context.Context, s secureConsul, f secureConsulFiles, mgmt string) (*capi.Client, error) {
+func (c *Cluster) startSecureServer(ctx context.Context, s SecureConsul, f secureConsulFiles, mgmt string) (*capi.Client, error) {
 	hcl, err := s.serverHCL(f, mgmt)
 	if err != nil {
 		return nil, err
@@ -90,7 +90,7 @@ func (c *Cluster) startSecureServer(ctx context.Context, s secureConsul, f secur
 // startSecureClient writes the client agent's configuration with its
 // token, starts it and waits until it has joined (with auto-encrypt, its
 // HTTPS port only opens once the server has signed its certificate).
-func (c *Cluster) startSecureClient(ctx context.Context, s secureConsul, f secureConsulFiles, mgmt, agentToken string) error {
+func (c *Cluster) startSecureClient(ctx context.Context, s SecureConsul, f secureConsulFiles, mgmt, agentToken string) error {
 	hcl, err := s.clientHCL(f, agentToken)
 	if err != nil {
 		return err
@@ -112,7 +112,7 @@ func (c *Cluster) startSecureClient(ctx context.Context, s secureConsul, f secur
 
 // secureConsulAPI is an HTTPS API client for agent a; an empty serverName
 // checks the certificate against the address.
-func secureConsulAPI(a consulAgent, serverName, caFile, token string) (*capi.Client, error) {
+func secureConsulAPI(a ConsulAgent, serverName, caFile, token string) (*capi.Client, error) {
 	cl, err := capi.NewClient(&capi.Config{
 		Address:   net.JoinHostPort(a.ClientAddrs[0], strconv.Itoa(a.HTTPS)),
 		Scheme:    "https",

@@ -69,7 +69,7 @@ func TestSecureConsul(t *testing.T) {
 
 // stopSecureConsul stops the pair by its recorded PIDs and checks that
 // nothing of it runs or listens any more.
-func stopSecureConsul(t *testing.T, c *Cluster, s secureConsul) {
+func stopSecureConsul(t *testing.T, c *Cluster, s SecureConsul) {
 	if t.Failed() {
 		for _, n := range []string{"consul-server", "consul-client"} {
 			if b, err := os.ReadFile(filepath.Join(c.Dir, "logs", n+".log")); err == nil {
@@ -138,7 +138,7 @@ func tlsDial(addr, serverName string, pool *x509.CertPool) (tls.ConnectionState,
 // checkSecureTLS: the client agent's HTTPS is trusted with the bundle, by
 // name and by address; which CA alone trusts it shows who signed it. Both
 // gRPC TLS ports take an HTTP/2 connection with the bundle.
-func checkSecureTLS(t *testing.T, ctx context.Context, s secureConsul, f secureConsulFiles) {
+func checkSecureTLS(t *testing.T, ctx context.Context, s SecureConsul, f secureConsulFiles) {
 	srv, err := secureConsulAPI(s.Server, s.serverName(), f.caCert(), "")
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +183,7 @@ func checkSecureTLS(t *testing.T, ctx context.Context, s secureConsul, f secureC
 		}
 	}
 	for _, a := range []struct {
-		agent consulAgent
+		agent ConsulAgent
 		name  string
 	}{{s.Server, s.serverName()}, {s.Client, "localhost"}} {
 		addr := net.JoinHostPort(a.agent.ClientAddrs[0], strconv.Itoa(a.agent.GRPCTLS))

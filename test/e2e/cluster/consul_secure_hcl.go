@@ -107,7 +107,7 @@ func hclPort(p int) int {
 
 type consulHCLData struct {
 	DC                        string
-	Agent                     consulAgent
+	Agent                     ConsulAgent
 	Server, AutoEncrypt       bool
 	DataDir, Join             string
 	ServerRPC                 int
@@ -125,7 +125,7 @@ func renderConsulHCL(d consulHCLData) (string, error) {
 
 // serverHCL is the server's configuration; token becomes its
 // initial_management token.
-func (s secureConsul) serverHCL(f secureConsulFiles, token string) (string, error) {
+func (s SecureConsul) serverHCL(f secureConsulFiles, token string) (string, error) {
 	return renderConsulHCL(consulHCLData{
 		DC: s.Datacenter, Agent: s.Server, Server: true, AutoEncrypt: s.AutoEncrypt,
 		DataDir: f.serverData(), Token: token, ServerRPC: s.Server.RPC,
@@ -135,17 +135,32 @@ func (s secureConsul) serverHCL(f secureConsulFiles, token string) (string, erro
 
 // clientHCL is the client agent's configuration with its agent token. With
 // auto-encrypt it holds only the CA: its certificate comes from the server.
-func (s secureConsul) clientHCL(f secureConsulFiles, agentToken string) (string, error) {
+func (s SecureConsul) clientHCL(f secureConsulFiles, agentToken string) (string, error) {
 	d := consulHCLData{
 		DC: s.Datacenter, Agent: s.Client, AutoEncrypt: s.AutoEncrypt,
 		DataDir: f.clientData(), Token: agentToken, CAFile: f.caCert(),
-		Join: net.JoinHostPort(s.Server.BindIP, strconv.Itoa(s.Server.SerfLAN)),
+		Join: s.ServerJoin,
 		// An auto-encrypt client agent asks the servers it joins for its
 		// certificate at their serf address with its own server port.
 		ServerRPC: s.Server.RPC,
+	}
+	if d.Join == "" {
+		d.Join = net.JoinHostPort(s.Server.BindIP, strconv.Itoa(s.Server.SerfLAN))
 	}
 	if !s.AutoEncrypt {
 		d.CertFile, d.KeyFile = f.tls("client.crt"), f.tls("client.key")
 	}
 	return renderConsulHCL(d)
+}
+
+// ServerConfig is the server's configuration with its files under dir
+// (tls/, server/ for its data), token its initial_management token.
+func (s SecureConsul) ServerConfig(dir, token string) (string, error) {
+	return s.serverHCL(secureConsulFiles{dir}, token)
+}
+
+// ClientConfig is the client agent's configuration with its files under
+// dir (tls/, client/ for its data) and its agent token.
+func (s SecureConsul) ClientConfig(dir, agentToken string) (string, error) {
+	return s.clientHCL(secureConsulFiles{dir}, agentToken)
 }

@@ -14,19 +14,19 @@ import (
 
 // The TLS names Consul checks: with verify_server_hostname an agent only
 // talks RPC to a certificate for server.<dc>.<domain>.
-func (s secureConsul) serverName() string { return "server." + s.Datacenter + ".consul" }
-func (s secureConsul) clientName() string { return "client." + s.Datacenter + ".consul" }
+func (s SecureConsul) serverName() string { return "server." + s.Datacenter + ".consul" }
+func (s SecureConsul) clientName() string { return "client." + s.Datacenter + ".consul" }
 
 // writeConsulPKI makes the pair's CA and the server's certificate and,
 // without auto-encrypt, the client agent's, each for its TLS name,
 // localhost and the agent's addresses (as `consul tls cert create` would).
-func (s secureConsul) writeConsulPKI(f secureConsulFiles) error {
+func (s SecureConsul) writeConsulPKI(f secureConsulFiles) error {
 	dir := f.tlsDir()
 	ca, err := newCA(dir, "ca", "meshlet Consul CA")
 	if err != nil {
 		return fmt.Errorf("consul CA: %w", err)
 	}
-	issue := func(file, name string, a consulAgent) error {
+	issue := func(file, name string, a ConsulAgent) error {
 		spec := certSpec{file: file, cn: name, server: true, dns: []string{name, "localhost"}, ips: agentIPs(a)}
 		if err := ca.issue(dir, spec); err != nil {
 			return fmt.Errorf("consul %s certificate: %w", file, err)
@@ -42,8 +42,19 @@ func (s secureConsul) writeConsulPKI(f secureConsulFiles) error {
 	return issue("client", s.clientName(), s.Client)
 }
 
+// WritePKI writes into dir/tls the pair's CA (ca.crt, ca.key), the
+// server's certificate (server.crt, server.key) and, without auto-encrypt,
+// the client agent's (client.crt, client.key).
+func (s SecureConsul) WritePKI(dir string) error {
+	f := secureConsulFiles{dir}
+	if err := os.MkdirAll(f.tlsDir(), 0o700); err != nil {
+		return err
+	}
+	return s.writeConsulPKI(f)
+}
+
 // agentIPs are the agent's addresses and loopback, each once.
-func agentIPs(a consulAgent) []net.IP {
+func agentIPs(a ConsulAgent) []net.IP {
 	var out []net.IP
 	seen := map[string]bool{}
 	for _, s := range append([]string{a.BindIP, "127.0.0.1"}, a.ClientAddrs...) {
@@ -91,6 +102,10 @@ func (c *Cluster) writeConsulCABundle(ctx context.Context, srv *capi.Client, f s
 	}
 	return nil
 }
+
+// NewToken is a random token secret for Consul: a version 4 UUID, the
+// form Consul's own take.
+func NewToken() (string, error) { return newUUID() }
 
 // newUUID is a random (version 4) UUID, the form Consul's token secrets take.
 func newUUID() (string, error) {

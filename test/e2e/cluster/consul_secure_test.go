@@ -14,22 +14,22 @@ import (
 // base up, clear of the local cluster's. base and base+2 mirror Consul's
 // plain HTTP and gRPC defaults (8500, 8502) beside HTTPS and gRPC TLS
 // (8501, 8503), and must stay closed.
-func testSecureConsul(base int, autoEncrypt bool) secureConsul {
+func testSecureConsul(base int, autoEncrypt bool) SecureConsul {
 	lo := "127.0.0.1"
-	return secureConsul{
+	return SecureConsul{
 		Datacenter:  consulDatacenter,
 		AutoEncrypt: autoEncrypt,
-		Server: consulAgent{Node: "consul-server", BindIP: lo, ClientAddrs: []string{lo},
+		Server: ConsulAgent{Node: "consul-server", BindIP: lo, ClientAddrs: []string{lo},
 			HTTPS: base + 1, GRPCTLS: base + 3, SerfLAN: base + 10, RPC: base + 11},
-		Client: consulAgent{Node: "secure-node", BindIP: lo, ClientAddrs: []string{lo},
+		Client: ConsulAgent{Node: "secure-node", BindIP: lo, ClientAddrs: []string{lo},
 			HTTPS: base + 21, GRPCTLS: base + 23, DNS: base + 24, SerfLAN: base + 30},
 	}
 }
 
 // The plain ports testSecureConsul leaves closed on each agent.
-func (s secureConsul) plainPorts() []hostPort {
+func (s SecureConsul) plainPorts() []hostPort {
 	var out []hostPort
-	for _, a := range []consulAgent{s.Server, s.Client} {
+	for _, a := range []ConsulAgent{s.Server, s.Client} {
 		out = append(out, hostPort{"tcp", a.ClientAddrs[0], a.HTTPS - 1, a.Node + " plain HTTP"},
 			hostPort{"tcp", a.ClientAddrs[0], a.GRPCTLS - 1, a.Node + " plain gRPC"})
 	}

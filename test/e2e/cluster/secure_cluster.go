@@ -13,7 +13,7 @@ import (
 	capi "github.com/hashicorp/consul/api"
 )
 
-// A secure cluster (make cluster-up SECURE=1) runs secureConsul on the
+// A secure cluster (make cluster-up SECURE=1) runs SecureConsul on the
 // ports the official chart gives a secure install: the client agent's
 // HTTPS on 8501 and gRPC TLS on 8503 at the node's address, plain HTTP
 // (8500) and plain gRPC (8502) closed. The client agent gets its
@@ -35,15 +35,15 @@ var (
 )
 
 // localSecureConsul is the secure cluster's Consul pair.
-func localSecureConsul() secureConsul {
-	return secureConsul{
+func localSecureConsul() SecureConsul {
+	return SecureConsul{
 		Datacenter:  consulDatacenter,
 		AutoEncrypt: true,
 		// The servers' HTTPS at the node's address too: meshlet's pods
 		// fetch the Connect CA's roots there (ConsulServerAddr).
-		Server: consulAgent{Node: consulServerNode, BindIP: NodeIP, ClientAddrs: []string{"127.0.0.1", NodeIP},
+		Server: ConsulAgent{Node: consulServerNode, BindIP: NodeIP, ClientAddrs: []string{"127.0.0.1", NodeIP},
 			HTTPS: consulServerHTTPS, SerfLAN: consulServerSerf, RPC: consulServerRPC},
-		Client: consulAgent{Node: NodeName, BindIP: NodeIP, ClientAddrs: []string{NodeIP, "127.0.0.1"},
+		Client: ConsulAgent{Node: NodeName, BindIP: NodeIP, ClientAddrs: []string{NodeIP, "127.0.0.1"},
 			HTTPS: ConsulHTTPSPort, GRPCTLS: ConsulGRPCTLSPort, DNS: consulClientDNS, SerfLAN: consulClientSerf, Recursor: ClusterDNS},
 	}
 }
@@ -104,13 +104,16 @@ func (c *Cluster) startLocalSecureConsul(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := c.setupAuthMethod(ctx, cl); err != nil {
-		return fmt.Errorf("the Consul Kubernetes auth method: %w", err)
-	}
-	if err := c.setupMeshletConsulSecrets(ctx); err != nil {
+	cs, err := c.Clientset()
+	if err != nil {
 		return err
 	}
-	return nil
+	ca, err := os.ReadFile(c.secureFiles().caCert())
+	if err != nil {
+		return err
+	}
+	return SecureMesh{Root: c.Root, Clientset: cs, Consul: cl, ConsulCLI: c.consulCLI,
+		APIServer: "https://" + NodeIP + ":6443", ConsulCA: ca}.Setup(ctx)
 }
 
 // consulSecureReady: the client agent answers over HTTPS with the

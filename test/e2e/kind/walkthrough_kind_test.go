@@ -79,6 +79,9 @@ func pinned(t *testing.T, root, file, node string) string {
 // registered on its own node's Consul client agent.
 func TestKindSeedWalkthroughAcrossNodes(t *testing.T) {
 	c := kindCluster(t)
+	if c.HasSecureConsul() {
+		t.Skip("talks plain HTTP to Consul: this kind cluster runs the secure Consul (make kind-up SECURE=1), where TestKindSecureSeedWalkthrough runs")
+	}
 	w1, w2 := kindcluster.Workers[0], kindcluster.Workers[1]
 	t.Run("server-on-"+w1, func(t *testing.T) { seedAcross(t, c, w1, w2) })
 	t.Run("server-on-"+w2, func(t *testing.T) { seedAcross(t, c, w2, w1) })
@@ -95,78 +98,114 @@ func seedAcross(t *testing.T, c *kindcluster.Cluster, serverNode, clientNode str
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns := fmt.Sprintf("seed-kind-%d", time.Now().UnixNano()%100000)
-	mustKubectl(t, c, "create", "namespace", ns)
-	t.Cleanup(func() { kubectl(t, c, "delete", "namespace", ns, "--wait=false") })
-
-	t0 := time.Now()
-	for _, m := range []struct{ file, node string }{{"static-server.yaml", serverNode}, {"static-client.yaml", clientNode}} {
-		f := filepath.Join(t.TempDir(), m.file)
-		if err := os.WriteFile(f, []byte(pinned(t, c.Root, m.file, m.node)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		mustKubectl(t, c, "-n", ns, "apply", "-f", f)
-	}
-	for _, d := range []string{"static-server", "static-client"} {
-		mustKubectl(t, c, "-n", ns, "rollout", "status", "deployment/"+d, "--timeout=180s")
-	}
-	t.Logf("both deployments ready in %s", time.Since(t0).Round(time.Millisecond))
-
-	curl := func() (string, int) {
-		return kubectl(t, c, "-n", ns, "exec", "deploy/static-client", "-c", "static-client", "--",
-			"curl", "-s", "--max-time", "5", "http://static-server/")
-	}
-	// A new Service's ClusterIP may not route in its first moments, and
-	// the sidecars' certificates and intentions arrive from Consul: wait
-	// for the first answer, then require every later one.
-	waitHello := func(what string) {
-		deadline := time.Now().Add(90 * time.Second)
-		for {
-			out, code := curl()
-			if code == 0 && strings.Contains(out, `"hello world"`) {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: curl http://static-server/ from %s to %s: exit %d: %q", what, clientNode, serverNode, code, out)
-			}
-			time.Sleep(time.Second)
-		}
-	}
-	t1 := time.Now()
-	waitHello("first request")
-	t.Logf("hello world across nodes after %s", time.Since(t1).Round(time.Millisecond))
-
-	// Each instance is registered on its own node's client agent.
-	for _, svc := range []string{"static-server", "static-client"} {
-		podNode := strings.TrimSpace(mustKubectl(t, c, "-n", ns, "get", "pods", "-l", "app="+svc,
-			"-o", "jsonpath={.items[*].spec.nodeName}"))
-		entries, _, err := cl.Catalog().Service(svc, "", nil)
-		if err != nil {
-			t.Fatalf("catalog %s: %v", svc, err)
-		}
-		var nodes []string
-		for _, e := range entries {
-			if e.ServiceMeta[contract.MetaNamespace] == ns {
-				nodes = append(nodes, e.Node)
-			}
-		}
-		if len(nodes) != 1 || nodes[0] != podNode {
-			t.Errorf("%s: catalog nodes %v, expected exactly its pod's node %s", svc, nodes, podNode)
-		}
-	}
+	s := deploySeed(t, c, serverNode, clientNode)
+	s.waitHello("first request")
+	s.checkNodes(cl)
 
 	deny := &capi.ServiceIntentionsConfigEntry{Kind: capi.ServiceIntentions, Name: "static-server",
 		Sources: []*capi.SourceIntention{{Name: "static-client", Action: capi.IntentionActionDeny}}}
 	if _, _, err := cl.ConfigEntries().Set(deny, nil); err != nil {
 		t.Fatalf("deny intention: %v", err)
 	}
-	if out, code := curl(); code != 52 {
-		t.Errorf("after the deny: curl exit %d (%q), expected 52 on the very next request", code, out)
-	}
+	s.requireDenied()
 	if _, err := cl.ConfigEntries().Delete(capi.ServiceIntentions, "static-server", nil); err != nil {
 		t.Fatalf("delete the intention: %v", err)
 	}
-	if out, code := curl(); code != 0 || !strings.Contains(out, `"hello world"`) {
-		t.Errorf("after deleting the deny: curl exit %d (%q), expected hello world on the very next request", code, out)
+	s.requireHello("after deleting the deny")
+}
+
+// seed is the seed's walkthrough deployed in its own namespace, its
+// server pinned to one node and its client to another.
+type seed struct {
+	t                      *testing.T
+	c                      *kindcluster.Cluster
+	ns                     string
+	serverNode, clientNode string
+}
+
+// deploySeed applies examples/mesh's static-server and static-client,
+// pinned, in a new namespace (deleted at the test's end) and waits for
+// both Deployments.
+func deploySeed(t *testing.T, c *kindcluster.Cluster, serverNode, clientNode string) *seed {
+	t.Helper()
+	s := &seed{t: t, c: c, ns: fmt.Sprintf("seed-kind-%d", time.Now().UnixNano()%100000), serverNode: serverNode, clientNode: clientNode}
+	mustKubectl(t, c, "create", "namespace", s.ns)
+	t.Cleanup(func() { kubectl(t, c, "delete", "namespace", s.ns, "--wait=false") })
+	t0 := time.Now()
+	for _, m := range []struct{ file, node string }{{"static-server.yaml", serverNode}, {"static-client.yaml", clientNode}} {
+		f := filepath.Join(t.TempDir(), m.file)
+		if err := os.WriteFile(f, []byte(pinned(t, c.Root, m.file, m.node)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		mustKubectl(t, c, "-n", s.ns, "apply", "-f", f)
+	}
+	for _, d := range []string{"static-server", "static-client"} {
+		mustKubectl(t, c, "-n", s.ns, "rollout", "status", "deployment/"+d, "--timeout=180s")
+	}
+	t.Logf("both deployments ready in %s", time.Since(t0).Round(time.Millisecond))
+	return s
+}
+
+// curl runs the walkthrough's curl in static-client.
+func (s *seed) curl() (string, int) {
+	return kubectl(s.t, s.c, "-n", s.ns, "exec", "deploy/static-client", "-c", "static-client", "--",
+		"curl", "-s", "--max-time", "5", "http://static-server/")
+}
+
+// waitHello waits for the first hello world: a new Service's ClusterIP
+// may not route in its first moments, and the sidecars' certificates and
+// intentions arrive from Consul. Every later request must answer at once.
+func (s *seed) waitHello(what string) {
+	s.t.Helper()
+	t1 := time.Now()
+	deadline := t1.Add(90 * time.Second)
+	for {
+		out, code := s.curl()
+		if code == 0 && strings.Contains(out, `"hello world"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("%s: curl http://static-server/ from %s to %s: exit %d: %q", what, s.clientNode, s.serverNode, code, out)
+		}
+		time.Sleep(time.Second)
+	}
+	s.t.Logf("hello world across nodes after %s", time.Since(t1).Round(time.Millisecond))
+}
+
+// requireHello: the very next request answers hello world.
+func (s *seed) requireHello(what string) {
+	s.t.Helper()
+	if out, code := s.curl(); code != 0 || !strings.Contains(out, `"hello world"`) {
+		s.t.Errorf("%s: curl exit %d (%q), expected hello world on the very next request", what, code, out)
+	}
+}
+
+// requireDenied: the very next request gets an empty reply (curl exit 52).
+func (s *seed) requireDenied() {
+	s.t.Helper()
+	if out, code := s.curl(); code != 52 {
+		s.t.Errorf("after the deny: curl exit %d (%q), expected 52 on the very next request", code, out)
+	}
+}
+
+// checkNodes: each instance is registered on its own node's client agent.
+func (s *seed) checkNodes(cl *capi.Client) {
+	s.t.Helper()
+	for _, svc := range []string{"static-server", "static-client"} {
+		podNode := strings.TrimSpace(mustKubectl(s.t, s.c, "-n", s.ns, "get", "pods", "-l", "app="+svc,
+			"-o", "jsonpath={.items[*].spec.nodeName}"))
+		entries, _, err := cl.Catalog().Service(svc, "", nil)
+		if err != nil {
+			s.t.Fatalf("catalog %s: %v", svc, err)
+		}
+		var nodes []string
+		for _, e := range entries {
+			if e.ServiceMeta[contract.MetaNamespace] == s.ns {
+				nodes = append(nodes, e.Node)
+			}
+		}
+		if len(nodes) != 1 || nodes[0] != podNode {
+			s.t.Errorf("%s: catalog nodes %v, expected exactly its pod's node %s", svc, nodes, podNode)
+		}
 	}
 }

@@ -41,7 +41,8 @@ func main() {
 			fmt.Println(ref)
 		}
 	case "up":
-		err = (&kindcluster.Cluster{Root: root, Log: log}).Up(ctx)
+		// make kind-up SECURE=1: Consul with ACLs and TLS (docs/kind-offline.md).
+		err = (&kindcluster.Cluster{Root: root, Log: log, Secure: os.Getenv("SECURE") == "1"}).Up(ctx)
 	case "down":
 		err = (&kindcluster.Cluster{Root: root, Log: log}).Down(ctx)
 	default:

@@ -45,6 +45,9 @@ const (
 type Cluster struct {
 	Root string // repository root
 	Log  *slog.Logger
+	// Secure: Up installs the secure Consul (ACLs, TLS only; secure.go)
+	// in place of the open one; make kind-up SECURE=1.
+	Secure bool
 }
 
 // New returns the cluster of the checkout at root.
@@ -120,7 +123,11 @@ func (c *Cluster) Up(ctx context.Context) error {
 	if err := c.checkPodNetwork(ctx); err != nil {
 		return err
 	}
-	if err := c.installMesh(ctx); err != nil {
+	install := c.installMesh
+	if c.Secure {
+		install = c.installSecureMesh
+	}
+	if err := install(ctx); err != nil {
 		return err
 	}
 	if err := c.appendMeshEnv(ctx); err != nil {
@@ -208,21 +215,40 @@ func (c *Cluster) writeEnv(shim string) error {
 
 // appendMeshEnv adds to .kind/env where each worker's Consul client agent
 // answers, and the e2e suite's flags for the first worker
-// (KIND_E2E_FLAGS): go test ./test/e2e/ -args $KIND_E2E_FLAGS.
+// (KIND_E2E_FLAGS): go test ./test/e2e/ -args $KIND_E2E_FLAGS. With the
+// secure Consul: HTTPS, its CA and the management token's file, as
+// .cluster/env on a secure local cluster, and KIND_CONSUL_SECURE=1.
 func (c *Cluster) appendMeshEnv(ctx context.Context) error {
 	var lines []string
+	port, scheme := ConsulHTTPPort, "http://"
+	if c.Secure {
+		port, scheme = ConsulHTTPSPort, "https://"
+	}
 	for i, w := range Workers {
 		ip, err := c.NodeIP(ctx, w)
 		if err != nil {
 			return err
 		}
-		addr := fmt.Sprintf("%s:%d", ip, ConsulHTTPPort)
+		addr := fmt.Sprintf("%s:%d", ip, port)
 		lines = append(lines, fmt.Sprintf("export KIND_CONSUL_ADDR_WORKER%d=%s", i+1, addr))
-		if i == 0 {
-			lines = append(lines, "export CONSUL_HTTP_ADDR=http://"+addr,
-				fmt.Sprintf(`export KIND_E2E_FLAGS="-e2e.kubeconfig=%s -e2e.consul-addr=%s -e2e.data-plane=meshlet -e2e.meshlet-namespace=%s"`,
-					c.Kubeconfig(), addr, MeshletNamespace))
+		if i > 0 {
+			continue
 		}
+		lines = append(lines, "export CONSUL_HTTP_ADDR="+scheme+addr)
+		consulFlags := "-e2e.consul-addr=" + addr
+		if c.Secure {
+			consulFlags = fmt.Sprintf("-e2e.consul-addr=https://%s -e2e.consul-ca-file=%s -e2e.consul-token-file=%s",
+				addr, c.ConsulCAFile(), c.ConsulTokenFile())
+			lines = append(lines, "export CONSUL_CACERT="+c.ConsulCAFile(), "export CONSUL_HTTP_TOKEN_FILE="+c.ConsulTokenFile(),
+				"export KIND_CONSUL_SECURE=1")
+		} else {
+			// A shell that sourced a secure cluster's env before must not
+			// send its CA and token to this one.
+			lines = append(lines, "unset CONSUL_CACERT CONSUL_HTTP_TOKEN CONSUL_HTTP_TOKEN_FILE KIND_CONSUL_SECURE")
+		}
+		flags := fmt.Sprintf("-e2e.kubeconfig=%s %s -e2e.data-plane=meshlet -e2e.meshlet-namespace=%s",
+			c.Kubeconfig(), consulFlags, MeshletNamespace)
+		lines = append(lines, fmt.Sprintf(`export KIND_E2E_FLAGS="%s"`, flags))
 	}
 	f, err := os.OpenFile(c.dir("env"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {

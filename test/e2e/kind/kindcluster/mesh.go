@@ -41,10 +41,20 @@ func (c *Cluster) installMesh(ctx context.Context) error {
 		}
 	}
 	c.Log.Info("Consul ready: a server, a client agent on every node", "took", time.Since(t0).Round(time.Millisecond))
+	return c.helmInstallMeshlet(ctx, MeshletValues)
+}
+
+// helmInstallMeshlet installs meshlet's chart with the values files, the
+// later over the earlier, and waits until a node agent is ready on every
+// node.
+func (c *Cluster) helmInstallMeshlet(ctx context.Context, values ...string) error {
 	step := time.Now()
-	if out, err := c.Helm(ctx, "install", MeshletRelease, filepath.Join(c.Root, MeshletChart),
-		"-n", MeshletNamespace, "--create-namespace", "-f", filepath.Join(c.Root, MeshletValues),
-		"--wait", "--timeout", "180s"); err != nil {
+	args := []string{"install", MeshletRelease, filepath.Join(c.Root, MeshletChart),
+		"-n", MeshletNamespace, "--create-namespace", "--wait", "--timeout", "180s"}
+	for _, v := range values {
+		args = append(args, "-f", filepath.Join(c.Root, v))
+	}
+	if out, err := c.Helm(ctx, args...); err != nil {
 		return fmt.Errorf("install meshlet: %w: %s", err, out)
 	}
 	if _, err := c.kubectl(ctx, nil, "-n", MeshletNamespace, "rollout", "status",

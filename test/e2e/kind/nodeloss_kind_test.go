@@ -31,7 +31,7 @@ const nodeLossBound = 30 * time.Second
 // at once, as a crash or a cut cable does, and Consul's failure detection
 // has to notice.
 func TestKindNodeLoss(t *testing.T) {
-	c := kindCluster(t)
+	c := openKindCluster(t)
 	for _, how := range []string{"stop", "kill"} {
 		t.Run(how, func(t *testing.T) { nodeLoss(t, c, how) })
 	}

@@ -24,7 +24,7 @@ import (
 // and no instance leaves Consul's passing set: the data path never goes
 // through the node agent, and its restart re-registers nothing it had.
 func TestKindAgentRollingUpgrade(t *testing.T) {
-	c := kindCluster(t)
+	c := openKindCluster(t)
 	ns := kindNamespace(t, c, "agentroll")
 	applyIn(t, c, ns, "static-server", spreadServer(2))
 	applyIn(t, c, ns, "static-client", pinned(t, c.Root, "static-client.yaml", kindcluster.Workers[1]))

@@ -32,6 +32,18 @@ func kindCluster(t *testing.T) *kindcluster.Cluster {
 	return c
 }
 
+// openKindCluster is the cluster of a plain make kind-up: the tests that
+// talk plain HTTP to its Consul client agents skip on the secure one
+// (make kind-up SECURE=1), where TestKindSecureSeedWalkthrough runs.
+func openKindCluster(t *testing.T) *kindcluster.Cluster {
+	t.Helper()
+	c := kindCluster(t)
+	if c.HasSecureConsul() {
+		t.Skip("talks plain HTTP to Consul: this kind cluster runs the secure Consul (make kind-up SECURE=1), where TestKindSecureSeedWalkthrough runs")
+	}
+	return c
+}
+
 // kubectl runs bin/kubectl against the kind cluster and returns its
 // combined output and exit code.
 func kubectl(t *testing.T, c *kindcluster.Cluster, args ...string) (string, int) {
@@ -78,10 +90,7 @@ func pinned(t *testing.T, root, file, node string) string {
 // request exit 52, deleting it brings hello world back; each instance is
 // registered on its own node's Consul client agent.
 func TestKindSeedWalkthroughAcrossNodes(t *testing.T) {
-	c := kindCluster(t)
-	if c.HasSecureConsul() {
-		t.Skip("talks plain HTTP to Consul: this kind cluster runs the secure Consul (make kind-up SECURE=1), where TestKindSecureSeedWalkthrough runs")
-	}
+	c := openKindCluster(t)
 	w1, w2 := kindcluster.Workers[0], kindcluster.Workers[1]
 	t.Run("server-on-"+w1, func(t *testing.T) { seedAcross(t, c, w1, w2) })
 	t.Run("server-on-"+w2, func(t *testing.T) { seedAcross(t, c, w2, w1) })

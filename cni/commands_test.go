@@ -121,9 +121,15 @@ func TestCommands(t *testing.T) {
 			wantLookups: []string{"ns/web"},
 			wantLog:     []logWant{{"ERROR", "ADD failed", map[string]string{"annotations_from": "runtime"}}}},
 		{name: "ADD transparent proxy on, redirect config missing", cmd: "ADD",
-			lookup:      fakeLookup{ann: map[string]string{contract.InjectStatus: "injected", contract.TProxyStatus: "enabled"}, from: "api"},
+			lookup:      fakeLookup{ann: map[string]string{contract.InjectStatus: "injected", contract.TProxyStatus: "enabled", contract.RegistrationKey: "{}"}, from: "api"},
 			wantErr:     []string{"meshlet-cni: pod ns/web", contract.RedirectConfig, "is missing"},
 			wantLookups: []string{"ns/web"}},
+		// consul-k8s injected it without its CNI plugin: its init
+		// container redirects; the sandbox starts.
+		{name: "ADD consul-k8s pod without redirect config", cmd: "ADD",
+			lookup:      fakeLookup{ann: map[string]string{contract.InjectStatus: "injected", contract.TProxyStatus: "enabled"}, from: "runtime"},
+			wantLookups: []string{"ns/web"},
+			wantLog:     []logWant{{"DEBUG", "no redirection", map[string]string{"annotations_from": "runtime"}}}},
 		{name: "ADD lookup fails", cmd: "ADD", lookup: fakeLookup{err: errors.New("read annotations from the API server: API server: 503 Service Unavailable")},
 			wantErr:     []string{"meshlet-cni: pod ns/web", "503 Service Unavailable"},
 			wantLookups: []string{"ns/web"},

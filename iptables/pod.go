@@ -9,8 +9,11 @@ import (
 // RedirectPlan decides from a pod's annotations whether its traffic must be
 // redirected, and how. A nil plan means no redirection: the pod is not
 // injected, or transparent proxy is off for it (no status "enabled" and no
-// redirect config). An injected pod with transparent proxy on whose config
-// is missing or invalid is an error: such a pod must not start unprotected.
+// redirect config), or consul-k8s injected it without its CNI plugin
+// (transparent proxy on, no config and no meshlet registration: its init
+// container redirects). A pod meshlet injected with transparent proxy on
+// whose config is missing, or any injected pod whose config is invalid, is
+// an error: such a pod must not start unprotected.
 func RedirectPlan(ann map[string]string) (*Plan, error) {
 	if ann[contract.InjectStatus] == "" {
 		return nil, nil
@@ -20,6 +23,12 @@ func RedirectPlan(ann map[string]string) (*Plan, error) {
 		return nil, nil
 	}
 	if !hasConfig {
+		if ann[contract.RegistrationKey] == "" {
+			// consul-k8s injected it without its CNI plugin (meshlet's
+			// webhook writes the registration and the config together):
+			// its own init container redirects, at every start of the pod.
+			return nil, nil
+		}
 		return nil, fmt.Errorf("annotation %s is missing on an injected pod with %s=%s", contract.RedirectConfig, contract.TProxyStatus, contract.TProxyEnabled)
 	}
 	cfg, err := ParseConfig(raw)

@@ -20,8 +20,10 @@ func TestRedirectPlan(t *testing.T) {
 		{"injected, tproxy off", map[string]string{contract.InjectStatus: "injected"}, false, ""},
 		{"injected, tproxy on", map[string]string{contract.InjectStatus: "injected", contract.TProxyStatus: "enabled", contract.RedirectConfig: good}, true, ""},
 		{"injected, config without status (consul-k8s)", map[string]string{contract.InjectStatus: "injected", contract.RedirectConfig: good}, true, ""},
-		{"injected, tproxy on, config missing", map[string]string{contract.InjectStatus: "injected", contract.TProxyStatus: "enabled"}, false,
+		{"injected by meshlet, tproxy on, config missing", map[string]string{contract.InjectStatus: "injected", contract.TProxyStatus: "enabled", contract.RegistrationKey: "{}"}, false,
 			"annotation consul.hashicorp.com/redirect-traffic-config is missing"},
+		// consul-k8s without its CNI plugin: its init container redirects.
+		{"injected by consul-k8s, tproxy on, no config", map[string]string{contract.InjectStatus: "injected", contract.TProxyStatus: "enabled"}, false, ""},
 		{"injected, config not JSON", map[string]string{contract.InjectStatus: "injected", contract.RedirectConfig: "{"}, false,
 			"annotation consul.hashicorp.com/redirect-traffic-config: redirect config is not valid JSON"},
 		{"injected, config invalid", map[string]string{contract.InjectStatus: "injected", contract.RedirectConfig: `{"ProxyUserID":"x","ProxyInboundPort":20000,"ProxyOutboundPort":15001}`}, false,

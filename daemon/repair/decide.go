@@ -122,6 +122,10 @@ func Decide(pod *corev1.Pod, v Verdict, mode Mode) Decision {
 	return Decision{ActionReport, fmt.Sprintf("unknown repair mode %q", mode)}
 }
 
+// OtherInjector is why a pod injected by another injector (consul-k8s:
+// injected, without meshlet's registration) is never checked.
+const OtherInjector = "injected by another injector (" + contract.InjectStatus + " without meshlet's registration): meshlet never repairs or deletes it"
+
 // skipReason says why a pod is not checked at all, "" when it is.
 func skipReason(pod *corev1.Pod) string {
 	switch {
@@ -140,6 +144,13 @@ func skipReason(pod *corev1.Pod) string {
 		return "no pod IP yet: its CNI ADD may still be running"
 	case pod.Annotations[contract.InjectStatus] == "":
 		return "not injected"
+	case pod.Annotations[contract.RegistrationKey] == "":
+		// meshlet's webhook writes the registration in the admission that
+		// injects a pod; without it, consul-k8s' injector did. Its rules
+		// are consul-k8s' own (or its init container's), which meshlet's
+		// exact check would call missing: meshlet never repairs or deletes
+		// a pod it did not inject.
+		return OtherInjector
 	}
 	if p, err := iptables.RedirectPlan(pod.Annotations); p == nil && err == nil {
 		return "transparent proxy is off for the pod"

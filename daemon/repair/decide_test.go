@@ -16,15 +16,17 @@ import (
 // (iptables/testdata/consul-k8s-redirect.json).
 const redirectJSON = `{"ConsulDNSIP":"","ConsulDNSPort":0,"ProxyUserID":"5995","ProxyInboundPort":20000,"ProxyOutboundPort":15001,"ExcludeInboundPorts":null,"ExcludeOutboundPorts":null,"ExcludeOutboundCIDRs":null,"ExcludeUIDs":null,"NetNS":"","IptablesProvider":null}`
 
-// injectedPod is a running, injected pod with transparent proxy, an IP
-// and no owner; mutations make the other cases.
+// injectedPod is a running pod meshlet's webhook injected (its
+// registration written), with transparent proxy, an IP and no owner;
+// mutations make the other cases.
 func injectedPod(mutate ...func(*corev1.Pod)) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: "shop", UID: "61ed4823-b4d5-4f3e-8201-356b440af00d",
 			Annotations: map[string]string{
-				contract.InjectStatus:   contract.Injected,
-				contract.TProxyStatus:   contract.TProxyEnabled,
-				contract.RedirectConfig: redirectJSON,
+				contract.InjectStatus:    contract.Injected,
+				contract.TProxyStatus:    contract.TProxyEnabled,
+				contract.RedirectConfig:  redirectJSON,
+				contract.RegistrationKey: `{"service":{"name":"web"}}`,
 			}},
 		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "10.244.0.7",
 			PodIPs: []corev1.PodIP{{IP: "10.244.0.7"}}},
@@ -67,6 +69,14 @@ func TestDecide(t *testing.T) {
 			delete(p.Annotations, contract.RedirectConfig)
 		})
 		configOnly = injectedPod(controlled("ReplicaSet"), func(p *corev1.Pod) { delete(p.Annotations, contract.TProxyStatus) })
+		// consul-k8s' injector: injected, its redirect config (CNI mode)
+		// or none (its init container redirects), never meshlet's
+		// registration.
+		consulK8sCNI  = injectedPod(controlled("ReplicaSet"), func(p *corev1.Pod) { delete(p.Annotations, contract.RegistrationKey) })
+		consulK8sInit = injectedPod(controlled("ReplicaSet"), func(p *corev1.Pod) {
+			delete(p.Annotations, contract.RegistrationKey)
+			delete(p.Annotations, contract.RedirectConfig)
+		})
 	)
 	for _, tc := range []struct {
 		name string
@@ -106,6 +116,11 @@ func TestDecide(t *testing.T) {
 		{"being deleted", deleting, Unprotected, ModeDelete, ActionNone, "being deleted"},
 		{"not injected", notInject, Unprotected, ModeDelete, ActionNone, "not injected"},
 		{"transparent proxy off", tproxyOff, Unprotected, ModeDelete, ActionNone, "transparent proxy is off"},
+		// A pod meshlet did not inject is never changed.
+		{"consul-k8s, CNI mode, auto", consulK8sCNI, Unprotected, ModeAuto, ActionNone, "another injector"},
+		{"consul-k8s, CNI mode, delete", consulK8sCNI, Unprotected, ModeDelete, ActionNone, "another injector"},
+		{"consul-k8s, CNI mode, repair", consulK8sCNI, Unprotected, ModeRepair, ActionNone, "another injector"},
+		{"consul-k8s, init container, auto", consulK8sInit, Invalid, ModeAuto, ActionNone, "another injector"},
 
 		// An invalid config has nothing to repair to, and deleting would
 		// only trade a running pod for one that cannot start.

@@ -59,6 +59,39 @@ func meshDeployment(t *testing.T, cs *kubernetes.Clientset, ns, name string, rep
 	}
 }
 
+// consulK8sAnnotations are what consul-k8s' webhook writes on a pod it
+// injects with transparent proxy: in its CNI mode the redirect config too;
+// without it, its init container redirects. Never meshlet's registration.
+func consulK8sAnnotations(cniMode bool) map[string]string {
+	ann := map[string]string{
+		contract.Inject:       "true",
+		contract.InjectStatus: contract.Injected,
+		contract.TProxyStatus: contract.TProxyEnabled,
+	}
+	if cniMode {
+		ann[contract.RedirectConfig] = redirectConfig
+	}
+	return ann
+}
+
+// otherDeployment is a one-replica Deployment whose pods carry ann as
+// another injector left them; meshlet's webhook admits them as they are.
+func otherDeployment(t *testing.T, cs *kubernetes.Clientset, ns, name string, ann map[string]string) {
+	t.Helper()
+	labels := map[string]string{"app": name}
+	d := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](1), Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: ann},
+				Spec:       corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](1), Containers: []corev1.Container{shellContainer()}},
+			}},
+	}
+	if _, err := cs.AppsV1().Deployments(ns).Create(context.Background(), d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func scaleDeployment(t *testing.T, cs *kubernetes.Clientset, ns, name string, n int32) {
 	t.Helper()
 	patch := fmt.Sprintf(`{"spec":{"replicas":%d}}`, n)
@@ -261,6 +294,10 @@ func podEvent(ctx context.Context, cs *kubernetes.Clientset, ns, pod, reason str
 	return evs.Items[0].Message, nil
 }
 
+// TestAgentRepairsPodsStartedBeforePlugin: pods started while meshlet-cni
+// was not chained are repaired in place (bare) or deleted (with a
+// controller) by the restarted node agent; pods consul-k8s injected are
+// never touched, and start under meshlet-cni in both of its modes.
 func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 	requireLocalNode(t, "rewrites the node's CNI conflist and reads pods' rules in their netns")
 	cs := clientset(t)
@@ -279,22 +316,28 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 	})
 	bare := createPod(t, cs, ns, "bare", map[string]string{contract.Inject: "true"}, shellContainer())
 	meshDeployment(t, cs, ns, "web", 1)
+	// A pod consul-k8s injected in its CNI mode, with a controller: meshlet
+	// did not inject it, and must neither repair nor delete it.
+	otherDeployment(t, cs, ns, "consulk8s", consulK8sAnnotations(true))
 	// With an IP the sandbox is up and its network in use, though the
 	// native sidecar, waiting for the node agent to register it, holds the pod
 	// in Pending.
-	var owned *corev1.Pod
-	waitFor(t, ctx, "both pods with an IP", func(ctx context.Context) (bool, error) {
+	var owned, other *corev1.Pod
+	waitFor(t, ctx, "the three pods with an IP", func(ctx context.Context) (bool, error) {
 		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil || len(pods.Items) != 2 {
+		if err != nil || len(pods.Items) != 3 {
 			return false, err
 		}
 		for i, p := range pods.Items {
 			if p.Status.PodIP == "" {
 				return false, nil
 			}
-			if p.Name == "bare" {
+			switch {
+			case p.Name == "bare":
 				bare = &pods.Items[i]
-			} else {
+			case p.Labels["app"] == "consulk8s":
+				other = &pods.Items[i]
+			default:
 				owned = &pods.Items[i]
 			}
 		}
@@ -333,6 +376,20 @@ func TestAgentRepairsPodsStartedBeforePlugin(t *testing.T) {
 		}
 		return true, redirected(t, ctx, &pods.Items[0])
 	})
+	// By now the pass that repaired and deleted has long ended: consul-k8s'
+	// pod is the same pod, untouched and unreported.
+	if p, err := cs.CoreV1().Pods(ns).Get(ctx, other.Name, metav1.GetOptions{}); err != nil || p.UID != other.UID || p.DeletionTimestamp != nil {
+		t.Errorf("consul-k8s' pod %s: %v (deleting: %v): meshlet must never delete a pod it did not inject", other.Name, err, p != nil && p.DeletionTimestamp != nil)
+	}
+	if msg, err := podEvent(ctx, cs, ns, other.Name, repair.ReasonMissing); err == nil {
+		t.Errorf("consul-k8s' pod %s got meshlet's Event: %q", other.Name, msg)
+	}
+	// consul-k8s without its CNI plugin: no redirect config, its init
+	// container redirects. meshlet-cni, chained again, lets it start.
+	createPod(t, cs, ns, "consulk8s-init", consulK8sAnnotations(false), shellContainer())
+	if p := waitPodRunning(t, ctx, cs, ns, "consulk8s-init"); injected(p) && p.Annotations[contract.RegistrationKey] != "" {
+		t.Errorf("pod consulk8s-init was injected by meshlet's webhook")
+	}
 	if got := agentMetric(t, `meshlet_agent_unprotected_pods_total{action="repaired"}`); got != "1" {
 		t.Errorf(`unprotected_pods_total{action="repaired"} = %s, want 1`, got)
 	}

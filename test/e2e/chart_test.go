@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/meshlet/meshlet/contract"
@@ -174,10 +175,30 @@ func TestChartUpgrade(t *testing.T) {
 // (its conflist entry, binary and kubeconfig), although Helm deletes the
 // node agent's RBAC right after its DaemonSet, while the node agent's pods
 // are still stopping; then the chart installs again.
+//
+// The webhook's self-managed certificate Secret, which the webhook made and
+// the chart does not hold, goes too: it is owned by the
+// MutatingWebhookConfiguration, which helm deletes.
 func TestChartUninstall(t *testing.T) {
 	requireLocalNode(t, "reads the node's CNI dirs and reinstalls meshlet with the local cluster's values")
+	cs := clientset(t)
+	secrets := cs.CoreV1().Secrets(cluster.MeshletNamespace)
+	secretName := cluster.WebhookName + "-tls"
+	before, err := secrets.Get(context.Background(), secretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the webhook's Secret before the uninstall: %v", err)
+	}
 	uninstallRemovesPlugin(t, func(ctx context.Context) error {
-		_, err := lc.Helm(ctx, "uninstall", cluster.MeshletRelease, "--namespace", cluster.MeshletNamespace)
-		return err
+		if _, err := lc.Helm(ctx, "uninstall", cluster.MeshletRelease, "--namespace", cluster.MeshletNamespace); err != nil {
+			return err
+		}
+		waitFor(t, ctx, "the webhook's Secret deleted with its owner", func(ctx context.Context) (bool, error) {
+			sec, err := secrets.Get(ctx, secretName, metav1.GetOptions{})
+			if apierrors.IsNotFound(err) || (err == nil && sec.UID != before.UID) {
+				return true, nil
+			}
+			return false, err
+		})
+		return nil
 	})
 }

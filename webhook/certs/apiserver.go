@@ -23,15 +23,26 @@ import (
 // update race, it re-reads and returns the winner's.
 func (s *SelfManaged) secret(ctx context.Context) (*material, string, error) {
 	secrets := s.client.Secrets(s.cfg.ServiceNamespace)
+	owner, err := s.owner(ctx)
+	if err != nil {
+		return nil, "", err
+	}
 	for range maxAttempts {
 		now := s.cfg.Now()
 		sec, err := secrets.Get(ctx, s.cfg.SecretName, metav1.GetOptions{})
 		if apierrors.IsNotFound(err) {
+			if owner == nil {
+				// Made only with its owner: a replica still running after
+				// helm uninstall deleted the configuration (and the garbage
+				// collector the Secret) must not leave a new one behind.
+				return nil, "", fmt.Errorf("MutatingWebhookConfiguration %s not found: the Secret %s/%s is made once it exists, owned by it",
+					s.cfg.WebhookConfigName, s.cfg.ServiceNamespace, s.cfg.SecretName)
+			}
 			mat, err := mint(s.names, now, s.cfg.Validity, nil)
 			if err != nil {
 				return nil, "", err
 			}
-			created, err := secrets.Create(ctx, s.newSecret(mat), metav1.CreateOptions{})
+			created, err := secrets.Create(ctx, s.newSecret(mat, owner), metav1.CreateOptions{})
 			if apierrors.IsAlreadyExists(err) {
 				s.log.Info("another replica created the Secret first; using it")
 				continue
@@ -54,9 +65,24 @@ func (s *SelfManaged) secret(ctx context.Context) (*material, string, error) {
 		if err != nil {
 			why = "Secret does not hold a valid pair and bundle: " + err.Error()
 		} else if why = old.problem(s.names, now); why == "" {
-			return old, sec.ResourceVersion, nil
+			if owner == nil || owned(sec, owner) {
+				return old, sec.ResourceVersion, nil
+			}
+			// A Secret made before the configuration existed, or by an
+			// older meshlet: adopted, so that uninstalling removes it.
+			upd := sec.DeepCopy()
+			upd.OwnerReferences = append(upd.OwnerReferences, *owner)
+			updated, err := secrets.Update(ctx, upd, metav1.UpdateOptions{})
+			if apierrors.IsConflict(err) {
+				continue
+			}
+			if err != nil {
+				return nil, "", fmt.Errorf("set the owner of Secret %s/%s: %w", sec.Namespace, sec.Name, err)
+			}
+			s.log.Info("the serving certificate Secret is now owned by the MutatingWebhookConfiguration", "configuration", owner.Name)
+			return old, updated.ResourceVersion, nil
 		}
-		mat, rv, err := s.rotate(ctx, sec, old, now)
+		mat, rv, err := s.rotate(ctx, sec, old, now, owner)
 		if apierrors.IsConflict(err) {
 			s.log.Info("another replica rotated the Secret first; using its certificate")
 			continue
@@ -74,7 +100,7 @@ func (s *SelfManaged) secret(ctx context.Context) (*material, string, error) {
 // leaf being served in the bundle: replicas serve it until they see the
 // new Secret. Update carries sec's resourceVersion, so of two replicas
 // rotating at once one gets a Conflict.
-func (s *SelfManaged) rotate(ctx context.Context, sec *corev1.Secret, old *material, now time.Time) (*material, string, error) {
+func (s *SelfManaged) rotate(ctx context.Context, sec *corev1.Secret, old *material, now time.Time, owner *metav1.OwnerReference) (*material, string, error) {
 	var prev *x509.Certificate
 	if old != nil {
 		prev = old.issuer()
@@ -88,6 +114,9 @@ func (s *SelfManaged) rotate(ctx context.Context, sec *corev1.Secret, old *mater
 		upd.Data = map[string][]byte{}
 	}
 	maps.Copy(upd.Data, mat.data())
+	if owner != nil && !owned(upd, owner) {
+		upd.OwnerReferences = append(upd.OwnerReferences, *owner)
+	}
 	updated, err := s.client.Secrets(sec.Namespace).Update(ctx, upd, metav1.UpdateOptions{})
 	if err != nil {
 		return nil, "", fmt.Errorf("update Secret %s/%s: %w", sec.Namespace, sec.Name, err)
@@ -95,8 +124,8 @@ func (s *SelfManaged) rotate(ctx context.Context, sec *corev1.Secret, old *mater
 	return mat, updated.ResourceVersion, nil
 }
 
-func (s *SelfManaged) newSecret(mat *material) *corev1.Secret {
-	return &corev1.Secret{
+func (s *SelfManaged) newSecret(mat *material, owner *metav1.OwnerReference) *corev1.Secret {
+	sec := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: s.cfg.SecretName, Namespace: s.cfg.ServiceNamespace,
 			Labels: map[string]string{"app.kubernetes.io/managed-by": "meshlet"},
@@ -104,6 +133,36 @@ func (s *SelfManaged) newSecret(mat *material) *corev1.Secret {
 		Type: corev1.SecretTypeTLS,
 		Data: mat.data(),
 	}
+	if owner != nil {
+		sec.OwnerReferences = []metav1.OwnerReference{*owner}
+	}
+	return sec
+}
+
+// owner is the MutatingWebhookConfiguration as the Secret's owner: the
+// Secret is made by the webhook, not by the chart, and deleting the
+// configuration (helm uninstall) lets the garbage collector delete it
+// too. nil while the configuration does not exist.
+func (s *SelfManaged) owner(ctx context.Context) (*metav1.OwnerReference, error) {
+	mwc, err := s.client.MutatingWebhookConfigurations().Get(ctx, s.cfg.WebhookConfigName, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get MutatingWebhookConfiguration %s: %w", s.cfg.WebhookConfigName, err)
+	}
+	return &metav1.OwnerReference{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration",
+		Name: mwc.Name, UID: mwc.UID}, nil
+}
+
+// owned says whether sec names owner among its owners.
+func owned(sec *corev1.Secret, owner *metav1.OwnerReference) bool {
+	for _, r := range sec.OwnerReferences {
+		if r.UID == owner.UID {
+			return true
+		}
+	}
+	return false
 }
 
 // jsonPatchOp is one RFC 6902 operation.

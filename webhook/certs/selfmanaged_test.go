@@ -41,9 +41,25 @@ func (c *clock) Set(now time.Time) { c.mu.Lock(); defer c.mu.Unlock(); c.now = n
 
 // webhookConfig is a configuration with one webhook without a caBundle and
 // one with a stale one: both must end up with the Secret's.
+const testMWCUID = "4f1b6a52-8d0e-4c1b-9a43-0d6c2b7e9f10"
+
+// assertOwned: the Secret names the configuration as its owner, once.
+func assertOwned(t *testing.T, cs kubernetes.Interface) {
+	t.Helper()
+	sec, err := cs.CoreV1().Secrets(testNS).Get(context.Background(), testSecret, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refs := sec.OwnerReferences
+	if len(refs) != 1 || refs[0].UID != testMWCUID || refs[0].Kind != "MutatingWebhookConfiguration" ||
+		refs[0].APIVersion != "admissionregistration.k8s.io/v1" || refs[0].Name != testMWC {
+		t.Errorf("the Secret's owners %+v, want the MutatingWebhookConfiguration %s alone", refs, testMWC)
+	}
+}
+
 func webhookConfig() *admissionv1.MutatingWebhookConfiguration {
 	return &admissionv1.MutatingWebhookConfiguration{
-		ObjectMeta: metav1.ObjectMeta{Name: testMWC},
+		ObjectMeta: metav1.ObjectMeta{Name: testMWC, UID: testMWCUID},
 		Webhooks: []admissionv1.MutatingWebhook{
 			{Name: "pods.meshlet.io"},
 			{Name: "other.meshlet.io", ClientConfig: admissionv1.WebhookClientConfig{CABundle: []byte("stale")}},
@@ -149,6 +165,8 @@ func TestSelfManagedTwoReplicasShareOneSecret(t *testing.T) {
 	if sec.Type != corev1.SecretTypeTLS {
 		t.Errorf("Secret type %s, want %s", sec.Type, corev1.SecretTypeTLS)
 	}
+	// Owned by the configuration: uninstalling deletes it.
+	assertOwned(t, cs)
 	mat := secretData(t, cs)
 	assertPublished(t, cs, mat.caPEM)
 	leaf := served(t, a)
@@ -306,9 +324,16 @@ func TestSelfManagedWebhookConfigLater(t *testing.T) {
 	cs := fake.NewClientset()
 	s := replica(t, cs, &clock{now: t0}, nil)
 	run(t, s)
-	waitFor(t, "a served certificate", func() bool { _, err := s.GetCertificate(nil); return err == nil })
-	if err := s.Ready(); err == nil || !strings.Contains(err.Error(), "not found") {
-		t.Errorf("Ready without the MutatingWebhookConfiguration = %v, want a not-found error", err)
+	// No Secret without the configuration that owns it.
+	waitFor(t, "unready for the configuration", func() bool {
+		err := s.Ready()
+		return err != nil && strings.Contains(err.Error(), "MutatingWebhookConfiguration "+testMWC+" not found")
+	})
+	if _, err := cs.CoreV1().Secrets(testNS).Get(context.Background(), testSecret, metav1.GetOptions{}); err == nil {
+		t.Error("the Secret was made before the MutatingWebhookConfiguration that owns it")
+	}
+	if _, err := s.GetCertificate(nil); err == nil {
+		t.Error("a certificate served without a Secret")
 	}
 	if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(context.Background(), webhookConfig(), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -317,6 +342,29 @@ func TestSelfManagedWebhookConfigLater(t *testing.T) {
 	mat := secretData(t, cs)
 	assertPublished(t, cs, mat.caPEM)
 	verify(t, served(t, s), bundles(t, cs)[0], t0)
+	assertOwned(t, cs)
+}
+
+// TestSelfManagedAdoptsSecret: a valid Secret without an owner (made by
+// an older meshlet) is adopted by the configuration, certificate kept.
+func TestSelfManagedAdoptsSecret(t *testing.T) {
+	cs := fake.NewClientset(webhookConfig())
+	clk := &clock{now: t0}
+	syncOK(t, replica(t, cs, clk, nil))
+	mat := secretData(t, cs)
+	sec, err := cs.CoreV1().Secrets(testNS).Get(context.Background(), testSecret, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sec.OwnerReferences = nil
+	if _, err := cs.CoreV1().Secrets(testNS).Update(context.Background(), sec, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	syncOK(t, replica(t, cs, clk, nil))
+	assertOwned(t, cs)
+	if got := secretData(t, cs); !bytes.Equal(got.caPEM, mat.caPEM) {
+		t.Error("adopting the Secret changed its certificate")
+	}
 }
 
 // TestSelfManagedPublishFails: while the new caBundle cannot be published,

@@ -82,6 +82,9 @@ type dialResult struct {
 // (err nil: connected), from any goroutine. Without a connection it
 // returns every dial's error.
 func raceDial(cands []Instance, delay time.Duration, dial func(Instance) (net.Conn, error), outrun func(Instance), done func(Instance, error)) (net.Conn, error) {
+	if len(cands) == 0 {
+		return nil, errors.New("no instance to dial")
+	}
 	results := make(chan dialResult, len(cands))
 	started, pending := 0, 0
 	next := func() {

@@ -122,15 +122,16 @@ func TestKindAgentRollingUpgrade(t *testing.T) {
 	}
 }
 
-// agentPods maps the node agents' pod names to their nodes.
+// agentPods maps the node agents' pod names to their nodes; a replaced
+// pod still terminating is not counted.
 func agentPods(t *testing.T, c *kindcluster.Cluster) map[string]string {
 	t.Helper()
 	out := mustKubectl(t, c, "-n", kindcluster.MeshletNamespace, "get", "pods", "-l", "app=meshlet-agent",
-		"-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName}{"\n"}{end}`)
+		"-o", `jsonpath={range .items[*]}{.metadata.name} {.spec.nodeName} {.metadata.deletionTimestamp}{"\n"}{end}`)
 	pods := map[string]string{}
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		if name, node, ok := strings.Cut(line, " "); ok {
-			pods[name] = node
+		if f := strings.Fields(line); len(f) == 2 {
+			pods[f[0]] = f[1]
 		}
 	}
 	if len(pods) != 3 {

@@ -51,3 +51,13 @@ const (
 	// RegistrationKey holds a Registration as JSON.
 	RegistrationKey = "meshlet.io/registration"
 )
+
+// InjectedByOther says whether a pod's annotations are another injector's
+// (consul-k8s'): injected, without the registration meshlet's webhook
+// writes in the very admission that injects a pod. meshlet neither injects
+// such a pod again, nor registers, repairs or deletes it, and leaves its
+// redirection to the config (or init container) consul-k8s gave it.
+func InjectedByOther(ann map[string]string) bool {
+	_, registered := ann[RegistrationKey]
+	return ann[InjectStatus] != "" && !registered
+}

@@ -23,7 +23,7 @@ func RedirectPlan(ann map[string]string) (*Plan, error) {
 		return nil, nil
 	}
 	if !hasConfig {
-		if ann[contract.RegistrationKey] == "" {
+		if contract.InjectedByOther(ann) {
 			// consul-k8s injected it without its CNI plugin (meshlet's
 			// webhook writes the registration and the config together):
 			// its own init container redirects, at every start of the pod.

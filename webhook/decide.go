@@ -29,18 +29,16 @@ func shorten(v string) string {
 // denied rather than guessed about.
 func decide(pod *corev1.Pod, namespace string, cfg Config) (inject bool, why string, err error) {
 	switch {
+	case contract.InjectedByOther(pod.Annotations):
+		// consul-k8s', which also writes the redirect config.
+		return false, SkippedOtherInjector, nil
 	case pod.Annotations[contract.InjectStatus] != "":
 		// meshlet's webhook writes its registration in the admission that
 		// injects a pod, and a pod is admitted once: one found here was
 		// copied (a pod template made from an injected pod), and the node
 		// agent would register a proxy the pod does not have.
-		if v, ok := pod.Annotations[contract.RegistrationKey]; ok {
-			return false, "", invalid{contract.RegistrationKey, shorten(v),
-				"written by meshlet's webhook when it injects a pod, never copied: remove it and " + contract.InjectStatus + " from the pod template"}
-		}
-		// No other injector writes meshlet's registration: this pod is
-		// another's (consul-k8s', which also writes the redirect config).
-		return false, SkippedOtherInjector, nil
+		return false, "", invalid{contract.RegistrationKey, shorten(pod.Annotations[contract.RegistrationKey]),
+			"written by meshlet's webhook when it injects a pod, never copied: remove it and " + contract.InjectStatus + " from the pod template"}
 	case pod.Spec.HostNetwork:
 		return false, "host network", nil
 	case slices.Contains(neverInjected, namespace):

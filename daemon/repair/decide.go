@@ -144,12 +144,9 @@ func skipReason(pod *corev1.Pod) string {
 		return "no pod IP yet: its CNI ADD may still be running"
 	case pod.Annotations[contract.InjectStatus] == "":
 		return "not injected"
-	case pod.Annotations[contract.RegistrationKey] == "":
-		// meshlet's webhook writes the registration in the admission that
-		// injects a pod; without it, consul-k8s' injector did. Its rules
-		// are consul-k8s' own (or its init container's), which meshlet's
-		// exact check would call missing: meshlet never repairs or deletes
-		// a pod it did not inject.
+	case contract.InjectedByOther(pod.Annotations):
+		// Its rules are consul-k8s' own (or its init container's), which
+		// meshlet's exact check would call missing.
 		return OtherInjector
 	}
 	if p, err := iptables.RedirectPlan(pod.Annotations); p == nil && err == nil {

@@ -12,6 +12,7 @@ import (
 	"maps"
 	"time"
 
+	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -21,12 +22,8 @@ import (
 // secret returns the Secret's material and resourceVersion, creating or
 // rotating it first if needed. When another replica wins a create or
 // update race, it re-reads and returns the winner's.
-func (s *SelfManaged) secret(ctx context.Context) (*material, string, error) {
+func (s *SelfManaged) secret(ctx context.Context, owner *metav1.OwnerReference) (*material, string, error) {
 	secrets := s.client.Secrets(s.cfg.ServiceNamespace)
-	owner, err := s.owner(ctx)
-	if err != nil {
-		return nil, "", err
-	}
 	for range maxAttempts {
 		now := s.cfg.Now()
 		sec, err := secrets.Get(ctx, s.cfg.SecretName, metav1.GetOptions{})
@@ -139,11 +136,9 @@ func (s *SelfManaged) newSecret(mat *material, owner *metav1.OwnerReference) *co
 	return sec
 }
 
-// owner is the MutatingWebhookConfiguration as the Secret's owner: the
-// Secret is made by the webhook, not by the chart, and deleting the
-// configuration (helm uninstall) lets the garbage collector delete it
-// too. nil while the configuration does not exist.
-func (s *SelfManaged) owner(ctx context.Context) (*metav1.OwnerReference, error) {
+// webhookConfig is the MutatingWebhookConfiguration, nil while it does
+// not exist (the chart may create it after the Deployment).
+func (s *SelfManaged) webhookConfig(ctx context.Context) (*admissionv1.MutatingWebhookConfiguration, error) {
 	mwc, err := s.client.MutatingWebhookConfigurations().Get(ctx, s.cfg.WebhookConfigName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil, nil
@@ -151,8 +146,18 @@ func (s *SelfManaged) owner(ctx context.Context) (*metav1.OwnerReference, error)
 	if err != nil {
 		return nil, fmt.Errorf("get MutatingWebhookConfiguration %s: %w", s.cfg.WebhookConfigName, err)
 	}
+	return mwc, nil
+}
+
+// ownerRef is the configuration as the Secret's owner: the Secret is made
+// by the webhook, not by the chart, and deleting the configuration (helm
+// uninstall) lets the garbage collector delete it too. nil for nil.
+func ownerRef(mwc *admissionv1.MutatingWebhookConfiguration) *metav1.OwnerReference {
+	if mwc == nil {
+		return nil
+	}
 	return &metav1.OwnerReference{APIVersion: "admissionregistration.k8s.io/v1", Kind: "MutatingWebhookConfiguration",
-		Name: mwc.Name, UID: mwc.UID}, nil
+		Name: mwc.Name, UID: mwc.UID}
 }
 
 // owned says whether sec names owner among its owners.
@@ -172,17 +177,12 @@ type jsonPatchOp struct {
 	Value any    `json:"value"`
 }
 
-// publish makes every webhook of the configuration carry mat's ca.crt as
-// caBundle. found is false, with no error, when the configuration does not
-// exist (yet: the chart may create it after the Deployment).
-func (s *SelfManaged) publish(ctx context.Context, mat *material, secretRV string) (found bool, _ error) {
-	mwcs := s.client.MutatingWebhookConfigurations()
-	mwc, err := mwcs.Get(ctx, s.cfg.WebhookConfigName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+// publish makes every webhook of the configuration mwc (as read before
+// the Secret) carry mat's ca.crt as caBundle. found is false, with no
+// error, when the configuration does not exist.
+func (s *SelfManaged) publish(ctx context.Context, mwc *admissionv1.MutatingWebhookConfiguration, mat *material, secretRV string) (found bool, _ error) {
+	if mwc == nil {
 		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("get MutatingWebhookConfiguration %s: %w", s.cfg.WebhookConfigName, err)
 	}
 	var ops []jsonPatchOp
 	for i, w := range mwc.Webhooks {
@@ -213,7 +213,7 @@ func (s *SelfManaged) publish(ctx context.Context, mat *material, secretRV strin
 	if err != nil {
 		return true, fmt.Errorf("encode caBundle patch: %w", err)
 	}
-	if _, err := mwcs.Patch(ctx, s.cfg.WebhookConfigName, types.JSONPatchType, body, metav1.PatchOptions{}); err != nil {
+	if _, err := s.client.MutatingWebhookConfigurations().Patch(ctx, s.cfg.WebhookConfigName, types.JSONPatchType, body, metav1.PatchOptions{}); err != nil {
 		return true, fmt.Errorf("publish caBundle to MutatingWebhookConfiguration %s: %w", s.cfg.WebhookConfigName, err)
 	}
 	s.log.Info("published the caBundle", "webhooks", len(ops)/2)

@@ -182,14 +182,20 @@ func (s *SelfManaged) Run(ctx context.Context) error {
 // then the served leaf. It returns how long until the leaf falls due.
 func (s *SelfManaged) sync(ctx context.Context) (time.Duration, error) {
 	for range maxAttempts {
-		mat, rv, err := s.secret(ctx)
+		// Read once: it owns the Secret, and its caBundle is published.
+		mwc, err := s.webhookConfig(ctx)
+		if err != nil {
+			s.setReady(err)
+			return 0, err
+		}
+		mat, rv, err := s.secret(ctx, ownerRef(mwc))
 		if err != nil {
 			if s.cert.Load() == nil {
 				s.setReady(fmt.Errorf("no serving certificate yet: %w", err))
 			}
 			return 0, err
 		}
-		found, err := s.publish(ctx, mat, rv)
+		found, err := s.publish(ctx, mwc, mat, rv)
 		switch {
 		case errors.Is(err, errSecretMoved):
 			s.log.Info("the Secret changed while publishing its caBundle; starting over")
